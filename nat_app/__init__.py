@@ -1,0 +1,2 @@
+"""The extensible NAT: pure decision logic (table, allocation, translation) and
+a thin os-ken shell (``app.py``) that turns decisions into OpenFlow."""

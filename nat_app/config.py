@@ -1,0 +1,95 @@
+"""The NAT's configuration: addresses, ports of r1, timeouts.
+
+Defaults match the testbed of DESIGN.md; every value is validated at
+construction and a bad one is reported by field name and value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+# RFC 4787 REQ-5: UDP mappings live at least 2 min; 5 min recommended.
+UDP_MAPPING_TIMEOUT_S = 300
+# RFC 5382 REQ-5: established TCP at least 2 h 4 min (transitory >= 4 min is
+# implied: OpenFlow sees no TCP state on the fast path, so one timer covers both).
+TCP_ESTABLISHED_TIMEOUT_S = 7440
+# RFC 5508 REQ-1: ICMP query mappings at least 60 s.
+ICMP_QUERY_TIMEOUT_S = 60
+# RFC 6888 REQ-8: a freed external port is not reused for 120 s.
+PORT_QUARANTINE_S = 120
+
+DEFAULT_CONTROL_SOCKET = "/run/natlab/controller.sock"
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and value."""
+
+
+def global_pool(size: int, first: str = "203.0.113.1") -> tuple[str, ...]:
+    """``size`` consecutive global addresses starting at ``first``."""
+    start = ipaddress.IPv4Address(first)
+    return tuple(str(start + i) for i in range(size))
+
+
+@dataclass(frozen=True)
+class NatConfig:
+    inside_net: str = "10.0.0.0/24"
+    gateway_ip: str = "10.0.0.254"
+    outside_net: str = "203.0.113.0/24"
+    globals: tuple[str, ...] = field(default_factory=lambda: global_pool(2))
+    inside_port: int = 1
+    outside_port: int = 2
+    inside_mac: str = "02:4e:41:54:00:01"
+    outside_mac: str = "02:4e:41:54:00:02"
+    dpid: int | None = None
+    udp_timeout: int = UDP_MAPPING_TIMEOUT_S
+    tcp_timeout: int = TCP_ESTABLISHED_TIMEOUT_S
+    icmp_timeout: int = ICMP_QUERY_TIMEOUT_S
+    port_quarantine: int = PORT_QUARANTINE_S
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+
+    def __post_init__(self) -> None:
+        inside = _net("inside_net", self.inside_net)
+        outside = _net("outside_net", self.outside_net)
+        if inside.overlaps(outside):
+            raise ConfigError(f"inside_net {self.inside_net!r} overlaps outside_net {self.outside_net!r}")
+        if _addr("gateway_ip", self.gateway_ip) not in inside:
+            raise ConfigError(f"gateway_ip {self.gateway_ip!r} is not in inside_net {self.inside_net!r}")
+        if not self.globals:
+            raise ConfigError("globals: the global pool is empty")
+        for g in self.globals:
+            if _addr("globals", g) not in outside:
+                raise ConfigError(f"globals: {g!r} is not in outside_net {self.outside_net!r}")
+        if len(set(self.globals)) != len(self.globals):
+            raise ConfigError(f"globals: duplicate addresses in {list(self.globals)!r}")
+        for name in ("inside_port", "outside_port"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value < 0xFFFFFF00:
+                raise ConfigError(f"{name}: {value!r} is not an OpenFlow port number")
+        if self.inside_port == self.outside_port:
+            raise ConfigError(f"outside_port: {self.outside_port!r} equals inside_port")
+        for name in ("udp_timeout", "tcp_timeout", "icmp_timeout", "port_quarantine"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 0 < value <= 0xFFFF:
+                raise ConfigError(f"{name}: {value!r} is not a timeout in seconds (1..65535)")
+
+    def is_inside(self, ip: str) -> bool:
+        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(self.inside_net)
+
+    def is_outside(self, ip: str) -> bool:
+        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(self.outside_net)
+
+
+def _net(name: str, value: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(value)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{name}: {value!r} is not an IPv4 network ({exc})") from None
+
+
+def _addr(name: str, value: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name}: {value!r} is not an IPv4 address") from None

@@ -1,0 +1,462 @@
+"""The NAT's decisions, without OpenFlow plumbing (compare FAUCET's valve).
+
+``NatCore`` takes events (a switch connected, a packet-in, a flow removed, a
+clock tick) with the time as an argument and returns Messages for r1. It does
+NAPT for TCP, UDP and ICMP echo (NAT-AUTO): endpoint-independent mapping
+(RFC 4787 REQ-1), address-dependent filtering (REQ-8), paired pooling (REQ-2),
+port preservation when free (REQ-3 allows it); ICMP errors about translated
+flows are translated back (RFC 5508 REQ-3). Anything else, and anything from
+outside without an entry, is dropped (NAT-DROP).
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from nat_app.config import NatConfig
+from nat_app.messages import (
+    COOKIE_INFRA,
+    PRIO_BYPASS,
+    PRIO_OUTSIDE_DROP,
+    PRIO_PUNT,
+    PRIO_SLOW_PATH,
+    PRIO_TABLE_MISS,
+    PRIO_TRANSLATE,
+    AddFlow,
+    Counters,
+    DecTtl,
+    DeleteFlows,
+    Message,
+    Output,
+    PacketOut,
+    SetField,
+    ToController,
+)
+from nat_app.neighbours import NeighbourCache
+from nat_app.ports import PortSpace
+from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
+from nat_app.translate import rewrite, rewrite_icmp_error
+from netwire.ethernet import (
+    ARP_OP_REPLY,
+    ARP_OP_REQUEST,
+    BROADCAST_MAC,
+    ETH_HEADER_LEN,
+    ETH_TYPE_ARP,
+    ETH_TYPE_IPV4,
+    Arp,
+    EthernetHeader,
+    MalformedPacket,
+    arp_frame,
+)
+from netwire.ipv4 import (
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMP_ERROR_TYPES,
+    IPPROTO_ICMP,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    IPv4Header,
+    parse_transport,
+)
+
+COOKIE_BYPASS = COOKIE_INFRA | 0xB1
+COOKIE_SLOW_TRIPLE = 1 << 62  # | a counter: punt flows of contended triples
+_PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
+_ICMP_ERROR_HEADER_LEN = 8
+
+
+class NatCore:
+    def __init__(self, config: NatConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self.counters = Counters()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.table = TranslationTable()
+        self.neighbours = NeighbourCache()
+        self._ports: dict[tuple[str, int], PortSpace] = {}
+        self._paired: dict[str, str] = {}  # private IP -> its global IP (RFC 4787 REQ-2)
+        self._mappings: dict[tuple, tuple[str, int]] = {}  # (proto, private IP, port) -> (global IP, port)
+        self._mapping_refs: dict[tuple, int] = {}
+        self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
+        self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
+        self._triple_cookies = itertools.count(1)
+        self.bypass = False
+
+    # ----------------------------------------------------------------- events
+
+    def switch_connected(self, now: float) -> list[Message]:
+        """r1 (re)connected: forget all state and install the base flows."""
+        self._reset()
+        c = self.config
+        return [
+            DeleteFlows(None),
+            AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_ARP}, (ToController(),)),
+            *(AddFlow(PRIO_PUNT, {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
+                                  "icmpv4_type": t}, (ToController(),)) for t in sorted(ICMP_ERROR_TYPES)),
+            AddFlow(PRIO_OUTSIDE_DROP, {"in_port": c.outside_port}, ()),
+            AddFlow(PRIO_TABLE_MISS, {}, (ToController(),)),
+        ]
+
+    def packet_in(self, in_port: int, frame: bytes, now: float) -> list[Message]:
+        self.counters.add("packet_in")
+        try:
+            eth = EthernetHeader.parse(frame)
+            if eth.ethertype == ETH_TYPE_ARP:
+                return self._arp(in_port, Arp.parse(frame[ETH_HEADER_LEN:]), now)
+            if eth.ethertype != ETH_TYPE_IPV4:
+                return self._drop("not-ipv4")
+            packet = frame[ETH_HEADER_LEN:]
+            ip = IPv4Header.parse(packet)
+            if ip.total_len > len(packet):
+                raise MalformedPacket("IPv4 total length beyond the frame")
+            packet = packet[: ip.total_len]
+            if in_port == self.config.inside_port:
+                if self.config.is_inside(ip.src):
+                    self.neighbours.learn(ip.src, eth.src)
+                return self._outbound(frame, eth, packet, ip, now)
+            if in_port == self.config.outside_port:
+                return self._inbound(frame, packet, ip, now)
+            return self._drop("unknown-port")
+        except MalformedPacket:
+            return self._drop("malformed")
+
+    def flow_removed(self, cookie: int, now: float) -> list[Message]:
+        """A flow of an entry went (idle timeout or deletion): the entry goes too."""
+        entry = self.table.get(cookie)
+        if entry is None:
+            return []
+        self.counters.add("entries_idled_out")
+        return self._forget(entry, now)
+
+    def tick(self, now: float) -> list[Message]:
+        """Erase entries whose expiry passed (steps 711-712)."""
+        msgs: list[Message] = []
+        for entry in self.table.pop_expired(now):
+            self.counters.add("entries_expired")
+            msgs += self._forget(entry, now, removed=True)
+        return msgs
+
+    def set_bypass(self, on: bool) -> list[Message]:
+        """Make r1 a plain two-port L2 switch above all translation (benchmark baseline)."""
+        self.bypass = on
+        c = self.config
+        if not on:
+            return [DeleteFlows(COOKIE_BYPASS)]
+        return [AddFlow(PRIO_BYPASS, {"in_port": a}, (Output(b),), cookie=COOKIE_BYPASS)
+                for a, b in ((c.inside_port, c.outside_port), (c.outside_port, c.inside_port))]
+
+    def snapshot(self) -> dict:
+        """The live table and counters, for ``natlab table`` and the report."""
+        return {
+            "entries": [e.as_dict() for e in sorted(self.table, key=lambda e: e.id)],
+            "counters": dict(sorted(self.counters.values.items())),
+            "globals": list(self.config.globals),
+            "bypass": self.bypass,
+        }
+
+    # ------------------------------------------------------------------- ARP
+
+    def _arp(self, in_port: int, arp: Arp, now: float) -> list[Message]:
+        c = self.config
+        side_ok = c.is_inside if in_port == c.inside_port else c.is_outside
+        if in_port not in (c.inside_port, c.outside_port) or not side_ok(arp.sender_ip):
+            return self._drop("arp-foreign-sender")
+        msgs: list[Message] = []
+        for parked_port, parked in self.neighbours.learn(arp.sender_ip, arp.sender_mac):
+            msgs += self.packet_in(parked_port, parked, now)
+        if arp.op == ARP_OP_REQUEST and self._owns(in_port, arp.target_ip):
+            mac = self._mac_of_port(in_port)
+            reply = Arp(ARP_OP_REPLY, mac, arp.target_ip, arp.sender_mac, arp.sender_ip)
+            self.counters.add("arp_replies")
+            msgs.append(PacketOut(arp_frame(reply, arp.sender_mac), (Output(in_port),)))
+        return msgs
+
+    def _owns(self, port: int, ip: str) -> bool:
+        c = self.config
+        return ip == c.gateway_ip if port == c.inside_port else ip in c.globals
+
+    def _mac_of_port(self, port: int) -> str:
+        return self.config.inside_mac if port == self.config.inside_port else self.config.outside_mac
+
+    def _resolve(self, port: int, ip: str, frame: bytes, in_port: int, now: float) -> tuple[str | None, list[Message]]:
+        """The MAC of next hop ``ip`` on ``port``; else park the frame and ARP for it."""
+        mac = self.neighbours.lookup(ip)
+        if mac is not None:
+            return mac, []
+        msgs: list[Message] = []
+        if self.neighbours.wait_for(ip, (in_port, frame), now):
+            c = self.config
+            sender_ip = c.gateway_ip if port == c.inside_port else c.globals[0]
+            request = Arp(ARP_OP_REQUEST, self._mac_of_port(port), sender_ip, "00:00:00:00:00:00", ip)
+            msgs.append(PacketOut(arp_frame(request, BROADCAST_MAC), (Output(port),)))
+        self.counters.add("waiting_for_arp")
+        return None, msgs
+
+    # -------------------------------------------------------------- outbound
+
+    def _outbound(self, frame: bytes, eth: EthernetHeader, packet: bytes, ip: IPv4Header,
+                  now: float) -> list[Message]:
+        c = self.config
+        if not c.is_inside(ip.src):
+            return self._drop("spoofed-source")
+        if c.is_inside(ip.dst) or ip.dst in c.globals:
+            return self._drop("not-routed")  # no hairpinning, the router itself answers nothing
+        if not c.is_outside(ip.dst):
+            return self._drop("no-route")
+        if ip.is_fragment:
+            return self._drop("fragment")
+        if ip.ttl <= 1:
+            return self._drop("ttl-expired")
+        segment = packet[ip.header_len:]
+        transport = parse_transport(ip.protocol, segment)
+        if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
+            return self._outbound_icmp_error(frame, packet, ip, now)
+        if ip.protocol in _PORT_FIELDS or (ip.protocol == IPPROTO_ICMP and transport.icmp_type == ICMP_ECHO_REQUEST):
+            mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
+            if mac is None:
+                return msgs
+            entry = self.table.lookup_out(ip.protocol, ip.src, transport.src_port, ip.dst)
+            if entry is None and ip.protocol == IPPROTO_ICMP:
+                entry = self._icmp_host_pair_entry(ip.src, ip.dst)
+            if entry is None:
+                entry, msgs = self._new_napt_entry(ip, transport.src_port, eth.src, mac, now)
+                if entry is None:
+                    return msgs
+            if entry.path is DataPath.SLOW:
+                return msgs + self._slow_out(entry, packet, mac, now)
+            return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
+        return self._drop("unsupported-protocol")
+
+    def _new_napt_entry(self, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
+                        now: float) -> tuple[Entry | None, list[Message]]:
+        """Step 704 for a NAT-ALG entry: a global (IP, port) and the flows that use it."""
+        c = self.config
+        proto = ip.protocol
+        if proto == IPPROTO_ICMP:
+            return self._new_icmp_entry(ip, port, private_mac, foreign_mac, now)
+        key = (proto, ip.src, port)
+        mapping = self._mappings.get(key)
+        if mapping is None:
+            global_ip = self._paired_global(ip.src)
+            global_port = self._port_space(global_ip, proto).reserve(now, preferred=port)
+            if global_port is None:
+                return None, self._drop("ports-exhausted")
+            mapping = self._mappings[key] = (global_ip, global_port)
+        global_ip, global_port = mapping
+        timeout = c.tcp_timeout if proto == IPPROTO_TCP else c.udp_timeout
+        try:
+            entry = self.table.add(kind=EntryKind.NAT_ALG, protocol=proto, private_ip=ip.src, private_gpn=port,
+                                   global_ip=global_ip, global_gpn=global_port, foreign=ip.dst, now=now,
+                                   idle_timeout=timeout)
+        except TableConflict:
+            self._unref_mapping(key, now)
+            return None, self._drop("table-conflict")
+        self._mapping_refs[key] = self._mapping_refs.get(key, 0) + 1
+        self.counters.add("entries_created")
+        return entry, self._translation_flows(entry, private_mac, foreign_mac)
+
+    def _new_icmp_entry(self, ip: IPv4Header, ident: int, private_mac: str, foreign_mac: str,
+                        now: float) -> tuple[Entry | None, list[Message]]:
+        """ICMP echo. OpenFlow cannot match or rewrite the identifier, so the fast
+        path is a host-pair flow that keeps the identifier; it needs the triple
+        (ICMP, global IP, foreign) to belong to one private host. Otherwise the
+        controller translates each packet, by identifier (the slow path)."""
+        c = self.config
+        global_ip = self._paired_global(ip.src)
+        sharers = self.table.private_hosts_of(IPPROTO_ICMP, global_ip, ip.dst) - {ip.src}
+        triple = (IPPROTO_ICMP, global_ip, ip.dst)
+        ids = self._port_space(global_ip, IPPROTO_ICMP)
+        msgs: list[Message] = []
+        fast = not sharers and triple not in self._slow_triples and ids.is_free(ident, now, any_range=True)
+        if fast:
+            ids.claim(ident, now)
+            global_id = ident
+        else:
+            for host in sharers:
+                other = self._icmp_pairs.get((host, ip.dst))
+                if other is not None and other.global_ip == global_ip:
+                    self.counters.add("icmp_demoted_to_slow_path")
+                    msgs += self._forget(other, now)
+            global_id = ids.reserve(now, preferred=ident) if ids.is_free(ident, now, any_range=True) else ids.reserve(now)
+            if global_id is None:
+                return None, msgs + self._drop("icmp-ids-exhausted")
+        entry = self.table.add(
+            kind=EntryKind.NAT_ALG, protocol=IPPROTO_ICMP, private_ip=ip.src, private_gpn=ident,
+            global_ip=global_ip, global_gpn=global_id, foreign=ip.dst, now=now,
+            idle_timeout=c.icmp_timeout if fast else None,
+            expires=None if fast else now + c.icmp_timeout, path=DataPath.FAST if fast else DataPath.SLOW)
+        self.counters.add("entries_created")
+        if fast:
+            self._icmp_pairs[(ip.src, ip.dst)] = entry
+            return entry, msgs + self._translation_flows(entry, private_mac, foreign_mac)
+        if triple not in self._slow_triples:
+            cookie = self._slow_triples[triple] = COOKIE_SLOW_TRIPLE | next(self._triple_cookies)
+            msgs.append(AddFlow(PRIO_SLOW_PATH, {
+                "in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
+                "ipv4_src": ip.dst, "ipv4_dst": global_ip, "icmpv4_type": ICMP_ECHO_REPLY}, (ToController(),),
+                cookie=cookie))
+        return entry, msgs
+
+    def _icmp_host_pair_entry(self, private_ip: str, foreign: str) -> Entry | None:
+        """A fast ICMP entry covers every identifier between its two hosts."""
+        return self._icmp_pairs.get((private_ip, foreign))
+
+    def _slow_out(self, entry: Entry, packet: bytes, foreign_mac: str, now: float) -> list[Message]:
+        c = self.config
+        self._refresh(entry, now, c.icmp_timeout)
+        entry.slow_packets += 1
+        self.counters.add("slow_path_packets")
+        out = rewrite(packet, src=entry.global_ip, src_port=entry.global_gpn)
+        return [PacketOut(self._eth(foreign_mac, c.outside_mac) + out, (Output(c.outside_port),))]
+
+    def _outbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
+        """A private host's ICMP error about an inbound packet: quote the global side."""
+        c = self.config
+        inner, inner_t = self._quoted(packet, ip)
+        entry = self.table.lookup_out(inner.protocol, inner.dst, inner_t.dst_port, inner.src)
+        if entry is None or inner.dst != ip.src:
+            return self._drop("icmp-error-no-entry")
+        mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
+        if mac is None:
+            return msgs
+        out = rewrite_icmp_error(packet, outer_src=entry.global_ip, inner_dst=entry.global_ip,
+                                 inner_dst_port=entry.global_gpn)
+        self.counters.add("icmp_errors_translated")
+        return [PacketOut(self._eth(mac, c.outside_mac) + out, (Output(c.outside_port),))]
+
+    # --------------------------------------------------------------- inbound
+
+    def _inbound(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
+        c = self.config
+        if ip.dst not in c.globals:
+            return self._drop("not-a-global-address")
+        if ip.is_fragment:
+            return self._drop("fragment")
+        if ip.ttl <= 1:
+            return self._drop("ttl-expired")
+        transport = parse_transport(ip.protocol, packet[ip.header_len:])
+        if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
+            inner, inner_t = self._quoted(packet, ip)
+            entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
+            if entry is None or inner.src != ip.dst:
+                return self._drop("icmp-error-no-entry")
+            mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
+            if mac is None:
+                return msgs
+            self.counters.add("icmp_errors_translated")
+            out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
+                                     inner_src_port=entry.private_gpn)
+            return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
+        entry = self.table.lookup_in(ip.protocol, ip.dst, transport.dst_port, ip.src)
+        if entry is None:
+            return self._drop("no-entry")
+        mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
+        if mac is None:
+            return msgs
+        if entry.path is DataPath.FAST:  # raced its flow: send it the same way
+            return [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
+        entry.slow_packets += 1
+        self.counters.add("slow_path_packets")
+        self._refresh(entry, now, c.icmp_timeout)
+        out = rewrite(packet, dst=entry.private_ip, dst_port=entry.private_gpn)
+        return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
+
+    # ------------------------------------------------------------- helpers
+
+    def _translation_flows(self, entry: Entry, private_mac: str, foreign_mac: str) -> list[Message]:
+        c = self.config
+        out_match = {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
+                     "ipv4_src": entry.private_ip, "ipv4_dst": entry.foreign}
+        in_match = {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
+                    "ipv4_src": entry.foreign, "ipv4_dst": entry.global_ip}
+        if entry.protocol in _PORT_FIELDS:
+            src_field, dst_field = _PORT_FIELDS[entry.protocol]
+            out_match[src_field] = entry.private_gpn
+            in_match[dst_field] = entry.global_gpn
+        else:
+            out_match["icmpv4_type"] = ICMP_ECHO_REQUEST
+            in_match["icmpv4_type"] = ICMP_ECHO_REPLY
+        common = {"cookie": entry.id, "notify_removal": True}
+        return [
+            AddFlow(PRIO_TRANSLATE, out_match, self._out_actions(entry, foreign_mac),
+                    idle_timeout=entry.idle_timeout or 0, **common),
+            AddFlow(PRIO_TRANSLATE, in_match, self._in_actions(entry, private_mac), **common),
+        ]
+
+    def _out_actions(self, entry: Entry, foreign_mac: str) -> tuple:
+        c = self.config
+        actions = [SetField("ipv4_src", entry.global_ip)]
+        if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
+            actions.append(SetField(_PORT_FIELDS[entry.protocol][0], entry.global_gpn))
+        return (*actions, SetField("eth_src", c.outside_mac), SetField("eth_dst", foreign_mac), DecTtl(),
+                Output(c.outside_port))
+
+    def _in_actions(self, entry: Entry, private_mac: str) -> tuple:
+        c = self.config
+        actions = [SetField("ipv4_dst", entry.private_ip)]
+        if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
+            actions.append(SetField(_PORT_FIELDS[entry.protocol][1], entry.private_gpn))
+        return (*actions, SetField("eth_src", c.inside_mac), SetField("eth_dst", private_mac), DecTtl(),
+                Output(c.inside_port))
+
+    def _forget(self, entry: Entry, now: float, removed: bool = False) -> list[Message]:
+        """Remove an entry with its flows, and free what it held."""
+        if not removed:
+            self.table.remove(entry.id)
+        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
+        if entry.protocol in _PORT_FIELDS:
+            self._unref_mapping((entry.protocol, entry.private_ip, entry.private_gpn), now)
+        elif entry.global_gpn is not None:
+            if self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
+                del self._icmp_pairs[(entry.private_ip, entry.foreign)]
+            self._port_space(entry.global_ip, entry.protocol).release(entry.global_gpn, now)
+        triple = (entry.protocol, entry.global_ip, entry.foreign)
+        if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
+            msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
+        return msgs
+
+    def _unref_mapping(self, key: tuple, now: float) -> None:
+        refs = self._mapping_refs.get(key, 0) - 1
+        if refs > 0:
+            self._mapping_refs[key] = refs
+            return
+        self._mapping_refs.pop(key, None)
+        mapping = self._mappings.pop(key, None)
+        if mapping is not None:
+            self._port_space(mapping[0], key[0]).release(mapping[1], now)
+
+    def _refresh(self, entry: Entry, now: float, timeout: int) -> None:
+        if entry.expires is not None and entry.expires < now + timeout - 1:  # at most one heap push a second
+            self.table.set_expiry(entry.id, now + timeout)
+
+    def _paired_global(self, private_ip: str) -> str:
+        """RFC 4787 REQ-2: one global IP per private host, the least used at first sight."""
+        global_ip = self._paired.get(private_ip)
+        if global_ip is None:
+            load = {g: 0 for g in self.config.globals}
+            for g in self._paired.values():
+                load[g] += 1
+            global_ip = self._paired[private_ip] = min(self.config.globals, key=lambda g: (load[g], g))
+        return global_ip
+
+    def _port_space(self, global_ip: str, protocol: int) -> PortSpace:
+        space = self._ports.get((global_ip, protocol))
+        if space is None:
+            space = self._ports[(global_ip, protocol)] = PortSpace(
+                quarantine=self.config.port_quarantine, rng=self._rng)
+        return space
+
+    def _quoted(self, packet: bytes, ip: IPv4Header):
+        at = ip.header_len + _ICMP_ERROR_HEADER_LEN
+        inner = IPv4Header.parse(packet[at:], truncated_ok=True)
+        return inner, parse_transport(inner.protocol, packet[at + inner.header_len:])
+
+    def _eth(self, dst: str, src: str) -> bytes:
+        return EthernetHeader(dst, src, ETH_TYPE_IPV4).build()
+
+    def _drop(self, reason: str) -> list[Message]:
+        self.counters.add(f"drop:{reason}")
+        return []

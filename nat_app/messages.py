@@ -1,0 +1,86 @@
+"""What the pure NAT core asks the switch to do, independent of OpenFlow libraries.
+
+``flows.py`` turns these into os-ken messages; unit tests apply them to a fake
+switch. Match fields use OpenFlow 1.3 OXM names (``ipv4_src``, ``tcp_dst``...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Priority bands of r1's single table, highest first.
+PRIO_BYPASS = 60000  # benchmark: r1 as a plain L2 switch, no translation
+PRIO_PUNT = 50000  # ARP and ICMP errors to the controller
+PRIO_SLOW_PATH = 40000  # contended (protocol, global IP, foreign) triples, demuxed by the controller
+PRIO_TRANSLATE = 30000  # per-entry translation flows
+PRIO_OUTSIDE_DROP = 10  # nothing enters from outside without an entry (NAT-DROP)
+PRIO_TABLE_MISS = 0  # first packets from inside go to the controller
+
+COOKIE_INFRA = 0x4E41540000000000  # flows that belong to no entry ("NAT" << 40)
+
+
+@dataclass(frozen=True)
+class SetField:
+    name: str
+    value: object
+
+
+@dataclass(frozen=True)
+class Output:
+    port: int
+
+
+@dataclass(frozen=True)
+class DecTtl:
+    pass
+
+
+@dataclass(frozen=True)
+class ToController:
+    pass
+
+
+Action = SetField | Output | DecTtl | ToController
+
+
+@dataclass(frozen=True)
+class AddFlow:
+    priority: int
+    match: dict
+    actions: tuple[Action, ...]
+    cookie: int = COOKIE_INFRA
+    idle_timeout: int = 0
+    hard_timeout: int = 0
+    notify_removal: bool = False  # OFPFF_SEND_FLOW_REM
+
+
+@dataclass(frozen=True)
+class DeleteFlows:
+    """Delete every flow with this cookie (all flows when cookie is None)."""
+
+    cookie: int | None
+
+
+@dataclass(frozen=True)
+class PacketOut:
+    """Send ``data`` after applying ``actions`` (which end in an Output)."""
+
+    data: bytes
+    actions: tuple[Action, ...]
+    in_port: int | None = None
+
+
+Message = AddFlow | DeleteFlows | PacketOut
+
+
+@dataclass
+class Counters:
+    """Why packets went where: shown by ``natlab table`` and the report."""
+
+    values: dict[str, int] = field(default_factory=dict)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.values[name] = self.values.get(name, 0) + n
+
+    def __getitem__(self, name: str) -> int:
+        return self.values.get(name, 0)

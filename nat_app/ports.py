@@ -1,0 +1,82 @@
+"""Global port (GPN) spaces: one per (global IP, transport protocol).
+
+Ports the NAT picks for its own NAPT mappings and ports clients lease later
+come from the same space, so they can never collide (DESIGN.md, "One port
+space"). A freed port rests for a quarantine period before reuse (RFC 6888
+REQ-8), and fresh ports are picked at random, not sequentially (RFC 6056).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+DYNAMIC_LOW = 1024
+PORT_HIGH = 65535
+
+
+@dataclass
+class PortSpace:
+    low: int = DYNAMIC_LOW
+    high: int = PORT_HIGH
+    quarantine: float = 120.0
+    rng: random.Random = field(default_factory=random.Random)
+    _in_use: set[int] = field(default_factory=set)
+    _resting: dict[int, float] = field(default_factory=dict)
+    _rest_heap: list[tuple[float, int]] = field(default_factory=list)
+
+    def reserve(self, now: float, preferred: int | None = None) -> int | None:
+        """A free port: ``preferred`` if it is free (port preservation), else a random one.
+
+        Returns None when the space is exhausted.
+        """
+        self._wake(now)
+        if preferred is not None and self.is_free(preferred, now):
+            self._in_use.add(preferred)
+            return preferred
+        size = self.high - self.low + 1
+        if len(self._in_use) + len(self._resting) >= size:
+            return None
+        for _ in range(64):
+            port = self.rng.randint(self.low, self.high)
+            if port not in self._in_use and port not in self._resting:
+                self._in_use.add(port)
+                return port
+        start = self.rng.randint(self.low, self.high)
+        for offset in range(size):
+            port = self.low + (start - self.low + offset) % size
+            if port not in self._in_use and port not in self._resting:
+                self._in_use.add(port)
+                return port
+        return None
+
+    def claim(self, port: int, now: float) -> bool:
+        """Take a specific port (a client asked for it); False if taken or resting."""
+        self._wake(now)
+        if not self.is_free(port, now, any_range=True):
+            return False
+        self._in_use.add(port)
+        return True
+
+    def release(self, port: int, now: float) -> None:
+        """Give a port back; it rests for the quarantine period first."""
+        if port in self._in_use:
+            self._in_use.discard(port)
+            until = now + self.quarantine
+            self._resting[port] = until
+            heapq.heappush(self._rest_heap, (until, port))
+
+    def is_free(self, port: int, now: float, any_range: bool = False) -> bool:
+        self._wake(now)
+        in_range = self.low <= port <= self.high or any_range
+        return in_range and port not in self._in_use and port not in self._resting
+
+    def in_use(self) -> frozenset[int]:
+        return frozenset(self._in_use)
+
+    def _wake(self, now: float) -> None:
+        while self._rest_heap and self._rest_heap[0][0] <= now:
+            until, port = heapq.heappop(self._rest_heap)
+            if self._resting.get(port) == until:
+                del self._resting[port]

@@ -1,0 +1,168 @@
+"""The translation table of FIG. 6: one entry per (protocol, private IP and
+GPN, global IP and GPN, foreign address, expiry), of two kinds.
+
+NAT-ALG entries are made by the NAT for protocols it translates itself
+(TCP, UDP, ICMP); CLIENT-ALG entries are leased by clients for protocols
+it cannot (ESP, AH, ISAKMP). Lookups are O(1) both ways, with a fallback to
+foreign = any (None); expiry pops a heap, never scans; NAT-UNIQ (step 704: one
+private (IP, GPN) per global (IP, GPN), protocol and foreign address) is
+enforced on insertion.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+ANY = None  # foreign address "any" (FIG. 6 field 606 unspecified)
+
+
+class EntryKind(enum.Enum):
+    NAT_ALG = "NAT-ALG"
+    CLIENT_ALG = "CLIENT-ALG"
+
+
+class DataPath(enum.Enum):
+    """Where an entry's packets are translated (DESIGN.md "Fast path, slow path")."""
+
+    FAST = "fast"  # flows in r1
+    SLOW = "slow"  # the controller, packet by packet
+
+
+class TableConflict(ValueError):
+    """Inserting would break NAT-UNIQ or duplicate an outbound key."""
+
+
+@dataclass
+class Entry:
+    id: int
+    kind: EntryKind
+    protocol: int
+    private_ip: str
+    private_gpn: int | None
+    global_ip: str
+    global_gpn: int | None
+    foreign: str | None
+    expires: float | None  # absolute time; None: kept alive by its flow's idle timeout
+    idle_timeout: int | None
+    path: DataPath
+    created: float
+    slow_packets: int = 0
+
+    @property
+    def out_key(self) -> tuple:
+        return (self.protocol, self.private_ip, self.private_gpn, self.foreign)
+
+    @property
+    def in_key(self) -> tuple:
+        return (self.protocol, self.global_ip, self.global_gpn, self.foreign)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        d["path"] = self.path.value
+        return d
+
+
+class TranslationTable:
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._by_id: dict[int, Entry] = {}
+        self._out: dict[tuple, Entry] = {}
+        self._in: dict[tuple, Entry] = {}
+        self._expiry: list[tuple[float, int]] = []
+        self._triples: dict[tuple, Counter[str]] = defaultdict(Counter)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(list(self._by_id.values()))
+
+    def add(
+        self, *, kind: EntryKind, protocol: int, private_ip: str, private_gpn: int | None,
+        global_ip: str, global_gpn: int | None, foreign: str | None, now: float,
+        expires: float | None = None, idle_timeout: int | None = None, path: DataPath = DataPath.FAST,
+    ) -> Entry:
+        """Insert an entry (step 704/705); raises TableConflict on a NAT-UNIQ violation."""
+        entry = Entry(next(self._ids), kind, protocol, private_ip, private_gpn, global_ip, global_gpn,
+                      foreign, expires, idle_timeout, path, now)
+        if entry.in_key in self._in:
+            raise TableConflict(f"global {global_ip}/{global_gpn} proto {protocol} foreign {foreign} is taken")
+        if entry.out_key in self._out:
+            raise TableConflict(f"private {private_ip}/{private_gpn} proto {protocol} foreign {foreign} exists")
+        self._by_id[entry.id] = entry
+        self._out[entry.out_key] = entry
+        self._in[entry.in_key] = entry
+        self._triples[(protocol, global_ip, foreign)][private_ip] += 1
+        if expires is not None:
+            heapq.heappush(self._expiry, (expires, entry.id))
+        return entry
+
+    def get(self, entry_id: int) -> Entry | None:
+        return self._by_id.get(entry_id)
+
+    def remove(self, entry_id: int) -> Entry | None:
+        entry = self._by_id.pop(entry_id, None)
+        if entry is None:
+            return None
+        del self._out[entry.out_key]
+        del self._in[entry.in_key]
+        hosts = self._triples[(entry.protocol, entry.global_ip, entry.foreign)]
+        hosts[entry.private_ip] -= 1
+        if hosts[entry.private_ip] <= 0:
+            del hosts[entry.private_ip]
+        if not hosts:
+            del self._triples[(entry.protocol, entry.global_ip, entry.foreign)]
+        return entry
+
+    def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None, foreign: str) -> Entry | None:
+        """Step 706: the entry for an outgoing packet, exact foreign first, then any."""
+        return self._out.get((protocol, private_ip, private_gpn, foreign)) or self._out.get(
+            (protocol, private_ip, private_gpn, ANY))
+
+    def lookup_in(self, protocol: int, global_ip: str, global_gpn: int | None, foreign: str) -> Entry | None:
+        """Step 708: the entry for an incoming packet, exact foreign first, then any."""
+        return self._in.get((protocol, global_ip, global_gpn, foreign)) or self._in.get(
+            (protocol, global_ip, global_gpn, ANY))
+
+    def set_expiry(self, entry_id: int, expires: float) -> None:
+        """Renew (NAT-RENEW) or refresh a table-timed entry."""
+        entry = self._by_id[entry_id]
+        entry.expires = expires
+        heapq.heappush(self._expiry, (expires, entry_id))
+
+    def pop_expired(self, now: float) -> list[Entry]:
+        """Steps 711-712: remove and return every entry whose expiry has passed."""
+        gone = []
+        while self._expiry and self._expiry[0][0] <= now:
+            when, entry_id = heapq.heappop(self._expiry)
+            entry = self._by_id.get(entry_id)
+            if entry is not None and entry.expires == when:  # else stale heap item
+                gone.append(self.remove(entry_id))
+        return gone
+
+    def next_expiry(self) -> float | None:
+        while self._expiry:
+            when, entry_id = self._expiry[0]
+            entry = self._by_id.get(entry_id)
+            if entry is not None and entry.expires == when:
+                return when
+            heapq.heappop(self._expiry)
+        return None
+
+    def private_hosts_of(self, protocol: int, global_ip: str, foreign: str | None) -> frozenset[str]:
+        """Private IPs sharing (protocol, global IP, foreign): one means OpenFlow can demux it."""
+        return frozenset(self._triples.get((protocol, global_ip, foreign), ()))
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the indices disagree (used by tests and the fuzzer)."""
+        assert len(self._out) == len(self._in) == len(self._by_id)
+        for entry in self._by_id.values():
+            assert self._out[entry.out_key] is entry and self._in[entry.in_key] is entry
+            assert self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] > 0
+        assert sum(sum(c.values()) for c in self._triples.values()) == len(self._by_id)

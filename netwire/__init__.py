@@ -1,0 +1,6 @@
+"""Sans-IO wire formats shared by the NAT and the client agent.
+
+Nothing in this package opens a socket or a file: every function takes bytes
+and returns bytes or plain values, so both sides of the testbed import one codec
+per wire format and unit tests need neither root nor a network.
+"""
