@@ -148,10 +148,15 @@ class NatCore:
         return [AddFlow(PRIO_BYPASS, {"in_port": a}, (Output(b),), cookie=COOKIE_BYPASS)
                 for a, b in ((c.inside_port, c.outside_port), (c.outside_port, c.inside_port))]
 
-    def snapshot(self) -> dict:
+    def snapshot(self, now: float) -> dict:
         """The live table and counters, for ``natlab table`` and the report."""
+        entries = []
+        for entry in sorted(self.table, key=lambda e: e.id):
+            row = entry.as_dict()
+            row["expires_in"] = None if entry.expires is None else round(entry.expires - now, 1)
+            entries.append(row)
         return {
-            "entries": [e.as_dict() for e in sorted(self.table, key=lambda e: e.id)],
+            "entries": entries,
             "counters": dict(sorted(self.counters.values.items())),
             "globals": list(self.config.globals),
             "bypass": self.bypass,

@@ -1,0 +1,140 @@
+"""The os-ken shell of the extensible NAT: events in, core calls, OpenFlow out.
+
+All decisions live in ``decide.NatCore``; this module only moves events and
+messages, runs a one-second clock and serves the control socket. Set
+``CONFIG`` before ``AppManager.run_apps(['nat_app.app'])`` (``natlab
+controller`` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
+from os_ken.ofproto import ofproto_v1_3
+
+from nat_app.config import NatConfig
+from nat_app.decide import NatCore
+from nat_app.flows import to_openflow
+
+CONFIG: NatConfig | None = None
+TICK_S = 1.0
+LOG = logging.getLogger("natlab.nat")
+
+
+class NatApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.config = CONFIG or NatConfig()
+        self.core = NatCore(self.config)
+        self.lock = threading.Lock()
+        self.datapath = None
+        self._server = _bind_control_socket(self.config.control_socket)
+        self.threads.append(hub.spawn(self._clock))
+        self.threads.append(hub.spawn(self._serve_control))
+
+    def close(self) -> None:
+        self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.config.control_socket)
+
+    # ------------------------------------------------------------ OpenFlow
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _switch_features(self, ev) -> None:
+        dp = ev.msg.datapath
+        if self.config.dpid is not None and dp.id != self.config.dpid:
+            LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dp.id, self.config.dpid)
+            return
+        LOG.info("r1 connected: dpid=%016x", dp.id)
+        with self.lock:
+            self.datapath = dp
+            self._send(self.core.switch_connected(time.monotonic()))
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev) -> None:
+        msg = ev.msg
+        if msg.datapath is not self.datapath:
+            return
+        with self.lock:
+            self._send(self.core.packet_in(msg.match["in_port"], bytes(msg.data), time.monotonic()))
+
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    def _flow_removed(self, ev) -> None:
+        if ev.msg.datapath is not self.datapath:
+            return
+        with self.lock:
+            self._send(self.core.flow_removed(ev.msg.cookie, time.monotonic()))
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def _error(self, ev) -> None:
+        msg = ev.msg
+        LOG.error("OpenFlow error from switch: type=%d code=%d data=%s", msg.type, msg.code, bytes(msg.data).hex())
+
+    def _send(self, messages) -> None:
+        if self.datapath is None:
+            return
+        for message in messages:
+            self.datapath.send_msg(to_openflow(self.datapath, message))
+
+    # --------------------------------------------------- clock and control
+
+    def _clock(self) -> None:
+        while True:
+            hub.sleep(TICK_S)
+            with self.lock:
+                self._send(self.core.tick(time.monotonic()))
+
+    def _serve_control(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            hub.spawn(self._answer, conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(5)
+                line = conn.makefile("rb").readline()
+                answer = self._handle(json.loads(line))
+            except (OSError, ValueError) as exc:
+                answer = {"error": f"bad control request: {exc}"}
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def _handle(self, req: dict) -> dict:
+        op = req.get("op") if isinstance(req, dict) else None
+        with self.lock:
+            if op == "table":
+                return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None}
+            if op == "bypass" and isinstance(req.get("on"), bool):
+                self._send(self.core.set_bypass(req["on"]))
+                return {"bypass": self.core.bypass}
+        return {"error": f"unknown control request {req!r}; ops: table, bypass(on: bool)"}
+
+
+def _bind_control_socket(path: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        server.bind(path)
+    finally:
+        os.umask(old)
+    server.listen(8)
+    return server

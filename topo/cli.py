@@ -1,0 +1,34 @@
+"""The ``natlab`` command: one entry point, subcommands from each package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nat_app.cli import add_controller_parser, add_table_parser
+from topo.launch import add_up_parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="natlab",
+        description="Testbed and conformance suite for end-to-end IPsec through an extensible NAT. "
+                    "Run as root.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_up_parser(sub)
+    add_controller_parser(sub)
+    add_table_parser(sub)
+    from conformance.cli import add_bench_parser, add_demo_parser
+
+    add_demo_parser(sub)
+    add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Bring the testbed up and down from Python: Open vSwitch, the NAT controller
+(a real ``natlab controller`` process), and the Mininet network.
+
+Used by ``natlab up``, the conformance runner, the benchmarks and the testbed
+tests. ``Testbed`` is a context manager: whatever happens, leaving it stops the
+network and the controller and removes what they made.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+from nat_app.control import ControlError, request
+
+OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
+CONNECT_TIMEOUT_S = 20.0
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+def ensure_ovs() -> None:
+    """Start Open vSwitch (userspace datapath needs no kernel module) if it is not running."""
+    if shutil.which("ovs-vsctl") is None:
+        raise TestbedError("Open vSwitch is not installed: run `make setup` (apt-get install openvswitch-switch)")
+    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode == 0:
+        return
+    subprocess.run([OVS_CTL, "start", "--system-id=random", "--no-monitor"], capture_output=True)
+    if subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode != 0:
+        raise TestbedError(f"Open vSwitch did not start ({OVS_CTL} start)")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise TestbedError("the testbed needs root (network namespaces, Open vSwitch): run with sudo")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ControllerProcess:
+    """A ``natlab controller`` child process with its own log and control socket."""
+
+    workdir: Path
+    globals: int = 2
+    port: int = 6653
+    extra_args: list[str] = field(default_factory=list)
+    socket_path: str | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "controller.log"
+
+    @property
+    def control_socket(self) -> str:
+        return self.socket_path or str(self.workdir / "controller.sock")
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "topo.cli", "controller", "--globals", str(self.globals),
+               "--listen-port", str(self.port), "--control-socket", self.control_socket,
+               "--log", str(self.log), *self.extra_args]
+        root = Path(__file__).resolve().parent.parent
+        env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        with open(self.workdir / "controller.stderr", "wb") as stderr:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                         env=env, start_new_session=True)
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TestbedError(f"natlab controller exited with {self.proc.returncode}; see {self.log}")
+            try:
+                request(self.control_socket, "table", timeout=1)
+                return
+            except ControlError:
+                time.sleep(0.1)
+        raise TestbedError(f"natlab controller did not open {self.control_socket} within {CONNECT_TIMEOUT_S}s")
+
+    def ask(self, op: str, **args) -> dict:
+        return request(self.control_socket, op, **args)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def problems(self) -> list[str]:
+        """Lines of the controller log that show an exception or an OpenFlow error."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        bad = [line for line in text.splitlines() if "Traceback" in line or " ERROR " in line]
+        stderr = self.workdir / "controller.stderr"
+        if stderr.exists() and "Traceback" in stderr.read_text(errors="replace"):
+            bad.append(f"Traceback in {stderr}")
+        return bad
+
+
+class Testbed:
+    """The whole testbed. Parameters as the topology: clients, servers, globals, bw."""
+
+    def __init__(self, clients: int = 3, servers: int = 2, globals: int = 2, bw: float | None = None,
+                 workdir: str | Path | None = None, controller_args: list[str] | None = None,
+                 control_socket: str | None = None) -> None:
+        self.params = {"clients": clients, "servers": servers, "globals": globals, "bw": bw}
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natlab-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.controller = ControllerProcess(self.workdir, globals=globals, port=free_tcp_port(),
+                                            extra_args=controller_args or [], socket_path=control_socket)
+        self.net = None
+
+    def __enter__(self) -> Testbed:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        require_root()
+        ensure_ovs()
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+
+        from topo.natlab import NatlabHost, NatlabTopo
+
+        setLogLevel("warning")
+        try:
+            self.controller.start()
+            self.net = Mininet(
+                topo=NatlabTopo(**self.params), host=NatlabHost,
+                switch=partial(OVSSwitch, datapath="user", protocols="OpenFlow13"),
+                controller=partial(RemoteController, ip="127.0.0.1", port=self.controller.port),
+                autoSetMacs=True, waitConnected=False)
+            self.net.start()
+            self._wait_connected()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_connected(self) -> None:
+        deadline = time.monotonic() + CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.controller.ask("table").get("connected"):
+                time.sleep(0.5)  # the base flows follow the features reply
+                return
+            time.sleep(0.1)
+        raise TestbedError(f"r1 did not connect to the controller within {CONNECT_TIMEOUT_S}s")
+
+    def stop(self) -> None:
+        try:
+            if self.net is not None:
+                self.net.stop()
+                self.net = None
+        finally:
+            self.controller.stop()
+
+    def host(self, name: str):
+        return self.net.get(name)
+
+    def table(self) -> dict:
+        return self.controller.ask("table")
+
+    def dump_flows(self) -> str:
+        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "r1"],
+                              capture_output=True, text=True).stdout
