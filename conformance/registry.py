@@ -12,6 +12,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 PACKAGED = Path(__file__).with_name("behaviours.toml")
@@ -24,8 +25,8 @@ IPSEC = ("AH", "ESP")
 MODES = ("transport", "tunnel")
 TRANSPORTS = ("TCP", "UDP")
 AXES = {"ipsec": IPSEC, "mode": MODES, "transport": TRANSPORTS}
-MATRIX_CELLS = tuple(
-    {"ipsec": i, "mode": m, "transport": t} for i, m, t in itertools.product(IPSEC, MODES, TRANSPORTS)
+MATRIX_CELLS: tuple[Mapping[str, str], ...] = tuple(
+    MappingProxyType({"ipsec": i, "mode": m, "transport": t}) for i, m, t in itertools.product(IPSEC, MODES, TRANSPORTS)
 )
 
 _ID = re.compile(r"^[A-Z]+(-[A-Z]+)+$")

@@ -30,7 +30,7 @@ RULES = (
     'A behaviour with no scenario result is "not implemented", never a pass. '
     "Any failed or errored result fails it; it passes when all its results pass. "
     'A claim passes when all its behaviours pass, fails when any fails, is "partial" when some pass '
-    'and the others are not implemented. A control passes when it failed as the seed predicts.'
+    "and the others are not implemented. A control passes when it failed as the seed predicts."
 )
 
 
@@ -144,8 +144,8 @@ def behaviours_frame(registry: Registry, results: Sequence[ScenarioResult]) -> p
                 "group": b.group,
                 "verdict": behaviour_verdict(rs),
                 "text": b.text,
-                "claims": [str(n) for n in b.claims],
-                "steps": list(b.steps),
+                "claims": ", ".join(map(str, b.claims)),
+                "steps": ", ".join(b.steps),
                 **_summary_row(rs),
                 "cells_covered": f"{len(covered)}/{len(MATRIX_CELLS)}" if b.matrix else "",
             }
@@ -162,7 +162,7 @@ def claims_frame(registry: Registry, results: Sequence[ScenarioResult]) -> pd.Da
             {
                 "claim": claim,
                 "verdict": claim_verdict(verdicts[i] for i in ids),
-                "behaviours": list(ids),
+                "behaviours": ", ".join(ids),
                 "behaviour_verdicts": [f"{i}: {verdicts[i]}" for i in ids],
             }
         )
@@ -199,7 +199,7 @@ def controls_frame(registry: Registry, results: Sequence[ScenarioResult]) -> pd.
                 "verdict": control_verdict(rs),
                 "text": c.text,
                 "predicts": [f"{p.label()}: {p.failure}" for p in c.predicts],
-                "behaviours": list(c.behaviours),
+                "behaviours": ", ".join(c.behaviours),
                 **_summary_row(rs),
                 "cells_covered": f"{len(covered)}/{len(predicted)}",
             }

@@ -13,6 +13,8 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from conformance.registry import AXES
+
 VERDICTS = ("pass", "fail", "error")
 
 
@@ -91,8 +93,11 @@ class ScenarioResult:
         object.__setattr__(self, "evidence", tuple(self.evidence))
 
     def cell_label(self) -> str:
-        """"ESP/transport/TCP" (the values in the cell's key order), or "" for no cell."""
-        return "/".join(self.cell.values()) if self.cell else ""
+        """The cell as "ESP/transport/TCP" (ipsec, mode, transport, then any other keys), or ""."""
+        if not self.cell:
+            return ""
+        order = {axis: i for i, axis in enumerate(AXES)}
+        return "/".join(self.cell[k] for k in sorted(self.cell, key=lambda k: (order.get(k, len(order)), k)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -100,8 +105,12 @@ class ScenarioResult:
         return d
 
     def to_json(self) -> str:
-        """One line of JSON (no newline inside: the file is line-oriented)."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, sort_keys=False)
+        """One line of JSON.
+
+        ASCII-escaped, so no character (not even U+0085 or U+2028) can read as a
+        line break to a line-oriented tool.
+        """
+        return json.dumps(self.to_dict(), ensure_ascii=True)
 
     @classmethod
     def from_dict(cls, data: Any) -> ScenarioResult:
