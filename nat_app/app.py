@@ -86,7 +86,10 @@ class NatApp(app_manager.OSKenApp):
         if self.datapath is None:
             return
         for message in messages:
-            self.datapath.send_msg(to_openflow(self.datapath, message))
+            if getattr(message, "delay", 0):
+                hub.spawn_after(message.delay, self.datapath.send_msg, to_openflow(self.datapath, message))
+            else:
+                self.datapath.send_msg(to_openflow(self.datapath, message))
 
     # --------------------------------------------------- clock and control
 

@@ -24,6 +24,7 @@ from nat_app.messages import (
     PRIO_TABLE_MISS,
     PRIO_TRANSLATE,
     AddFlow,
+    Barrier,
     Counters,
     DecTtl,
     DeleteFlows,
@@ -64,6 +65,11 @@ COOKIE_BYPASS = COOKIE_INFRA | 0xB1
 COOKIE_SLOW_TRIPLE = 1 << 62  # | a counter: punt flows of contended triples
 _PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "udp_dst")}
 _ICMP_ERROR_HEADER_LEN = 8
+# OVS caches flows in its datapath and drops a deleted flow's cache entries a
+# few ms later, even after a barrier: measured, a reply misdelivered to the
+# demoted host 3 ms after its flows were deleted. The packet whose reply would
+# take that stale path is held this long.
+DEMOTION_HOLD_S = 0.25
 
 
 class NatCore:
@@ -231,7 +237,8 @@ class NatCore:
                 if entry is None:
                     return msgs
             if entry.path is DataPath.SLOW:
-                return msgs + self._slow_out(entry, packet, mac, now)
+                demoted = any(isinstance(m, DeleteFlows) for m in msgs)
+                return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
             return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
         return self._drop("unsupported-protocol")
 
@@ -303,19 +310,19 @@ class NatCore:
                 "in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
                 "ipv4_src": ip.dst, "ipv4_dst": global_ip, "icmpv4_type": ICMP_ECHO_REPLY}, (ToController(),),
                 cookie=cookie))
-        return entry, msgs
+        return entry, msgs + [Barrier()]
 
     def _icmp_host_pair_entry(self, private_ip: str, foreign: str) -> Entry | None:
         """A fast ICMP entry covers every identifier between its two hosts."""
         return self._icmp_pairs.get((private_ip, foreign))
 
-    def _slow_out(self, entry: Entry, packet: bytes, foreign_mac: str, now: float) -> list[Message]:
+    def _slow_out(self, entry: Entry, packet: bytes, foreign_mac: str, now: float, hold: float) -> list[Message]:
         c = self.config
         self._refresh(entry, now, c.icmp_timeout)
         entry.slow_packets += 1
         self.counters.add("slow_path_packets")
         out = rewrite(packet, src=entry.global_ip, src_port=entry.global_gpn)
-        return [PacketOut(self._eth(foreign_mac, c.outside_mac) + out, (Output(c.outside_port),))]
+        return [PacketOut(self._eth(foreign_mac, c.outside_mac) + out, (Output(c.outside_port),), delay=hold)]
 
     def _outbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
         """A private host's ICMP error about an inbound packet: quote the global side."""

@@ -8,7 +8,17 @@ from __future__ import annotations
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from nat_app.messages import AddFlow, DecTtl, DeleteFlows, Message, Output, PacketOut, SetField, ToController
+from nat_app.messages import (
+    AddFlow,
+    Barrier,
+    DecTtl,
+    DeleteFlows,
+    Message,
+    Output,
+    PacketOut,
+    SetField,
+    ToController,
+)
 
 _ALL_BITS = 0xFFFFFFFFFFFFFFFF
 
@@ -28,6 +38,8 @@ def to_openflow(datapath, message: Message):
         return parser.OFPFlowMod(
             datapath, cookie=cookie, cookie_mask=mask, table_id=ofp.OFPTT_ALL, command=ofp.OFPFC_DELETE,
             out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch())
+    if isinstance(message, Barrier):
+        return parser.OFPBarrierRequest(datapath)
     if isinstance(message, PacketOut):
         in_port = ofp.OFPP_CONTROLLER if message.in_port is None else message.in_port
         return parser.OFPPacketOut(datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,

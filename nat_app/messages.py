@@ -68,9 +68,19 @@ class PacketOut:
     data: bytes
     actions: tuple[Action, ...]
     in_port: int | None = None
+    delay: float = 0.0  # seconds to hold it (see decide.DEMOTION_HOLD_S)
 
 
-Message = AddFlow | DeleteFlows | PacketOut
+@dataclass(frozen=True)
+class Barrier:
+    """Messages after this one act only once r1 has applied those before it.
+
+    Needed where a deleted flow must stop matching before a packet is sent
+    whose reply it would otherwise misdeliver (OVS caches flows in its datapath).
+    """
+
+
+Message = AddFlow | DeleteFlows | Barrier | PacketOut
 
 
 @dataclass

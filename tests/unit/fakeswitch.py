@@ -13,7 +13,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from nat_app.decide import NatCore
-from nat_app.messages import AddFlow, DecTtl, DeleteFlows, Output, PacketOut, SetField, ToController
+from nat_app.messages import AddFlow, Barrier, DecTtl, DeleteFlows, Output, PacketOut, SetField, ToController
 
 _L4 = {"tcp_src": (TCP, "sport"), "tcp_dst": (TCP, "dport"), "udp_src": (UDP, "sport"), "udp_dst": (UDP, "dport")}
 
@@ -30,6 +30,8 @@ class FakeSwitch:
         self.flows: list[Flow] = []
         self.out: dict[int, list[bytes]] = {}
         self.packet_ins = 0
+        self.barriers = 0
+        self.delays: list[float] = []
         self.apply(core.switch_connected(now), now)
 
     def apply(self, messages, now: float = 0.0) -> None:
@@ -39,7 +41,11 @@ class FakeSwitch:
                 self.flows.append(Flow(m))
             elif isinstance(m, DeleteFlows):
                 self.flows = [f for f in self.flows if m.cookie is not None and f.msg.cookie != m.cookie]
+            elif isinstance(m, Barrier):
+                self.barriers += 1
             elif isinstance(m, PacketOut):
+                if m.delay:
+                    self.delays.append(m.delay)
                 self._execute(m.actions, m.data, m.in_port, now)
             else:
                 raise AssertionError(f"unknown message {m!r}")

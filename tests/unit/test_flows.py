@@ -5,7 +5,7 @@ from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
-from nat_app.messages import AddFlow, DecTtl, DeleteFlows, Output, PacketOut, SetField
+from nat_app.messages import AddFlow, Barrier, DecTtl, DeleteFlows, Output, PacketOut, SetField
 
 
 class FakeDatapath:
@@ -23,7 +23,7 @@ def test_every_message_the_core_makes_serializes():
         AddFlow(30000, {"in_port": 1, "eth_type": 0x800, "ip_proto": 6, "ipv4_src": "10.0.0.1", "tcp_src": 5},
                 (SetField("ipv4_src", "203.0.113.1"), SetField("tcp_src", 9), SetField("eth_dst", "00:00:00:00:00:01"),
                  DecTtl(), Output(2)), cookie=7, idle_timeout=300, notify_removal=True),
-        DeleteFlows(7), PacketOut(b"\x00" * 60, (Output(1),)),
+        DeleteFlows(7), Barrier(), PacketOut(b"\x00" * 60, (Output(1),)),
     ]
     for m in msgs:
         of = to_openflow(dp, m)

@@ -15,7 +15,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 
 from nat_app.config import NatConfig, global_pool
-from nat_app.decide import NatCore
+from nat_app.decide import DEMOTION_HOLD_S, NatCore
 from nat_app.messages import PRIO_TRANSLATE
 from nat_app.table import DataPath
 from tests.unit.fakeswitch import FakeSwitch, checksums_valid
@@ -185,6 +185,7 @@ def test_icmp_echo_from_hosts_sharing_a_global_is_demultiplexed_by_identifier(sw
     paths = {e.private_ip: e.path for e in switch.core.table}
     assert paths["10.0.0.3"] is DataPath.SLOW and paths["10.0.0.2"] is DataPath.FAST
     assert "10.0.0.1" not in paths  # demoted: its next packet makes a slow entry
+    assert switch.barriers >= 1 and switch.delays == [DEMOTION_HOLD_S]  # h1's flows go before h3's request
     switch.receive(IN, from_client("10.0.0.1", ICMP(type=8, id=5, seq=2)))
     h1_out = Ether(switch.take(OUT)[0])
     for host, sent in (("10.0.0.1", h1_out), ("10.0.0.3", h3_out)):

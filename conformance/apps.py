@@ -1,0 +1,79 @@
+"""Unmodified applications run in Mininet hosts: curl, python3 -m http.server,
+iperf3, ping, and the kernel-socket probes. Each returns what it observed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Service:
+    """A server process in a host, stopped on exit from the ``with`` block."""
+
+    def __init__(self, host, argv: list[str], settle: float = 0.3) -> None:
+        self.proc = host.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(settle)
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def http_server(host, ip: str, port: int = 8000) -> Service:
+    return Service(host, [sys.executable, "-m", "http.server", str(port), "--bind", ip], settle=0.8)
+
+
+def iperf3_server(host, port: int = 5201) -> Service:
+    return Service(host, ["iperf3", "-s", "-p", str(port)])
+
+
+def curl(host, url: str, timeout: float = 10) -> int:
+    """The HTTP status code curl got (0 if none)."""
+    out = host.cmd(f"curl -s -o /dev/null -w '%{{http_code}}' --max-time {timeout} {url}")
+    match = re.search(r"(\d{3})\s*$", out)
+    return int(match.group(1)) if match else 0
+
+
+def iperf3(host, dst: str, port: int = 5201, seconds: float = 2, udp_rate: str | None = None) -> dict:
+    """iperf3 client summary: bits/s and what reached the far end (bytes for TCP, packets for UDP)."""
+    udp = f"-u -b {udp_rate}" if udp_rate else ""
+    out = host.cmd(f"iperf3 -c {dst} -p {port} -t {seconds} {udp} -J")
+    try:
+        end = json.loads(out[out.index("{"):])["end"]
+    except (ValueError, KeyError):
+        return {"bps": 0.0, "received": 0, "error": out.strip()[-300:]}
+    if udp_rate:
+        s = end["sum"]
+        return {"bps": s.get("bits_per_second", 0.0), "received": s.get("packets", 0) - s.get("lost_packets", 0),
+                "unit": "packets"}
+    return {"bps": end["sum_received"]["bits_per_second"], "received": end["sum_received"]["bytes"], "unit": "bytes"}
+
+
+def ping(host, dst: str, count: int = 3) -> tuple[int, int]:
+    """(sent, received) of ``ping -c count``."""
+    out = host.cmd(f"ping -n -c {count} -i 0.2 -W 1 {dst}")
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    return (int(match.group(1)), int(match.group(2))) if match else (count, 0)
+
+
+def probe(host, *args: str | int) -> dict:
+    """Run ``python -m conformance.probes ARGS`` in ``host``; its JSON answer."""
+    argv = " ".join(str(a) for a in args)
+    out = host.cmd(f"PYTHONPATH={ROOT} {sys.executable} -m conformance.probes {argv}")
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"probe {argv} in {host.name} printed no answer: {out.strip()[-300:]}")
+    return json.loads(lines[-1])

@@ -1,0 +1,105 @@
+"""Tiny traffic probes run inside Mininet hosts (``python -m conformance.probes``).
+
+Plain kernel sockets only, so what leaves a host is what any application
+would send. Each probe prints one JSON line saying what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+
+
+def udp(dst: str, dport: int, sport: int, count: int, wait: float) -> dict:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        if sport:
+            s.bind(("", sport))
+        s.settimeout(wait)
+        for i in range(count):
+            s.sendto(f"natlab probe {i}".encode(), (dst, dport))
+        replies = 0
+        try:
+            while True:
+                s.recvfrom(2048)
+                replies += 1
+        except (TimeoutError, ConnectionRefusedError):
+            pass
+        return {"sent": count, "replies": replies, "sport": s.getsockname()[1]}
+
+
+def tcp_syn(dst: str, dport: int, wait: float) -> dict:
+    with socket.socket() as s:
+        s.settimeout(wait)
+        try:
+            s.connect((dst, dport))
+            return {"connected": True}
+        except OSError as exc:
+            return {"connected": False, "error": type(exc).__name__}
+
+
+def raw(dst: str, proto: int, count: int) -> dict:
+    """Packets of IP protocol ``proto`` (50 ESP, 51 AH) with a made-up SPI (RFC 4303 2.1)."""
+    spi, body = 0x4E415401, b"\x00" * 32
+    if proto == 51:  # AH: next header, payload len, reserved, SPI, seq, 12-byte ICV (RFC 4302 2)
+        payload = struct.pack("!BBHII", 59, 4, 0, spi, 1) + b"\x00" * 12
+    else:
+        payload = struct.pack("!II", spi, 1) + body
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, proto) as s:
+        for _ in range(count):
+            s.sendto(payload, (dst, 0))
+    return {"sent": count, "proto": proto, "spi": spi}
+
+
+def udp_refused(dst: str, dport: int, wait: float) -> dict:
+    """Send to a closed port on a connected socket: ECONNREFUSED means the ICMP
+    port-unreachable came back and the kernel matched its quoted header to us."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(wait)
+        s.connect((dst, dport))
+        s.send(b"is anyone there")
+        try:
+            s.recv(100)
+            return {"refused": False, "reply": True}
+        except ConnectionRefusedError:
+            return {"refused": True}
+        except TimeoutError:
+            return {"refused": False, "reply": False}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m conformance.probes")
+    sub = p.add_subparsers(dest="probe", required=True)
+    a = sub.add_parser("udp")
+    a.add_argument("dst")
+    a.add_argument("dport", type=int)
+    a.add_argument("--sport", type=int, default=0)
+    a.add_argument("--count", type=int, default=3)
+    a.add_argument("--wait", type=float, default=0.5)
+    a = sub.add_parser("tcp-syn")
+    a.add_argument("dst")
+    a.add_argument("dport", type=int)
+    a.add_argument("--wait", type=float, default=1.0)
+    a = sub.add_parser("raw")
+    a.add_argument("dst")
+    a.add_argument("proto", type=int)
+    a.add_argument("--count", type=int, default=3)
+    a = sub.add_parser("udp-refused")
+    a.add_argument("dst")
+    a.add_argument("dport", type=int)
+    a.add_argument("--wait", type=float, default=2.0)
+    args = p.parse_args()
+    if args.probe == "udp":
+        out = udp(args.dst, args.dport, args.sport, args.count, args.wait)
+    elif args.probe == "tcp-syn":
+        out = tcp_syn(args.dst, args.dport, args.wait)
+    elif args.probe == "raw":
+        out = raw(args.dst, args.proto, args.count)
+    else:
+        out = udp_refused(args.dst, args.dport, args.wait)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

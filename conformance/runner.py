@@ -1,0 +1,78 @@
+"""``natlab demo``: build the testbed, run every scenario, write the report.
+
+Results go to ``<out>/runs/<stamp>/results.jsonl`` as they come (a crash
+loses nothing written), evidence beside them; the report (CSV, Markdown,
+HTML) is written to ``<out>/`` and into the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+import traceback
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conformance import registry as registry_mod
+from conformance.context import Context
+from conformance.environment import collect
+from conformance.report import summary_table, write_report
+from conformance.results import ResultWriter, ScenarioResult, read_results
+from conformance.scenarios import SCENARIOS
+from topo.testbed import Testbed, TestbedError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, scenarios=None,
+              log=print) -> tuple[Path, list[ScenarioResult]]:
+    """Run the scenarios on a fresh testbed; return the run folder and the results."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run_dir = (out / "runs" / stamp).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scenarios = scenarios or SCENARIOS
+    results_path = run_dir / "results.jsonl"
+    log(f"natlab: run folder {run_dir}")
+    with ResultWriter(results_path) as writer, Testbed(clients=clients, servers=servers, globals=globals,
+                                                       workdir=run_dir / "testbed") as testbed:
+        log(f"natlab: testbed up ({clients} clients, {servers} servers, {globals} global addresses)")
+        ctx = Context(testbed, run_dir)
+        for i, scenario in enumerate(scenarios, 1):
+            name = scenario.__name__.replace("_", "-")
+            log(f"[{i}/{len(scenarios)}] {name} ...")
+            t0 = time.monotonic()
+            try:
+                batch = scenario(ctx)
+            except Exception as exc:  # a broken scenario is an error verdict, never a silent pass
+                batch = [ScenarioResult(behaviour=name.upper(), scenario=name, verdict="error",
+                                        reason=f"{type(exc).__name__}: {exc}",
+                                        started=datetime.now(UTC).isoformat(timespec="seconds"))]
+                (run_dir / f"{name}-traceback.txt").write_text(traceback.format_exc())
+            for result in batch:
+                writer.write(result)
+                log(f"      {result.scenario}: {result.verdict}" + (f" ({result.reason})" if result.reason else ""))
+            log(f"      {time.monotonic() - t0:.1f}s")
+        problems = testbed.controller.problems()
+        shutil.copy(testbed.controller.log, run_dir / "controller.log")
+    if problems:
+        log("natlab: the controller logged problems:\n  " + "\n  ".join(problems))
+    return run_dir, read_results(results_path)
+
+
+def main(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    try:
+        run_dir, results = run_suite(out)
+    except TestbedError as exc:
+        print(f"natlab demo: {exc}", file=sys.stderr)
+        return 1
+    registry = registry_mod.load()
+    env = collect(ROOT)
+    for folder, base in ((run_dir, ""), (out, str(run_dir.relative_to(out.resolve())) + "/")):
+        write_report(registry, results, env, folder, evidence_base=base)
+    print(summary_table(registry, results))
+    print(f"\nnatlab: report written to {out / 'report.html'} (also report.md, behaviours.csv, claims.csv, "
+          f"cells.csv); evidence in {run_dir}")
+    return 0 if all(r.verdict == "pass" for r in results) else 1

@@ -1,0 +1,149 @@
+"""NAT-AUTO and NAT-DROP: the NAT's own translation of TCP, UDP and ICMP, and
+what it refuses. Verdicts come from the applications themselves (curl,
+iperf3, ping exit status and counts) and from tshark reading captures taken
+inside the hosts on both sides of r1."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from conformance import apps
+from conformance.context import Context
+from conformance.evidence import captures, read_pcap
+from conformance.results import ScenarioResult
+from topo.natlab import INSIDE_NET, server_ip
+
+PRIVATE = ipaddress.IPv4Network(INSIDE_NET)
+SRV1, SRV2 = server_ip(1), server_ip(2)
+PROTO_NAMES = {1: "ICMP", 6: "TCP", 17: "UDP"}
+
+
+def _private(ip: str) -> bool:
+    return ipaddress.IPv4Address(ip) in PRIVATE
+
+
+def nat_auto(ctx: Context) -> list[ScenarioResult]:
+    """Unmodified curl, iperf3 (TCP and UDP) and ping from every client at once."""
+    tb, clients = ctx.testbed, ctx.clients()
+    srv1, srv2 = tb.host("srv1"), tb.host("srv2")
+    globals_ = set(tb.table()["globals"])
+    with ctx.recorded("nat-auto") as rec:
+        intfs = [(srv1, "srv1-eth0"), (srv2, "srv2-eth0")] + [(h, f"{h.name}-eth0") for h in clients]
+        with (apps.http_server(srv1, SRV1), apps.iperf3_server(srv1, 5201), apps.iperf3_server(srv2, 5202),
+              captures(intfs, rec.folder) as pcaps):
+            codes = {h.name: apps.curl(h, f"http://{SRV1}:8000/") for h in clients}
+            tcp = apps.iperf3(clients[0], SRV1, 5201, seconds=2)
+            udp = apps.iperf3(clients[-1], SRV2, 5202, seconds=2, udp_rate="20M")
+            refused = {h.name: apps.probe(h, "udp-refused", SRV2, 9)["refused"] for h in clients}
+            pings = {(h.name, dst): apps.ping(h, dst) for h in clients for dst in (SRV1, SRV2)}
+    server_side = read_pcap(pcaps["srv1-eth0"]) + read_pcap(pcaps["srv2-eth0"])
+    client_side = {h.name: read_pcap(pcaps[f"{h.name}-eth0"]) for h in clients}
+    leaked = [p for p in server_side if _private(p.src) or _private(p.dst)]
+    bad_sums = [p for p in server_side if p.checksum_bad]
+    created = {e["protocol"] for e in rec.table_after["entries"] if e["kind"] == "NAT-ALG"}
+    evidence = list(pcaps.values())
+    results = []
+    for proto, name in PROTO_NAMES.items():
+        seen = {p.src for p in server_side if p.proto == proto and p.src in globals_}
+        sent_private = all(any(p.proto == proto and p.src == client_ip(h) for p in client_side[h.name])
+                           for h in clients)
+        if proto == 6:
+            app_ok = [(all(c == 200 for c in codes.values()), f"curl status per client {codes}"),
+                      (tcp["received"] > 0, f"iperf3 TCP h1->srv1 moved {tcp['received']} bytes")]
+            story = f"curl 200 from {len(codes)} clients; iperf3 TCP {tcp['bps'] / 1e6:.0f} Mbit/s"
+        elif proto == 17:
+            app_ok = [(udp["received"] > 0, f"iperf3 UDP {clients[-1].name}->srv2 delivered {udp['received']} packets")]
+            story = f"iperf3 UDP delivered {udp['received']} packets; every client sent UDP to srv2"
+        else:
+            misdelivered = {h.name: [p for p in client_side[h.name] if p.icmp_type == 0 and p.icmp_id not in
+                                     {q.icmp_id for q in client_side[h.name] if q.icmp_type == 8}] for h in clients}
+            app_ok = [(all(r == s for s, r in pings.values()), f"ping (sent, received) {pings}"),
+                      (not any(misdelivered.values()), f"echo replies reached a client that did not ask: {misdelivered}")]
+            story = (f"ping {sum(r for _, r in pings.values())}/{sum(s for s, _ in pings.values())} replies, "
+                     "none delivered to another client")
+        checks = app_ok + [
+            (bool(seen), f"servers saw {name} from global addresses {sorted(seen)}"),
+            (sent_private, f"every client's capture shows its own private address sending {name}"),
+            (not [p for p in leaked if p.proto == proto], f"{name} packets with private addresses on the server side"),
+            (not [p for p in bad_sums if p.proto == proto], f"{name} checksums tshark found bad on the server side"),
+            (proto in created, f"NAT-ALG entries for protocol {proto} in the table"),
+        ]
+        results.append(rec.result(
+            "NAT-AUTO", name.lower(), checks, cell={"transport": name},
+            positive=f"{story}; server captures show {name} only from globals {sorted(seen)}; "
+                     f"NAT-ALG {name} entries made by the NAT itself",
+            negative=f"0 of {len(server_side)} server-side packets carry a private address; "
+                     f"{len(bad_sums)} bad TCP/UDP checksums (tshark)", extra_evidence=evidence))
+    results.append(rec.result(
+        "NAT-AUTO", "icmp-error", [(all(refused.values()), f"ECONNREFUSED per client {refused}")],
+        cell={"transport": "ICMP error"},
+        positive="each client's UDP to a closed port of srv2 came back as ECONNREFUSED: the port-unreachable and "
+                 "the header it quotes were translated back (RFC 5508 REQ-3)",
+        negative="a wrong quoted header would not match the client's socket, and recv would time out",
+        extra_evidence=evidence))
+    return results
+
+
+def nat_drop(ctx: Context) -> list[ScenarioResult]:
+    """Unsolicited inbound traffic and outbound ESP/AH without an entry go nowhere."""
+    tb, clients = ctx.testbed, ctx.clients()
+    h1, srv1, srv2 = clients[0], tb.host("srv1"), tb.host("srv2")
+    globals_ = tb.table()["globals"]
+    results = []
+    with ctx.recorded("nat-drop") as rec:
+        intfs = [(h, f"{h.name}-eth0") for h in clients] + [(srv1, "srv1-eth0"), (srv2, "srv2-eth0")]
+        with captures(intfs, rec.folder) as pcaps:
+            # A mapping that srv1 may use (h1 sent to it) and srv2 may not (RFC 4787 REQ-8).
+            opened = apps.probe(h1, "udp", SRV1, 9, "--sport", 47000, "--count", 1, "--wait", 0.2)
+            mapped = [e for e in tb.table()["entries"] if e["private_ip"] == client_ip(h1)
+                      and e["private_gpn"] == 47000 and e["protocol"] == 17]
+            target = (mapped[0]["global_ip"], mapped[0]["global_gpn"]) if mapped else (globals_[0], 47000)
+            allowed = apps.probe(srv1, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)
+            attempts = [apps.probe(srv2, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)]
+            for g in globals_:
+                attempts.append(apps.probe(srv2, "tcp-syn", g, 80, "--wait", 0.5))
+                attempts.append(apps.probe(srv2, "tcp-syn", g, 22, "--wait", 0.5))
+                attempts.append(apps.probe(srv2, "udp", g, 53, "--count", 2, "--wait", 0.2))
+                attempts.append(apps.probe(srv1, "tcp-syn", g, 8080, "--wait", 0.5))
+            esp = apps.probe(h1, "raw", SRV1, 50, "--count", 3)
+            ah = apps.probe(h1, "raw", SRV1, 51, "--count", 3)
+    caps = {name: read_pcap(path) for name, path in pcaps.items()}
+    inside = [p for h in clients for p in caps[f"{h.name}-eth0"]]
+    from_srv2_inside = [p for p in inside if p.src == SRV2]
+    unsolicited_srv1 = [p for p in inside if p.src == SRV1 and p.tcp_syn_only]
+    allowed_seen = [p for p in caps[f"{h1.name}-eth0"] if p.src == SRV1 and p.dport == 47000]
+    srv2_sent = [p for p in caps["srv2-eth0"] if p.src == SRV2 and p.dst in globals_]
+    connected = [a for a in attempts if a.get("connected")]
+    results.append(rec.result(
+        "NAT-DROP", "inbound-unsolicited", [
+            (bool(opened["sent"]) and bool(mapped), f"h1's UDP from port 47000 made a mapping {target}"),
+            (len(allowed_seen) >= 2, f"control: srv1's replies to the mapping reached h1 ({len(allowed_seen)} seen)"),
+            (len(srv2_sent) >= 3, f"srv2 really sent its probes ({len(srv2_sent)} on srv2's wire)"),
+            (not from_srv2_inside, f"packets from srv2 reached clients: {from_srv2_inside[:3]}"),
+            (not unsolicited_srv1, f"unsolicited SYNs from srv1 reached clients: {unsolicited_srv1[:3]}"),
+            (not connected, f"unsolicited TCP connects succeeded: {connected}"),
+            (allowed.get("sent") == 2, "srv1 sent to the mapping"),
+        ],
+        positive=f"{len(srv2_sent)} unsolicited packets left srv2 for {globals_} (TCP SYN 22/80, UDP 53, and UDP to "
+                 f"h1's mapping {target[0]}:{target[1]} that only srv1 may use); srv1's replies on that mapping "
+                 f"reached h1 ({len(allowed_seen)})",
+        negative=f"0 packets from srv2 and 0 unsolicited SYNs in {len(clients)} client captures; "
+                 f"drop flow counted them in r1", extra_evidence=list(pcaps.values())))
+    leaving = [p for p in caps[f"{h1.name}-eth0"] if p.proto in (50, 51) and p.src == client_ip(h1)]
+    arrived = [p for p in caps["srv1-eth0"] if p.proto in (50, 51)]
+    dropped = rec.counter_delta("drop:unsupported-protocol")
+    results.append(rec.result(
+        "NAT-DROP", "outbound-unsupported", [
+            (esp["sent"] == 3 and ah["sent"] == 3 and len(leaving) >= 6,
+             f"h1 sent ESP and AH without a lease ({len(leaving)} on h1's wire)"),
+            (not arrived, f"ESP/AH packets reached srv1: {arrived[:3]}"),
+            (dropped >= 6, f"controller counted {dropped} unsupported-protocol drops"),
+        ],
+        positive=f"h1 sent {len(leaving)} ESP/AH packets to srv1 with no entry; the controller counted "
+                 f"{dropped} drop:unsupported-protocol",
+        negative=f"srv1's capture holds {len(arrived)} ESP/AH packets", extra_evidence=list(pcaps.values())))
+    return results
+
+
+def client_ip(host) -> str:
+    return host.IP()
