@@ -14,6 +14,9 @@ def add_demo_parser(sub) -> None:
 def add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (not tests): nat")
     p.add_argument("what", choices=["nat"], help="nat: iperf3 through the NAT vs plain forwarding, connections/s")
+    from conformance.bench import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=run_bench)
 
 

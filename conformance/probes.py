@@ -68,6 +68,45 @@ def udp_refused(dst: str, dport: int, wait: float) -> dict:
             return {"refused": False, "reply": False}
 
 
+def tcp_sink(port: int, seconds: float) -> dict:
+    """Accept and close TCP connections for ``seconds`` (the far end of connect-rate)."""
+    import time
+
+    accepted = 0
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", port))
+        s.listen(1024)
+        s.settimeout(0.2)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = s.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+            accepted += 1
+    return {"accepted": accepted}
+
+
+def connect_rate(dst: str, dport: int, seconds: float) -> dict:
+    """New TCP connections per second, one at a time, each from a fresh source port."""
+    import time
+
+    done = failed = 0
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        with socket.socket() as s:
+            s.settimeout(2)
+            try:
+                s.connect((dst, dport))
+                done += 1
+            except OSError:
+                failed += 1
+    elapsed = time.monotonic() - start
+    return {"connections": done, "failed": failed, "seconds": round(elapsed, 3), "per_second": done / elapsed}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m conformance.probes")
     sub = p.add_subparsers(dest="probe", required=True)
@@ -89,6 +128,13 @@ def main() -> None:
     a.add_argument("dst")
     a.add_argument("dport", type=int)
     a.add_argument("--wait", type=float, default=2.0)
+    a = sub.add_parser("tcp-sink")
+    a.add_argument("port", type=int)
+    a.add_argument("--seconds", type=float, default=10)
+    a = sub.add_parser("connect-rate")
+    a.add_argument("dst")
+    a.add_argument("dport", type=int)
+    a.add_argument("--seconds", type=float, default=3)
     args = p.parse_args()
     if args.probe == "udp":
         out = udp(args.dst, args.dport, args.sport, args.count, args.wait)
@@ -96,8 +142,12 @@ def main() -> None:
         out = tcp_syn(args.dst, args.dport, args.wait)
     elif args.probe == "raw":
         out = raw(args.dst, args.proto, args.count)
-    else:
+    elif args.probe == "udp-refused":
         out = udp_refused(args.dst, args.dport, args.wait)
+    elif args.probe == "tcp-sink":
+        out = tcp_sink(args.port, args.seconds)
+    else:
+        out = connect_rate(args.dst, args.dport, args.seconds)
     print(json.dumps(out))
 
 

@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 
 from nat_app.config import DEFAULT_CONTROL_SOCKET, ConfigError, NatConfig, global_pool
@@ -46,10 +48,19 @@ def run_controller(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"natlab controller: {exc}", file=sys.stderr)
         return 2
+    try:
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", args.listen_port))
+    except OSError as exc:
+        print(f"natlab controller: cannot listen on 127.0.0.1:{args.listen_port} ({exc.strerror}); "
+              "is another controller running? (--listen-port picks another port)", file=sys.stderr)
+        return 2
     handler = logging.FileHandler(args.log) if args.log else logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, _frame: _shutdown(config, signum))
 
     from os_ken import cfg
     from os_ken.base.app_manager import AppManager
@@ -61,9 +72,17 @@ def run_controller(args: argparse.Namespace) -> int:
              project="os_ken")
     logging.getLogger("natlab.nat").info("controller up: OpenFlow 127.0.0.1:%d, control %s, globals %s",
                                          args.listen_port, config.control_socket, ", ".join(config.globals))
-    with contextlib.suppress(KeyboardInterrupt):
-        AppManager.run_apps(["nat_app.app"])
+    AppManager.run_apps(["nat_app.app"])
     return 0
+
+
+def _shutdown(config: NatConfig, signum: int) -> None:
+    """os-ken's threads cannot be joined once they block: tidy up and leave at once."""
+    logging.getLogger("natlab.nat").info("controller stopping (signal %d)", signum)
+    logging.shutdown()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(config.control_socket)
+    os._exit(0)
 
 
 def show_table(args: argparse.Namespace) -> int:

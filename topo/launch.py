@@ -20,6 +20,7 @@ def add_up_parser(sub) -> None:
         low, high = LIMITS[name]
         p.add_argument(f"--{name}", type=int, default=default, help=f"{what} ({low}..{high}, default {default})")
     p.add_argument("--bw", type=float, help="rate limit of the access link r1-s2 in Mbit/s (HTB)")
+    p.add_argument("--script", help="run these Mininet CLI commands (one a line) and stop, instead of the CLI")
     p.add_argument("--workdir", help="where the controller log goes (default: a new temporary folder)")
     p.set_defaults(func=run_up)
 
@@ -29,12 +30,12 @@ def run_up(args: argparse.Namespace) -> int:
 
     try:
         testbed = Testbed(clients=args.clients, servers=args.servers, globals=args.globals, bw=args.bw,
-                          workdir=args.workdir, control_socket=DEFAULT_CONTROL_SOCKET)
+                          workdir=args.workdir, control_socket=DEFAULT_CONTROL_SOCKET, log_level="info")
         with testbed:
             print(f"natlab: testbed up. Controller log: {testbed.controller.log}. "
                   "In another shell: `natlab table`. Try: h1 curl http://203.0.113.100:8000/ (after "
                   "`srv1 python3 -m http.server &`), h1 ping -c3 srv1.")
-            CLI(testbed.net)
+            CLI(testbed.net, script=args.script)
     except (TestbedError, ValueError) as exc:
         print(f"natlab up: {exc}", file=sys.stderr)
         return 1

@@ -121,13 +121,14 @@ class Testbed:
 
     def __init__(self, clients: int = 3, servers: int = 2, globals: int = 2, bw: float | None = None,
                  workdir: str | Path | None = None, controller_args: list[str] | None = None,
-                 control_socket: str | None = None) -> None:
+                 control_socket: str | None = None, log_level: str = "warning") -> None:
         self.params = {"clients": clients, "servers": servers, "globals": globals, "bw": bw}
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natlab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.controller = ControllerProcess(self.workdir, globals=globals, port=free_tcp_port(),
                                             extra_args=controller_args or [], socket_path=control_socket)
         self.net = None
+        self.log_level = log_level  # Mininet's; the CLI prints command output at "output" or below
 
     def __enter__(self) -> Testbed:
         self.start()
@@ -145,7 +146,7 @@ class Testbed:
 
         from topo.natlab import NatlabHost, NatlabTopo
 
-        setLogLevel("warning")
+        setLogLevel(self.log_level)
         try:
             self.controller.start()
             self.net = Mininet(
@@ -171,7 +172,10 @@ class Testbed:
     def stop(self) -> None:
         try:
             if self.net is not None:
+                controllers = list(self.net.controllers)
                 self.net.stop()
+                for c in controllers:  # RemoteController.stop() leaves its shell running
+                    c.terminate()
                 self.net = None
         finally:
             self.controller.stop()

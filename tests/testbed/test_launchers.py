@@ -1,0 +1,90 @@
+"""The three ways the README starts the testbed, and `natlab demo` / `natlab bench`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from nat_app.control import ControlError, request
+from tests.testbed.conftest import leftovers
+
+ROOT = Path(__file__).resolve().parents[2]
+NATLAB = [sys.executable, "-m", "topo.cli"]
+
+
+def run(argv, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
+
+
+def test_mn_custom_line_against_natlab_controller(tmp_path):
+    """The README's `sudo mn --custom topo/natlab.py ...` line, with Debian's mn, on port 6653."""
+    sock = str(tmp_path / "c.sock")
+    ctl = subprocess.Popen([*NATLAB, "controller", "--control-socket", sock, "--log", str(tmp_path / "c.log")],
+                           cwd=ROOT, start_new_session=True)
+    try:
+        for _ in range(100):
+            try:
+                request(sock, "table", timeout=1)
+                break
+            except ControlError:
+                time.sleep(0.1)
+        script = tmp_path / "post"
+        script.write_text("h1 ping -c 2 203.0.113.100\nh3 ping -c 2 203.0.113.101\n"
+                          f"sh cd {ROOT} && {' '.join(NATLAB)} table --json --control-socket {sock} > {tmp_path}/t.json\n")
+        out = run(["mn", "--custom", "topo/natlab.py", "--topo", "natlab,clients=3", "--switch", "ovs,datapath=user",
+                   "--controller", "remote", "--test", "none", "--post", str(script)])
+        assert (out.stdout + out.stderr).count("2 received") == 2, out.stdout + out.stderr
+        table = json.loads((tmp_path / "t.json").read_text())
+        assert {e["private_ip"] for e in table["entries"]} == {"10.0.0.1", "10.0.0.3"}
+    finally:
+        os.killpg(ctl.pid, signal.SIGTERM)
+        ctl.wait(timeout=10)
+    assert "Traceback" not in (tmp_path / "c.log").read_text()
+    assert not leftovers()
+
+
+def test_natlab_up_runs_the_cli_and_leaves_nothing_behind(tmp_path):
+    sock_table = f"{sys.executable} -m topo.cli table"
+    script = tmp_path / "commands"
+    script.write_text(f"h1 ping -c 1 203.0.113.100\nsh cd {ROOT} && {sock_table}\n")
+    out = run([*NATLAB, "up", "--clients", "2", "--workdir", str(tmp_path), "--script", str(script)])
+    assert out.returncode == 0, out.stderr
+    assert "1 received" in out.stdout + out.stderr  # Mininet prints command output on stderr
+    assert "NAT-ALG" in out.stdout and "10.0.0.1" in out.stdout  # natlab table, from inside the CLI
+    assert not leftovers()
+    assert not Path("/run/natlab/controller.sock").exists()
+
+
+def test_natlab_up_rejects_bad_parameters():
+    out = run([*NATLAB, "up", "--clients", "0"])
+    assert out.returncode != 0 and "clients=0" in out.stderr
+
+
+def test_natlab_demo_writes_the_report(tmp_path):
+    out = run([*NATLAB, "demo", "--out", str(tmp_path)], timeout=600)
+    assert "report written" in out.stdout, out.stdout + out.stderr
+    behaviours = pd.read_csv(tmp_path / "behaviours.csv").set_index("id")
+    assert behaviours.loc["NAT-AUTO", "verdict"] == "pass", behaviours.loc["NAT-AUTO"].to_dict()
+    assert behaviours.loc["NAT-DROP", "verdict"] == "pass", behaviours.loc["NAT-DROP"].to_dict()
+    others = behaviours.drop(index=["NAT-AUTO", "NAT-DROP"])
+    assert set(others["verdict"]) == {"not implemented"}
+    assert (tmp_path / "report.html").read_text().count("NAT-AUTO") >= 1
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert list(run_dir.glob("evidence/nat-auto/*.pcap")) and (run_dir / "controller.log").exists()
+    assert not leftovers()
+
+
+def test_natlab_bench_nat_reports_both_paths_and_the_ratio(tmp_path):
+    out = run([*NATLAB, "bench", "nat", "--seconds", "1", "--rounds", "1", "--out", str(tmp_path)])
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "bench-nat.json").read_text())
+    assert result["median_bps"]["nat"] > 0 and result["median_bps"]["plain"] > 0
+    assert result["connections_per_second"]["nat"] > 0 and "ratio" in out.stdout
+    assert not leftovers()
