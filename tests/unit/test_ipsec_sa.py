@@ -69,10 +69,12 @@ def test_invalid_parameters_name_field_and_value(changes: dict, message: str) ->
         make(**changes)
 
 
-def test_key_errors_do_not_print_key_material() -> None:
+def test_keys_stay_out_of_errors_and_reprs() -> None:
     with pytest.raises(ValueError) as err:
         make(enc_key=b"\xab" * 19)
-    assert "abab" not in str(err.value)
+    assert "abab" not in str(err.value) and "\\xab" not in str(err.value)
+    sa = make(enc_key=b"\xcd" * 20)
+    assert "\\xcd" not in repr(sa) and "\\xcd" not in repr(SAState(sa))
 
 
 def test_algorithm_lookup_accepts_iana_names_any_case_and_aliases() -> None:

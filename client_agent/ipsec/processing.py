@@ -1,0 +1,91 @@
+"""IPsec processing of whole IPv4 packets (RFC 4301 section 5): what a datapath calls.
+
+Outbound, a datapath either asks the SPD (:func:`outbound`) or, when it already
+knows the SA, protects directly (:func:`encapsulate`). Inbound,
+:func:`decapsulate` finds the SA by SPI and unprotects; :func:`inbound` also
+applies the SPD to the result and to cleartext arrivals. Every refusal is an
+:class:`~client_agent.ipsec.errors.IPsecError` whose ``reason`` names a drop counter.
+
+The ``icv_src``/``icv_dst`` overrides are the addresses the protected packet is
+considered to carry: the AH ICV is computed (outbound) or verified (inbound)
+over them, and inbound the SAD matches ``icv_dst``. A client behind the
+extensible NAT passes the NAT's global address: ``icv_src`` when sending,
+``icv_dst`` when receiving.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from client_agent.ipsec import ah, esp, ipheader
+from client_agent.ipsec.ah import Address
+from client_agent.ipsec.errors import Malformed, PolicyDrop
+from client_agent.ipsec.sa import SAState
+from client_agent.ipsec.sad import SAD
+from client_agent.ipsec.spd import SPD, Action
+from netwire.checksum import ip_bytes
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
+
+_SPI_OFFSET = {IPPROTO_ESP: 0, IPPROTO_AH: 4}  # where the SPI sits in each header
+
+
+class Decapsulated(NamedTuple):
+    """An unprotected packet and the SA it arrived under."""
+
+    packet: bytes
+    sa: SAState
+
+
+def encapsulate(packet: bytes, sa: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+    """Protect the IPv4 ``packet`` with the outbound SA ``sa`` (ESP or AH, as the SA says)."""
+    if sa.protocol == IPPROTO_ESP:
+        return esp.encapsulate(packet, sa)
+    return ah.encapsulate(packet, sa, icv_src=icv_src, icv_dst=icv_dst)
+
+
+def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Address = None) -> Decapsulated:
+    """Find the inbound SA of a received ESP/AH ``packet`` and unprotect it (RFC 4301 section 5.2)."""
+    header_len, total_len = ipheader.lengths(packet)
+    protocol = packet[ipheader.PROTOCOL_OFFSET]
+    spi_at = _SPI_OFFSET.get(protocol)
+    if spi_at is None:
+        raise Malformed(f"IP protocol {protocol} is neither ESP nor AH")
+    spi_at += header_len
+    if total_len < spi_at + 4:
+        raise Malformed("packet too short for an SPI")
+    spi = int.from_bytes(packet[spi_at : spi_at + 4], "big")
+    dst = bytes(packet[16:20]) if icv_dst is None else ip_bytes(icv_dst)
+    sa = sad.lookup(protocol, spi, dst)
+    if protocol == IPPROTO_ESP:
+        return Decapsulated(esp.decapsulate(packet, sa), sa)
+    return Decapsulated(ah.decapsulate(packet, sa, icv_src=icv_src, icv_dst=icv_dst), sa)
+
+
+def outbound(packet: bytes, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+    """RFC 4301 section 5.1: the packet to send for ``packet`` (protected or bypassed), or PolicyDrop."""
+    policy = spd.lookup(packet)
+    if policy.action is Action.BYPASS:
+        return packet
+    if policy.action is Action.DISCARD or policy.outbound is None:
+        raise PolicyDrop(f"outbound packet discarded by policy {policy.name!r}")
+    return encapsulate(packet, policy.outbound, icv_src=icv_src, icv_dst=icv_dst)
+
+
+def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+    """RFC 4301 section 5.2: the packet to deliver for a received ``packet``, or an IPsecError.
+
+    ESP/AH is unprotected, and the result must be selected by a PROTECT policy
+    whose inbound SA is the one it arrived under; anything else must be
+    selected by a BYPASS policy.
+    """
+    ipheader.lengths(packet)
+    if packet[ipheader.PROTOCOL_OFFSET] in _SPI_OFFSET:
+        inner, sa = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
+        policy = spd.lookup(inner, inbound=True)
+        if policy.action is not Action.PROTECT or policy.inbound is not sa:
+            raise PolicyDrop(f"packet under SA 0x{sa.sa.spi:08x} is not what policy {policy.name!r} expects")
+        return inner
+    policy = spd.lookup(packet, inbound=True)
+    if policy.action is not Action.BYPASS:
+        raise PolicyDrop(f"cleartext packet refused by policy {policy.name!r} ({policy.action})")
+    return packet

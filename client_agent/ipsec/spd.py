@@ -1,0 +1,135 @@
+"""The Security Policy Database (RFC 4301 section 4.4.1): ordered policies, the first match wins.
+
+Selectors are written from this host's point of view for outbound traffic
+(``src`` is local, ``dst`` remote); an inbound packet is matched mirrored, its
+source against ``dst`` and its destination against ``src``, so one policy
+covers both directions of a conversation, with an SA for each.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from client_agent.ipsec import ipheader
+from client_agent.ipsec.sa import SAState
+from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+
+IPPROTO_SCTP = 132
+ANY_PORT = (0, 65535)
+_PORTED = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
+_PORTS = struct.Struct("!HH")
+
+
+class Action(StrEnum):
+    """RFC 4301 section 4.4.1: what happens to traffic a policy selects."""
+
+    PROTECT = "protect"
+    BYPASS = "bypass"
+    DISCARD = "discard"
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Traffic selectors (RFC 4301 section 4.4.1.1): prefixes, a protocol, inclusive port ranges.
+
+    ``protocol`` None means any. Packets without ports (other protocols,
+    non-initial fragments) match only selectors whose port ranges are
+    :data:`ANY_PORT`, like the RFC's OPAQUE.
+    """
+
+    src: str = "0.0.0.0/0"
+    dst: str = "0.0.0.0/0"
+    protocol: int | None = None
+    src_ports: tuple[int, int] = ANY_PORT
+    dst_ports: tuple[int, int] = ANY_PORT
+    _src: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _dst: tuple[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("src", "dst"):
+            value = getattr(self, name)
+            try:
+                network = ipaddress.IPv4Network(value)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{name}={value!r}: not an IPv4 prefix ({err})") from None
+            object.__setattr__(self, "_" + name, (int(network.network_address), int(network.netmask)))
+        if self.protocol is not None and not (isinstance(self.protocol, int) and 0 <= self.protocol <= 255):
+            raise ValueError(f"protocol={self.protocol!r}: must be 0..255 or None (any)")
+        for name in ("src_ports", "dst_ports"):
+            ports = getattr(self, name)
+            if not (isinstance(ports, tuple) and len(ports) == 2 and 0 <= ports[0] <= ports[1] <= 65535):
+                raise ValueError(f"{name}={ports!r}: must be a (low, high) range within 0..65535")
+
+    def matches(self, src: int, dst: int, protocol: int, src_port: int | None, dst_port: int | None) -> bool:
+        """Whether a packet with these fields (addresses as integers) is selected."""
+        net, mask = self._src
+        if src & mask != net:
+            return False
+        net, mask = self._dst
+        if dst & mask != net:
+            return False
+        if self.protocol is not None and protocol != self.protocol:
+            return False
+        if src_port is None:
+            return self.src_ports == ANY_PORT and self.dst_ports == ANY_PORT
+        return (
+            self.src_ports[0] <= src_port <= self.src_ports[1] and self.dst_ports[0] <= dst_port <= self.dst_ports[1]
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """One SPD entry. PROTECT names the SA for outbound traffic and the SA inbound traffic must arrive under."""
+
+    selector: Selector
+    action: Action
+    outbound: SAState | None = None
+    inbound: SAState | None = None
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", Action(self.action))
+        has_sa = self.outbound is not None or self.inbound is not None
+        if self.action is Action.PROTECT and not has_sa:
+            raise ValueError(f"policy {self.name!r}: action=protect needs an outbound or inbound SA")
+        if self.action is not Action.PROTECT and has_sa:
+            raise ValueError(f"policy {self.name!r}: action={self.action} takes no SA")
+
+
+class SPD:
+    """Ordered policies; a packet no policy selects gets ``default`` (DISCARD unless told otherwise)."""
+
+    def __init__(self, policies: Iterable[Policy] = (), *, default: Action = Action.DISCARD) -> None:
+        self.policies = list(policies)
+        self.default = Policy(Selector(), default, name="default")
+
+    def add(self, policy: Policy) -> None:
+        """Append ``policy`` after the existing ones (it matches only what they leave)."""
+        self.policies.append(policy)
+
+    def lookup(self, packet: bytes, *, inbound: bool = False) -> Policy:
+        """The first policy selecting ``packet``; ``inbound`` matches it mirrored."""
+        src, dst, protocol, src_port, dst_port = packet_selectors(packet)
+        if inbound:
+            src, dst, src_port, dst_port = dst, src, dst_port, src_port
+        for policy in self.policies:
+            if policy.selector.matches(src, dst, protocol, src_port, dst_port):
+                return policy
+        return self.default
+
+
+def packet_selectors(packet: bytes) -> tuple[int, int, int, int | None, int | None]:
+    """``(src, dst, protocol, src_port, dst_port)`` of an IPv4 packet; ports None when it has none."""
+    header_len, total_len = ipheader.lengths(packet)
+    src = int.from_bytes(packet[12:16], "big")
+    dst = int.from_bytes(packet[16:20], "big")
+    protocol = packet[ipheader.PROTOCOL_OFFSET]
+    first_fragment = not (packet[6] & 0x1F or packet[7])
+    if protocol in _PORTED and first_fragment and total_len >= header_len + 4:
+        src_port, dst_port = _PORTS.unpack_from(packet, header_len)
+        return src, dst, protocol, src_port, dst_port
+    return src, dst, protocol, None, None
