@@ -13,6 +13,7 @@ import struct
 
 
 def udp(dst: str, dport: int, sport: int, count: int, wait: float) -> dict:
+    """Send ``count`` datagrams and count replies."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         if sport:
             s.bind(("", sport))
@@ -30,6 +31,7 @@ def udp(dst: str, dport: int, sport: int, count: int, wait: float) -> dict:
 
 
 def tcp_syn(dst: str, dport: int, wait: float) -> dict:
+    """Try one TCP connection."""
     with socket.socket() as s:
         s.settimeout(wait)
         try:
@@ -108,47 +110,27 @@ def connect_rate(dst: str, dport: int, seconds: float) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m conformance.probes")
+    p = argparse.ArgumentParser(prog="python -m conformance.probes", description=__doc__)
     sub = p.add_subparsers(dest="probe", required=True)
-    a = sub.add_parser("udp")
-    a.add_argument("dst")
-    a.add_argument("dport", type=int)
-    a.add_argument("--sport", type=int, default=0)
-    a.add_argument("--count", type=int, default=3)
-    a.add_argument("--wait", type=float, default=0.5)
-    a = sub.add_parser("tcp-syn")
-    a.add_argument("dst")
-    a.add_argument("dport", type=int)
-    a.add_argument("--wait", type=float, default=1.0)
-    a = sub.add_parser("raw")
-    a.add_argument("dst")
-    a.add_argument("proto", type=int)
-    a.add_argument("--count", type=int, default=3)
-    a = sub.add_parser("udp-refused")
-    a.add_argument("dst")
-    a.add_argument("dport", type=int)
-    a.add_argument("--wait", type=float, default=2.0)
-    a = sub.add_parser("tcp-sink")
-    a.add_argument("port", type=int)
-    a.add_argument("--seconds", type=float, default=10)
-    a = sub.add_parser("connect-rate")
-    a.add_argument("dst")
-    a.add_argument("dport", type=int)
-    a.add_argument("--seconds", type=float, default=3)
-    args = p.parse_args()
-    if args.probe == "udp":
-        out = udp(args.dst, args.dport, args.sport, args.count, args.wait)
-    elif args.probe == "tcp-syn":
-        out = tcp_syn(args.dst, args.dport, args.wait)
-    elif args.probe == "raw":
-        out = raw(args.dst, args.proto, args.count)
-    elif args.probe == "udp-refused":
-        out = udp_refused(args.dst, args.dport, args.wait)
-    elif args.probe == "tcp-sink":
-        out = tcp_sink(args.port, args.seconds)
-    else:
-        out = connect_rate(args.dst, args.dport, args.seconds)
-    print(json.dumps(out))
+
+    def probe(name, func, *args, **options):
+        a = sub.add_parser(name, help=func.__doc__.splitlines()[0] if func.__doc__ else None)
+        for arg in args:
+            a.add_argument(arg, type=int if arg in ("dport", "port", "proto") else str)
+        for option, default in options.items():
+            a.add_argument(f"--{option}", type=type(default), default=default)
+        a.set_defaults(func=func)
+
+    probe("udp", udp, "dst", "dport", sport=0, count=3, wait=0.5)
+    probe("tcp-syn", tcp_syn, "dst", "dport", wait=1.0)
+    probe("raw", raw, "dst", "proto", count=3)
+    probe("udp-refused", udp_refused, "dst", "dport", wait=2.0)
+    probe("tcp-sink", tcp_sink, "port", seconds=10.0)
+    probe("connect-rate", connect_rate, "dst", "dport", seconds=3.0)
+    args = vars(p.parse_args())
+    func = args.pop("func")
+    args.pop("probe")
+    print(json.dumps(func(**args)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ network and the controller and removes what they made.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -24,10 +25,11 @@ from nat_app.control import ControlError, request
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 CONNECT_TIMEOUT_S = 20.0
+LOCK_PATH = "/run/natlab/testbed.lock"
 
 
 class TestbedError(RuntimeError):
-    pass
+    __test__ = False  # not a pytest class, despite the name
 
 
 def ensure_ovs() -> None:
@@ -44,6 +46,43 @@ def ensure_ovs() -> None:
 def require_root() -> None:
     if os.geteuid() != 0:
         raise TestbedError("the testbed needs root (network namespaces, Open vSwitch): run with sudo")
+
+
+class TestbedLock:
+    __test__ = False
+
+    """One testbed per machine: switch and interface names (s1, r1, h1-eth0) are global.
+
+    ``wait`` seconds to wait for another testbed to finish; default
+    $NATLAB_TESTBED_WAIT, else 0 (fail at once with a clear message).
+    """
+
+    def __init__(self, wait: float | None = None) -> None:
+        self.wait = float(os.environ.get("NATLAB_TESTBED_WAIT", 0)) if wait is None else wait
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        os.makedirs(os.path.dirname(LOCK_PATH), exist_ok=True)
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                    os.close(fd)
+                    raise TestbedError(f"another natlab testbed is running (pid {holder}); stop it first") from None
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def free_tcp_port() -> int:
@@ -117,17 +156,20 @@ class ControllerProcess:
 
 
 class Testbed:
+    __test__ = False
+
     """The whole testbed. Parameters as the topology: clients, servers, globals, bw."""
 
     def __init__(self, clients: int = 3, servers: int = 2, globals: int = 2, bw: float | None = None,
                  workdir: str | Path | None = None, controller_args: list[str] | None = None,
-                 control_socket: str | None = None, log_level: str = "warning") -> None:
+                 control_socket: str | None = None, log_level: str = "warning", wait_for_lock: float | None = None) -> None:
         self.params = {"clients": clients, "servers": servers, "globals": globals, "bw": bw}
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natlab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.controller = ControllerProcess(self.workdir, globals=globals, port=free_tcp_port(),
                                             extra_args=controller_args or [], socket_path=control_socket)
         self.net = None
+        self.lock = TestbedLock(wait_for_lock)
         self.log_level = log_level  # Mininet's; the CLI prints command output at "output" or below
 
     def __enter__(self) -> Testbed:
@@ -147,6 +189,7 @@ class Testbed:
         from topo.natlab import NatlabHost, NatlabTopo
 
         setLogLevel(self.log_level)
+        self.lock.acquire()
         try:
             self.controller.start()
             self.net = Mininet(
@@ -179,6 +222,7 @@ class Testbed:
                 self.net = None
         finally:
             self.controller.stop()
+            self.lock.release()
 
     def host(self, name: str):
         return self.net.get(name)

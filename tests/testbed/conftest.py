@@ -16,6 +16,8 @@ import pytest
 from topo.testbed import Testbed
 
 NOT_ROOT = os.geteuid() != 0
+# Testbeds are one per machine (topo.testbed.TestbedLock); tests queue for it, also in subprocesses.
+os.environ.setdefault("NATLAB_TESTBED_WAIT", "900")
 pytestmark = pytest.mark.testbed
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from nat_app.control import ControlError, request
 from tests.testbed.conftest import leftovers
+from topo.testbed import TestbedLock
 
 ROOT = Path(__file__).resolve().parents[2]
 NATLAB = [sys.executable, "-m", "topo.cli"]
@@ -25,6 +26,15 @@ def run(argv, **kw) -> subprocess.CompletedProcess:
 
 def test_mn_custom_line_against_natlab_controller(tmp_path):
     """The README's `sudo mn --custom topo/natlab.py ...` line, with Debian's mn, on port 6653."""
+    lock = TestbedLock()
+    lock.acquire()
+    try:
+        _mn_custom_line(tmp_path)
+    finally:
+        lock.release()
+
+
+def _mn_custom_line(tmp_path):
     sock = str(tmp_path / "c.sock")
     ctl = subprocess.Popen([*NATLAB, "controller", "--control-socket", sock, "--log", str(tmp_path / "c.log")],
                            cwd=ROOT, start_new_session=True)
