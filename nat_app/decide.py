@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 
+from nat_app.allocate import Pool
 from nat_app.config import NatConfig
 from nat_app.messages import (
     COOKIE_INFRA,
@@ -35,7 +36,6 @@ from nat_app.messages import (
     ToController,
 )
 from nat_app.neighbours import NeighbourCache
-from nat_app.ports import PortSpace
 from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from nat_app.translate import rewrite, rewrite_icmp_error
 from netwire.ethernet import (
@@ -82,8 +82,7 @@ class NatCore:
     def _reset(self) -> None:
         self.table = TranslationTable()
         self.neighbours = NeighbourCache()
-        self._ports: dict[tuple[str, int], PortSpace] = {}
-        self._paired: dict[str, str] = {}  # private IP -> its global IP (RFC 4787 REQ-2)
+        self.pool = Pool(self.config.globals, self.config.port_quarantine, self._rng)
         self._mappings: dict[tuple, tuple[str, int]] = {}  # (proto, private IP, port) -> (global IP, port)
         self._mapping_refs: dict[tuple, int] = {}
         self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
@@ -252,8 +251,8 @@ class NatCore:
         key = (proto, ip.src, port)
         mapping = self._mappings.get(key)
         if mapping is None:
-            global_ip = self._paired_global(ip.src)
-            global_port = self._port_space(global_ip, proto).reserve(now, preferred=port)
+            global_ip = self.pool.paired(ip.src)
+            global_port = self.pool.space(global_ip, proto).reserve(now, preferred=port)
             if global_port is None:
                 return None, self._drop("ports-exhausted")
             mapping = self._mappings[key] = (global_ip, global_port)
@@ -277,10 +276,10 @@ class NatCore:
         (ICMP, global IP, foreign) to belong to one private host. Otherwise the
         controller translates each packet, by identifier (the slow path)."""
         c = self.config
-        global_ip = self._paired_global(ip.src)
+        global_ip = self.pool.paired(ip.src)
         sharers = self.table.private_hosts_of(IPPROTO_ICMP, global_ip, ip.dst) - {ip.src}
         triple = (IPPROTO_ICMP, global_ip, ip.dst)
-        ids = self._port_space(global_ip, IPPROTO_ICMP)
+        ids = self.pool.space(global_ip, IPPROTO_ICMP)
         msgs: list[Message] = []
         fast = not sharers and triple not in self._slow_triples and ids.is_free(ident, now, any_range=True)
         if fast:
@@ -424,7 +423,7 @@ class NatCore:
         elif entry.global_gpn is not None:
             if self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
                 del self._icmp_pairs[(entry.private_ip, entry.foreign)]
-            self._port_space(entry.global_ip, entry.protocol).release(entry.global_gpn, now)
+            self.pool.space(entry.global_ip, entry.protocol).release(entry.global_gpn, now)
         triple = (entry.protocol, entry.global_ip, entry.foreign)
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
@@ -438,28 +437,11 @@ class NatCore:
         self._mapping_refs.pop(key, None)
         mapping = self._mappings.pop(key, None)
         if mapping is not None:
-            self._port_space(mapping[0], key[0]).release(mapping[1], now)
+            self.pool.space(mapping[0], key[0]).release(mapping[1], now)
 
     def _refresh(self, entry: Entry, now: float, timeout: int) -> None:
         if entry.expires is not None and entry.expires < now + timeout - 1:  # at most one heap push a second
             self.table.set_expiry(entry.id, now + timeout)
-
-    def _paired_global(self, private_ip: str) -> str:
-        """RFC 4787 REQ-2: one global IP per private host, the least used at first sight."""
-        global_ip = self._paired.get(private_ip)
-        if global_ip is None:
-            load = {g: 0 for g in self.config.globals}
-            for g in self._paired.values():
-                load[g] += 1
-            global_ip = self._paired[private_ip] = min(self.config.globals, key=lambda g: (load[g], g))
-        return global_ip
-
-    def _port_space(self, global_ip: str, protocol: int) -> PortSpace:
-        space = self._ports.get((global_ip, protocol))
-        if space is None:
-            space = self._ports[(global_ip, protocol)] = PortSpace(
-                quarantine=self.config.port_quarantine, rng=self._rng)
-        return space
 
     def _quoted(self, packet: bytes, ip: IPv4Header):
         at = ip.header_len + _ICMP_ERROR_HEADER_LEN

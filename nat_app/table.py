@@ -76,6 +76,7 @@ class TranslationTable:
         self._in: dict[tuple, Entry] = {}
         self._expiry: list[tuple[float, int]] = []
         self._triples: dict[tuple, Counter[str]] = defaultdict(Counter)
+        self._by_global: dict[tuple, Counter[str]] = defaultdict(Counter)  # (protocol, global IP) -> hosts
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -99,6 +100,7 @@ class TranslationTable:
         self._out[entry.out_key] = entry
         self._in[entry.in_key] = entry
         self._triples[(protocol, global_ip, foreign)][private_ip] += 1
+        self._by_global[(protocol, global_ip)][private_ip] += 1
         if expires is not None:
             heapq.heappush(self._expiry, (expires, entry.id))
         return entry
@@ -112,12 +114,8 @@ class TranslationTable:
             return None
         del self._out[entry.out_key]
         del self._in[entry.in_key]
-        hosts = self._triples[(entry.protocol, entry.global_ip, entry.foreign)]
-        hosts[entry.private_ip] -= 1
-        if hosts[entry.private_ip] <= 0:
-            del hosts[entry.private_ip]
-        if not hosts:
-            del self._triples[(entry.protocol, entry.global_ip, entry.foreign)]
+        _uncount(self._triples, (entry.protocol, entry.global_ip, entry.foreign), entry.private_ip)
+        _uncount(self._by_global, (entry.protocol, entry.global_ip), entry.private_ip)
         return entry
 
     def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None, foreign: str) -> Entry | None:
@@ -159,10 +157,25 @@ class TranslationTable:
         """Private IPs sharing (protocol, global IP, foreign): one means OpenFlow can demux it."""
         return frozenset(self._triples.get((protocol, global_ip, foreign), ()))
 
+    def hosts_on(self, protocol: int, global_ip: str) -> frozenset[str]:
+        """Private IPs with entries of ``protocol`` on ``global_ip``, for any foreign address."""
+        return frozenset(self._by_global.get((protocol, global_ip), ()))
+
     def check_invariants(self) -> None:
         """Raise AssertionError if the indices disagree (used by tests and the fuzzer)."""
         assert len(self._out) == len(self._in) == len(self._by_id)
         for entry in self._by_id.values():
             assert self._out[entry.out_key] is entry and self._in[entry.in_key] is entry
             assert self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] > 0
-        assert sum(sum(c.values()) for c in self._triples.values()) == len(self._by_id)
+        for index in (self._triples, self._by_global):
+            assert sum(sum(c.values()) for c in index.values()) == len(self._by_id)
+            assert all(all(n > 0 for n in c.values()) and c for c in index.values())
+
+
+def _uncount(index: dict[tuple, Counter[str]], key: tuple, host: str) -> None:
+    hosts = index[key]
+    hosts[host] -= 1
+    if hosts[host] <= 0:
+        del hosts[host]
+    if not hosts:
+        del index[key]

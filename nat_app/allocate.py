@@ -1,0 +1,55 @@
+"""Step 704's choices: which global IP, and which GPN within it.
+
+The pool hands each private host one global IP for the NAT's own mappings
+(RFC 4787 REQ-2, "paired"), and keeps one GPN space per (global IP,
+protocol): 16-bit ports for TCP and UDP (shared by NAPT mappings and ports
+that clients lease, so the two never collide), ICMP identifiers, and the
+wide spaces of leased protocols (ESP/AH SPIs, ISAKMP cookies).
+"""
+
+from __future__ import annotations
+
+import random
+
+from nat_app.ports import PortSpace
+from nat_app.table import TranslationTable
+
+
+class Pool:
+    def __init__(self, globals: tuple[str, ...], quarantine: float, rng: random.Random) -> None:
+        self.globals = globals
+        self._quarantine = quarantine
+        self._rng = rng
+        self._paired: dict[str, str] = {}
+        self._spaces: dict[tuple[str, int], PortSpace] = {}
+
+    def paired(self, private_ip: str) -> str:
+        """The private host's global IP, the least used one at first sight (RFC 4787 REQ-2)."""
+        global_ip = self._paired.get(private_ip)
+        if global_ip is None:
+            load = dict.fromkeys(self.globals, 0)
+            for g in self._paired.values():
+                load[g] += 1
+            global_ip = self._paired[private_ip] = min(self.globals, key=lambda g: (load[g], g))
+        return global_ip
+
+    def for_client_alg(self, private_ip: str, protocol: int, table: TranslationTable,
+                       keep: str | None = None) -> str:
+        """A global IP for a leased entry: ``keep`` if the client already uses one for this
+        protocol (CL-SPI: "keeping the same global IP"), else one that no other private
+        host uses for the protocol, so OpenFlow alone can demultiplex it (the fast path),
+        the paired one first; else the paired one (the controller demultiplexes)."""
+        if keep is not None:
+            return keep
+        paired = self.paired(private_ip)
+        for g in (paired, *[g for g in self.globals if g != paired]):
+            if table.hosts_on(protocol, g) <= {private_ip}:
+                return g
+        return paired
+
+    def space(self, global_ip: str, protocol: int, low: int = 1024, high: int = 65535) -> PortSpace:
+        """The GPN space of (global IP, protocol); its range is fixed when first asked for."""
+        space = self._spaces.get((global_ip, protocol))
+        if space is None:
+            space = self._spaces[(global_ip, protocol)] = PortSpace(low, high, self._quarantine, self._rng)
+        return space
