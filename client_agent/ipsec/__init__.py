@@ -5,10 +5,12 @@ Bytes in, bytes out: no sockets, files or clocks. A datapath holds a
 (or :func:`encapsulate`/:func:`decapsulate` when it picks SAs itself), counting
 :class:`IPsecError` drops by their ``reason``.
 
-Modules: ``algorithms`` (transform tables), ``crypto`` (keyed cipher and MAC
-objects), ``sa`` (parameters and running state), ``replay`` (anti-replay
-window), ``esp``, ``ah``, ``sad``, ``spd``, ``processing`` (RFC 4301 section 5),
-``keyfile`` (Wireshark ``esp_sa``), ``bench`` (packets per second).
+Modules: ``errors`` (drop reasons), ``algorithms`` (transform tables),
+``crypto`` (keyed cipher and MAC objects), ``sa`` (parameters and running
+state), ``replay`` (anti-replay window), ``ipheader`` (IPv4 header bytes),
+``esp``, ``ah``, ``sad``, ``spd``, ``processing`` (RFC 4301 section 5),
+``keyfile`` (Wireshark ``esp_sa``), ``suites`` (every valid algorithm
+combination), ``bench`` (packets per second).
 """
 
 from client_agent.ipsec.errors import DropReason, IPsecError

@@ -33,14 +33,14 @@ class Decapsulated(NamedTuple):
     """An unprotected packet and the SA it arrived under."""
 
     packet: bytes
-    sa: SAState
+    state: SAState
 
 
-def encapsulate(packet: bytes, sa: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
-    """Protect the IPv4 ``packet`` with the outbound SA ``sa`` (ESP or AH, as the SA says)."""
-    if sa.protocol == IPPROTO_ESP:
-        return esp.encapsulate(packet, sa)
-    return ah.encapsulate(packet, sa, icv_src=icv_src, icv_dst=icv_dst)
+def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+    """Protect the IPv4 ``packet`` with the outbound SA ``state`` (ESP or AH, as the SA says)."""
+    if state.protocol == IPPROTO_ESP:
+        return esp.encapsulate(packet, state)
+    return ah.encapsulate(packet, state, icv_src=icv_src, icv_dst=icv_dst)
 
 
 def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Address = None) -> Decapsulated:
@@ -55,10 +55,10 @@ def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Ad
         raise Malformed("packet too short for an SPI")
     spi = int.from_bytes(packet[spi_at : spi_at + 4], "big")
     dst = bytes(packet[16:20]) if icv_dst is None else ip_bytes(icv_dst)
-    sa = sad.lookup(protocol, spi, dst)
+    state = sad.lookup(protocol, spi, dst)
     if protocol == IPPROTO_ESP:
-        return Decapsulated(esp.decapsulate(packet, sa), sa)
-    return Decapsulated(ah.decapsulate(packet, sa, icv_src=icv_src, icv_dst=icv_dst), sa)
+        return Decapsulated(esp.decapsulate(packet, state), state)
+    return Decapsulated(ah.decapsulate(packet, state, icv_src=icv_src, icv_dst=icv_dst), state)
 
 
 def outbound(packet: bytes, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
@@ -80,10 +80,10 @@ def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_d
     """
     ipheader.lengths(packet)
     if packet[ipheader.PROTOCOL_OFFSET] in _SPI_OFFSET:
-        inner, sa = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
+        inner, state = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
         policy = spd.lookup(inner, inbound=True)
-        if policy.action is not Action.PROTECT or policy.inbound is not sa:
-            raise PolicyDrop(f"packet under SA 0x{sa.sa.spi:08x} is not what policy {policy.name!r} expects")
+        if policy.action is not Action.PROTECT or policy.inbound is not state:
+            raise PolicyDrop(f"packet under SA 0x{state.sa.spi:08x} is not what policy {policy.name!r} expects")
         return inner
     policy = spd.lookup(packet, inbound=True)
     if policy.action is not Action.BYPASS:

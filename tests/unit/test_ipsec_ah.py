@@ -164,8 +164,8 @@ def test_incoming_override_through_the_sad_matches_the_sa_destination() -> None:
     after_nat = set_field(ah.encapsulate(udp_packet(src=PEER, dst=GLOBAL), peer), 16, ip_bytes(PRIVATE))
     with pytest.raises(NoSA):
         decapsulate(after_nat, sad)
-    inner, sa = decapsulate(after_nat, sad, icv_dst=GLOBAL)
-    assert IP(inner).dst == PRIVATE and sa.sa.dst == GLOBAL
+    inner, state = decapsulate(after_nat, sad, icv_dst=GLOBAL)
+    assert IP(inner).dst == PRIVATE and state.sa.dst == GLOBAL
 
 
 def test_compute_icv_matches_the_icv_of_the_rewritten_packet() -> None:

@@ -22,6 +22,7 @@ from scapy.utils import wrpcap
 from client_agent.ipsec.keyfile import FILENAME, esp_sa_file, esp_sa_line
 from client_agent.ipsec.processing import encapsulate
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
+from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.suites import all_suites
 
 TSHARK = shutil.which("tshark")
@@ -127,9 +128,13 @@ def test_esp_sa_line_format() -> None:
     assert esp_sa_line(null).split(",")[4:7] == ['"NULL"', '""', '"HMAC-MD5-96 [RFC2403]"']
 
 
-def test_esp_sa_file_skips_ah_and_takes_states() -> None:
+def test_esp_sa_file_skips_ah_and_takes_states_or_a_whole_sad() -> None:
     ah_sa = SecurityAssociation(spi=300, protocol="ah", integrity="AUTH_HMAC_SHA1_96", auth_key=bytes(20))
     esp_sa = SecurityAssociation(spi=301, protocol="esp", encryption="ENCR_AES_GCM_16", enc_key=bytes(20))
     assert esp_sa_file([ah_sa, SAState(esp_sa)]) == esp_sa_line(esp_sa) + "\n"
+    sad = SAD()
+    sad.add_outbound(esp_sa)
+    sad.add_inbound(ah_sa)
+    assert esp_sa_file(sad) == esp_sa_line(esp_sa) + "\n"
     with pytest.raises(ValueError, match="ESP SAs only"):
         esp_sa_line(ah_sa)
