@@ -22,6 +22,7 @@ class Pool:
         self._rng = rng
         self._paired: dict[str, str] = {}
         self._spaces: dict[tuple[str, int], PortSpace] = {}
+        self._mappings: dict[tuple[int, str, int], list] = {}  # key -> [global IP, global port, users]
 
     def paired(self, private_ip: str) -> str:
         """The private host's global IP, the least used one at first sight (RFC 4787 REQ-2)."""
@@ -53,3 +54,31 @@ class Pool:
         if space is None:
             space = self._spaces[(global_ip, protocol)] = PortSpace(low, high, self._quarantine, self._rng)
         return space
+
+    def acquire_mapping(self, protocol: int, private_ip: str, port: int, now: float,
+                        suggested_port: int | None = None) -> tuple[str, int] | None:
+        """Endpoint-independent mapping (RFC 4787 REQ-1): the one global (IP, port) of a
+        private (IP, port), made on first use, counted per user (NAT-ALG entries, MAP/PEER
+        leases). None when the global IP has no free port."""
+        key = (protocol, private_ip, port)
+        mapping = self._mappings.get(key)
+        if mapping is None:
+            global_ip = self.paired(private_ip)
+            preferred = suggested_port if suggested_port else port
+            global_port = self.space(global_ip, protocol).reserve(now, preferred=preferred)
+            if global_port is None:
+                return None
+            mapping = self._mappings[key] = [global_ip, global_port, 0]
+        mapping[2] += 1
+        return mapping[0], mapping[1]
+
+    def release_mapping(self, protocol: int, private_ip: str, port: int, now: float) -> None:
+        """One user fewer; the last one frees the global port (after its quarantine)."""
+        key = (protocol, private_ip, port)
+        mapping = self._mappings.get(key)
+        if mapping is None:
+            return
+        mapping[2] -= 1
+        if mapping[2] <= 0:
+            del self._mappings[key]
+            self.space(mapping[0], protocol).release(mapping[1], now)

@@ -83,8 +83,6 @@ class NatCore:
         self.table = TranslationTable()
         self.neighbours = NeighbourCache()
         self.pool = Pool(self.config.globals, self.config.port_quarantine, self._rng)
-        self._mappings: dict[tuple, tuple[str, int]] = {}  # (proto, private IP, port) -> (global IP, port)
-        self._mapping_refs: dict[tuple, int] = {}
         self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
@@ -248,14 +246,9 @@ class NatCore:
         proto = ip.protocol
         if proto == IPPROTO_ICMP:
             return self._new_icmp_entry(ip, port, private_mac, foreign_mac, now)
-        key = (proto, ip.src, port)
-        mapping = self._mappings.get(key)
+        mapping = self.pool.acquire_mapping(proto, ip.src, port, now)
         if mapping is None:
-            global_ip = self.pool.paired(ip.src)
-            global_port = self.pool.space(global_ip, proto).reserve(now, preferred=port)
-            if global_port is None:
-                return None, self._drop("ports-exhausted")
-            mapping = self._mappings[key] = (global_ip, global_port)
+            return None, self._drop("ports-exhausted")
         global_ip, global_port = mapping
         timeout = c.tcp_timeout if proto == IPPROTO_TCP else c.udp_timeout
         try:
@@ -263,9 +256,8 @@ class NatCore:
                                    global_ip=global_ip, global_gpn=global_port, foreign=ip.dst, now=now,
                                    idle_timeout=timeout)
         except TableConflict:
-            self._unref_mapping(key, now)
+            self.pool.release_mapping(proto, ip.src, port, now)
             return None, self._drop("table-conflict")
-        self._mapping_refs[key] = self._mapping_refs.get(key, 0) + 1
         self.counters.add("entries_created")
         return entry, self._translation_flows(entry, private_mac, foreign_mac)
 
@@ -419,7 +411,7 @@ class NatCore:
             self.table.remove(entry.id)
         msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
         if entry.protocol in _PORT_FIELDS:
-            self._unref_mapping((entry.protocol, entry.private_ip, entry.private_gpn), now)
+            self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now)
         elif entry.global_gpn is not None:
             if self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
                 del self._icmp_pairs[(entry.private_ip, entry.foreign)]
@@ -428,16 +420,6 @@ class NatCore:
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
         return msgs
-
-    def _unref_mapping(self, key: tuple, now: float) -> None:
-        refs = self._mapping_refs.get(key, 0) - 1
-        if refs > 0:
-            self._mapping_refs[key] = refs
-            return
-        self._mapping_refs.pop(key, None)
-        mapping = self._mappings.pop(key, None)
-        if mapping is not None:
-            self.pool.space(mapping[0], key[0]).release(mapping[1], now)
 
     def _refresh(self, entry: Entry, now: float, timeout: int) -> None:
         if entry.expires is not None and entry.expires < now + timeout - 1:  # at most one heap push a second

@@ -1,0 +1,88 @@
+"""GPN definitions (FIG. 7 step 701): where a protocol carries its
+generalized port numbers, and how to read them from a packet.
+
+A definition names the underlying protocol (IP, or UDP with a port), the
+source and destination offsets in bits from the end of the underlying header
+(the source may be absent: an outgoing ESP packet carries the peer's SPI, not
+the client's), the length in bits and the value range. The table keys a
+definition over UDP port p as ``UDP_KEYED | p`` so that it never collides with
+an IP protocol number (0-255) or with the NAT's own UDP entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+
+UNDERLYING_IP = 0
+UNDERLYING_UDP = IPPROTO_UDP
+UDP_HEADER_LEN = 8
+UDP_KEYED = 0x10000
+# Protocols the NAT translates itself (NAT-ALG): defining them is refused (step 703).
+NAT_ALG_PROTOCOLS = frozenset({IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP})
+# RFC 4303 2.1 / RFC 4302 2.4: SPIs 1-255 are reserved by IANA, 0 is never sent.
+MIN_SPI = 256
+
+
+@dataclass(frozen=True)
+class Definition:
+    protocol: int
+    underlying: int
+    port: int
+    src_offset_bits: int | None
+    dst_offset_bits: int
+    length_bits: int
+    range_min: int
+    range_max: int
+    unspecified: int
+
+    @property
+    def key(self) -> int:
+        """The translation table's protocol value for entries of this definition."""
+        return UDP_KEYED | self.port if self.underlying == UNDERLYING_UDP else self.protocol
+
+    @property
+    def ip_protocol(self) -> int:
+        return IPPROTO_UDP if self.underlying == UNDERLYING_UDP else self.protocol
+
+    @property
+    def has_nat_alg(self) -> bool:
+        """Step 702: the NAT translates this protocol itself."""
+        return self.underlying == UNDERLYING_IP and self.protocol in NAT_ALG_PROTOCOLS
+
+    def problem(self) -> str | None:
+        """Why this definition cannot be used, or None."""
+        if self.underlying not in (UNDERLYING_IP, UNDERLYING_UDP):
+            return f"underlying protocol {self.underlying} is neither IP (0) nor UDP (17)"
+        if self.has_nat_alg:
+            return "the NAT has its own ALG for this protocol"
+        if self.underlying == UNDERLYING_UDP and not 1 <= self.port <= 65535:
+            return f"UDP port {self.port} out of range"
+        if not 1 <= self.length_bits <= 64:
+            return f"length {self.length_bits} bits is not 1..64"
+        top = (1 << self.length_bits) - 1
+        if not 0 <= self.range_min <= self.range_max <= top:
+            return f"range {self.range_min}-{self.range_max} does not fit {self.length_bits} bits"
+        if self.protocol in (IPPROTO_ESP, IPPROTO_AH) and self.range_min < MIN_SPI:
+            return f"SPIs below {MIN_SPI} are reserved (RFC 4303 2.1)"
+        return None
+
+    def read(self, packet: bytes, header_len: int, which: str = "dst") -> int | None:
+        """The source or destination GPN of an IPv4 ``packet``; None if absent or truncated."""
+        offset = self.src_offset_bits if which == "src" else self.dst_offset_bits
+        if offset is None:
+            return None
+        start_bit = (header_len + (UDP_HEADER_LEN if self.underlying == UNDERLYING_UDP else 0)) * 8 + offset
+        end_bit = start_bit + self.length_bits
+        if end_bit > len(packet) * 8:
+            return None
+        first, last = start_bit // 8, (end_bit + 7) // 8
+        value = int.from_bytes(packet[first:last], "big")
+        return (value >> (last * 8 - end_bit)) & ((1 << self.length_bits) - 1)
+
+
+# The seed's examples (description of FIG. 7), with RFC 4303/4302/2408 field positions.
+ESP = Definition(IPPROTO_ESP, UNDERLYING_IP, 0, None, 0, 32, MIN_SPI, 0xFFFFFFFF, 0)
+AH = Definition(IPPROTO_AH, UNDERLYING_IP, 0, None, 32, 32, MIN_SPI, 0xFFFFFFFF, 0)
+ISAKMP = Definition(IPPROTO_UDP, UNDERLYING_UDP, 500, 0, 0, 64, 1, (1 << 64) - 1, 0)
