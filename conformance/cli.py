@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+
+# natlab bench WHAT -> (module, what it measures)
+BENCHMARKS = {
+    "nat": ("conformance.bench", "iperf3 through the NAT vs plain forwarding; new connections/s"),
+    "leases": ("conformance.bench_leases", "lease operations/s (sans-IO and end to end); slow-path demux pps"),
+}
 
 
 def add_demo_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run the conformance suite on a fresh testbed and write reports/")
+    p = sub.add_parser("demo", help="run the conformance suite on a fresh testbed and write reports/",
+                       description="Build a fresh testbed, run every conformance scenario, and write reports/ "
+                                   "(HTML, Markdown, CSV, and each run's evidence).")
     p.add_argument("--out", default="reports", help="report folder (default reports/)")
     p.set_defaults(func=run_demo)
 
 
 def add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks (not tests): nat")
-    p.add_argument("what", choices=["nat"], help="nat: iperf3 through the NAT vs plain forwarding, connections/s")
-    from conformance.bench import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=run_bench)
+    p = sub.add_parser("bench", help="benchmarks (not tests): " + ", ".join(BENCHMARKS),
+                       description="Benchmarks, not tests: each measures side by side in one run and prints ratios.")
+    benches = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    for name, (module, what) in BENCHMARKS.items():
+        b = benches.add_parser(name, help=what, description=what)
+        importlib.import_module(module).add_arguments(b)
+        b.set_defaults(func=lambda args, module=module: importlib.import_module(module).run(args))
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from conformance.runner import main as runner_main
 
     return runner_main(args)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    from conformance.bench import run
-
-    return run(args)

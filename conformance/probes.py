@@ -41,17 +41,98 @@ def tcp_syn(dst: str, dport: int, wait: float) -> dict:
             return {"connected": False, "error": type(exc).__name__}
 
 
-def raw(dst: str, proto: int, count: int) -> dict:
-    """Packets of IP protocol ``proto`` (50 ESP, 51 AH) with a made-up SPI (RFC 4303 2.1)."""
-    spi, body = 0x4E415401, b"\x00" * 32
-    if proto == 51:  # AH: next header, payload len, reserved, SPI, seq, 12-byte ICV (RFC 4302 2)
-        payload = struct.pack("!BBHII", 59, 4, 0, spi, 1) + b"\x00" * 12
+def raw(dst: str, proto: int, count: int, spi: int = 0x4E415401, reply_spi: int = 0) -> dict:
+    """ESP (50) or AH (51) packets with SPI ``spi`` (RFC 4303 2.1, RFC 4302 2); the body carries
+    ``reply_spi``, the SPI the reflector should answer to (it stands in for IPsec's negotiation)."""
+    body = struct.pack("!I", reply_spi) + b"natlab-probe" + b"\x00" * 16
+    if proto == 51:  # AH: next header, payload len, reserved, SPI, seq, 12-byte ICV
+        payload = struct.pack("!BBHII", 59, 4, 0, spi, 1) + b"\x00" * 12 + body
     else:
         payload = struct.pack("!II", spi, 1) + body
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, proto) as s:
         for _ in range(count):
             s.sendto(payload, (dst, 0))
     return {"sent": count, "proto": proto, "spi": spi}
+
+
+def isakmp(dst: str, cookie: int, count: int, wait: float) -> dict:
+    """ISAKMP-shaped datagrams from UDP port 500 with initiator cookie ``cookie`` (RFC 2408 3.1);
+    counts the replies that carry the same cookie."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", 500))
+        s.settimeout(wait)
+        for _ in range(count):
+            s.sendto(cookie.to_bytes(8, "big") + bytes(8) + b"natlab-isakmp", (dst, 500))
+        replies = 0
+        try:
+            while True:
+                data, _ = s.recvfrom(2048)
+                replies += data[:8] == cookie.to_bytes(8, "big")
+        except (TimeoutError, ConnectionRefusedError):
+            pass
+    return {"sent": count, "replies": replies, "cookie": cookie}
+
+
+def reflect(seconds: float) -> dict:
+    """Answer ESP/AH probes with the SPI they name, and ISAKMP probes with their cookie, for ``seconds``."""
+    import select
+    import time
+
+    esp = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    ah = socket.socket(socket.AF_INET, socket.SOCK_RAW, 51)
+    ike = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ike.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ike.bind(("", 500))
+    answered = {"esp": 0, "ah": 0, "isakmp": 0}
+    deadline = time.monotonic() + seconds
+    with esp, ah, ike:
+        while (left := deadline - time.monotonic()) > 0:
+            for sock in select.select([esp, ah, ike], [], [], left)[0]:
+                data, (src, port) = sock.recvfrom(4096)
+                if sock is ike:
+                    ike.sendto(data[:8] + bytes(8) + b"natlab-reply", (src, port))
+                    answered["isakmp"] += 1
+                    continue
+                ihl = (data[0] & 0x0F) * 4
+                payload = data[ihl:]
+                proto = 51 if sock is ah else 50
+                body = payload[24:] if proto == 51 else payload[8:]
+                if len(body) < 4 or not int.from_bytes(body[:4], "big"):
+                    continue
+                raw(src, proto, 1, spi=int.from_bytes(body[:4], "big"))
+                answered["ah" if proto == 51 else "esp"] += 1
+    return answered
+
+
+def lease(opcode: str, fields: str) -> dict:
+    """One lease-protocol request to the gateway (JSON ``fields``), the decoded answer back."""
+    import json as _json
+    import os
+
+    from netwire import pcp
+
+    args = _json.loads(fields)
+    client_ip, server = args.pop("client_ip"), args.pop("server", "10.0.0.254")
+    lifetime = args.pop("lifetime", 600)
+    nonce = bytes.fromhex(args.pop("nonce")) if "nonce" in args else os.urandom(12)
+    kind = {"DEFINE": pcp.GpnDefinition, "LEASE": pcp.LeaseInfo, "MAP": pcp.MapInfo, "PEER": pcp.PeerInfo,
+            "READ": pcp.ReadInfo}[opcode]
+    info = kind(nonce=nonce, **args)
+    request = pcp.encode_request(pcp.Request(pcp.Opcode[opcode], lifetime, client_ip, info))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(request, (server, pcp.SERVER_PORT))
+        try:
+            response = pcp.decode_response(s.recv(2048))
+        except TimeoutError:
+            return {"answered": False}
+    info = response.info
+    return {"answered": True, "result": pcp.Result(response.result).name, "lifetime": response.lifetime,
+            "epoch": response.epoch, "nonce": nonce.hex(),
+            "info": {k: (v.hex() if isinstance(v, bytes) else v) for k, v in vars(info).items()
+                     if not isinstance(v, tuple)} if info is not None else None,
+            "entries": [vars(e) for e in getattr(info, "entries", ())]}
 
 
 def udp_refused(dst: str, dport: int, wait: float) -> dict:
@@ -109,6 +190,96 @@ def connect_rate(dst: str, dport: int, seconds: float) -> dict:
     return {"connections": done, "failed": failed, "seconds": round(elapsed, 3), "per_second": done / elapsed}
 
 
+def lease_flood(client_ip: str, seconds: float) -> dict:
+    """Sequential LEASE allocate + release round trips to the gateway for ``seconds``."""
+    import os
+    import time
+
+    from netwire import pcp
+
+    nonce, ops, lost = os.urandom(12), 0, 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(1)
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            spi = int.from_bytes(os.urandom(4), "big") | 0x100
+            for lifetime in (600, 0):
+                info = pcp.LeaseInfo(nonce, 50, spi, spi, None, "203.0.113.100")
+                s.sendto(pcp.encode_request(pcp.Request(pcp.Opcode.LEASE, lifetime, client_ip, info)),
+                         ("10.0.0.254", pcp.SERVER_PORT))
+                try:
+                    s.recv(2048)
+                    ops += 1
+                except TimeoutError:
+                    lost += 1
+    return {"operations": ops, "lost": lost}
+
+
+def esp_flood(dst: str, spi: int, seconds: float) -> dict:
+    """ESP packets to ``dst`` with SPI ``spi`` as fast as one socket sends, for ``seconds``."""
+    import time
+
+    payload = struct.pack("!II", spi, 1) + b"\x00" * 56
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, 50) as s:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            for _ in range(100):
+                s.sendto(payload, (dst, 0))
+            sent += 100
+    return {"sent": sent}
+
+
+def esp_count(seconds: float) -> dict:
+    """Count ESP packets received for ``seconds``."""
+    import time
+
+    received = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, 50) as s:
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                s.recv(4096)
+                received += 1
+            except TimeoutError:
+                break
+    return {"received": received}
+
+
+def lease_fuzz(client_ip: str, count: int, seed: int = 7) -> dict:
+    """``count`` mutated lease requests (bit flips, truncation, junk) to the gateway, bounded."""
+    import random
+    import time
+
+    from netwire import pcp
+
+    rng = random.Random(seed)
+    infos = [pcp.LeaseInfo(bytes(12), 50, None, None, None, "203.0.113.100"),
+             pcp.GpnDefinition(bytes(12), 50, 0, 0, None, 0, 32, 256, 0xFFFFFFFF, 0),
+             pcp.MapInfo(bytes(12), 17, 7000, 0, None), pcp.ReadInfo(bytes(12), ())]
+    opcodes = [pcp.Opcode.LEASE, pcp.Opcode.DEFINE, pcp.Opcode.MAP, pcp.Opcode.READ]
+    answered = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setblocking(False)
+        for i in range(count):
+            k = rng.randrange(len(infos))
+            raw = bytearray(pcp.encode_request(pcp.Request(opcodes[k], rng.choice([0, 1, 600, 2**32 - 1]),
+                                                           client_ip, infos[k])))
+            for _ in range(rng.randrange(4)):
+                raw[rng.randrange(len(raw))] = rng.randrange(256)
+            raw = raw[: rng.randrange(len(raw) + 1)] + rng.randbytes(rng.randrange(3))
+            s.sendto(bytes(raw), ("10.0.0.254", pcp.SERVER_PORT))
+            if i % 50 == 0:
+                time.sleep(0.01)  # bounded rate: the test is about input, not load
+            try:
+                while s.recv(2048):
+                    answered += 1
+            except BlockingIOError:
+                pass
+    return {"sent": count, "answered": answered}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m conformance.probes", description=__doc__)
     sub = p.add_subparsers(dest="probe", required=True)
@@ -118,12 +289,19 @@ def main() -> None:
         for arg in args:
             a.add_argument(arg, type=int if arg in ("dport", "port", "proto") else str)
         for option, default in options.items():
-            a.add_argument(f"--{option}", type=type(default), default=default)
+            a.add_argument(f"--{option.replace('_', '-')}", dest=option, type=type(default), default=default)
         a.set_defaults(func=func)
 
     probe("udp", udp, "dst", "dport", sport=0, count=3, wait=0.5)
     probe("tcp-syn", tcp_syn, "dst", "dport", wait=1.0)
-    probe("raw", raw, "dst", "proto", count=3)
+    probe("raw", raw, "dst", "proto", count=3, spi=0x4E415401, reply_spi=0)
+    probe("isakmp", isakmp, "dst", count=1, wait=1.0, cookie=1)
+    probe("reflect", reflect, seconds=10.0)
+    probe("lease", lease, "opcode", "fields")
+    probe("lease-flood", lease_flood, "client_ip", seconds=3.0)
+    probe("lease-fuzz", lease_fuzz, "client_ip", count=1000, seed=7)
+    probe("esp-flood", esp_flood, "dst", spi=0x1000, seconds=3.0)
+    probe("esp-count", esp_count, seconds=4.0)
     probe("udp-refused", udp_refused, "dst", "dport", wait=2.0)
     probe("tcp-sink", tcp_sink, "port", seconds=10.0)
     probe("connect-rate", connect_rate, "dst", "dport", seconds=3.0)

@@ -24,6 +24,8 @@ from conformance.scenarios import SCENARIOS
 from topo.testbed import Testbed, TestbedError
 
 ROOT = Path(__file__).resolve().parent.parent
+# NAT-EXPIRE watches a lease run out: allow 1 s leases (RFC 6887's 120 s minimum is a default, not a rule).
+CONTROLLER_ARGS = ["--lease-min-lifetime", "1"]
 
 
 def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, scenarios=None,
@@ -36,7 +38,8 @@ def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, s
     results_path = run_dir / "results.jsonl"
     log(f"natlab: run folder {run_dir}")
     with ResultWriter(results_path) as writer, Testbed(clients=clients, servers=servers, globals=globals,
-                                                       workdir=run_dir / "testbed") as testbed:
+                                                       workdir=run_dir / "testbed",
+                                                       controller_args=CONTROLLER_ARGS) as testbed:
         log(f"natlab: testbed up ({clients} clients, {servers} servers, {globals} global addresses)")
         ctx = Context(testbed, run_dir)
         for i, scenario in enumerate(scenarios, 1):

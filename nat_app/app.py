@@ -9,6 +9,7 @@ controller`` does).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -25,9 +26,11 @@ from os_ken.ofproto import ofproto_v1_3
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
+from nat_app.messages import priority_band
 
 CONFIG: NatConfig | None = None
 TICK_S = 1.0
+FLOW_STATS_EVERY = 2  # ticks: how often r1's flow counters are read for the fast-path figures
 LOG = logging.getLogger("natlab.nat")
 
 
@@ -40,6 +43,7 @@ class NatApp(app_manager.OSKenApp):
         self.core = NatCore(self.config)
         self.lock = threading.Lock()
         self.datapath = None
+        self.fast_path: dict[str, int] = {}  # packets counted by r1's flows, by priority band
         self._server = _bind_control_socket(self.config.control_socket)
         self.threads.append(hub.spawn(self._clock))
         self.threads.append(hub.spawn(self._serve_control))
@@ -93,11 +97,23 @@ class NatApp(app_manager.OSKenApp):
 
     # --------------------------------------------------- clock and control
 
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def _flow_stats(self, ev) -> None:
+        totals: dict[str, int] = {}
+        for stat in ev.msg.body:
+            band = priority_band(stat.priority)
+            totals[band] = totals.get(band, 0) + stat.packet_count
+        with self.lock:
+            self.fast_path = totals
+
     def _clock(self) -> None:
-        while True:
+        for n in itertools.count(1):
             hub.sleep(TICK_S)
             with self.lock:
                 self._send(self.core.tick(time.monotonic()))
+                if self.datapath is not None and n % FLOW_STATS_EVERY == 0:
+                    parser = self.datapath.ofproto_parser
+                    self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath))
 
     def _serve_control(self) -> None:
         while True:
@@ -122,11 +138,18 @@ class NatApp(app_manager.OSKenApp):
         op = req.get("op") if isinstance(req, dict) else None
         with self.lock:
             if op == "table":
-                return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None}
+                return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None,
+                        "switch_packets": dict(sorted(self.fast_path.items()))}
+            if op == "check":  # the table's invariants, for the abuse tests
+                try:
+                    self.core.table.check_invariants()
+                except AssertionError as exc:
+                    return {"ok": False, "problem": str(exc) or "index mismatch"}
+                return {"ok": True, "entries": len(self.core.table)}
             if op == "bypass" and isinstance(req.get("on"), bool):
                 self._send(self.core.set_bypass(req["on"]))
                 return {"bypass": self.core.bypass}
-        return {"error": f"unknown control request {req!r}; ops: table, bypass(on: bool)"}
+        return {"error": f"unknown control request {req!r}; ops: table, check, bypass(on: bool)"}
 
 
 def _bind_control_socket(path: str) -> socket.socket:

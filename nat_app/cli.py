@@ -26,6 +26,8 @@ def add_controller_parser(sub) -> None:
     p.add_argument("--control-socket", default=DEFAULT_CONTROL_SOCKET, help="unix socket for natlab table")
     p.add_argument("--udp-timeout", type=int, help="UDP mapping timeout in s (default 300, RFC 4787 REQ-5)")
     p.add_argument("--icmp-timeout", type=int, help="ICMP query timeout in s (default 60, RFC 5508)")
+    p.add_argument("--lease-min-lifetime", type=int, help="shortest lease granted in s (default 120, RFC 6887 15)")
+    p.add_argument("--lease-quota", type=int, help="leases one client may hold (default 64)")
     p.add_argument("--log", help="log file (default: stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run_controller)
@@ -40,7 +42,9 @@ def add_table_parser(sub) -> None:
 
 
 def run_controller(args: argparse.Namespace) -> int:
-    extra = {k: v for k, v in (("udp_timeout", args.udp_timeout), ("icmp_timeout", args.icmp_timeout)) if v}
+    extra = {k: v for k, v in (("udp_timeout", args.udp_timeout), ("icmp_timeout", args.icmp_timeout),
+                               ("lease_min_lifetime", args.lease_min_lifetime), ("lease_quota", args.lease_quota))
+             if v is not None}
     try:
         if not 1 <= args.globals <= 99:
             raise ConfigError(f"globals: {args.globals!r} is not in 1..99")
@@ -110,6 +114,9 @@ def format_table(snap: dict) -> str:
     lines.append(f"{len(snap['entries'])} entries; r1 {'connected' if snap.get('connected') else 'NOT connected'}"
                  f"; globals {', '.join(snap['globals'])}{'; BYPASS (plain L2)' if snap.get('bypass') else ''}")
     lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in snap["counters"].items()))
+    if snap.get("switch_packets"):
+        lines.append("packets matched in r1 by band: " +
+                     ", ".join(f"{k}={v}" for k, v in snap["switch_packets"].items()))
     return "\n".join(lines)
 
 

@@ -20,6 +20,11 @@ ICMP_QUERY_TIMEOUT_S = 60
 PORT_QUARANTINE_S = 120
 
 DEFAULT_CONTROL_SOCKET = "/run/natlab/controller.sock"
+# Lease lifetimes clamped to [min, max] as PCP suggests (RFC 6887 15: 120 s .. 24 h).
+LEASE_MIN_LIFETIME_S = 120
+LEASE_MAX_LIFETIME_S = 86400
+LEASE_DEFAULT_LIFETIME_S = 3600
+LEASE_QUOTA = 64
 
 
 class ConfigError(ValueError):
@@ -48,6 +53,10 @@ class NatConfig:
     icmp_timeout: int = ICMP_QUERY_TIMEOUT_S
     port_quarantine: int = PORT_QUARANTINE_S
     control_socket: str = DEFAULT_CONTROL_SOCKET
+    lease_min_lifetime: int = LEASE_MIN_LIFETIME_S
+    lease_max_lifetime: int = LEASE_MAX_LIFETIME_S
+    lease_default_lifetime: int = LEASE_DEFAULT_LIFETIME_S
+    lease_quota: int = LEASE_QUOTA
 
     def __post_init__(self) -> None:
         inside = _net("inside_net", self.inside_net)
@@ -73,6 +82,14 @@ class NatConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 < value <= 0xFFFF:
                 raise ConfigError(f"{name}: {value!r} is not a timeout in seconds (1..65535)")
+        for name in ("lease_min_lifetime", "lease_max_lifetime", "lease_default_lifetime", "lease_quota"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}: {value!r} is not a positive whole number")
+        if not self.lease_min_lifetime <= self.lease_default_lifetime <= self.lease_max_lifetime:
+            raise ConfigError(f"lease_default_lifetime: {self.lease_default_lifetime!r} is outside "
+                              f"[lease_min_lifetime, lease_max_lifetime] = [{self.lease_min_lifetime}, "
+                              f"{self.lease_max_lifetime}]")
 
     def is_inside(self, ip: str) -> bool:
         return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(self.inside_net)

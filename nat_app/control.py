@@ -2,7 +2,7 @@
 
 A unix socket (root only, mode 0600) rather than TCP: Mininet hosts, which
 share the link with strangers in the seed's setting, cannot reach it.
-Requests: {"op": "table"}; {"op": "bypass", "on": true|false}.
+Requests: {"op": "table"}; {"op": "check"} (table invariants); {"op": "bypass", "on": true|false}.
 """
 
 from __future__ import annotations

@@ -15,7 +15,10 @@ import itertools
 import random
 
 from nat_app.allocate import Pool
+from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
+from nat_app.gpn import UDP_KEYED, Definition
+from nat_app.lease_server import LeaseServer, Origin
 from nat_app.messages import (
     COOKIE_INFRA,
     PRIO_BYPASS,
@@ -38,6 +41,7 @@ from nat_app.messages import (
 from nat_app.neighbours import NeighbourCache
 from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from nat_app.translate import rewrite, rewrite_icmp_error
+from netwire import pcp
 from netwire.ethernet import (
     ARP_OP_REPLY,
     ARP_OP_REQUEST,
@@ -58,6 +62,7 @@ from netwire.ipv4 import (
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPv4Header,
+    build_udp,
     parse_transport,
 )
 
@@ -77,12 +82,14 @@ class NatCore:
         self.config = config
         self._rng = rng or random.Random()
         self.counters = Counters()
-        self._reset()
+        self._reset(0.0)
 
-    def _reset(self) -> None:
+    def _reset(self, now: float) -> None:
         self.table = TranslationTable()
         self.neighbours = NeighbourCache()
         self.pool = Pool(self.config.globals, self.config.port_quarantine, self._rng)
+        self.leases = LeaseServer(self.config, self.table, self.pool, self.counters, now)
+        self.client_alg = ClientAlgPaths(self.config, self.table)
         self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
@@ -91,12 +98,14 @@ class NatCore:
     # ----------------------------------------------------------------- events
 
     def switch_connected(self, now: float) -> list[Message]:
-        """r1 (re)connected: forget all state and install the base flows."""
-        self._reset()
+        """r1 (re)connected: forget all state (a new lease epoch) and install the base flows."""
+        self._reset(now)
         c = self.config
         return [
             DeleteFlows(None),
             AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_ARP}, (ToController(),)),
+            AddFlow(PRIO_PUNT, {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_UDP,
+                                "ipv4_dst": c.gateway_ip, "udp_dst": pcp.SERVER_PORT}, (ToController(),)),
             *(AddFlow(PRIO_PUNT, {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
                                   "icmpv4_type": t}, (ToController(),)) for t in sorted(ICMP_ERROR_TYPES)),
             AddFlow(PRIO_OUTSIDE_DROP, {"in_port": c.outside_port}, ()),
@@ -210,6 +219,8 @@ class NatCore:
         c = self.config
         if not c.is_inside(ip.src):
             return self._drop("spoofed-source")
+        if ip.dst == c.gateway_ip and ip.protocol == IPPROTO_UDP and not ip.is_fragment:
+            return self._lease_request(eth, packet, ip, now)
         if c.is_inside(ip.dst) or ip.dst in c.globals:
             return self._drop("not-routed")  # no hairpinning, the router itself answers nothing
         if not c.is_outside(ip.dst):
@@ -222,6 +233,9 @@ class NatCore:
         transport = parse_transport(ip.protocol, segment)
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
             return self._outbound_icmp_error(frame, packet, ip, now)
+        leased = self._leased_outbound(frame, ip, transport, now)
+        if leased is not None:
+            return leased
         if ip.protocol in _PORT_FIELDS or (ip.protocol == IPPROTO_ICMP and transport.icmp_type == ICMP_ECHO_REQUEST):
             mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
             if mac is None:
@@ -353,7 +367,14 @@ class NatCore:
             out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
                                      inner_src_port=entry.private_gpn)
             return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
-        entry = self.table.lookup_in(ip.protocol, ip.dst, transport.dst_port, ip.src)
+        definition = self._definition_of(ip, transport.dst_port)
+        if definition is not None:
+            gpn = definition.read(packet, ip.header_len, "dst")
+            entry = self.table.lookup_in(definition.key, ip.dst, gpn, ip.src)
+            if entry is None and ip.protocol != IPPROTO_UDP:
+                return self._drop("no-entry")
+        if definition is None or entry is None:
+            entry = self.table.lookup_in(ip.protocol, ip.dst, transport.dst_port, ip.src)
         if entry is None:
             return self._drop("no-entry")
         mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
@@ -363,8 +384,11 @@ class NatCore:
             return [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
         entry.slow_packets += 1
         self.counters.add("slow_path_packets")
-        self._refresh(entry, now, c.icmp_timeout)
-        out = rewrite(packet, dst=entry.private_ip, dst_port=entry.private_gpn)
+        if entry.kind is EntryKind.CLIENT_ALG:  # a lease: its GPN is never rewritten, its expiry never refreshed
+            out = rewrite(packet, dst=entry.private_ip)
+        else:
+            self._refresh(entry, now, c.icmp_timeout)
+            out = rewrite(packet, dst=entry.private_ip, dst_port=entry.private_gpn)
         return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
 
     # ------------------------------------------------------------- helpers
@@ -413,13 +437,81 @@ class NatCore:
         if entry.protocol in _PORT_FIELDS:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now)
         elif entry.global_gpn is not None:
-            if self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
+            if entry.protocol == IPPROTO_ICMP and self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
                 del self._icmp_pairs[(entry.private_ip, entry.foreign)]
             self.pool.space(entry.global_ip, entry.protocol).release(entry.global_gpn, now)
         triple = (entry.protocol, entry.global_ip, entry.foreign)
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
+        if entry.kind is EntryKind.CLIENT_ALG:
+            self.leases.forget(entry.id)
+            if entry.protocol in self.leases.definitions:
+                msgs += self.client_alg.removed(entry)
         return msgs
+
+    # ----------------------------------------------------------- leases
+
+    def _lease_request(self, eth: EthernetHeader, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
+        """A PCP-framed request to the gateway (FIG. 7), answered through r1."""
+        c = self.config
+        segment = packet[ip.header_len:]
+        if len(segment) < 8:
+            return self._drop("malformed")
+        sport, dport, length = int.from_bytes(segment[0:2], "big"), int.from_bytes(segment[2:4], "big"), \
+            int.from_bytes(segment[4:6], "big")
+        if dport != pcp.SERVER_PORT:
+            return self._drop("not-routed")
+        if not 8 <= length <= len(segment):
+            return self._drop("malformed")
+        origin = Origin(c.inside_port, eth.src, ip.src)
+        outcome = self.leases.handle(segment[8:length], origin, now)
+        msgs: list[Message] = []
+        for entry in outcome.removed:
+            msgs += self._forget(entry, now, removed=True)
+        hold = False
+        for entry in outcome.added:
+            added, demoted = self._client_alg_added(entry, eth.src)
+            msgs += added
+            hold = hold or demoted
+        if outcome.response is not None:
+            reply = build_udp(c.gateway_ip, ip.src, pcp.SERVER_PORT, sport, outcome.response)
+            msgs.append(PacketOut(self._eth(eth.src, c.inside_mac) + reply, (Output(c.inside_port),),
+                                  delay=DEMOTION_HOLD_S if hold else 0.0))
+        return msgs
+
+    def _client_alg_added(self, entry: Entry, private_mac: str) -> tuple[list[Message], bool]:
+        """Inbound flows for a new lease; MAP/PEER port leases translate like NAPT entries."""
+        self.counters.add("leases_granted")
+        if entry.protocol in _PORT_FIELDS:
+            c = self.config
+            match = {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
+                     "ipv4_dst": entry.global_ip, _PORT_FIELDS[entry.protocol][1]: entry.global_gpn}
+            if entry.foreign is not None:
+                match["ipv4_src"] = entry.foreign
+            return [AddFlow(PRIO_TRANSLATE, match, self._in_actions(entry, private_mac), cookie=entry.id)], False
+        return self.client_alg.added(entry, self.leases.definitions[entry.protocol], private_mac)
+
+    def _definition_of(self, ip: IPv4Header, udp_port: int | None) -> Definition | None:
+        """The GPN definition that governs a packet: by IP protocol, or by UDP port."""
+        if ip.protocol == IPPROTO_UDP:
+            return self.leases.definitions.get(UDP_KEYED | udp_port) if udp_port is not None else None
+        return self.leases.definitions.get(ip.protocol)
+
+    def _leased_outbound(self, frame: bytes, ip: IPv4Header, transport, now: float) -> list[Message] | None:
+        """Steps 706-707 for leased protocols: source IP to the global IP, GPN untouched.
+        None when the packet is not of a leased protocol (the NAT's own ALGs take it)."""
+        definition = self._definition_of(ip, transport.src_port)
+        if definition is None:
+            return None
+        entries = [e for e in self.table.entries_of(definition.key, ip.src) if e.foreign in (ip.dst, None)]
+        if not entries:
+            return None if ip.protocol == IPPROTO_UDP else self._drop("no-lease")
+        c = self.config
+        mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
+        if mac is None:
+            return msgs
+        flows, actions = self.client_alg.outbound(entries[0], definition, ip.dst, mac)
+        return msgs + flows + [PacketOut(frame, actions, c.inside_port)]
 
     def _refresh(self, entry: Entry, now: float, timeout: int) -> None:
         if entry.expires is not None and entry.expires < now + timeout - 1:  # at most one heap push a second

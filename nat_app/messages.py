@@ -16,6 +16,15 @@ PRIO_TRANSLATE = 30000  # per-entry translation flows
 PRIO_OUTSIDE_DROP = 10  # nothing enters from outside without an entry (NAT-DROP)
 PRIO_TABLE_MISS = 0  # first packets from inside go to the controller
 
+_BANDS = ((PRIO_BYPASS, "bypass"), (PRIO_PUNT, "punt"), (PRIO_SLOW_PATH, "slow-path punt"),
+          (PRIO_TRANSLATE, "fast path"), (PRIO_OUTSIDE_DROP, "outside drop"), (PRIO_TABLE_MISS, "table miss"))
+
+
+def priority_band(priority: int) -> str:
+    """The band a flow's priority falls in, for counting packets per path."""
+    return next(name for floor, name in _BANDS if priority >= floor)
+
+
 COOKIE_INFRA = 0x4E41540000000000  # flows that belong to no entry ("NAT" << 40)
 
 

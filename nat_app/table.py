@@ -77,6 +77,7 @@ class TranslationTable:
         self._expiry: list[tuple[float, int]] = []
         self._triples: dict[tuple, Counter[str]] = defaultdict(Counter)
         self._by_global: dict[tuple, Counter[str]] = defaultdict(Counter)  # (protocol, global IP) -> hosts
+        self._by_private: dict[tuple, set[int]] = defaultdict(set)  # (protocol, private IP) -> entry ids
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -101,6 +102,7 @@ class TranslationTable:
         self._in[entry.in_key] = entry
         self._triples[(protocol, global_ip, foreign)][private_ip] += 1
         self._by_global[(protocol, global_ip)][private_ip] += 1
+        self._by_private[(protocol, private_ip)].add(entry.id)
         if expires is not None:
             heapq.heappush(self._expiry, (expires, entry.id))
         return entry
@@ -116,6 +118,10 @@ class TranslationTable:
         del self._in[entry.in_key]
         _uncount(self._triples, (entry.protocol, entry.global_ip, entry.foreign), entry.private_ip)
         _uncount(self._by_global, (entry.protocol, entry.global_ip), entry.private_ip)
+        ids = self._by_private[(entry.protocol, entry.private_ip)]
+        ids.discard(entry.id)
+        if not ids:
+            del self._by_private[(entry.protocol, entry.private_ip)]
         return entry
 
     def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None, foreign: str) -> Entry | None:
@@ -161,12 +167,18 @@ class TranslationTable:
         """Private IPs with entries of ``protocol`` on ``global_ip``, for any foreign address."""
         return frozenset(self._by_global.get((protocol, global_ip), ()))
 
+    def entries_of(self, protocol: int, private_ip: str) -> list[Entry]:
+        """A private host's entries of one protocol (outgoing ESP carries no GPN of ours to look up by)."""
+        return [self._by_id[i] for i in sorted(self._by_private.get((protocol, private_ip), ()))]
+
     def check_invariants(self) -> None:
         """Raise AssertionError if the indices disagree (used by tests and the fuzzer)."""
         assert len(self._out) == len(self._in) == len(self._by_id)
         for entry in self._by_id.values():
             assert self._out[entry.out_key] is entry and self._in[entry.in_key] is entry
             assert self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] > 0
+            assert entry.id in self._by_private[(entry.protocol, entry.private_ip)]
+        assert sum(len(ids) for ids in self._by_private.values()) == len(self._by_id)
         for index in (self._triples, self._by_global):
             assert sum(sum(c.values()) for c in index.values()) == len(self._by_id)
             assert all(all(n > 0 for n in c.values()) and c for c in index.values())

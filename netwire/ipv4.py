@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from netwire.checksum import internet_checksum, ip_bytes
+from netwire.checksum import internet_checksum, ip_bytes, pseudo_header_sum
 from netwire.ethernet import MalformedPacket
 
 IPPROTO_ICMP = 1
@@ -124,3 +124,13 @@ def build_ipv4_header(
 
 def _dotted(raw: bytes) -> str:
     return ".".join(str(b) for b in raw)
+
+
+def build_udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: int = 64) -> bytes:
+    """A whole IPv4/UDP packet with both checksums (RFC 768; a computed zero is sent as 0xffff)."""
+    length = 8 + len(payload)
+    header = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + length.to_bytes(2, "big")
+    csum = internet_checksum(header + b"\x00\x00" + payload,
+                             pseudo_header_sum(ip_bytes(src), ip_bytes(dst), IPPROTO_UDP, length)) or 0xFFFF
+    return build_ipv4_header(src=src, dst=dst, protocol=IPPROTO_UDP, payload_len=length, ttl=ttl) + \
+        header + csum.to_bytes(2, "big") + payload

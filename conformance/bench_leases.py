@@ -1,0 +1,107 @@
+"""``natlab bench leases``: a benchmark, not a test.
+
+1. Lease operations per second in the sans-IO server: whole request frames
+   through ``NatCore.packet_in`` (parse, decide, answer), no OpenFlow.
+2. End to end: lease round trips per second from several hosts at once,
+   through r1's packet-in and the os-ken controller.
+3. Slow-path demultiplexing: ESP packets per second that the controller
+   delivers by SPI when two clients share (ESP, global IP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from conformance import apps
+from conformance.environment import collect
+from conformance.scenarios.leases import ESP_DEF, ask, lease
+from topo.natlab import server_ip
+from topo.testbed import Testbed, TestbedError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=3, help="length of each timed part (default 3)")
+    p.add_argument("--out", default="reports", help="where bench-leases.json goes (default reports/)")
+
+
+def sans_io_rate(seconds: float) -> dict:
+    """Allocate + release cycles through NatCore.packet_in, counted as two operations each."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from nat_app.config import NatConfig
+    from nat_app.decide import NatCore
+    from netwire import pcp
+
+    core = NatCore(NatConfig(lease_quota=10**6))
+    core.switch_connected(0.0)
+
+    def frame(req) -> bytes:
+        return bytes(Ether(src="00:00:00:00:00:01", dst="02:4e:41:54:00:01") / IP(src="10.0.0.1", dst="10.0.0.254")
+                     / UDP(sport=5350, dport=5351) / pcp.encode_request(req))
+
+    define = pcp.GpnDefinition(os.urandom(12), **ESP_DEF)
+    core.packet_in(1, frame(pcp.Request(pcp.Opcode.DEFINE, 600, "10.0.0.1", define)), 0.0)
+    nonce = os.urandom(12)
+    ops, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        spi = 0x1000 + ops
+        for lifetime in (600, 0):
+            info = pcp.LeaseInfo(nonce, 50, spi, spi, None, server_ip(1))
+            core.packet_in(1, frame(pcp.Request(pcp.Opcode.LEASE, lifetime, "10.0.0.1", info)), 1.0)
+            ops += 1
+    elapsed = time.perf_counter() - start
+    return {"operations": ops, "seconds": round(elapsed, 2), "per_second": ops / elapsed}
+
+
+def bench(seconds: float, log=print) -> dict:
+    result = {"sans_io": sans_io_rate(seconds)}
+    log(f"  sans-IO server: {result['sans_io']['per_second']:.0f} lease operations/s")
+    with Testbed(clients=3, servers=1, globals=1) as tb:
+        clients = [tb.host(f"h{i}") for i in (1, 2, 3)]
+        ask(clients[0], "DEFINE", **ESP_DEF)
+        floods = [h.popen([sys.executable, "-m", "conformance.probes", "lease-flood", h.IP(), "--seconds",
+                           str(seconds)], cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          stdout=-1, text=True) for h in clients]
+        counts = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in floods]
+        total = sum(c["operations"] for c in counts)
+        result["end_to_end"] = {"hosts": len(clients), "operations": total, "per_second": total / seconds,
+                                "per_host": counts}
+        log(f"  end to end, {len(clients)} hosts at once: {total / seconds:.0f} lease operations/s")
+        spis = [lease(h, 50)["info"]["global_gpn"] for h in clients[:2]]
+        sink = clients[0].popen([sys.executable, "-m", "conformance.probes", "esp-count", "--seconds",
+                                 str(seconds + 1)], cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                stdout=-1, text=True)
+        time.sleep(0.3)
+        sent = apps.probe(tb.host("srv1"), "esp-flood", tb.table()["globals"][0], "--spi", spis[0],
+                          "--seconds", seconds)
+        received = json.loads(sink.communicate()[0].strip().splitlines()[-1])
+        result["slow_path"] = {"sent": sent["sent"], "received": received["received"],
+                               "per_second": received["received"] / seconds}
+        log(f"  slow-path demultiplexing: {received['received'] / seconds:.0f} ESP packets/s delivered "
+            f"({sent['sent']} sent)")
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    print(f"natlab bench leases: {args.seconds:.0f} s per part")
+    try:
+        result = bench(args.seconds)
+    except TestbedError as exc:
+        print(f"natlab bench: {exc}", file=sys.stderr)
+        return 1
+    result.update(command="natlab bench leases " + " ".join(sys.argv[3:]),
+                  date=datetime.now(UTC).isoformat(timespec="seconds"), environment=collect(ROOT))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench-leases.json").write_text(json.dumps(result, indent=2))
+    print(f"written to {out / 'bench-leases.json'}")
+    return 0

@@ -1,0 +1,129 @@
+"""Where the packets of leased protocols (ESP, AH, ISAKMP) are translated.
+
+OpenFlow can match the protocol, the addresses and a UDP port, but not an SPI
+or a cookie. So inbound packets of a (protocol, global IP) that one private
+host alone holds entries on are translated by flows in r1 (the fast path);
+once a second host holds entries there, the triple's packets go to the
+controller, which demultiplexes them by GPN (the slow path, DESIGN.md). The
+allocator prefers global IPs that keep clients on the fast path. Outbound
+packets only need their source address changed, so each (protocol, private
+host, foreign host) gets one flow on its first packet.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from nat_app.config import NatConfig
+from nat_app.gpn import UNDERLYING_UDP, Definition
+from nat_app.messages import (
+    PRIO_SLOW_PATH,
+    PRIO_TRANSLATE,
+    AddFlow,
+    Barrier,
+    DecTtl,
+    DeleteFlows,
+    Message,
+    Output,
+    SetField,
+    ToController,
+)
+from nat_app.table import DataPath, Entry, TranslationTable
+from netwire.ethernet import ETH_TYPE_IPV4
+
+COOKIE_CLIENT_ALG = 1 << 61  # | a counter: flows shared by a group of leased entries
+PRIO_CLIENT_ALG_OUT = PRIO_TRANSLATE + 1  # above NAPT flows of the same UDP port
+
+
+class ClientAlgPaths:
+    def __init__(self, config: NatConfig, table: TranslationTable) -> None:
+        self.config = config
+        self.table = table
+        self._cookies = itertools.count(1)
+        self._inbound: dict[tuple, list] = {}  # (key, global IP, foreign) -> [cookie, entries]
+        self._punts: dict[tuple, int] = {}  # (key, global IP) -> cookie of the punt flow
+        self._outbound: dict[tuple, dict[str, int]] = {}  # (key, private IP) -> {foreign: cookie}
+
+    def is_slow(self, key: int, global_ip: str) -> bool:
+        return (key, global_ip) in self._punts
+
+    def added(self, entry: Entry, definition: Definition, private_mac: str) -> tuple[list[Message], bool]:
+        """Flows for a new leased entry; True when its lease answer must wait for a demotion to settle."""
+        group = (entry.protocol, entry.global_ip)
+        if group in self._punts:
+            entry.path = DataPath.SLOW
+            return [], False
+        if self.table.hosts_on(*group) == {entry.private_ip}:
+            entry.path = DataPath.FAST
+            key = (entry.protocol, entry.global_ip, entry.foreign)
+            if key in self._inbound:
+                self._inbound[key][1] += 1
+                return [], False
+            cookie = self._cookie()
+            self._inbound[key] = [cookie, 1]
+            c = self.config
+            actions = (SetField("ipv4_dst", entry.private_ip), SetField("eth_src", c.inside_mac),
+                       SetField("eth_dst", private_mac), DecTtl(), Output(c.inside_port))
+            return [AddFlow(PRIO_TRANSLATE, self._inbound_match(definition, entry.global_ip, entry.foreign),
+                            actions, cookie=cookie)], False
+        return self._demote(group, definition), True
+
+    def _demote(self, group: tuple, definition: Definition) -> list[Message]:
+        """A second host on (protocol, global IP): the controller demultiplexes from now on."""
+        msgs: list[Message] = []
+        for key in [k for k in self._inbound if k[:2] == group]:
+            msgs.append(DeleteFlows(self._inbound.pop(key)[0]))
+        for host in self.table.hosts_on(*group):
+            for entry in self.table.entries_of(group[0], host):
+                if entry.global_ip == group[1]:
+                    entry.path = DataPath.SLOW
+        cookie = self._punts[group] = self._cookie()
+        msgs.append(AddFlow(PRIO_SLOW_PATH, self._inbound_match(definition, group[1], None), (ToController(),),
+                            cookie=cookie))
+        return [*msgs, Barrier()]
+
+    def removed(self, entry: Entry) -> list[Message]:
+        """Flows no entry needs any more once ``entry`` is gone (it is out of the table already)."""
+        msgs: list[Message] = []
+        group = (entry.protocol, entry.global_ip)
+        if group in self._punts:
+            if not self.table.hosts_on(*group):
+                msgs.append(DeleteFlows(self._punts.pop(group)))
+        else:
+            key = (entry.protocol, entry.global_ip, entry.foreign)
+            held = self._inbound.get(key)
+            if held is not None:
+                held[1] -= 1
+                if held[1] <= 0:
+                    msgs.append(DeleteFlows(self._inbound.pop(key)[0]))
+        if not self.table.entries_of(entry.protocol, entry.private_ip):
+            for cookie in self._outbound.pop((entry.protocol, entry.private_ip), {}).values():
+                msgs.append(DeleteFlows(cookie))
+        return msgs
+
+    def outbound(self, entry: Entry, definition: Definition, foreign: str, foreign_mac: str) -> tuple[list, tuple]:
+        """The flow for (protocol, private host, foreign host), and the actions for its first packet."""
+        c = self.config
+        actions = (SetField("ipv4_src", entry.global_ip), SetField("eth_src", c.outside_mac),
+                   SetField("eth_dst", foreign_mac), DecTtl(), Output(c.outside_port))
+        flows = self._outbound.setdefault((entry.protocol, entry.private_ip), {})
+        if foreign in flows:
+            return [], actions
+        match = {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": definition.ip_protocol,
+                 "ipv4_src": entry.private_ip, "ipv4_dst": foreign}
+        if definition.underlying == UNDERLYING_UDP:
+            match["udp_src"] = definition.port
+        cookie = flows[foreign] = self._cookie()
+        return [AddFlow(PRIO_CLIENT_ALG_OUT, match, actions, cookie=cookie)], actions
+
+    def _inbound_match(self, definition: Definition, global_ip: str, foreign: str | None) -> dict:
+        match = {"in_port": self.config.outside_port, "eth_type": ETH_TYPE_IPV4,
+                 "ip_proto": definition.ip_protocol, "ipv4_dst": global_ip}
+        if definition.underlying == UNDERLYING_UDP:
+            match["udp_dst"] = definition.port
+        if foreign is not None:
+            match["ipv4_src"] = foreign
+        return match
+
+    def _cookie(self) -> int:
+        return COOKIE_CLIENT_ALG | next(self._cookies)

@@ -1,0 +1,262 @@
+"""The lease server (FIG. 7): DEFINE, LEASE, MAP, PEER and READ requests in,
+responses and table changes out. Pure: the NAT core hands it each request
+with where it came from and the time, and turns its table changes into flows.
+
+Framing and semantics are PCP's (RFC 6887); what PCP cannot say is in the
+private-use opcodes of ``netwire.pcp``. Ownership goes beyond PCP, which
+trusts the inside network: a lease belongs to the (switch port, MAC, IP) it
+came from and to its nonce, and only that owner may renew, release or read it
+(DESIGN.md, "Ownership beyond PCP").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from nat_app.allocate import Pool
+from nat_app.config import NatConfig
+from nat_app.gpn import UDP_KEYED, UNDERLYING_UDP, Definition
+from nat_app.messages import Counters
+from nat_app.table import ANY, DataPath, Entry, EntryKind, TableConflict, TranslationTable
+from netwire import pcp
+from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+
+LIFETIME_UNSPECIFIED = 0xFFFFFFFF  # "an unspecified expiry means now + default" (step 704)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a request came from on the shared link."""
+
+    in_port: int
+    mac: str
+    ip: str
+
+
+@dataclass
+class Outcome:
+    response: bytes | None
+    added: list[Entry] = field(default_factory=list)
+    removed: list[Entry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Owner:
+    origin: Origin
+    nonce: bytes
+    opcode: int
+
+
+class Refused(Exception):
+    def __init__(self, result: pcp.Result, reason: str) -> None:
+        super().__init__(reason)
+        self.result = result
+
+
+class LeaseServer:
+    def __init__(self, config: NatConfig, table: TranslationTable, pool: Pool, counters: Counters,
+                 now: float) -> None:
+        self.config = config
+        self.table = table
+        self.pool = pool
+        self.counters = counters
+        self.started = now
+        self.definitions: dict[int, Definition] = {}
+        self._owners: dict[int, _Owner] = {}
+
+    def epoch(self, now: float) -> int:
+        """Seconds since the server lost its state (RFC 6887 8.5)."""
+        return int(now - self.started)
+
+    def owner_of(self, entry_id: int) -> Origin | None:
+        owner = self._owners.get(entry_id)
+        return owner.origin if owner else None
+
+    def forget(self, entry_id: int) -> None:
+        """The core removed an entry (expiry, flow removal): drop its ownership record."""
+        self._owners.pop(entry_id, None)
+
+    # ------------------------------------------------------------------ requests
+
+    def handle(self, datagram: bytes, origin: Origin, now: float) -> Outcome:
+        """Answer one request; never raises for bad input (it is answered or dropped, and counted)."""
+        self.counters.add("lease_requests")
+        try:
+            request = pcp.decode_request(datagram)
+        except pcp.PcpError as exc:
+            self.counters.add(f"lease_refused:{exc.result.name}")
+            return Outcome(pcp.error_response(datagram, exc.result, self.epoch(now)))
+        try:
+            if request.client_ip != origin.ip:
+                raise Refused(pcp.Result.ADDRESS_MISMATCH, f"client address {request.client_ip} != {origin.ip}")
+            handler = {
+                pcp.Opcode.DEFINE: self._define, pcp.Opcode.LEASE: self._lease, pcp.Opcode.MAP: self._map,
+                pcp.Opcode.PEER: self._map, pcp.Opcode.READ: self._read,
+            }.get(request.opcode)
+            if handler is None:
+                raise Refused(pcp.Result.UNSUPP_OPCODE, f"opcode {request.opcode}")
+            outcome, info, lifetime = handler(request, origin, now)
+            self.counters.add(f"lease_ok:{pcp.Opcode(request.opcode).name}")
+            outcome.response = pcp.encode_response(pcp.Response(
+                request.opcode, pcp.Result.SUCCESS, lifetime, self.epoch(now), info))
+            return outcome
+        except Refused as exc:
+            self.counters.add(f"lease_refused:{exc.result.name}")
+            response = pcp.Response(request.opcode, exc.result, pcp.error_lifetime(exc.result), self.epoch(now),
+                                    request.info)
+            return Outcome(pcp.encode_response(response))
+
+    def _define(self, request, origin: Origin, now: float):
+        """Step 701-703: record a GPN definition, or say the NAT has its own ALG."""
+        d = request.info
+        definition = Definition(d.protocol, d.underlying, d.port, d.src_offset_bits, d.dst_offset_bits,
+                                d.length_bits, d.range_min, d.range_max, d.unspecified)
+        if definition.has_nat_alg:
+            raise Refused(pcp.Result.HAS_ALG, f"the NAT translates protocol {d.protocol} itself")
+        problem = definition.problem()
+        if problem:
+            raise Refused(pcp.Result.MALFORMED_REQUEST, problem)
+        known = self.definitions.get(definition.key)
+        if known is not None and known != definition:
+            raise Refused(pcp.Result.NOT_AUTHORIZED, f"protocol {definition.key} is defined differently")
+        self.definitions[definition.key] = definition
+        return Outcome(None), d, request.lifetime
+
+    def _lease(self, request, origin: Origin, now: float):
+        """Step 704-705 for a client-ALG entry; renewal and release (NAT-RENEW, NAT-DEALLOC)."""
+        info = request.info
+        key = UDP_KEYED | info.port if getattr(info, "port", 0) else info.protocol
+        definition = self.definitions.get(key)
+        if definition is None:
+            raise Refused(pcp.Result.PROTOCOL_NOT_DEFINED, f"protocol {key} has no GPN definition")
+        existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
+        if existing is not None:
+            return self._renew_or_release(existing, request, origin, now, self._lease_info)
+        if request.lifetime == 0:
+            return Outcome(None), info, 0  # releasing what does not exist succeeds (RFC 6887 15)
+        for name, value in (("private", info.private_gpn), ("global", info.global_gpn)):
+            if value is not None and not definition.range_min <= value <= definition.range_max:
+                raise Refused(pcp.Result.GPN_UNAVAILABLE, f"{name} GPN {value} outside {definition.range_min}-"
+                                                          f"{definition.range_max}")
+        if (definition.underlying != UNDERLYING_UDP and info.private_gpn is not None
+                and info.global_gpn is not None and info.private_gpn != info.global_gpn):
+            # The NAT never touches what ESP/AH protect: the SPI cannot be rewritten.
+            raise Refused(pcp.Result.GPN_UNAVAILABLE, "private and global GPN must be equal for this protocol")
+        self._check_quota(origin)
+        keep = next((e.global_ip for e in self.table.entries_of(key, origin.ip)), None)
+        if info.global_ip is not None and (info.global_ip not in self.config.globals or keep not in (None,
+                                                                                                     info.global_ip)):
+            raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, f"global IP {info.global_ip} cannot be given")
+        global_ip = info.global_ip or self.pool.for_client_alg(origin.ip, key, self.table, keep=keep)
+        space = self.pool.space(global_ip, key, definition.range_min, definition.range_max)
+        wanted = info.global_gpn if info.global_gpn is not None else info.private_gpn
+        if info.global_gpn is not None:
+            if not space.claim(info.global_gpn, now):
+                raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {global_ip}")
+            global_gpn = info.global_gpn
+        else:
+            global_gpn = space.reserve(now, preferred=wanted)
+            if global_gpn is None:
+                raise Refused(pcp.Result.NO_RESOURCES, f"no free GPN on {global_ip}")
+        private_gpn = info.private_gpn if info.private_gpn is not None else global_gpn
+        lifetime = self._lifetime(request.lifetime)
+        try:
+            entry = self.table.add(kind=EntryKind.CLIENT_ALG, protocol=key, private_ip=origin.ip,
+                                   private_gpn=private_gpn, global_ip=global_ip, global_gpn=global_gpn,
+                                   foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST)
+        except TableConflict as exc:
+            space.release(global_gpn, now)
+            raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
+        self._owners[entry.id] = _Owner(origin, info.nonce, request.opcode)
+        return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
+
+    def _map(self, request, origin: Origin, now: float):
+        """PCP MAP and PEER (RFC 6887 11, 12): a 16-bit port lease, foreign any or one peer."""
+        info = request.info
+        if info.protocol not in (IPPROTO_TCP, IPPROTO_UDP):
+            raise Refused(pcp.Result.UNSUPP_PROTOCOL, f"protocol {info.protocol}: MAP and PEER lease TCP/UDP ports")
+        if info.internal_port == 0:
+            raise Refused(pcp.Result.MALFORMED_REQUEST, "internal port 0 (all ports) is not leased")
+        foreign = getattr(info, "remote_ip", None) if request.opcode == pcp.Opcode.PEER else ANY
+        existing = self.table.lookup_out(info.protocol, origin.ip, info.internal_port, foreign)
+        if existing is not None and existing.kind is EntryKind.CLIENT_ALG and existing.foreign == foreign:
+            return self._renew_or_release(existing, request, origin, now, self._map_info)
+        if request.lifetime == 0:
+            return Outcome(None), info, 0
+        self._check_quota(origin)
+        mapping = self.pool.acquire_mapping(info.protocol, origin.ip, info.internal_port, now,
+                                            suggested_port=info.external_port or None)
+        if mapping is None:
+            raise Refused(pcp.Result.NO_RESOURCES, "no free port")
+        lifetime = self._lifetime(request.lifetime)
+        try:
+            entry = self.table.add(kind=EntryKind.CLIENT_ALG, protocol=info.protocol, private_ip=origin.ip,
+                                   private_gpn=info.internal_port, global_ip=mapping[0], global_gpn=mapping[1],
+                                   foreign=foreign, now=now, expires=now + lifetime)
+        except TableConflict as exc:
+            self.pool.release_mapping(info.protocol, origin.ip, info.internal_port, now)
+            raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, str(exc)) from None
+        self._owners[entry.id] = _Owner(origin, info.nonce, request.opcode)
+        return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime
+
+    def _read(self, request, origin: Origin, now: float):
+        """The client's own entries, proven by a nonce of one of them (never anyone else's)."""
+        mine = [(eid, o) for eid, o in self._owners.items() if o.origin == origin]
+        if not any(o.nonce == request.info.nonce for _, o in mine):
+            raise Refused(pcp.Result.NOT_AUTHORIZED, "the nonce names none of this client's entries")
+        records = []
+        for entry_id, _ in sorted(mine):
+            e = self.table.get(entry_id)
+            if e is not None:
+                records.append(pcp.EntryRecord(e.kind.value, e.protocol & 0xFF, e.private_ip, e.private_gpn,
+                                               e.global_ip, e.global_gpn, e.foreign,
+                                               max(0, int((e.expires or now) - now))))
+        return Outcome(None), replace(request.info, entries=tuple(records)), request.lifetime
+
+    # ------------------------------------------------------------------ helpers
+
+    def _renew_or_release(self, entry: Entry, request, origin: Origin, now: float, render):
+        owner = self._owners.get(entry.id)
+        if owner is None or owner.origin != origin or owner.nonce != request.info.nonce:
+            raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {entry.id} belongs to another client or nonce")
+        if request.lifetime == 0:
+            self.table.remove(entry.id)
+            self._owners.pop(entry.id, None)
+            self.counters.add("leases_released")
+            return Outcome(None, removed=[entry]), render(request.info, entry), 0
+        lifetime = self._lifetime(request.lifetime)
+        self.table.set_expiry(entry.id, now + lifetime)
+        self.counters.add("leases_renewed")
+        return Outcome(None), render(request.info, entry), lifetime
+
+    def _find(self, key, private_ip, private_gpn, global_ip, global_gpn, foreign) -> Entry | None:
+        if global_ip is not None and global_gpn is not None:
+            entry = self.table.lookup_in(key, global_ip, global_gpn, foreign)
+            if entry is not None and entry.private_ip == private_ip and entry.foreign == foreign:
+                return entry
+        if private_gpn is not None:
+            entry = self.table.lookup_out(key, private_ip, private_gpn, foreign)
+            if entry is not None and entry.foreign == foreign:
+                return entry
+        return None
+
+    def _check_quota(self, origin: Origin) -> None:
+        held = sum(1 for o in self._owners.values() if o.origin.ip == origin.ip)
+        if held >= self.config.lease_quota:
+            raise Refused(pcp.Result.USER_EX_QUOTA, f"{origin.ip} holds {held} leases (quota {self.config.lease_quota})")
+
+    def _lifetime(self, requested: int) -> int:
+        """Requested lifetime clamped to [min, max]; all ones means the default (step 704)."""
+        c = self.config
+        if requested == LIFETIME_UNSPECIFIED:
+            return c.lease_default_lifetime
+        return max(c.lease_min_lifetime, min(c.lease_max_lifetime, requested))
+
+    @staticmethod
+    def _lease_info(info, entry: Entry):
+        return replace(info, private_gpn=entry.private_gpn, global_gpn=entry.global_gpn, global_ip=entry.global_ip,
+                       foreign_ip=entry.foreign)
+
+    @staticmethod
+    def _map_info(info, entry: Entry):
+        return replace(info, external_port=entry.global_gpn, external_ip=entry.global_ip)
