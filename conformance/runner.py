@@ -49,9 +49,10 @@ def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, s
             try:
                 batch = scenario(ctx)
             except Exception as exc:  # a broken scenario is an error verdict, never a silent pass
-                batch = [ScenarioResult(behaviour=name.upper(), scenario=name, verdict="error",
-                                        reason=f"{type(exc).__name__}: {exc}",
-                                        started=datetime.now(UTC).isoformat(timespec="seconds"))]
+                batch = [ScenarioResult(behaviour=behaviour, scenario=name, verdict="error",
+                                        reason=f"{type(exc).__name__}: {exc}"[:500],
+                                        started=datetime.now(UTC).isoformat(timespec="seconds"))
+                         for behaviour in scenario.covers]
                 (run_dir / f"{name}-traceback.txt").write_text(traceback.format_exc())
             for result in batch:
                 writer.write(result)

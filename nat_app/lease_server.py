@@ -130,6 +130,11 @@ class LeaseServer:
         if definition is None:
             raise Refused(pcp.Result.PROTOCOL_NOT_DEFINED, f"protocol {key} has no GPN definition")
         existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
+        if existing is not None and existing.private_ip != origin.ip:
+            owner = self._owners.get(existing.id)
+            if request.lifetime == 0 or (owner is not None and owner.nonce == info.nonce):
+                raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {existing.id} belongs to another client")
+            raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {info.global_ip}")
         if existing is not None:
             return self._renew_or_release(existing, request, origin, now, self._lease_info)
         if request.lifetime == 0:
@@ -232,7 +237,7 @@ class LeaseServer:
     def _find(self, key, private_ip, private_gpn, global_ip, global_gpn, foreign) -> Entry | None:
         if global_ip is not None and global_gpn is not None:
             entry = self.table.lookup_in(key, global_ip, global_gpn, foreign)
-            if entry is not None and entry.private_ip == private_ip and entry.foreign == foreign:
+            if entry is not None and entry.foreign == foreign:
                 return entry
         if private_gpn is not None:
             entry = self.table.lookup_out(key, private_ip, private_gpn, foreign)

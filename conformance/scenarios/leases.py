@@ -52,8 +52,7 @@ def lease_protocol(ctx: Context) -> list[ScenarioResult]:
         define_esp = ask(clients[0], "DEFINE", **ESP_DEF)
         define_ah = ask(clients[0], "DEFINE", **AH_DEF)
         define_ike = ask(clients[0], "DEFINE", **ISAKMP_DEF)
-        bad_range = ask(clients[0], "DEFINE", **{**ESP_DEF, "protocol": 99, "range_min": 0, "range_max": 0,
-                                                 "length_bits": 0})
+        bad_range = ask(clients[0], "DEFINE", **{**ESP_DEF, "range_min": 1})  # SPIs 1-255 are reserved
         has_alg = ask(clients[0], "DEFINE", **TCP_DEF)
         chosen = lease(clients[0], 50, lifetime=0xFFFFFFFF)  # everything unspecified
         outside_pool = lease(clients[0], 50, global_ip="198.51.100.1")
@@ -65,10 +64,11 @@ def lease_protocol(ctx: Context) -> list[ScenarioResult]:
     results.append(rec.result("NAT-DEF", "define", [
         (_ok(define_esp) and _ok(define_ah) and _ok(define_ike), f"DEFINE ESP/AH/ISAKMP answered {define_esp.get('result')}"
                                                                  f"/{define_ah.get('result')}/{define_ike.get('result')}"),
-        (bad_range.get("result") == "MALFORMED_REQUEST", f"a 0-bit definition answered {bad_range.get('result')}"),
+        (bad_range.get("result") == "MALFORMED_REQUEST",
+         f"an ESP definition reaching into the reserved SPIs answered {bad_range.get('result')}"),
     ], positive="GPN definitions for ESP (IP 50, 32 bits at 0, no source), AH (IP 51, 32 bits at 32) and ISAKMP "
                 "(UDP 500, 64 bits at 0) accepted",
-        negative=f"a definition with a 0-bit GPN is refused: {bad_range.get('result')}"))
+        negative=f"a definition whose range holds reserved SPIs 1-255 is refused: {bad_range.get('result')}"))
     results.append(rec.result("NAT-HASALG", "tcp", [
         (has_alg.get("result") == "HAS_ALG", f"DEFINE TCP answered {has_alg.get('result')}"),
         (has_alg.get("lifetime") == 1800, f"with PCP's long error lifetime ({has_alg.get('lifetime')} s)"),
@@ -142,7 +142,8 @@ def leased_traffic(ctx: Context) -> list[ScenarioResult]:
                 before = _expires(tb, spi[h1.name])
                 renewed = lease(h1, 50, global_ip=g1, private_gpn=spi[h1.name], nonce=nonce, lifetime=7200)
                 after = _expires(tb, spi[h1.name])
-                stolen = lease(h2, 50, global_ip=g1, private_gpn=spi[h1.name], nonce=nonce, lifetime=0)
+                stolen = lease(h2, 50, global_ip=g1, global_gpn=spi[h1.name], nonce=nonce, lifetime=0)
+                survived = _expires(tb, spi[h1.name]) is not None
                 released = lease(h1, 50, global_ip=g1, private_gpn=spi[h1.name], nonce=nonce, lifetime=0)
                 after_release = apps.probe(h1, "raw", SRV1, 50, "--count", 2, "--reply-spi", spi[h1.name])
                 short = lease(h2, 51, global_ip=g1, lifetime=2)
@@ -166,7 +167,8 @@ def leased_traffic(ctx: Context) -> list[ScenarioResult]:
                                                                   f"from {g1}"),
         (not from_private, f"{len(from_private)} packets with private sources on srv1's wire"),
         (_spis_sent(pcaps["srv1-eth0"], 50) >= {0x10001, 0x10002, 0x10003}, "SPIs arrive unchanged"),
-        (not [p for p in caps["srv2-eth0"] if p.proto == 50], "ESP to srv2, a foreign with no entry, is dropped"),
+        (not [p for p in caps["srv2-eth0"] if p.proto == 50 and p.dst == SRV2],
+         "ESP to srv2, a foreign with no entry, is dropped"),
         (stray["sent"] == 2, "h1 did send ESP to srv2"),
     ], positive=f"ESP from three clients reached srv1 from {g1} with their SPIs unchanged (steps 706-707)",
         negative="ESP to a foreign host without an entry never reached it", extra_evidence=evidence))
@@ -194,6 +196,7 @@ def leased_traffic(ctx: Context) -> list[ScenarioResult]:
     ], positive="the owner's renewal (same nonce, same origin) extended the lease", negative="a wrong nonce was refused"))
     results.append(rec.result("NAT-DEALLOC", "release", [
         (stolen.get("result") == "NOT_AUTHORIZED", f"release by another client answered {stolen.get('result')}"),
+        (survived, "h1's entry survived h2's attempt"),
         (_ok(released) and released.get("lifetime") == 0, f"release by the owner answered {released.get('result')}"),
         (after_release["sent"] == 2 and _count_after_release(pcaps[f"{h1.name}-eth0"], spi[h1.name]) == 2,
          "after release, srv1's answers to h1's old SPI no longer reach h1"),
@@ -208,7 +211,8 @@ def leased_traffic(ctx: Context) -> list[ScenarioResult]:
         extra_evidence=evidence))
     results.append(rec.result("NAT-DROP", "leased-protocols", [
         (unleased["sent"] == 2 and not any(0x0BADBAD in s for s in got.values()), "ESP to an unleased SPI dropped"),
-        (not [p for p in caps["srv2-eth0"] if p.proto == 50], "ESP to a foreign without an entry dropped"),
+        (not [p for p in caps["srv2-eth0"] if p.proto == 50 and p.dst == SRV2],
+         "ESP to a foreign without an entry dropped"),
     ], positive="srv2 sent ESP to an SPI nobody leased; h1 sent ESP to srv2 without a lease",
         negative="neither reached its destination", extra_evidence=evidence))
     return results

@@ -284,3 +284,17 @@ def test_fuzzed_and_mutated_requests_never_corrupt_the_table(data):
         sw.take(IN)
         sw.core.table.check_invariants()
     assert good.lease(50).result == pcp.Result.SUCCESS  # good clients still get leases
+
+
+def test_another_clients_lease_cannot_be_taken_renewed_or_released():
+    sw = switch_with()
+    owner, other = Client(sw, "10.0.0.1"), Client(sw, "10.0.0.2")
+    owner.define(ESP)
+    nonce = os.urandom(12)
+    granted = owner.lease(50, nonce=nonce).info
+    named = {"global_ip": granted.global_ip, "global_gpn": granted.global_gpn}
+    assert other.lease(50, **named).result == pcp.Result.GPN_IN_USE  # asking for it
+    assert other.lease(50, nonce=nonce, **named).result == pcp.Result.NOT_AUTHORIZED  # a sniffed nonce
+    assert other.lease(50, lifetime=0, **named).result == pcp.Result.NOT_AUTHORIZED  # releasing it
+    (entry,) = list(sw.core.table)
+    assert entry.private_ip == "10.0.0.1" and entry.expires == 600
