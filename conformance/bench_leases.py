@@ -34,19 +34,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def sans_io_rate(seconds: float) -> dict:
     """Allocate + release cycles through NatCore.packet_in, counted as two operations each."""
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-
     from nat_app.config import NatConfig
     from nat_app.decide import NatCore
     from netwire import pcp
+    from netwire.ethernet import ETH_TYPE_IPV4, EthernetHeader
+    from netwire.ipv4 import build_udp
 
     core = NatCore(NatConfig(lease_quota=10**6))
     core.switch_connected(0.0)
 
+    eth = EthernetHeader("02:4e:41:54:00:01", "00:00:00:00:00:01", ETH_TYPE_IPV4).build()
+
     def frame(req) -> bytes:
-        return bytes(Ether(src="00:00:00:00:00:01", dst="02:4e:41:54:00:01") / IP(src="10.0.0.1", dst="10.0.0.254")
-                     / UDP(sport=5350, dport=5351) / pcp.encode_request(req))
+        return eth + build_udp("10.0.0.1", "10.0.0.254", pcp.CLIENT_PORT, pcp.SERVER_PORT, pcp.encode_request(req))
 
     define = pcp.GpnDefinition(os.urandom(12), **ESP_DEF)
     core.packet_in(1, frame(pcp.Request(pcp.Opcode.DEFINE, 600, "10.0.0.1", define)), 0.0)

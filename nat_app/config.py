@@ -6,8 +6,11 @@ construction and a bad one is reported by field name and value.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
+
+from netwire.checksum import ip_bytes
 
 # RFC 4787 REQ-5: UDP mappings live at least 2 min; 5 min recommended.
 UDP_MAPPING_TIMEOUT_S = 300
@@ -92,10 +95,22 @@ class NatConfig:
                               f"{self.lease_max_lifetime}]")
 
     def is_inside(self, ip: str) -> bool:
-        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(self.inside_net)
+        return _in(ip, self.inside_net)
 
     def is_outside(self, ip: str) -> bool:
-        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(self.outside_net)
+        return _in(ip, self.outside_net)
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(net: str) -> tuple[int, int]:
+    n = ipaddress.IPv4Network(net)
+    return int(n.network_address), int(n.broadcast_address)
+
+
+def _in(ip: str, net: str) -> bool:
+    """Membership test on the per-packet path, without building ipaddress objects."""
+    low, high = _bounds(net)
+    return low <= int.from_bytes(ip_bytes(ip), "big") <= high
 
 
 def _net(name: str, value: str) -> ipaddress.IPv4Network:

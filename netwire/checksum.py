@@ -7,8 +7,6 @@ equation 3, ``HC' = ~(~HC + ~m + m')``, does that without touching the payload.
 
 from __future__ import annotations
 
-import ipaddress
-
 
 def ones_complement_sum(data: bytes, initial: int = 0) -> int:
     """16-bit one's-complement sum of ``data`` (odd length padded with a zero byte).
@@ -67,8 +65,19 @@ def apply_difference(checksum: int, diff: int) -> int:
 
 
 def ip_bytes(address: str | bytes) -> bytes:
-    """Four bytes of a dotted-quad IPv4 address (bytes pass through)."""
-    return address if isinstance(address, bytes) else ipaddress.IPv4Address(address).packed
+    """Four bytes of a dotted-quad IPv4 address (bytes pass through).
+
+    Per packet on the controller's paths, so parsed by hand: ``ipaddress`` is
+    the slowest part of a lease round trip otherwise.
+    """
+    if isinstance(address, bytes):
+        return address
+    parts = address.split(".")
+    if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
+        raw = bytes(int(p) for p in parts if int(p) <= 255)
+        if len(raw) == 4:
+            return raw
+    raise ValueError(f"{address!r} is not a dotted-quad IPv4 address")
 
 
 def _fold(total: int) -> int:
