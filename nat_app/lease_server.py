@@ -21,8 +21,6 @@ from nat_app.table import ANY, DataPath, Entry, EntryKind, TableConflict, Transl
 from netwire import pcp
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 
-LIFETIME_UNSPECIFIED = 0xFFFFFFFF  # "an unspecified expiry means now + default" (step 704)
-
 
 @dataclass(frozen=True)
 class Origin:
@@ -120,7 +118,7 @@ class LeaseServer:
         if known is not None and known != definition:
             raise Refused(pcp.Result.NOT_AUTHORIZED, f"protocol {definition.key} is defined differently")
         self.definitions[definition.key] = definition
-        return Outcome(None), d, request.lifetime
+        return Outcome(None), d, 0  # definitions do not expire: nothing to renew
 
     def _lease(self, request, origin: Origin, now: float):
         """Step 704-705 for a client-ALG entry; renewal and release (NAT-RENEW, NAT-DEALLOC)."""
@@ -213,9 +211,9 @@ class LeaseServer:
         for entry_id, _ in sorted(mine):
             e = self.table.get(entry_id)
             if e is not None:
-                records.append(pcp.EntryRecord(e.kind.value, e.protocol & 0xFF, e.private_ip, e.private_gpn,
-                                               e.global_ip, e.global_gpn, e.foreign,
-                                               max(0, int((e.expires or now) - now))))
+                protocol, port = (IPPROTO_UDP, e.protocol & 0xFFFF) if e.protocol & UDP_KEYED else (e.protocol, 0)
+                records.append(pcp.EntryRecord(e.kind.value, protocol, e.private_ip, e.private_gpn, e.global_ip,
+                                               e.global_gpn, e.foreign, max(0, int((e.expires or now) - now)), port))
         return Outcome(None), replace(request.info, entries=tuple(records)), request.lifetime
 
     # ------------------------------------------------------------------ helpers
@@ -253,7 +251,7 @@ class LeaseServer:
     def _lifetime(self, requested: int) -> int:
         """Requested lifetime clamped to [min, max]; all ones means the default (step 704)."""
         c = self.config
-        if requested == LIFETIME_UNSPECIFIED:
+        if requested == pcp.LIFETIME_UNSPECIFIED:  # "an unspecified expiry means now + default" (step 704)
             return c.lease_default_lifetime
         return max(c.lease_min_lifetime, min(c.lease_max_lifetime, requested))
 

@@ -475,7 +475,7 @@ class EntryRecord:
         +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
         |     Kind      |   Protocol    |        Underlying Port        |
         +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
-        |P|G|F| Rsvd    |              Reserved (24 bits)               |
+        |P|G|r|F| Rsvd  |              Reserved (24 bits)               |
         +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
         |                  Remaining Lifetime (seconds)                 |
         +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
@@ -735,6 +735,8 @@ class Response:
         if self.opcode in INFO_TYPES:
             _check_info(self.opcode, self.info, required=self.result is Result.SUCCESS)
         object.__setattr__(self, "options", _check_options(self.options))
+        if self.options and self.info is None and INFO_TYPES.get(self.opcode) is not None:
+            raise ValueError("options follow the opcode body: a response without its body cannot carry them")
 
 
 def _check_info(opcode: Opcode, info: Info | None, *, required: bool) -> None:

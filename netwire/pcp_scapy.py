@@ -123,21 +123,19 @@ class PCPOption(Packet):
             pkt += bytes(-len(self.data or b"") % 4)
         return pkt + pay
 
-    def extract_padding(self, s: bytes):
-        return b"", s
-
     def guess_payload_class(self, payload: bytes):
-        return PCPOption if payload else Raw
+        return PCPOption if payload else Raw  # options follow one another to the end of the message
+
+
+@classmethod
+def _by_r_bit(cls, _pkt: bytes | None = None, *args, **kargs):
+    """Requests and responses share UDP port 5351; the R bit decides (RFC 6887 7)."""
+    if _pkt and len(_pkt) >= 2:
+        return PCPResponse if _pkt[1] & 0x80 else PCPRequest
+    return cls
 
 
 class _Header(Packet):
-    @classmethod
-    def dispatch_hook(cls, _pkt: bytes | None = None, *args, **kargs):
-        """Requests and responses share UDP port 5351; the R bit decides (RFC 6887 7)."""
-        if _pkt and len(_pkt) >= 2:
-            return PCPResponse if _pkt[1] & 0x80 else PCPRequest
-        return cls
-
     def guess_payload_class(self, payload: bytes):
         body = BODIES.get(self.opcode)
         if body is not None and (body is not _Announce):
@@ -149,6 +147,7 @@ class PCPRequest(_Header):
     """RFC 6887 7.1 request header (24 octets)."""
 
     name = "PCP request"
+    dispatch_hook = _by_r_bit  # scapy looks for it in the class's own namespace
     fields_desc = [
         ByteField("version", 2),
         BitField("R", 0, 1),
@@ -163,6 +162,7 @@ class PCPResponse(_Header):
     """RFC 6887 7.2 response header (24 octets)."""
 
     name = "PCP response"
+    dispatch_hook = _by_r_bit
     fields_desc = [
         ByteField("version", 2),
         BitField("R", 1, 1),

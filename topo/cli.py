@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from nat_app.cli import add_controller_parser, add_table_parser
@@ -18,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_up_parser(sub)
     add_controller_parser(sub)
     add_table_parser(sub)
+    from client_agent.lease_cli import add_lease_parser
+
+    add_lease_parser(sub)
     from conformance.cli import add_bench_parser, add_demo_parser
 
     add_demo_parser(sub)
@@ -27,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so a testbed being torn down leaves nothing behind.
+    signal.signal(signal.SIGTERM, _terminate)
     return args.func(args) or 0
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -44,3 +44,29 @@ def test_a_live_fuzz_of_the_server_leaves_a_sound_table(make_testbed):
     assert lease(h1, 50)["result"] == "SUCCESS"  # good clients still get leases
     counters = tb.table()["counters"]
     assert counters.get("lease_requests", 0) >= 3000 * 0.9  # nearly all reached the server (UDP may drop a few)
+
+
+def test_natlab_lease_cli_inside_a_host(make_testbed, tmp_path):
+    """`natlab lease define|alloc|show|release`, run inside a Mininet host as the README shows."""
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1 = tb.host("h1")
+    state = tmp_path / "leases.json"
+    natlab = f"cd {apps.ROOT} && {sys.executable} -m topo.cli lease"
+
+    def run(args: str) -> tuple[str, int]:
+        out = h1.cmd(f"{natlab} {args} --state {state}; echo EXIT=$?")
+        return out, int(out.rsplit("EXIT=", 1)[1].split()[0])
+
+    out, code = run("define esp")
+    assert code == 0, out
+    out, code = run(f"alloc --protocol esp --foreign {SRV1} --lifetime 600")
+    assert code == 0 and "203.0.113.1" in out, out
+    entries = [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
+    assert len(entries) == 1 and entries[0]["private_ip"] == "10.0.0.1"
+    out, code = run("show")
+    assert code == 0 and hex(entries[0]["global_gpn"]) in out and "CLIENT-ALG" in out, out
+    out, code = run("release --all")
+    assert code == 0, out
+    assert not [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
+    out, code = run("alloc --protocol esp --foreign not-an-ip")
+    assert code == 2 and "--foreign" in out and "not-an-ip" in out, out
