@@ -496,15 +496,17 @@ class _Session:
 
     def _print_granted(self, action: str, event: Granted) -> None:
         response, lease = event.response, event.lease
-        released = action == "release" or response.lifetime == 0
+        defined = response.opcode == pcp.Opcode.DEFINE  # definitions never expire (lifetime 0)
+        released = action == "release" or (response.lifetime == 0 and not defined)
         info = lease.info if released and lease is not None else response.info  # a release echoes zeros for MAP
         record = _fields(response.opcode, info, self.client_ip)
         record.update(action=action, result=response.result.name, id=event.transaction.nonce.hex(),
                       lifetime=response.lifetime, epoch=response.epoch,
                       expires=None if released else _iso(self.wall() + response.lifetime))
         kind = f"{record['kind']} " if "kind" in record else ""
-        lines = [f"{'released' if released else 'granted'} {record['id'][:8]}  {kind}{_describe(record)}"]
-        if not released and lease is not None:
+        verb = "released" if released else "defined" if defined else "granted"
+        lines = [f"{verb} {record['id'][:8]}  {kind}{_describe(record)}"]
+        if not released and not defined and lease is not None:
             renew_after = _iso(self.wall() + (lease.renew_at or lease.expires) - self.now())
             lines.append(f"  lifetime {response.lifetime} s, expires {record['expires']} "
                          f"(renew after {renew_after}: natlab lease renew {record['id'][:8]})")

@@ -189,6 +189,9 @@ class Testbed:
         from topo.natlab import NatlabHost, NatlabTopo
 
         setLogLevel(self.log_level)
+        venv_bin = str(Path(sys.executable).parent)  # hosts inherit PATH: `h1 natlab lease ...` works
+        if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
         self.lock.acquire()
         try:
             self.controller.start()
