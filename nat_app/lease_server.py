@@ -11,6 +11,7 @@ came from and to its nonce, and only that owner may renew, release or read it
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from nat_app.allocate import Pool
@@ -61,6 +62,7 @@ class LeaseServer:
         self.started = now
         self.definitions: dict[int, Definition] = {}
         self._owners: dict[int, _Owner] = {}
+        self._held: Counter[str] = Counter()  # leases per client IP, for the quota
 
     def epoch(self, now: float) -> int:
         """Seconds since the server lost its state (RFC 6887 8.5)."""
@@ -72,7 +74,15 @@ class LeaseServer:
 
     def forget(self, entry_id: int) -> None:
         """The core removed an entry (expiry, flow removal): drop its ownership record."""
-        self._owners.pop(entry_id, None)
+        owner = self._owners.pop(entry_id, None)
+        if owner is not None:
+            self._held[owner.origin.ip] -= 1
+            if self._held[owner.origin.ip] <= 0:
+                del self._held[owner.origin.ip]
+
+    def _own(self, entry: Entry, origin: Origin, nonce: bytes, opcode: int) -> None:
+        self._owners[entry.id] = _Owner(origin, nonce, opcode)
+        self._held[origin.ip] += 1
 
     # ------------------------------------------------------------------ requests
 
@@ -170,7 +180,7 @@ class LeaseServer:
         except TableConflict as exc:
             space.release(global_gpn, now)
             raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
-        self._owners[entry.id] = _Owner(origin, info.nonce, request.opcode)
+        self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
 
     def _map(self, request, origin: Origin, now: float):
@@ -199,7 +209,7 @@ class LeaseServer:
         except TableConflict as exc:
             self.pool.release_mapping(info.protocol, origin.ip, info.internal_port, now)
             raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, str(exc)) from None
-        self._owners[entry.id] = _Owner(origin, info.nonce, request.opcode)
+        self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime
 
     def _read(self, request, origin: Origin, now: float):
@@ -224,7 +234,7 @@ class LeaseServer:
             raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {entry.id} belongs to another client or nonce")
         if request.lifetime == 0:
             self.table.remove(entry.id)
-            self._owners.pop(entry.id, None)
+            self.forget(entry.id)
             self.counters.add("leases_released")
             return Outcome(None, removed=[entry]), render(request.info, entry), 0
         lifetime = self._lifetime(request.lifetime)
@@ -244,7 +254,7 @@ class LeaseServer:
         return None
 
     def _check_quota(self, origin: Origin) -> None:
-        held = sum(1 for o in self._owners.values() if o.origin.ip == origin.ip)
+        held = self._held[origin.ip]
         if held >= self.config.lease_quota:
             raise Refused(pcp.Result.USER_EX_QUOTA, f"{origin.ip} holds {held} leases (quota {self.config.lease_quota})")
 
