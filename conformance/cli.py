@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS = {
     "nat": ("conformance.bench", "iperf3 through the NAT vs plain forwarding; new connections/s"),
     "leases": ("conformance.bench_leases", "lease operations/s (sans-IO and end to end); slow-path demux pps"),
+    "ipsec": ("conformance.bench_ipsec", "iperf3 cleartext vs ESP/AH; sans-IO encrypt/decrypt pps"),
 }
 
 

@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     from client_agent.lease_cli import add_lease_parser
 
     add_lease_parser(sub)
+    from client_agent.agent_cli import add_agent_parser
+
+    add_agent_parser(sub)
     from conformance.cli import add_bench_parser, add_demo_parser
 
     add_demo_parser(sub)

@@ -78,3 +78,36 @@ def check_whole(inner: bytes) -> bytes:
     if total_len != len(inner):
         raise Malformed(f"inner IPv4 total length {total_len} but {len(inner)} bytes were tunnelled")
     return inner
+
+
+def fragment(packet: bytes, mtu: int, ident: int) -> list[bytes]:
+    """``packet`` cut into IPv4 fragments of at most ``mtu`` bytes, all with the ID ``ident`` (RFC 791 section 3.2).
+
+    For an ESP/AH packet that outgrew the link after protection (RFC 4303
+    section 3.3.4, RFC 4302 section 3.3.4): the receiver reassembles it before
+    IPsec processing. Fragment data is a multiple of 8 bytes except in the
+    last; DF is cleared, since this host is the packet's source. A packet that
+    fits is returned whole; one with IP options or already a fragment is
+    refused (:class:`Malformed`).
+    """
+    header_len, total_len = lengths(packet)
+    if total_len <= mtu:
+        return [packet[:total_len]]
+    if header_len != IPV4_MIN_HEADER_LEN or is_fragment(packet):
+        raise Malformed("only whole packets without IP options are fragmented here")
+    step = (mtu - header_len) // 8 * 8
+    if step <= 0:
+        raise ValueError(f"mtu={mtu}: too small to fragment into")
+    header = bytearray(packet[:header_len])
+    header[4], header[5] = ident >> 8 & 0xFF, ident & 0xFF
+    fragments = []
+    for start in range(header_len, total_len, step):
+        end = min(start + step, total_len)
+        offset = (start - header_len) // 8 | (0x2000 if end < total_len else 0)  # MF on all but the last
+        header[2], header[3] = (header_len + end - start) >> 8, (header_len + end - start) & 0xFF
+        header[6], header[7] = offset >> 8, offset & 0xFF
+        header[10] = header[11] = 0
+        checksum = header_checksum(header)
+        header[10], header[11] = checksum >> 8, checksum & 0xFF
+        fragments.append(bytes(header) + packet[start:end])
+    return fragments

@@ -1,0 +1,228 @@
+"""The IPsec agent of one host: sets up the namespace, runs the datapath, undoes everything on exit.
+
+What the agent does to its network namespace (ENVIRONMENT.md, "A userspace
+IPsec datapath in a namespace"), in order, each step undone in reverse order
+when it stops (SIGTERM, SIGINT or an error):
+
+1. writes the Wireshark key file ``esp_sa`` of its ESP SAs into its run
+   directory (so ``WIRESHARK_CONFIG_DIR=<run dir> tshark ...`` decrypts captures);
+2. turns ``rp_filter`` off where it is on: an ESP reply arrives on the
+   Ethernet interface from a peer whose address now routes into the TUN, and
+   strict reverse-path filtering would drop it;
+3. opens the TUN device with an MTU that leaves room for the ESP/AH overhead;
+4. routes the protected prefixes into the TUN, in a table of their own;
+5. adds the rule ``not fwmark MARK lookup TABLE``: everything except the
+   agent's own marked ESP/AH consults the TUN routes first, and the agent's
+   packets use the ordinary routing tables untouched. (The inverse of the
+   ENVIRONMENT.md recipe, ``fwmark MARK lookup TABLE`` with a copy of the real
+   route in TABLE: this way the agent never edits or copies the main table,
+   and a route to the peer added after it started, say by the testbed, just works.)
+6. opens the raw sockets (:mod:`client_agent.raw`), marked MARK.
+
+Counters: the agent writes ``status.json`` in its run directory every second,
+on SIGUSR1 and on exit (SIGUSR1 also logs them): the datapath's packets, octets
+and drops by reason, and each SA's packets, octets and sequence number.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from client_agent.agent_config import OUTBOUND, AgentConfig, databases
+from client_agent.datapath import Datapath
+from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
+from client_agent.ipsec.keyfile import esp_sa_file
+from client_agent.ipsec.sa import SAState
+from client_agent.raw import RawReceiver, RawSender
+from client_agent.tun import Tun
+
+STATUS_NAME = "status.json"
+CONF = Path("/proc/sys/net/ipv4/conf")
+
+log = logging.getLogger("natlab.agent")
+
+
+class Agent:
+    """One agent; a context manager: entering sets the namespace up, leaving restores it."""
+
+    def __init__(self, config: AgentConfig, run_dir: Path | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir else config.run_directory
+        self.sad, self.spd = databases(config)
+        self.datapath: Datapath | None = None
+        self.state = "starting"
+        self._stack = ExitStack()
+        self._stop = False
+
+    @property
+    def keyfile(self) -> Path:
+        return self.run_dir / KEYFILE_NAME
+
+    @property
+    def status_file(self) -> Path:
+        return self.run_dir / STATUS_NAME
+
+    def __enter__(self) -> Agent:
+        try:
+            self._setup()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.state = "stopped"
+        try:
+            self._stack.close()
+        finally:
+            self.write_status()
+
+    def _setup(self) -> None:
+        config = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(self.keyfile, esp_sa_file(self.sad))
+        for name in _rp_filter_on():
+            self._set_sysctl(CONF / name / "rp_filter", "0")
+        tun = Tun(config.tun, config.tun_mtu())
+        self._stack.callback(tun.close)
+        self._set_sysctl(CONF / config.tun / "rp_filter", "0", restore=False)
+        table = str(config.table)
+        for prefix in config.routes:
+            route = [prefix, "dev", config.tun, "table", table, *(["src", config.address] if config.address else [])]
+            _ip("route", "add", *route)
+            self._stack.callback(_ip, "route", "del", *route, check=False)
+        rule = ["not", "fwmark", hex(config.mark), "lookup", table, "pref", str(config.rule_priority)]
+        _ip("rule", "del", *rule, check=False, quiet=True)  # only a killed agent can have left this very rule
+        _ip("rule", "add", *rule)
+        self._stack.callback(_ip, "rule", "del", *rule, check=False)
+        sender = RawSender(config.mark, config.link_mtu)
+        self._stack.callback(sender.close)
+        receivers = []
+        for protocol in sorted({state.protocol for state in self.sad.inbound}):
+            receiver = RawReceiver(protocol, config.mark)
+            self._stack.callback(receiver.close)
+            receivers.append(receiver)
+        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd)
+        self.state = "running"
+        log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
+                 config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
+                 self.run_dir)
+
+    def _set_sysctl(self, path: Path, value: str, *, restore: bool = True) -> None:
+        old = path.read_text().strip()
+        path.write_text(value)
+        if restore and old != value:
+            self._stack.callback(_restore_sysctl, path, old)
+
+    def run(self, profile: Path | None = None) -> None:
+        """Run the datapath until SIGTERM or SIGINT; SIGUSR1 writes and logs the counters."""
+        assert self.datapath is not None, "enter the agent first"
+        wakeup_read, wakeup_write = socket.socketpair()
+        wakeup_read.setblocking(False)
+        wakeup_write.setblocking(False)
+        previous_wakeup = signal.set_wakeup_fd(wakeup_write.fileno())
+        handlers = {signal.SIGTERM: self._on_stop, signal.SIGINT: self._on_stop, signal.SIGUSR1: self._on_usr1}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        self.write_status()
+        datapath = self.datapath
+
+        def loop() -> None:
+            datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self.write_status)
+
+        try:
+            if profile is None:
+                loop()
+            else:
+                _profiled(loop, profile)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(previous_wakeup)
+            wakeup_read.close()
+            wakeup_write.close()
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        log.info("agent %s: %s, stopping", self.config.name, signal.Signals(signum).name)
+        self._stop = True
+
+    def _on_usr1(self, _signum: int, _frame: object) -> None:
+        status = self.write_status()
+        log.info("agent %s counters: %s", self.config.name, json.dumps(status["counters"]))
+
+    def status(self) -> dict[str, Any]:
+        """What ``status.json`` holds."""
+        counters = self.datapath.counters.as_dict() if self.datapath else {}
+        return {
+            "agent": self.config.name, "pid": os.getpid(), "state": self.state, "time": time.time(),
+            "tun": self.config.tun, "mtu": self.config.tun_mtu(), "keyfile": str(self.keyfile),
+            "counters": counters, "sas": [_sa_status(s, OUTBOUND) for s in self.sad.outbound]
+            + [_sa_status(s, "inbound") for s in self.sad.inbound],
+        }
+
+    def write_status(self) -> dict[str, Any]:
+        status = self.status()
+        tmp = self.status_file.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(status, indent=1))
+            os.replace(tmp, self.status_file)
+        except OSError as err:
+            log.warning("cannot write %s: %s", self.status_file, err)
+        return status
+
+
+def _sa_status(state: SAState, direction: str) -> dict[str, Any]:
+    sa = state.sa
+    return {
+        "direction": direction, "spi": f"0x{sa.spi:08x}", "protocol": sa.protocol.name, "mode": str(sa.mode),
+        "encryption": sa.encryption, "integrity": sa.integrity, "src": sa.src, "dst": sa.dst,
+        "packets": state.packets, "octets": state.octets, "seq": state.seq, "replay_top": state.window.top,
+    }
+
+
+def _ip(*args: str, check: bool = True, quiet: bool = False) -> None:
+    """Run ``ip ARGS`` in this namespace; a failure raises (``check``), else is logged unless ``quiet``."""
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        message = f"ip {' '.join(args)}: {result.stderr.strip()}"
+        if check:
+            raise OSError(message)
+        if not quiet:
+            log.warning("%s", message)
+
+
+def _rp_filter_on() -> list[str]:
+    """Interfaces (and ``all``) whose rp_filter is on."""
+    return sorted(p.name for p in CONF.iterdir() if p.name != "default" and (p / "rp_filter").read_text().strip() != "0")
+
+
+def _restore_sysctl(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as err:  # the interface may be gone
+        log.warning("cannot restore %s to %s: %s", path, value, err)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (it holds keys)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _profiled(loop: Callable[[], None], path: Path) -> None:
+    profiler = cProfile.Profile()
+    try:
+        profiler.runcall(loop)
+    finally:
+        profiler.dump_stats(str(path))

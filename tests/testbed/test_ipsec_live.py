@@ -1,0 +1,163 @@
+"""The IPsec agents on the live testbed, no NAT in the way: unmodified ping, curl and iperf3 over ESP and AH.
+
+r1 forwards as a plain L2 switch (conformance.bench.PlainForwarding). Agents
+run in h1 and srv1 (transport mode) or h1 and sgw1 (tunnel mode, to ih1 in the
+intranet behind sgw1), with the example configs or configs made on the fly.
+A capture on the far peer's wire must show only ESP/AH between the peers and
+never the payload; tshark, given the agent's own key file, must find every
+ESP ICV good and every inner TCP/UDP checksum right. When the agents stop,
+nothing of theirs may be left in the hosts.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from client_agent.agent_cli import AgentProcess
+from client_agent.agent_config import Peer, load, peer_pair
+from client_agent.ipsec.suites import suite
+from conformance import apps
+from conformance.bench import PlainForwarding
+from conformance.evidence import captures, read_pcap
+from topo.natlab import INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, server_ip
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "client_agent" / "examples"
+H1, SRV1 = client_ip(1), server_ip(1)
+TSHARK_FIELDS = ("ip.src", "ip.dst", "esp.icv_good", "tcp.checksum.status", "udp.checksum.status")
+GOOD = "1"  # Wireshark's checksum status: 0 bad, 1 good, 2 unverified
+
+
+def start_agents(stack: ExitStack, tmp_path: Path, *sides: tuple) -> list[AgentProcess]:
+    """One agent per (host, config) side, each stopped when ``stack`` closes."""
+    return [stack.enter_context(AgentProcess(host, config, tmp_path / f"agent-{host.name}")) for host, config in sides]
+
+
+def web_root(tmp_path: Path) -> tuple[Path, bytes]:
+    """A folder for http.server holding one file whose body is a random marker."""
+    marker = f"natlab-secret-{secrets.token_hex(8)}".encode()
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "secret.txt").write_bytes(marker * 200)  # 6 KB: several full-size TCP segments
+    return root, marker
+
+
+def exercise(client, server, server_ip: str, www: Path, marker: bytes) -> None:
+    """Unmodified tools from ``client`` to ``server``: ping, curl of the marker file, iperf3 TCP and UDP."""
+    serve = [apps.sys.executable, "-m", "http.server", "8000", "--bind", server_ip, "--directory", str(www)]
+    with apps.Service(server, serve, settle=0.8), apps.iperf3_server(server):
+        assert apps.ping(client, server_ip) == (3, 3)
+        body = client.cmd(f"curl -s --max-time 10 http://{server_ip}:8000/secret.txt")
+        assert body.encode().strip() == marker * 200
+        tcp = apps.iperf3(client, server_ip, seconds=1)
+        assert tcp["received"] > 1_000_000, tcp
+        udp = apps.iperf3(client, server_ip, seconds=1, udp_rate="20M")
+        assert udp["received"] > 200, udp  # 20 Mbit/s for 1 s: 1,700 packets of 1.4 KB, 280 of 9 KB
+
+
+def assert_only_ipsec_between(pcap: Path, a: str, b: str, protocol: int, marker: bytes) -> int:
+    """Every IPv4 packet between ``a`` and ``b`` is ESP (50) or AH (51) and the marker appears nowhere."""
+    between = [p for p in read_pcap(pcap) if {p.src, p.dst} == {a, b}]
+    assert between, f"nothing between {a} and {b} in {pcap}"
+    assert {p.proto for p in between} == {protocol}, sorted({p.proto for p in between})
+    if protocol == 50:
+        assert marker not in pcap.read_bytes(), "the payload crossed the wire in clear"
+    return len(between)
+
+
+def tshark_decrypts(pcap: Path, keyfile_dir: Path) -> list[dict[str, str]]:
+    """tshark's view of ``pcap`` with the agent's ``esp_sa`` key file: ICV and inner checksum verdicts."""
+    command = ["tshark", "-n", "-r", str(pcap), "-o", "esp.enable_encryption_decode:TRUE",
+               "-o", "esp.enable_authentication_check:TRUE", "-o", "tcp.check_checksum:TRUE",
+               "-o", "udp.check_checksum:TRUE", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=l"]
+    for field in TSHARK_FIELDS:
+        command += ["-e", field]
+    env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(keyfile_dir)}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [dict(zip(TSHARK_FIELDS, line.split("\t"), strict=True)) for line in out.splitlines()]
+
+
+def assert_tshark_verifies(pcap: Path, keyfile_dir: Path, esp: bool) -> None:
+    rows = [r for r in tshark_decrypts(pcap, keyfile_dir) if r["ip.src"]]
+    if esp:
+        icvs = [r["esp.icv_good"] for r in rows if r["esp.icv_good"]]
+        assert icvs and all(v in ("1", "True") for v in icvs), f"{len(icvs)} ESP ICVs, not all good"
+    checksums = [r[f] for r in rows for f in ("tcp.checksum.status", "udp.checksum.status") if r[f]]
+    assert len(checksums) > 100 and set(checksums) == {GOOD}, sorted(set(checksums))
+
+
+def assert_clean_exit(agents: list[AgentProcess]) -> None:
+    """Exit status 0, no drops, and neither the TUN device, nor the rule, nor the routes left behind."""
+    for agent in agents:
+        assert agent.stop() == 0, agent.log_tail()
+        status = agent.status()
+        assert status["state"] == "stopped" and status["counters"]["drops"] == {}, status["counters"]
+        assert status["counters"]["protected"] > 1000 and status["counters"]["delivered"] > 1000
+        host = agent.host
+        assert "ipsec0" not in host.cmd("ip -o link"), f"TUN device left in {host.name}"
+        assert "fwmark" not in host.cmd("ip rule"), f"rule left in {host.name}"
+        assert host.cmd("ip route show table 100").strip() == "", f"routes left in {host.name}"
+
+
+@pytest.mark.parametrize("kind", ["esp-transport", "ah-transport"])
+def test_transport_mode_between_h1_and_srv1(make_testbed, tmp_path: Path, kind: str) -> None:
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    www, marker = web_root(tmp_path)
+    esp = kind.startswith("esp")
+    rp_filter = srv1.cmd("sysctl -n net.ipv4.conf.all.rp_filter").strip()
+    with ExitStack() as stack:
+        stack.enter_context(PlainForwarding(tb, h1, srv1))
+        agents = start_agents(stack, tmp_path, (h1, EXAMPLES / f"{kind}-h1.toml"), (srv1, EXAMPLES / f"{kind}-srv1.toml"))
+        with captures([(srv1, "srv1-eth0")], tmp_path / "pcap") as pcaps:
+            exercise(h1, srv1, SRV1, www, marker)
+        assert_clean_exit(agents)
+    assert_only_ipsec_between(pcaps["srv1-eth0"], H1, SRV1, 50 if esp else 51, marker)
+    assert_tshark_verifies(pcaps["srv1-eth0"], agents[1].run_dir, esp)
+    assert srv1.cmd("sysctl -n net.ipv4.conf.all.rp_filter").strip() == rp_filter
+
+
+@pytest.mark.parametrize("kind", ["esp", "ah"])
+def test_tunnel_mode_from_h1_to_ih1_through_sgw1(make_testbed, tmp_path: Path, kind: str) -> None:
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, sgw1, ih1 = tb.host("h1"), tb.host("sgw1"), tb.host("ih1")
+    www, marker = web_root(tmp_path)
+    if kind == "esp":
+        configs = load(EXAMPLES / "esp-tunnel-h1.toml"), load(EXAMPLES / "esp-tunnel-sgw1.toml")
+    else:
+        configs = peer_pair(suite("ah:HMAC_SHA1_96"), Peer("h1", H1), Peer("sgw1", SGW_OUTSIDE_IP, "172.16.0.0/24"),
+                            mode="tunnel", spis=(0x4001, 0x4002))
+    with ExitStack() as stack:
+        stack.enter_context(PlainForwarding(tb, h1, sgw1))  # on-link routes h1 <-> sgw1 for the outer packets
+        agents = start_agents(stack, tmp_path, (h1, configs[0]), (sgw1, configs[1]))
+        with captures([(sgw1, "sgw1-eth0"), (sgw1, "sgw1-eth1")], tmp_path / "pcap") as pcaps:
+            exercise(h1, ih1, INTRANET_HOST_IP, www, marker)
+        assert_clean_exit(agents)
+    outside = assert_only_ipsec_between(pcaps["sgw1-eth0"], H1, SGW_OUTSIDE_IP, 50 if kind == "esp" else 51, marker)
+    inside = [p for p in read_pcap(pcaps["sgw1-eth1"]) if {p.src, p.dst} == {H1, INTRANET_HOST_IP}]
+    assert {p.proto for p in inside} == {1, 6, 17} and not any(p.checksum_bad for p in inside)
+    assert len(inside) >= outside * 0.9  # what went through the tunnel is what reached the intranet
+    assert_tshark_verifies(pcaps["sgw1-eth0"], agents[1].run_dir, kind == "esp")
+
+
+def test_a_tun_mtu_above_the_link_sends_esp_in_fragments(make_testbed, tmp_path: Path) -> None:
+    """A 9000-byte TUN MTU: the agent fragments after ESP (RFC 4303 section 3.3.4), srv1's kernel reassembles."""
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    www, marker = web_root(tmp_path)
+    configs = peer_pair(suite("esp:AES_GCM_16-128:NONE"), Peer("h1", H1), Peer("srv1", SRV1), mtu=9000)
+    with ExitStack() as stack:
+        stack.enter_context(PlainForwarding(tb, h1, srv1))
+        agents = start_agents(stack, tmp_path, (h1, configs[0]), (srv1, configs[1]))
+        with captures([(srv1, "srv1-eth0")], tmp_path / "pcap") as pcaps:
+            exercise(h1, srv1, SRV1, www, marker)
+        assert_clean_exit(agents)
+    fragments = srv1.cmd(f"tcpdump -n -r {pcaps['srv1-eth0']} 'ip[6:2] & 0x3fff != 0' 2>/dev/null | wc -l")
+    assert int(fragments) > 1000
+    assert_only_ipsec_between(pcaps["srv1-eth0"], H1, SRV1, 50, marker)
+    assert_tshark_verifies(pcaps["srv1-eth0"], agents[1].run_dir, esp=True)
