@@ -74,15 +74,19 @@ def read_pcap(path: Path) -> list[Packet]:
         sport = v.get("tcp.srcport") or v.get("udp.srcport")
         dport = v.get("tcp.dstport") or v.get("udp.dstport")
         syn, ack = v.get("tcp.flags.syn") in ("1", "True"), v.get("tcp.flags.ack") in ("1", "True")
-        # tshark calls a TCP checksum of 0xffff bad when it computes 0x0000; both are
-        # one's-complement zero (RFC 1624 section 3) and receivers accept either.
-        minus_zero = v.get("tcp.checksum", "").lower() == "0xffff"
-        bad = v.get("udp.checksum.status") == "0" or (v.get("tcp.checksum.status") == "0" and not minus_zero)
+        bad = v.get("udp.checksum.status") == "0" or tcp_checksum_bad(v.get("tcp.checksum.status"),
+                                                                       v.get("tcp.checksum", ""))
         packets.append(Packet(v["ip.src"], v["ip.dst"], int(v["ip.proto"]), int(sport) if sport else None,
                               int(dport) if dport else None, syn and not ack, bad,
                               int(v["icmp.type"]) if v.get("icmp.type") else None,
                               int(v["icmp.ident"], 0) if v.get("icmp.ident") else None))
     return packets
+
+
+def tcp_checksum_bad(status: str | None, value: str) -> bool:
+    """tshark's verdict, except that it calls 0xffff bad where it computes 0x0000: both are
+    one's-complement zero (RFC 1624 section 3) and receivers accept either."""
+    return status == "0" and value.lower() != "0xffff"
 
 
 def save_json(path: Path, data) -> Path:
