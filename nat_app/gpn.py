@@ -11,8 +11,9 @@ an IP protocol number (0-255) or with the NAT's own UDP entries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
+from netwire import pcp
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
 UNDERLYING_IP = 0
@@ -36,6 +37,11 @@ class Definition:
     range_min: int
     range_max: int
     unspecified: int
+
+    @classmethod
+    def from_wire(cls, d: pcp.GpnDefinition) -> Definition:
+        """The NAT's view of a DEFINE body: the same fields, without the request's nonce."""
+        return cls(**{f.name: getattr(d, f.name) for f in fields(cls)})
 
     @property
     def key(self) -> int:
@@ -81,8 +87,3 @@ class Definition:
         value = int.from_bytes(packet[first:last], "big")
         return (value >> (last * 8 - end_bit)) & ((1 << self.length_bits) - 1)
 
-
-# The seed's examples (description of FIG. 7), with RFC 4303/4302/2408 field positions.
-ESP = Definition(IPPROTO_ESP, UNDERLYING_IP, 0, None, 0, 32, MIN_SPI, 0xFFFFFFFF, 0)
-AH = Definition(IPPROTO_AH, UNDERLYING_IP, 0, None, 32, 32, MIN_SPI, 0xFFFFFFFF, 0)
-ISAKMP = Definition(IPPROTO_UDP, UNDERLYING_UDP, 500, 0, 0, 64, 1, (1 << 64) - 1, 0)

@@ -117,8 +117,7 @@ class LeaseServer:
     def _define(self, request, origin: Origin, now: float):
         """Step 701-703: record a GPN definition, or say the NAT has its own ALG."""
         d = request.info
-        definition = Definition(d.protocol, d.underlying, d.port, d.src_offset_bits, d.dst_offset_bits,
-                                d.length_bits, d.range_min, d.range_max, d.unspecified)
+        definition = Definition.from_wire(d)
         if definition.has_nat_alg:
             raise Refused(pcp.Result.HAS_ALG, f"the NAT translates protocol {d.protocol} itself")
         problem = definition.problem()

@@ -11,6 +11,7 @@ captures taken inside the hosts on both sides of r1.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -18,14 +19,17 @@ from conformance import apps
 from conformance.context import Context
 from conformance.evidence import captures, read_pcap
 from conformance.results import ScenarioResult
+from netwire import pcp
 from topo.natlab import server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
-ESP_DEF = {"protocol": 50, "underlying": 0, "port": 0, "src_offset_bits": None, "dst_offset_bits": 0,
-           "length_bits": 32, "range_min": 256, "range_max": 0xFFFFFFFF, "unspecified": 0}
-AH_DEF = {**ESP_DEF, "protocol": 51, "dst_offset_bits": 32}
-ISAKMP_DEF = {"protocol": 17, "underlying": 17, "port": 500, "src_offset_bits": 0, "dst_offset_bits": 0,
-              "length_bits": 64, "range_min": 1, "range_max": (1 << 64) - 1, "unspecified": 0}
+def _wire_fields(definition: pcp.GpnDefinition) -> dict:
+    """A codec definition as probe arguments (the probe draws its own nonce)."""
+    return {f.name: getattr(definition, f.name) for f in dataclasses.fields(definition) if f.name != "nonce"}
+
+
+ESP_DEF, AH_DEF, ISAKMP_DEF = (_wire_fields(d) for d in (pcp.ESP_DEFINITION, pcp.AH_DEFINITION,
+                                                          pcp.ISAKMP_DEFINITION))
 TCP_DEF = {**ESP_DEF, "protocol": 6, "range_min": 1, "range_max": 65535, "length_bits": 16, "dst_offset_bits": 16}
 REFLECT_S = 25
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +19,6 @@ from scapy.layers.l2 import ARP, Ether
 
 from nat_app.config import NatConfig, global_pool
 from nat_app.decide import NatCore
-from nat_app.gpn import AH, ESP, ISAKMP
 from nat_app.messages import PRIO_PUNT, PRIO_TRANSLATE
 from nat_app.table import DataPath, EntryKind
 from netwire import pcp
@@ -58,10 +58,8 @@ class Client:
         assert replies[0][IP].dst == self.ip and replies[0].dst == self.mac
         return pcp.decode_response(bytes(replies[0][UDP].payload))
 
-    def define(self, d, now: float = 0.0):
-        info = pcp.GpnDefinition(os.urandom(12), d.protocol, d.underlying, d.port, d.src_offset_bits,
-                                 d.dst_offset_bits, d.length_bits, d.range_min, d.range_max, d.unspecified)
-        return self.ask(pcp.Opcode.DEFINE, info, now=now)
+    def define(self, d: pcp.GpnDefinition, now: float = 0.0):
+        return self.ask(pcp.Opcode.DEFINE, replace(d, nonce=os.urandom(12)), now=now)
 
     def lease(self, protocol: int, nonce: bytes | None = None, lifetime: int = 600, now: float = 0.0, **fields):
         args = {"private_gpn": None, "global_gpn": None, "global_ip": None, "foreign_ip": SRV1, **fields}
@@ -87,7 +85,7 @@ def test_define_a_protocol_the_nat_translates_itself_is_refused():
     tcp = pcp.GpnDefinition(os.urandom(12), 6, 0, 0, 0, 16, 16, 1, 65535, 0)
     response = c.ask(pcp.Opcode.DEFINE, tcp)
     assert response.result == pcp.Result.HAS_ALG and response.lifetime == pcp.LONG_ERROR_LIFETIME
-    assert c.define(ESP).result == pcp.Result.SUCCESS
+    assert c.define(pcp.ESP_DEFINITION).result == pcp.Result.SUCCESS
 
 
 def test_lease_before_define_is_refused():
@@ -98,7 +96,7 @@ def test_lease_before_define_is_refused():
 def test_unspecified_values_are_chosen_and_every_fig6_field_returned():
     sw = switch_with()
     c = Client(sw, "10.0.0.1")
-    c.define(ESP)
+    c.define(pcp.ESP_DEFINITION)
     r = c.lease(50)
     assert r.result == pcp.Result.SUCCESS and r.lifetime == 600
     info = r.info
@@ -111,14 +109,14 @@ def test_unspecified_values_are_chosen_and_every_fig6_field_returned():
 
 def test_spis_below_256_are_never_leased():
     c = Client(switch_with(), "10.0.0.1")
-    c.define(ESP)
+    c.define(pcp.ESP_DEFINITION)
     assert c.lease(50, global_gpn=255).result == pcp.Result.GPN_UNAVAILABLE
 
 
 def test_esp_out_and_in_on_the_fast_path():
     sw = switch_with()
     c = Client(sw, "10.0.0.1")
-    c.define(ESP)
+    c.define(pcp.ESP_DEFINITION)
     spi = c.lease(50).info.global_gpn
     c.send_raw(50, esp_payload(0x5000))  # outbound carries the peer's SPI
     (out,) = [Ether(f) for f in sw.take(OUT)]
@@ -133,7 +131,7 @@ def test_esp_out_and_in_on_the_fast_path():
 def test_three_clients_behind_one_global_ip_are_demultiplexed_by_spi():
     sw = switch_with()
     clients = [Client(sw, f"10.0.0.{i}") for i in (1, 2, 3)]
-    clients[0].define(ESP)
+    clients[0].define(pcp.ESP_DEFINITION)
     spis = [c.lease(50).info.global_gpn for c in clients]
     assert len(set(spis)) == 3  # CL-UNIQ
     assert all(e.path is DataPath.SLOW for e in sw.core.table)
@@ -147,7 +145,7 @@ def test_three_clients_behind_one_global_ip_are_demultiplexed_by_spi():
 def test_the_allocator_prefers_a_global_ip_that_keeps_the_fast_path():
     sw = switch_with(globals_=2)
     a, b = Client(sw, "10.0.0.1"), Client(sw, "10.0.0.3")  # paired with the same global
-    a.define(AH)
+    a.define(pcp.AH_DEFINITION)
     ra, rb = a.lease(51), b.lease(51)
     assert ra.info.global_ip != rb.info.global_ip
     assert all(e.path is DataPath.FAST for e in sw.core.table)
@@ -157,7 +155,7 @@ def test_the_allocator_prefers_a_global_ip_that_keeps_the_fast_path():
 def test_ah_spi_is_read_four_bytes_into_the_header():
     sw = switch_with()
     clients = [Client(sw, f"10.0.0.{i}") for i in (1, 2)]
-    clients[0].define(AH)
+    clients[0].define(pcp.AH_DEFINITION)
     spis = [c.lease(51).info.global_gpn for c in clients]
     for c, spi in zip(clients, spis, strict=True):
         ah = bytes([50, 4, 0, 0]) + spi.to_bytes(4, "big") + (1).to_bytes(4, "big") + b"\x00" * 12
@@ -168,7 +166,7 @@ def test_ah_spi_is_read_four_bytes_into_the_header():
 def test_isakmp_cookies_demultiplex_udp_500():
     sw = switch_with()
     clients = [Client(sw, f"10.0.0.{i}") for i in (1, 2)]
-    clients[0].define(ISAKMP)
+    clients[0].define(pcp.ISAKMP_DEFINITION)
     cookies = [c.lease(17, port=500).info.global_gpn for c in clients]
     for c, cookie in zip(clients, cookies, strict=True):
         c.sw.receive(IN, bytes(Ether(src=c.mac, dst=R_IN) / IP(src=c.ip, dst=SRV1) / UDP(sport=500, dport=500) /
@@ -185,7 +183,7 @@ def test_isakmp_cookies_demultiplex_udp_500():
 def test_renewal_needs_the_owner_and_the_nonce():
     sw = switch_with()
     owner = Client(sw, "10.0.0.1")
-    owner.define(ESP)
+    owner.define(pcp.ESP_DEFINITION)
     nonce = os.urandom(12)
     spi = owner.lease(50, nonce=nonce).info.global_gpn
     assert owner.lease(50, nonce=os.urandom(12), private_gpn=spi).result == pcp.Result.NOT_AUTHORIZED
@@ -201,7 +199,7 @@ def test_renewal_needs_the_owner_and_the_nonce():
 def test_release_by_lifetime_zero_and_expiry_erase_the_entry_and_its_flows():
     sw = switch_with()
     c = Client(sw, "10.0.0.1")
-    c.define(ESP)
+    c.define(pcp.ESP_DEFINITION)
     nonce = os.urandom(12)
     spi = c.lease(50, nonce=nonce).info.global_gpn
     c.send_raw(50, esp_payload(1000))
@@ -221,7 +219,7 @@ def test_release_by_lifetime_zero_and_expiry_erase_the_entry_and_its_flows():
 def test_address_mismatch_quota_and_lifetime_clamp():
     sw = switch_with(lease_quota=2)
     c = Client(sw, "10.0.0.1")
-    c.define(ESP)
+    c.define(pcp.ESP_DEFINITION)
     r = c.ask(pcp.Opcode.LEASE, pcp.LeaseInfo(os.urandom(12), 50, None, None, None, SRV1), client_ip="10.0.0.9")
     assert r.result == pcp.Result.ADDRESS_MISMATCH
     assert c.lease(50, lifetime=5).lifetime == 120  # clamped to the minimum
@@ -232,7 +230,7 @@ def test_address_mismatch_quota_and_lifetime_clamp():
 def test_read_out_lists_only_ones_own_entries():
     sw = switch_with()
     a, b = Client(sw, "10.0.0.1"), Client(sw, "10.0.0.2")
-    a.define(ESP)
+    a.define(pcp.ESP_DEFINITION)
     nonce = os.urandom(12)
     a.lease(50, nonce=nonce)
     b.lease(50)
@@ -271,7 +269,7 @@ def test_malformed_requests_are_answered_or_dropped_never_crash(garbage):
 def test_fuzzed_and_mutated_requests_never_corrupt_the_table(data):
     sw = switch_with(lease_quota=4)
     good = Client(sw, "10.0.0.1")
-    good.define(ESP)
+    good.define(pcp.ESP_DEFINITION)
     base = pcp.encode_request(pcp.Request(pcp.Opcode.LEASE, 600, "10.0.0.2",
                                           pcp.LeaseInfo(os.urandom(12), 50, None, None, None, SRV1)))
     for _ in range(data.draw(st.integers(1, 6))):
@@ -289,7 +287,7 @@ def test_fuzzed_and_mutated_requests_never_corrupt_the_table(data):
 def test_another_clients_lease_cannot_be_taken_renewed_or_released():
     sw = switch_with()
     owner, other = Client(sw, "10.0.0.1"), Client(sw, "10.0.0.2")
-    owner.define(ESP)
+    owner.define(pcp.ESP_DEFINITION)
     nonce = os.urandom(12)
     granted = owner.lease(50, nonce=nonce).info
     named = {"global_ip": granted.global_ip, "global_gpn": granted.global_gpn}
