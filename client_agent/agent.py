@@ -17,7 +17,11 @@ when it stops (SIGTERM, SIGINT or an error):
    ENVIRONMENT.md recipe, ``fwmark MARK lookup TABLE`` with a copy of the real
    route in TABLE: this way the agent never edits or copies the main table,
    and a route to the peer added after it started, say by the testbed, just works.)
-6. opens the raw sockets (:mod:`client_agent.raw`), marked MARK.
+6. opens the raw sockets (:mod:`client_agent.raw`), marked MARK;
+7. behind the extensible NAT (``[nat]``), leases the global IP, its inbound
+   SPIs and its global ports (:mod:`client_agent.agent_leases`) and waits
+   until all are granted, keeps them renewed while it runs, and releases them
+   on exit; the datapath compensates (:mod:`client_agent.traversal`).
 
 Counters: the agent writes ``status.json`` in its run directory every second,
 on SIGUSR1 and on exit (SIGUSR1 also logs them): the datapath's packets, octets
@@ -30,6 +34,7 @@ import cProfile
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -40,12 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from client_agent.agent_config import OUTBOUND, AgentConfig, databases
+from client_agent.agent_leases import LeasePlan, LeaseSocket, wanted_leases
+from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
 from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
 from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import SAState
+from client_agent.lease_client import LeaseClient
 from client_agent.raw import RawReceiver, RawSender
+from client_agent.traversal import Traversal
 from client_agent.tun import Tun
+from netwire.ipv4 import IPPROTO_UDP
 
 STATUS_NAME = "status.json"
 CONF = Path("/proc/sys/net/ipv4/conf")
@@ -61,6 +71,8 @@ class Agent:
         self.run_dir = Path(run_dir) if run_dir else config.run_directory
         self.sad, self.spd = databases(config)
         self.datapath: Datapath | None = None
+        self.leases: LeaseSocket | None = None
+        self.traversal: Traversal | None = None
         self.state = "starting"
         self._stack = ExitStack()
         self._stop = False
@@ -113,11 +125,48 @@ class Agent:
             receiver = RawReceiver(protocol, config.mark)
             self._stack.callback(receiver.close)
             receivers.append(receiver)
-        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd)
+        if config.nat is not None:
+            self._lease()
+            self.traversal = _traversal(config)
+        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
                  self.run_dir)
+
+    def _lease(self) -> None:
+        """Steps 801-805: every lease the config needs, before any traffic; released on exit (807)."""
+        nat = self.config.nat
+        plan = LeasePlan(LeaseClient(self.config.address, nat.server), wanted_leases(self.config), nat.lifetime)
+        self.leases = leases = LeaseSocket(plan, nat.server)
+        self._stack.callback(leases.close)
+        self._stack.callback(self._release)
+        deadline = time.monotonic() + nat.lease_timeout
+        leases.tick(time.monotonic())
+        while not plan.ready and time.monotonic() < deadline:
+            select.select([leases], [], [], 0.1)
+            leases.pump(time.monotonic())
+            leases.tick(time.monotonic())
+        if not plan.ready:
+            problems = "; ".join(f"{label}: {why}" for label, why in plan.problems.items()) or "no answer"
+            raise OSError(f"leases from {nat.server} not granted within {nat.lease_timeout}s "
+                          f"({len(plan.wanted) - plan.status()['held']} of {len(plan.wanted)} missing): {problems}")
+        log.info("agent %s: %d leases granted by %s for global IP %s", self.config.name, len(plan.wanted),
+                 nat.server, nat.global_ip)
+
+    def _release(self) -> None:
+        leases = self.leases
+        if leases is None:
+            return
+        now = time.monotonic()
+        releases = leases.plan.release_all(now)
+        leases.flush(now)
+        deadline = now + 1.0
+        while any(not tx.done for tx in releases) and time.monotonic() < deadline:
+            select.select([leases], [], [], 0.05)
+            leases.pump(time.monotonic())
+        log.info("agent %s: released %d leases (%d answered)", self.config.name, len(releases),
+                 sum(tx.done for tx in releases))
 
     def _set_sysctl(self, path: Path, value: str, *, restore: bool = True) -> None:
         old = path.read_text().strip()
@@ -137,8 +186,12 @@ class Agent:
         self.write_status()
         datapath = self.datapath
 
+        extra = {}
+        if self.leases is not None:
+            extra[self.leases.fileno()] = lambda: self.leases.pump(time.monotonic())
+
         def loop() -> None:
-            datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self.write_status)
+            datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self._on_tick, extra=extra)
 
         try:
             if profile is None:
@@ -151,6 +204,11 @@ class Agent:
             signal.set_wakeup_fd(previous_wakeup)
             wakeup_read.close()
             wakeup_write.close()
+
+    def _on_tick(self) -> None:
+        if self.leases is not None:
+            self.leases.tick(time.monotonic())
+        self.write_status()
 
     def _on_stop(self, signum: int, _frame: object) -> None:
         log.info("agent %s: %s, stopping", self.config.name, signal.Signals(signum).name)
@@ -168,6 +226,8 @@ class Agent:
             "tun": self.config.tun, "mtu": self.config.tun_mtu(), "keyfile": str(self.keyfile),
             "counters": counters, "sas": [_sa_status(s, OUTBOUND) for s in self.sad.outbound]
             + [_sa_status(s, "inbound") for s in self.sad.inbound],
+            "nat": None if self.traversal is None else self.traversal.status(),
+            "leases": None if self.leases is None else self.leases.plan.status(),
         }
 
     def write_status(self) -> dict[str, Any]:
@@ -179,6 +239,14 @@ class Agent:
         except OSError as err:
             log.warning("cannot write %s: %s", self.status_file, err)
         return status
+
+
+def _traversal(config: AgentConfig) -> Traversal:
+    nat = config.nat
+    algs = AlgRegistry()
+    if "address-text" in nat.algs:
+        algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
+    return Traversal(config.address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
 
 
 def _sa_status(state: SAState, direction: str) -> dict[str, Any]:

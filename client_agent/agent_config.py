@@ -34,6 +34,24 @@ in hex), and its SPD (``[[policy]]``, section 4.4.1, first match wins)::
     outbound = "h1-srv1"             # SA names
     inbound = "srv1-h1"
 
+Behind the extensible NAT, an optional ``[nat]`` table turns on module 109
+(seed FIG. 8-10): what the agent leases before any traffic and how it
+compensates (:mod:`client_agent.traversal`)::
+
+    [nat]
+    global_ip = "203.0.113.1"        # the global IP to lease; the peers' configs send to it
+    tcp_ports = [20000, 20015]       # global ports leased ahead (PCP PEER), bound to connections on first use;
+    udp_ports = [20000, 20015]       #   the peers select this client's SA by this destination port range
+    server = "10.0.0.254"            # optional: the lease server (default: the testbed's gateway)
+    lifetime = 120                   # optional: requested lease lifetime, s (renewed at 1/2-5/8, RFC 6887 11.2.1)
+    lease_timeout = 10               # optional: how long startup waits for every lease, s
+    compensate = true                # optional: false is the control (leases, but no compensation)
+    algs = ["address-text"]          # optional: client ALGs to run (client_agent.alg)
+
+With ``[nat]``, the inbound SAs' SPIs are leased (CL-SPI), so their ``dst``
+is the global IP (what the peer sends to) or absent, and ``[agent] address``
+(the private IP) is required.
+
 A mistake raises :class:`ConfigError` naming the file, the table, the field
 and the value. :func:`databases` turns a config into the SAD and SPD the
 datapath uses; :func:`render` writes a config back as TOML, and
@@ -70,6 +88,9 @@ _SA_FIELDS = {
     "name", "direction", "spi", "protocol", "mode", "encryption", "enc_key", "integrity", "auth_key", "src", "dst",
     "replay_window",
 }
+_NAT_FIELDS = {"global_ip", "tcp_ports", "udp_ports", "server", "lifetime", "lease_timeout", "compensate", "algs"}
+DEFAULT_LEASE_SERVER = "10.0.0.254"  # the testbed's gateway (topo.natlab.GATEWAY_IP)
+KNOWN_ALGS = ("address-text",)
 _POLICY_FIELDS = {"name", "src", "dst", "protocol", "src_ports", "dst_ports", "action", "outbound", "inbound"}
 
 
@@ -98,6 +119,19 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class NatSettings:
+    """``[nat]``: the client is behind the extensible NAT (module 109)."""
+
+    global_ip: str
+    ports: dict[int, tuple[int, int]]  # IPPROTO_TCP / IPPROTO_UDP -> leased block (low, high)
+    server: str = DEFAULT_LEASE_SERVER
+    lifetime: int = 120
+    lease_timeout: float = 10.0
+    compensate: bool = True
+    algs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     """A whole, validated agent configuration."""
 
@@ -114,6 +148,7 @@ class AgentConfig:
     table: int = 100
     rule_priority: int = 100
     run_dir: str | None = None
+    nat: NatSettings | None = None
 
     @property
     def run_directory(self) -> Path:
@@ -171,7 +206,7 @@ def parse(text: str, *, source: str = "<config>") -> AgentConfig:
 
 def from_dict(data: dict[str, Any]) -> AgentConfig:
     """Validate an already-parsed configuration."""
-    _only(data, {"agent", "sa", "policy"}, "top level")
+    _only(data, {"agent", "sa", "policy", "nat"}, "top level")
     agent = data.get("agent")
     if not isinstance(agent, dict):
         raise ConfigError("[agent]: missing (it names the agent and its routes)")
@@ -182,6 +217,7 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
     policies = tuple(_policy(i, table, by_name) for i, table in enumerate(_tables(data, "policy")))
     _unique((p.name for p in policies), "policy")
     where = "[agent]"
+    nat = _nat(data["nat"], agent, sas) if "nat" in data else None
     return AgentConfig(
         name=_str(agent, "name", where),
         routes=tuple(_prefix(route, f"{where} routes") for route in _list(agent, "routes", where, default=[])),
@@ -196,6 +232,44 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         table=_table(agent, where),
         rule_priority=_int(agent, "rule_priority", where, 1, 32765, default=100),
         run_dir=_str(agent, "run_dir", where) if "run_dir" in agent else None,
+        nat=nat,
+    )
+
+
+def _nat(table: object, agent: dict[str, Any], sas: tuple[SAConfig, ...]) -> NatSettings:
+    where = "[nat]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    _only(table, _NAT_FIELDS, where)
+    if "address" not in agent:
+        raise ConfigError(f"{where}: needs [agent] address, the private IP the NAT leases for")
+    global_ip = _address(table.get("global_ip"), f"{where} global_ip")
+    ports = {}
+    for key, proto in (("tcp_ports", IPPROTO_TCP), ("udp_ports", IPPROTO_UDP)):
+        if key in table:
+            low, high = _ports(table, key, where)
+            if not 1 <= low <= high or high - low >= 256:
+                raise ConfigError(f"{where} {key}={table[key]!r}: a block of 1..256 ports within 1..65535")
+            ports[proto] = (low, high)
+    for entry in sas:
+        if entry.direction == INBOUND and entry.sa.dst not in (None, global_ip):
+            raise ConfigError(f"{where}: sa {entry.name!r} dst={entry.sa.dst!r}: behind the NAT the peer sends to "
+                              f"the global IP {global_ip} (or leave dst out)")
+        if entry.direction == OUTBOUND and entry.sa.dst is None:
+            raise ConfigError(f"{where}: sa {entry.name!r} needs dst: the leases name the foreign host")
+    algs = _list(table, "algs", where, default=[])
+    for name in algs:
+        if name not in KNOWN_ALGS:
+            raise ConfigError(f"{where} algs: {name!r} is not a client ALG (known: {', '.join(KNOWN_ALGS)})")
+    compensate = table.get("compensate", True)
+    if not isinstance(compensate, bool):
+        raise ConfigError(f"{where} compensate={compensate!r}: must be true or false")
+    return NatSettings(
+        global_ip=global_ip, ports=ports,
+        server=_address(table.get("server", DEFAULT_LEASE_SERVER), f"{where} server"),
+        lifetime=_int(table, "lifetime", where, 1, 86400, default=120),
+        lease_timeout=_int(table, "lease_timeout", where, 1, 3600, default=10),
+        compensate=compensate, algs=tuple(algs),
     )
 
 
@@ -449,6 +523,13 @@ def render(config: AgentConfig) -> str:
         }
         fields |= {k: v for k, v in (("outbound", policy.outbound), ("inbound", policy.inbound)) if v is not None}
         lines += ["", "[[policy]]", *_assignments(fields)]
+    if config.nat is not None:
+        nat = config.nat
+        fields = {"global_ip": nat.global_ip, "server": nat.server, "lifetime": nat.lifetime,
+                  "lease_timeout": int(nat.lease_timeout), "compensate": nat.compensate, "algs": list(nat.algs)}
+        names = {IPPROTO_TCP: "tcp_ports", IPPROTO_UDP: "udp_ports"}
+        fields |= {names[proto]: list(block) for proto, block in sorted(nat.ports.items())}
+        lines += ["", "[nat]", *_assignments(fields)]
     return "\n".join(lines) + "\n"
 
 

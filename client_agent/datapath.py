@@ -16,6 +16,10 @@ its :class:`~client_agent.ipsec.errors.DropReason` (plus ``send_error`` and
 ``tun_error`` for what the kernel refused) and logged, at most once per
 second per reason.
 
+Behind the extensible NAT, a :class:`~client_agent.traversal.Traversal`
+adds module 109's steps (seed FIG. 9-10) inside that processing: compensation
+and client ALGs on the cleartext, AH computed and verified over the global address.
+
 Descriptors come in as small objects (:class:`PacketSource`,
 :class:`PacketSink`), so tests drive the loop with socket pairs instead of a
 TUN device and raw sockets.
@@ -36,6 +40,7 @@ from client_agent.ipsec.errors import IPsecError
 from client_agent.ipsec.processing import inbound, outbound
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD
+from client_agent.traversal import Traversal
 
 BATCH = 64  # packets taken from one descriptor before the others get a turn
 SEND_ERROR = "send_error"  # the kernel refused to send (EMSGSIZE, ENOBUFS, unreachable)
@@ -117,6 +122,7 @@ class Datapath:
     def __init__(
         self, tun: PacketSource, deliver: PacketSink, receivers: Sequence[PacketSource], send: PacketSink,
         sad: SAD, spd: SPD, *, drop_log: Callable[[str, str, object], None] | None = None,
+        traversal: Traversal | None = None,
     ) -> None:
         self.tun = tun
         self.deliver = deliver
@@ -126,10 +132,17 @@ class Datapath:
         self.spd = spd
         self.counters = Counters()
         self.drop_log = drop_log or DropLog()
+        self.traversal = traversal
+        if traversal is None:
+            self._out_hooks: dict = {}
+            self._in_hooks: dict = {}
+        else:
+            self._out_hooks = {"icv_src": traversal.icv_src, "before": traversal.before_protect}
+            self._in_hooks = {"icv_dst": traversal.icv_dst, "after": traversal.after_unprotect}
 
     def pump_outbound(self) -> int:
         """Protect and send up to :data:`BATCH` packets waiting in the TUN device; returns how many were read."""
-        read, send, spd, count = self.tun.read, self.send, self.spd, self.counters
+        read, send, spd, count, hooks = self.tun.read, self.send, self.spd, self.counters, self._out_hooks
         taken = 0
         while taken < BATCH:
             packet = read()
@@ -137,7 +150,7 @@ class Datapath:
                 break
             taken += 1
             try:
-                wire = outbound(packet, spd)
+                wire = outbound(packet, spd, **hooks)
                 send(wire)
             except IPsecError as err:
                 self._drop(err.reason, "outbound", err)
@@ -155,6 +168,7 @@ class Datapath:
     def pump_inbound(self, receiver: PacketSource) -> int:
         """Verify, unprotect and deliver up to :data:`BATCH` packets from ``receiver``; returns how many were read."""
         read, deliver, sad, spd, count = receiver.read, self.deliver, self.sad, self.spd, self.counters
+        hooks = self._in_hooks
         taken = 0
         while taken < BATCH:
             packet = read()
@@ -164,7 +178,7 @@ class Datapath:
             count.received += 1
             count.received_octets += len(packet)
             try:
-                inner = inbound(packet, sad, spd)
+                inner = inbound(packet, sad, spd, **hooks)
                 deliver(inner)
             except IPsecError as err:
                 self._drop(err.reason, "inbound", err)
@@ -178,17 +192,20 @@ class Datapath:
     def run(
         self, should_stop: Callable[[], bool], *, wakeup_fd: int | None = None,
         on_tick: Callable[[], None] | None = None, tick: float = 1.0,
+        extra: dict[int, Callable[[], object]] | None = None,
     ) -> None:
         """Poll and pump until ``should_stop()``; ``on_tick`` runs about every ``tick`` seconds.
 
         ``wakeup_fd`` (e.g. the one given to :func:`signal.set_wakeup_fd`) is
         drained when readable, so that a signal ends the wait at once.
+        ``extra`` maps more descriptors to what reads them (the lease socket).
         """
         pumps: dict[int, Callable[[], int]] = {self.tun.fileno(): self.pump_outbound}
         for receiver in self.receivers:
             pumps[receiver.fileno()] = lambda r=receiver: self.pump_inbound(r)
         if wakeup_fd is not None:
             pumps[wakeup_fd] = lambda: len(_drain(wakeup_fd))
+        pumps.update(extra or {})
         poller = select.poll()
         for fd in pumps:
             poller.register(fd, select.POLLIN)

@@ -56,14 +56,19 @@ class Pool:
         return space
 
     def acquire_mapping(self, protocol: int, private_ip: str, port: int, now: float,
-                        suggested_port: int | None = None) -> tuple[str, int] | None:
+                        suggested_port: int | None = None, suggested_ip: str | None = None,
+                        ) -> tuple[str, int] | None:
         """Endpoint-independent mapping (RFC 4787 REQ-1): the one global (IP, port) of a
         private (IP, port), made on first use, counted per user (NAT-ALG entries, MAP/PEER
-        leases). None when the global IP has no free port."""
+        leases). None when the global IP has no free port.
+
+        A MAP/PEER client may suggest the global IP (RFC 6887 11.3: honoured if
+        possible): a client behind the NAT leases its ports on the global IP of
+        its SPI leases, which need not be the one paired with it."""
         key = (protocol, private_ip, port)
         mapping = self._mappings.get(key)
         if mapping is None:
-            global_ip = self.paired(private_ip)
+            global_ip = suggested_ip if suggested_ip in self.globals else self.paired(private_ip)
             preferred = suggested_port if suggested_port else port
             global_port = self.space(global_ip, protocol).reserve(now, preferred=preferred)
             if global_port is None:

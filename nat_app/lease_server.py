@@ -197,7 +197,8 @@ class LeaseServer:
             return Outcome(None), info, 0
         self._check_quota(origin)
         mapping = self.pool.acquire_mapping(info.protocol, origin.ip, info.internal_port, now,
-                                            suggested_port=info.external_port or None)
+                                            suggested_port=info.external_port or None,
+                                            suggested_ip=info.external_ip)
         if mapping is None:
             raise Refused(pcp.Result.NO_RESOURCES, "no free port")
         lifetime = self._lifetime(request.lifetime)

@@ -24,6 +24,10 @@ class DropReason(StrEnum):
     FRAGMENT = "fragment"
     DUMMY = "dummy"
     SEQ_EXHAUSTED = "seq_exhausted"
+    # module 109, behind the extensible NAT (client_agent.traversal)
+    NO_GLOBAL_PORT = "no_global_port"
+    NO_BINDING = "no_binding"
+    NOT_COMPENSABLE = "not_compensable"
 
 
 class IPsecError(Exception):

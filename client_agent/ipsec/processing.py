@@ -11,10 +11,17 @@ considered to carry: the AH ICV is computed (outbound) or verified (inbound)
 over them, and inbound the SAD matches ``icv_dst``. A client behind the
 extensible NAT passes the NAT's global address: ``icv_src`` when sending,
 ``icv_dst`` when receiving.
+
+``before`` and ``after`` are where such a client changes the cleartext
+packet (seed FIG. 9 steps 810-813, FIG. 10 steps 822-826): ``before(packet,
+state)`` runs after the SPD has chosen the SA and before ESP/AH; ``after(packet,
+state)`` runs after ESP/AH and before the SPD checks the inner packet, which it
+then sees as the application will.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from client_agent.ipsec import ah, esp, ipheader
@@ -27,6 +34,7 @@ from netwire.checksum import ip_bytes
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 _SPI_OFFSET = {IPPROTO_ESP: 0, IPPROTO_AH: 4}  # where the SPI sits in each header
+Hook = Callable[[bytes, SAState], bytes]
 
 
 class Decapsulated(NamedTuple):
@@ -61,17 +69,21 @@ def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Ad
     return Decapsulated(ah.decapsulate(packet, state, icv_src=icv_src, icv_dst=icv_dst), state)
 
 
-def outbound(packet: bytes, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+def outbound(packet: bytes, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None,
+             before: Hook | None = None) -> bytes:
     """RFC 4301 section 5.1: the packet to send for ``packet`` (protected or bypassed), or PolicyDrop."""
     policy = spd.lookup(packet)
     if policy.action is Action.BYPASS:
         return packet
     if policy.action is Action.DISCARD or policy.outbound is None:
         raise PolicyDrop(f"outbound packet discarded by policy {policy.name!r}")
+    if before is not None:
+        packet = before(packet, policy.outbound)
     return encapsulate(packet, policy.outbound, icv_src=icv_src, icv_dst=icv_dst)
 
 
-def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None,
+            after: Hook | None = None) -> bytes:
     """RFC 4301 section 5.2: the packet to deliver for a received ``packet``, or an IPsecError.
 
     ESP/AH is unprotected, and the result must be selected by a PROTECT policy
@@ -81,6 +93,8 @@ def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_d
     ipheader.lengths(packet)
     if packet[ipheader.PROTOCOL_OFFSET] in _SPI_OFFSET:
         inner, state = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
+        if after is not None:
+            inner = after(inner, state)
         policy = spd.lookup(inner, inbound=True)
         if policy.action is not Action.PROTECT or policy.inbound is not state:
             raise PolicyDrop(f"packet under SA 0x{state.sa.spi:08x} is not what policy {policy.name!r} expects")

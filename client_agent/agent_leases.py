@@ -1,0 +1,220 @@
+"""What a client behind the extensible NAT leases, and keeping it leased (seed FIG. 8 steps 801-807).
+
+:class:`LeasePlan` is sans-IO: it knows, from the agent's config, every lease
+the client needs before traffic flows, and reconciles what it holds with that
+list whenever it is asked:
+
+- the GPN definitions of ESP and AH (step 701: the NAT does not know them);
+- each inbound SA's SPI with the global IP of ``[nat]`` and the peer as the
+  foreign host (CL-SPI, step 802: "keeping the same global IP");
+- each global port of the ``[nat]`` blocks, as a PCP PEER mapping to each
+  peer with the suggested external address and port (steps 803-805). PEER
+  rather than MAP: the NAT then lets in cleartext for that port from that peer
+  only, not from the whole Internet.
+
+Renewal is :class:`~client_agent.lease_client.LeaseClient`'s (RFC 6887 11.2.1).
+A NAT that restarted (epoch check, RFC 6887 8.5) forgets the definitions too:
+the plan defines them again, and anything the NAT then refuses or lets expire is
+requested afresh on the next :meth:`LeasePlan.tick` (CL-RENEW). On exit every
+lease is released (lifetime 0, RFC 6887 15).
+
+:class:`LeaseSocket` is the shell: one UDP socket to the server's port 5351.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig
+from client_agent.ipsec.sa import Protocol
+from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
+from netwire.pcp import AH_DEFINITION, ESP_DEFINITION, SERVER_PORT, Info, LeaseInfo, PeerInfo
+
+log = logging.getLogger("natlab.agent")
+DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION}
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One lease the client needs: what to ask for, and the protocol definition it depends on."""
+
+    label: str
+    info: Info
+    needs_definition: int | None = None
+
+    def granted_as_asked(self, got: Info) -> str | None:
+        """Why the NAT's answer is not what the config needs (manual keys name the values), or None."""
+        if isinstance(got, LeaseInfo):
+            if (got.global_ip, got.global_gpn) != (self.info.global_ip, self.info.global_gpn):
+                return f"granted {got.global_ip} GPN {got.global_gpn}"
+        elif isinstance(got, PeerInfo) and (got.external_ip, got.external_port) != (
+                self.info.external_ip, self.info.external_port):
+            return f"granted {got.external_ip}:{got.external_port}"
+        return None
+
+
+def wanted_leases(config: AgentConfig) -> list[Wanted]:
+    """Every lease ``config`` needs, SPIs first (FIG. 8 order: 802, then 803-805)."""
+    nat = config.nat
+    assert nat is not None, "only an agent with [nat] leases"
+    wanted = []
+    for entry in config.sas:
+        if entry.direction == INBOUND:
+            sa = entry.sa
+            proto = int(sa.protocol)
+            info = LeaseInfo(b"", proto, sa.spi, sa.spi, nat.global_ip, sa.src)
+            wanted.append(Wanted(f"{sa.protocol.name} SPI 0x{sa.spi:08x}", info, proto))
+    peers = sorted({e.sa.dst for e in config.sas if e.direction == OUTBOUND and e.sa.dst})
+    for proto, (low, high) in sorted(nat.ports.items()):
+        name = {6: "TCP", 17: "UDP"}[proto]
+        for peer in peers:
+            for port in range(low, high + 1):
+                info = PeerInfo(b"", proto, port, port, nat.global_ip, 0, peer)
+                wanted.append(Wanted(f"{name} port {port} for {peer}", info))
+    return wanted
+
+
+class LeasePlan:
+    """The leases of ``wanted``, kept granted through ``client``; all times are the caller's."""
+
+    def __init__(self, client: LeaseClient, wanted: list[Wanted], lifetime: int) -> None:
+        self.client = client
+        self.wanted = wanted
+        self.lifetime = lifetime
+        self.defined: set[int] = set()
+        self._defining: dict[int, Transaction] = {}
+        self._pending: dict[int, Transaction] = {}  # index in wanted -> request in flight
+        self._held: dict[int, bytes] = {}  # index in wanted -> nonce of the granted lease
+        self.problems: dict[str, str] = {}  # label -> why it is not (yet) granted
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def ready(self) -> bool:
+        return len(self._held) == len(self.wanted)
+
+    def tick(self, now: float) -> None:
+        """Ask for whatever is wanted and neither held nor asked for; definitions first."""
+        for index, want in enumerate(self.wanted):
+            if index in self._held or index in self._pending:
+                continue
+            proto = want.needs_definition
+            if proto is not None and proto not in self.defined:
+                if proto not in self._defining:
+                    self._defining[proto] = self.client.request(DEFINITION_OF[proto], 0, now)
+                continue
+            self._pending[index] = self.client.request(want.info, self.lifetime, now)
+            self.counters["requested"] += 1
+
+    def handle(self, events: list, now: float) -> None:
+        """Take the lease client's events: grants, refusals, expiries, a restarted NAT."""
+        for event in events:
+            if isinstance(event, ServerRestarted):
+                log.warning("the NAT restarted (epoch %d -> %d): defining and leasing again",
+                            event.previous_epoch, event.epoch)
+                self.counters["nat_restarts"] += 1
+                self.defined.clear()
+            elif isinstance(event, Granted | Refused | TimedOut):
+                self._settled(event, now)
+            elif isinstance(event, Expired):
+                self._lost(event.lease.nonce, "expired before a renewal was granted")
+        self.tick(now)
+
+    def release_all(self, now: float) -> list[Transaction]:
+        """Step 807: give every lease back (lifetime 0)."""
+        releases = [self.client.release(lease, now, give_up_after=1.0) for lease in list(self.client.leases.values())]
+        self._held.clear()
+        return releases
+
+    def status(self) -> dict:
+        return {"ready": self.ready, "held": len(self._held), "wanted": len(self.wanted),
+                "problems": dict(self.problems), "counters": dict(self.counters) | dict(self.client.counters)}
+
+    def _settled(self, event: Granted | Refused | TimedOut, now: float) -> None:
+        tx = event.transaction
+        for proto, defining in list(self._defining.items()):
+            if defining is tx:
+                del self._defining[proto]
+                if isinstance(event, Granted):
+                    self.defined.add(proto)
+                else:
+                    self.problems[f"definition of protocol {proto}"] = _why(event)
+                return
+        index = next((i for i, pending in self._pending.items() if pending is tx), None)
+        if index is None:  # a renewal or release of a lease we hold
+            if tx.purpose == "renew" and isinstance(event, Granted):
+                self.counters["renewed"] += 1
+            elif tx.purpose == "renew" and tx.lease is not None and not tx.lease.alive:
+                self._lost(tx.lease.nonce, _why(event))
+            return
+        del self._pending[index]
+        want = self.wanted[index]
+        if not isinstance(event, Granted) or event.lease is None:
+            self.problems[want.label] = _why(event)
+            self.counters["refused"] += 1
+            return
+        mismatch = want.granted_as_asked(event.lease.info)
+        if mismatch:
+            self.problems[want.label] = f"{mismatch}, not what the config names"
+            self.client.release(event.lease, now, give_up_after=1.0)
+            return
+        self.problems.pop(want.label, None)
+        self._held[index] = event.lease.nonce
+        self.counters["granted"] += 1
+
+    def _lost(self, nonce: bytes, why: str) -> None:
+        index = next((i for i, held in self._held.items() if held == nonce), None)
+        if index is not None:
+            del self._held[index]
+            self.problems[self.wanted[index].label] = f"lost: {why}; leasing again"
+            self.counters["lost"] += 1
+
+
+def _why(event: Refused | TimedOut | Granted) -> str:
+    if isinstance(event, Refused):
+        return f"refused: {event.result.name}"
+    if isinstance(event, TimedOut):
+        return "no answer from the NAT"
+    return "granted without a lease"
+
+
+class LeaseSocket:
+    """The plan's UDP socket to the lease server; ``pump`` and ``flush`` move its datagrams."""
+
+    def __init__(self, plan: LeasePlan, server: str, port: int = SERVER_PORT) -> None:
+        self.plan = plan
+        self.server = (server, port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def pump(self, now: float) -> None:
+        """Read every waiting answer, then send what is due."""
+        client = self.plan.client
+        while True:
+            try:
+                data, (source, _port) = self.sock.recvfrom(2048)
+            except BlockingIOError:
+                break
+            self.plan.handle(client.receive(data, now, source), now)
+        self.flush(now)
+
+    def tick(self, now: float) -> None:
+        """Timers: retransmissions, renewals, expiries; then send."""
+        self.plan.handle(self.plan.client.handle_timer(now), now)
+        self.flush(now)
+
+    def flush(self, now: float) -> None:
+        for datagram in self.plan.client.datagrams_to_send(now):
+            try:
+                self.sock.sendto(datagram, self.server)
+            except OSError as err:  # e.g. no route yet: the retransmission schedule tries again
+                self.plan.counters["send_error"] += 1
+                log.debug("lease request not sent: %s", err)
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,195 @@
+"""Module 109 per packet: a client behind the extensible NAT, between its applications and IPsec.
+
+The agent's IPsec processing (RFC 4301 section 5) calls :meth:`Traversal.before_protect`
+between the SPD lookup and ESP/AH (seed FIG. 9), and :meth:`Traversal.after_unprotect`
+between ESP/AH and the SPD check of the inner packet (FIG. 10):
+
+- outgoing: the source port becomes a global port of the leased block
+  (810), in tunnel mode the inner source IP becomes the global IP (811), the
+  TCP/UDP checksum gets the differences (812), the client ALGs run (813), and
+  AH is computed as if the source IP were the global IP (815:
+  :attr:`Traversal.icv_src`);
+- incoming: AH is verified as if the destination IP were the global IP (820:
+  :attr:`Traversal.icv_dst`), the ALGs run (822), the destination port and, in
+  tunnel mode, address go back to the private ones (824-825), with the
+  checksum differences subtracted (826).
+
+Global ports are leased ahead as a block per transport protocol (FIG. 8
+steps 803-805) and bound to private ports on a connection's first outgoing
+packet, so no packet waits for a lease round trip, and a NAT-unaware peer with
+manual keys can select the SA of each client behind one global IP by
+destination port range (RFC 4301 section 4.4.1.1 selectors): the block is that
+range. A binding idle for :data:`IDLE_TIMEOUT_S` is reclaimed when the block
+runs out.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+
+from client_agent.alg import AlgRegistry
+from client_agent.compensate import Binding, NotCompensable, incoming, outgoing
+from client_agent.ipsec.errors import DropReason, IPsecError
+from client_agent.ipsec.sa import SAState
+from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+
+IDLE_TIMEOUT_S = 300.0  # longer than TCP's TIME-WAIT (2 MSL, RFC 9293 section 3.6.1): a reused port meets no old state
+PORTED = (IPPROTO_TCP, IPPROTO_UDP)
+
+
+class NoGlobalPort(IPsecError):
+    """Every global port of the block is bound to a connection that is still active."""
+
+    reason = DropReason.NO_GLOBAL_PORT
+
+
+class NoBinding(IPsecError):
+    """An incoming packet for a global port no connection of ours is bound to."""
+
+    reason = DropReason.NO_BINDING
+
+
+class Uncompensable(IPsecError):
+    """A packet compensation cannot handle (a fragment, a truncated header, not our address)."""
+
+    reason = DropReason.NOT_COMPENSABLE
+
+
+class PortBlock:
+    """The global ports ``low..high`` of one transport protocol, bound to private ports on first use."""
+
+    def __init__(self, private_ip: str, global_ip: str, low: int, high: int,
+                 idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+        if not 0 < low <= high <= 0xFFFF:
+            raise ValueError(f"port block {low}..{high}: must be a range within 1..65535")
+        self.private_ip, self.global_ip = private_ip, global_ip
+        self.low, self.high = low, high
+        self.idle_timeout = idle_timeout
+        self._free = list(range(high, low - 1, -1))  # pop() hands out the lowest first
+        self._by_private: dict[int, Binding] = {}
+        self._by_global: dict[int, Binding] = {}
+        self._last_used: dict[int, float] = {}  # global port -> time of its last packet
+        self.reclaimed = 0
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def bind(self, private_port: int, now: float) -> Binding:
+        """The binding of ``private_port``, made now if it has none (steps 803-805, 810)."""
+        binding = self._by_private.get(private_port)
+        if binding is None:
+            binding = self._new(private_port, now)
+        self._last_used[binding.global_port] = now
+        return binding
+
+    def lookup(self, global_port: int, now: float) -> Binding | None:
+        """The binding an incoming packet for ``global_port`` belongs to (step 824), if any."""
+        binding = self._by_global.get(global_port)
+        if binding is not None:
+            self._last_used[global_port] = now
+        return binding
+
+    def bindings(self) -> list[Binding]:
+        return sorted(self._by_global.values(), key=lambda b: b.global_port)
+
+    def _new(self, private_port: int, now: float) -> Binding:
+        if not self._free:
+            self._reclaim(now)
+        global_port = self._free.pop()
+        binding = Binding(self.private_ip, self.global_ip, private_port, global_port)
+        self._by_private[private_port] = self._by_global[global_port] = binding
+        return binding
+
+    def _reclaim(self, now: float) -> None:
+        global_port = min(self._last_used, key=self._last_used.__getitem__)
+        if now - self._last_used[global_port] < self.idle_timeout:
+            raise NoGlobalPort(f"all {len(self)} global ports {self.low}..{self.high} are in use")
+        old = self._by_global.pop(global_port)
+        del self._by_private[old.private_port], self._last_used[global_port]
+        self._free.append(global_port)
+        self.reclaimed += 1
+
+
+class Traversal:
+    """What a client behind the extensible NAT does to each packet it protects or unprotects.
+
+    ``ports`` maps IPPROTO_TCP/IPPROTO_UDP to the leased block (low, high).
+    ``compensate=False`` is the control of CLAIMS.md: the agent still leases
+    (so the NAT forwards its ESP/AH) but behaves as if it knew nothing of the
+    NAT, and the seed predicts what fails.
+    """
+
+    def __init__(self, private_ip: str, global_ip: str, ports: Mapping[int, tuple[int, int]], *,
+                 algs: AlgRegistry | None = None, compensate: bool = True,
+                 clock: Callable[[], float] = time.monotonic, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
+        self.private_ip, self.global_ip = private_ip, global_ip
+        self.blocks = {proto: PortBlock(private_ip, global_ip, low, high, idle_timeout)
+                       for proto, (low, high) in ports.items()}
+        self.algs = algs if algs is not None else AlgRegistry()
+        self.compensate = compensate
+        self.clock = clock
+        self._address_only = Binding(private_ip, global_ip)
+        # 815 / 820: the addresses AH is computed over (None: the packet's own)
+        self.icv_src = global_ip if compensate else None
+        self.icv_dst = global_ip if compensate else None
+        self.counters: Counter[str] = Counter()
+
+    def before_protect(self, packet: bytes, state: SAState) -> bytes:
+        """Steps 810-813 on a packet the SPD chose to protect under ``state``."""
+        if not self.compensate:
+            return packet
+        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
+        block = self.blocks.get(protocol)
+        if block is None:
+            binding = self._address_only
+        elif len(packet) < ihl + 4:
+            raise Uncompensable("transport header truncated")
+        else:
+            binding = block.bind(int.from_bytes(packet[ihl:ihl + 2], "big"), self.clock())
+        try:
+            packet = outgoing(packet, binding, tunnel=state.tunnel)
+            if self.algs and protocol in PORTED:
+                packet = self.algs.outgoing(packet, protocol, int.from_bytes(packet[ihl + 2:ihl + 4], "big"), binding)
+        except NotCompensable as err:
+            raise Uncompensable(str(err)) from None
+        self.counters["compensated_out"] += 1
+        return packet
+
+    def after_unprotect(self, packet: bytes, state: SAState) -> bytes:
+        """Steps 822-826 on a packet verified and decrypted under ``state``."""
+        if not self.compensate:
+            return packet
+        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
+        block = self.blocks.get(protocol)
+        if block is None:
+            binding = self._address_only
+        elif len(packet) < ihl + 4:
+            raise Uncompensable("transport header truncated")
+        else:
+            global_port = int.from_bytes(packet[ihl + 2:ihl + 4], "big")
+            binding = block.lookup(global_port, self.clock())
+            if binding is None:
+                raise NoBinding(f"{protocol}/{global_port}: no connection is bound to this global port")
+        try:
+            if self.algs and protocol in PORTED:
+                packet = self.algs.incoming(packet, protocol, int.from_bytes(packet[ihl:ihl + 2], "big"), binding)
+            packet = incoming(packet, binding, tunnel=state.tunnel)
+        except NotCompensable as err:
+            raise Uncompensable(str(err)) from None
+        self.counters["compensated_in"] += 1
+        return packet
+
+    def status(self) -> dict:
+        """For status.json: the global IP, each block and its bindings, the counters."""
+        return {
+            "global_ip": self.global_ip, "compensate": self.compensate, "counters": dict(self.counters),
+            "algs": dict(self.algs.counters),
+            "blocks": {
+                {IPPROTO_TCP: "tcp", IPPROTO_UDP: "udp"}.get(proto, str(proto)): {
+                    "ports": [block.low, block.high], "reclaimed": block.reclaimed,
+                    "bindings": {b.private_port: b.global_port for b in block.bindings()},
+                } for proto, block in self.blocks.items()
+            },
+        }
