@@ -32,7 +32,7 @@ WIRESHARK_CONFIG_DIR) and status.json (counters, every second and on SIGUSR1).
 Config format: client_agent/agent_config.py; examples: client_agent/examples/."""
 EXIT_CONFIG = 2
 ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 20.0  # more than [nat] lease_timeout: a lease failure is reported by the agent itself
 STOP_TIMEOUT_S = 5.0
 
 

@@ -280,6 +280,27 @@ def lease_fuzz(client_ip: str, count: int, seed: int = 7) -> dict:
     return {"sent": count, "answered": answered}
 
 
+def udp_echo(ip: str, port: int, seconds: float, log: str) -> dict:
+    """Echo every datagram to its sender for ``seconds``, logging its source and text to ``log`` (JSON lines)."""
+    import time
+
+    echoed = 0
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, open(log, "a") as out:
+        s.bind((ip, port))
+        while (left := deadline - time.monotonic()) > 0:
+            s.settimeout(left)
+            try:
+                data, source = s.recvfrom(4096)
+            except TimeoutError:
+                break
+            out.write(json.dumps({"src": source[0], "sport": source[1], "text": data.decode(errors="replace")}) + "\n")
+            out.flush()
+            s.sendto(data, source)
+            echoed += 1
+    return {"echoed": echoed}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m conformance.probes", description=__doc__)
     sub = p.add_subparsers(dest="probe", required=True)
@@ -305,6 +326,7 @@ def main() -> None:
     probe("udp-refused", udp_refused, "dst", "dport", wait=2.0)
     probe("tcp-sink", tcp_sink, "port", seconds=10.0)
     probe("connect-rate", connect_rate, "dst", "dport", seconds=3.0)
+    probe("udp-echo", udp_echo, "ip", "port", seconds=60.0, log="/dev/null")
     args = vars(p.parse_args())
     func = args.pop("func")
     args.pop("probe")

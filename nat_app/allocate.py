@@ -57,27 +57,29 @@ class Pool:
 
     def acquire_mapping(self, protocol: int, private_ip: str, port: int, now: float,
                         suggested_port: int | None = None, suggested_ip: str | None = None,
-                        ) -> tuple[str, int] | None:
+                        leased: bool = False) -> tuple[str, int] | None:
         """Endpoint-independent mapping (RFC 4787 REQ-1): the one global (IP, port) of a
         private (IP, port), made on first use, counted per user (NAT-ALG entries, MAP/PEER
         leases). None when the global IP has no free port.
 
         A MAP/PEER client may suggest the global IP (RFC 6887 11.3: honoured if
         possible): a client behind the NAT leases its ports on the global IP of
-        its SPI leases, which need not be the one paired with it."""
+        its SPI leases, which need not be the one paired with it. A ``leased``
+        mapping may take back a port the same host released within the quarantine."""
         key = (protocol, private_ip, port)
         mapping = self._mappings.get(key)
         if mapping is None:
             global_ip = suggested_ip if suggested_ip in self.globals else self.paired(private_ip)
             preferred = suggested_port if suggested_port else port
-            global_port = self.space(global_ip, protocol).reserve(now, preferred=preferred)
+            global_port = self.space(global_ip, protocol).reserve(now, preferred=preferred,
+                                                                     owner=private_ip if leased else None)
             if global_port is None:
                 return None
             mapping = self._mappings[key] = [global_ip, global_port, 0]
         mapping[2] += 1
         return mapping[0], mapping[1]
 
-    def release_mapping(self, protocol: int, private_ip: str, port: int, now: float) -> None:
+    def release_mapping(self, protocol: int, private_ip: str, port: int, now: float, leased: bool = False) -> None:
         """One user fewer; the last one frees the global port (after its quarantine)."""
         key = (protocol, private_ip, port)
         mapping = self._mappings.get(key)
@@ -86,4 +88,4 @@ class Pool:
         mapping[2] -= 1
         if mapping[2] <= 0:
             del self._mappings[key]
-            self.space(mapping[0], protocol).release(mapping[1], now)
+            self.space(mapping[0], protocol).release(mapping[1], now, owner=private_ip if leased else None)

@@ -435,11 +435,13 @@ class NatCore:
             self.table.remove(entry.id)
         msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
         if entry.protocol in _PORT_FIELDS:
-            self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now)
+            self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
+                                      leased=entry.kind is EntryKind.CLIENT_ALG)
         elif entry.global_gpn is not None:
             if entry.protocol == IPPROTO_ICMP and self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
                 del self._icmp_pairs[(entry.private_ip, entry.foreign)]
-            self.pool.space(entry.global_ip, entry.protocol).release(entry.global_gpn, now)
+            self.pool.space(entry.global_ip, entry.protocol).release(
+                entry.global_gpn, now, owner=entry.private_ip if entry.kind is EntryKind.CLIENT_ALG else None)
         triple = (entry.protocol, entry.global_ip, entry.foreign)
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))

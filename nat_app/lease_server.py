@@ -163,11 +163,11 @@ class LeaseServer:
         space = self.pool.space(global_ip, key, definition.range_min, definition.range_max)
         wanted = info.global_gpn if info.global_gpn is not None else info.private_gpn
         if info.global_gpn is not None:
-            if not space.claim(info.global_gpn, now):
+            if not space.claim(info.global_gpn, now, owner=origin.ip):
                 raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {global_ip}")
             global_gpn = info.global_gpn
         else:
-            global_gpn = space.reserve(now, preferred=wanted)
+            global_gpn = space.reserve(now, preferred=wanted, owner=origin.ip)
             if global_gpn is None:
                 raise Refused(pcp.Result.NO_RESOURCES, f"no free GPN on {global_ip}")
         private_gpn = info.private_gpn if info.private_gpn is not None else global_gpn
@@ -198,7 +198,7 @@ class LeaseServer:
         self._check_quota(origin)
         mapping = self.pool.acquire_mapping(info.protocol, origin.ip, info.internal_port, now,
                                             suggested_port=info.external_port or None,
-                                            suggested_ip=info.external_ip)
+                                            suggested_ip=info.external_ip, leased=True)
         if mapping is None:
             raise Refused(pcp.Result.NO_RESOURCES, "no free port")
         lifetime = self._lifetime(request.lifetime)
@@ -207,7 +207,7 @@ class LeaseServer:
                                    private_gpn=info.internal_port, global_ip=mapping[0], global_gpn=mapping[1],
                                    foreign=foreign, now=now, expires=now + lifetime)
         except TableConflict as exc:
-            self.pool.release_mapping(info.protocol, origin.ip, info.internal_port, now)
+            self.pool.release_mapping(info.protocol, origin.ip, info.internal_port, now, leased=True)
             raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, str(exc)) from None
         self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime

@@ -4,6 +4,9 @@ Ports the NAT picks for its own NAPT mappings and ports clients lease later
 come from the same space, so they can never collide (DESIGN.md, "One port
 space"). A freed port rests for a quarantine period before reuse (RFC 6888
 REQ-8), and fresh ports are picked at random, not sequentially (RFC 6056).
+The quarantine keeps a port from passing to *another* host too soon; the host
+that released it may take it back at once (an agent restarted within the
+quarantine gets the ports and SPIs its peers' configs name).
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ class PortSpace:
     _in_use: set[int] = field(default_factory=set)
     _resting: dict[int, float] = field(default_factory=dict)
     _rest_heap: list[tuple[float, int]] = field(default_factory=list)
+    _rested_by: dict[int, str] = field(default_factory=dict)  # resting port -> the host that released it
 
-    def reserve(self, now: float, preferred: int | None = None) -> int | None:
+    def reserve(self, now: float, preferred: int | None = None, owner: str | None = None) -> int | None:
         """A free port: ``preferred`` if it is free (port preservation), else a random one.
 
         Returns None when the space is exhausted.
         """
         self._wake(now)
+        if preferred is not None and self._take_back(preferred, owner):
+            return preferred
         if preferred is not None and self.is_free(preferred, now):
             self._in_use.add(preferred)
             return preferred
@@ -51,20 +57,24 @@ class PortSpace:
                 return port
         return None
 
-    def claim(self, port: int, now: float) -> bool:
-        """Take a specific port (a client asked for it); False if taken or resting."""
+    def claim(self, port: int, now: float, owner: str | None = None) -> bool:
+        """Take a specific port (a client asked for it); False if taken, or resting from another owner."""
         self._wake(now)
+        if self._take_back(port, owner):
+            return True
         if not self.is_free(port, now, any_range=True):
             return False
         self._in_use.add(port)
         return True
 
-    def release(self, port: int, now: float) -> None:
-        """Give a port back; it rests for the quarantine period first."""
+    def release(self, port: int, now: float, owner: str | None = None) -> None:
+        """Give a port back; it rests for the quarantine period first (except for ``owner``)."""
         if port in self._in_use:
             self._in_use.discard(port)
             until = now + self.quarantine
             self._resting[port] = until
+            if owner is not None:
+                self._rested_by[port] = owner
             heapq.heappush(self._rest_heap, (until, port))
 
     def is_free(self, port: int, now: float, any_range: bool = False) -> bool:
@@ -75,8 +85,17 @@ class PortSpace:
     def in_use(self) -> frozenset[int]:
         return frozenset(self._in_use)
 
+    def _take_back(self, port: int, owner: str | None) -> bool:
+        """``owner`` takes back a port it released that is still resting."""
+        if owner is None or port not in self._resting or self._rested_by.get(port) != owner:
+            return False
+        del self._resting[port], self._rested_by[port]  # its heap item is skipped when it comes due
+        self._in_use.add(port)
+        return True
+
     def _wake(self, now: float) -> None:
         while self._rest_heap and self._rest_heap[0][0] <= now:
             until, port = heapq.heappop(self._rest_heap)
             if self._resting.get(port) == until:
                 del self._resting[port]
+                self._rested_by.pop(port, None)

@@ -80,3 +80,23 @@ def test_exhausted_space_says_none():
     space = PortSpace(low=1024, high=1027, rng=random.Random(0))
     assert sorted(space.reserve(0) for _ in range(4)) == [1024, 1025, 1026, 1027]
     assert space.reserve(0) is None
+
+
+def test_a_resting_port_goes_back_only_to_the_host_that_released_it():
+    """RFC 6888 REQ-8's quarantine keeps a port from another host; a restarted agent takes its leases back."""
+    space = PortSpace(20000, 20010, quarantine=120.0, rng=random.Random(1))
+    assert space.claim(20000, 0.0, owner="10.0.0.1")
+    space.release(20000, 1.0, owner="10.0.0.1")
+    assert not space.claim(20000, 2.0, owner="10.0.0.2")  # another host waits out the quarantine
+    assert space.reserve(2.0, preferred=20000, owner="10.0.0.2") != 20000
+    assert not space.claim(20000, 2.0)  # an anonymous (NAPT) claim too
+    assert space.claim(20000, 2.0, owner="10.0.0.1")  # the same host takes it back at once
+    assert not space.claim(20000, 3.0, owner="10.0.0.1")  # and then it is in use
+
+
+def test_a_port_released_anonymously_rests_for_everyone():
+    space = PortSpace(20000, 20010, quarantine=120.0, rng=random.Random(1))
+    assert space.claim(20000, 0.0)
+    space.release(20000, 1.0)
+    assert not space.claim(20000, 2.0, owner="10.0.0.1")
+    assert space.claim(20000, 122.0, owner="10.0.0.2")  # after the quarantine, anyone
