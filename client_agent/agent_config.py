@@ -248,7 +248,7 @@ def _nat(table: object, agent: dict[str, Any], sas: tuple[SAConfig, ...]) -> Nat
     for key, proto in (("tcp_ports", IPPROTO_TCP), ("udp_ports", IPPROTO_UDP)):
         if key in table:
             low, high = _ports(table, key, where)
-            if not 1 <= low <= high or high - low >= 256:
+            if not 1 <= low <= high <= 65535 or high - low >= 256:
                 raise ConfigError(f"{where} {key}={table[key]!r}: a block of 1..256 ports within 1..65535")
             ports[proto] = (low, high)
     for entry in sas:

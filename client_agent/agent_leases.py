@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig
 from client_agent.ipsec.sa import Protocol
 from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
-from netwire.pcp import AH_DEFINITION, ESP_DEFINITION, SERVER_PORT, Info, LeaseInfo, PeerInfo
+from netwire.pcp import AH_DEFINITION, ESP_DEFINITION, SERVER_PORT, SHORT_ERROR_LIFETIME, Info, LeaseInfo, PeerInfo
 
 log = logging.getLogger("natlab.agent")
 DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION}
@@ -89,6 +89,8 @@ class LeasePlan:
         self._pending: dict[int, Transaction] = {}  # index in wanted -> request in flight
         self._held: dict[int, bytes] = {}  # index in wanted -> nonce of the granted lease
         self.problems: dict[str, str] = {}  # label -> why it is not (yet) granted
+        self._retry_at: dict[int, float] = {}  # index in wanted -> not before (after a refusal, RFC 6887 7.2)
+        self.releasing = False
         self.counters: Counter[str] = Counter()
 
     @property
@@ -96,9 +98,16 @@ class LeasePlan:
         return len(self._held) == len(self.wanted)
 
     def tick(self, now: float) -> None:
-        """Ask for whatever is wanted and neither held nor asked for; definitions first."""
+        """Ask for whatever is wanted and neither held nor asked for; definitions first.
+
+        A refused request is asked again only after the error's lifetime (RFC
+        6887 7.2: 30 s, or 30 min when retrying cannot cure it); nothing is
+        asked once the leases are being released.
+        """
+        if self.releasing:
+            return
         for index, want in enumerate(self.wanted):
-            if index in self._held or index in self._pending:
+            if index in self._held or index in self._pending or self._retry_at.get(index, now) > now:
                 continue
             proto = want.needs_definition
             if proto is not None and proto not in self.defined:
@@ -124,6 +133,7 @@ class LeasePlan:
 
     def release_all(self, now: float) -> list[Transaction]:
         """Step 807: give every lease back (lifetime 0)."""
+        self.releasing = True
         releases = [self.client.release(lease, now, give_up_after=1.0) for lease in list(self.client.leases.values())]
         self._held.clear()
         return releases
@@ -154,11 +164,13 @@ class LeasePlan:
         if not isinstance(event, Granted) or event.lease is None:
             self.problems[want.label] = _why(event)
             self.counters["refused"] += 1
+            self._retry_at[index] = now + (event.lifetime if isinstance(event, Refused) else SHORT_ERROR_LIFETIME)
             return
         mismatch = want.granted_as_asked(event.lease.info)
         if mismatch:
             self.problems[want.label] = f"{mismatch}, not what the config names"
             self.client.release(event.lease, now, give_up_after=1.0)
+            self._retry_at[index] = now + SHORT_ERROR_LIFETIME
             return
         self.problems.pop(want.label, None)
         self._held[index] = event.lease.nonce

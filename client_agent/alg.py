@@ -15,6 +15,7 @@ destination port of an outgoing packet, the source port of an incoming one.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Protocol
 
@@ -106,7 +107,10 @@ def _replace_text(packet: bytes, old: bytes, new: bytes, binding: Binding, *, ou
     payload = packet[ihl + 8:]
     if old not in payload:
         return packet
-    payload = payload.replace(old, new)
+    # the whole address only: not 10.0.0.1:40001 for 10.0.0.1:4000, nor 110.0.0.1:4000
+    payload, count = re.subn(rb"(?<![\d.])" + re.escape(old) + rb"(?!\d)", new.replace(b"\\", b"\\\\"), payload)
+    if not count:
+        return packet
     udp_len = 8 + len(payload)
     if ihl + udp_len > 0xFFFF:
         raise NotCompensable("the rewritten datagram would exceed 65535 octets")

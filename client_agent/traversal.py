@@ -144,8 +144,8 @@ class Traversal:
         block = self.blocks.get(protocol)
         if block is None:
             binding = self._address_only
-        elif len(packet) < ihl + 4:
-            raise Uncompensable("transport header truncated")
+        elif len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]:
+            raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
         else:
             binding = block.bind(int.from_bytes(packet[ihl:ihl + 2], "big"), self.clock())
         try:
@@ -165,8 +165,8 @@ class Traversal:
         block = self.blocks.get(protocol)
         if block is None:
             binding = self._address_only
-        elif len(packet) < ihl + 4:
-            raise Uncompensable("transport header truncated")
+        elif len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]:
+            raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
         else:
             global_port = int.from_bytes(packet[ihl + 2:ihl + 4], "big")
             binding = block.lookup(global_port, self.clock())

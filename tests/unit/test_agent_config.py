@@ -178,3 +178,109 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "none.toml")
 
+
+
+# ---------------------------------------------------------------- [nat]: module 109 (seed FIG. 8-10)
+
+NAT_GOOD = """
+[agent]
+name = "h1"
+address = "10.0.0.1"
+routes = ["203.0.113.100/32"]
+
+[[sa]]
+name = "out"
+direction = "outbound"
+spi = 0x1001
+protocol = "esp"
+encryption = "ENCR_AES_GCM_16"
+enc_key = "00112233445566778899aabbccddeeff00112233"
+src = "10.0.0.1"
+dst = "203.0.113.100"
+
+[[sa]]
+name = "in"
+direction = "inbound"
+spi = 0x1002
+protocol = "esp"
+encryption = "ENCR_AES_GCM_16"
+enc_key = "00112233445566778899aabbccddeeff00112233"
+src = "203.0.113.100"
+dst = "203.0.113.1"
+
+[[policy]]
+name = "p"
+dst = "203.0.113.100/32"
+action = "protect"
+outbound = "out"
+inbound = "in"
+
+[nat]
+global_ip = "203.0.113.1"
+tcp_ports = [20000, 20015]
+udp_ports = [20000, 20015]
+"""
+
+
+def test_nat_a_good_table_parses_with_its_defaults_and_render_round_trips() -> None:
+    config = parse(NAT_GOOD)
+    nat = config.nat
+    assert nat is not None and nat.global_ip == "203.0.113.1"
+    assert nat.ports == {6: (20000, 20015), 17: (20000, 20015)}
+    assert (nat.server, nat.lifetime, nat.lease_timeout, nat.compensate, nat.algs) == ("10.0.0.254", 120, 10, True, ())
+    assert parse(agent_config.render(config)) == config
+    full = parse(NAT_GOOD + 'server = "10.0.0.253"\nlifetime = 600\nlease_timeout = 3\ncompensate = false\n'
+                            'algs = ["address-text"]\n')
+    assert (full.nat.server, full.nat.lifetime, full.nat.lease_timeout, full.nat.compensate, full.nat.algs) == (
+        "10.0.0.253", 600, 3, False, ("address-text",))
+    assert parse(agent_config.render(full)) == full and full != config
+    sad, _ = databases(full)
+    assert sad.inbound[0].sa.dst == "203.0.113.1"
+
+
+def test_nat_twin_without_the_table_no_nat_settings_and_a_block_of_exactly_256_ports_is_allowed() -> None:
+    plain = _with(NAT_GOOD, NAT_GOOD[NAT_GOOD.index("[nat]"):], "")
+    assert parse(plain).nat is None and "[nat]" not in agent_config.render(parse(plain))
+    assert parse(_with(NAT_GOOD, "tcp_ports = [20000, 20015]", "tcp_ports = [20000, 20255]")).nat.ports[6] == (
+        20000, 20255)
+    assert parse(_with(NAT_GOOD, "udp_ports = [20000, 20015]\n", "")).nat.ports == {6: (20000, 20015)}
+    no_dst = _with(NAT_GOOD, 'src = "203.0.113.100"\ndst = "203.0.113.1"\n', 'src = "203.0.113.100"\n')
+    assert parse(no_dst).sas[1].sa.dst is None  # an inbound SA may leave dst out
+
+
+NAT_BAD = [
+    (('address = "10.0.0.1"\n', ""), "[nat]: needs [agent] address"),
+    (('global_ip = "203.0.113.1"', 'global_ip = "203.0.113.300"'), "[nat] global_ip='203.0.113.300': not an IPv4"),
+    (('global_ip = "203.0.113.1"\n', ""), "[nat] global_ip=None: not an IPv4 address"),
+    (("tcp_ports = [20000, 20015]", "tcp_ports = [20000, 20256]"), "[nat] tcp_ports=[20000, 20256]: a block of 1..256"),
+    (("udp_ports = [20000, 20015]", "udp_ports = [20015, 20000]"), "[nat] udp_ports=[20015, 20000]: a block of 1..256"),
+    (("udp_ports = [20000, 20015]", "udp_ports = [0, 15]"), "[nat] udp_ports=[0, 15]"),
+    (("udp_ports = [20000, 20015]", 'udp_ports = "20000-20015"'), "[nat] udp_ports='20000-20015': must be a port"),
+    (('src = "203.0.113.100"\ndst = "203.0.113.1"', 'src = "203.0.113.100"\ndst = "10.0.0.1"'),
+     "[nat]: sa 'in' dst='10.0.0.1': behind the NAT the peer sends to the global IP 203.0.113.1"),
+    (('src = "10.0.0.1"\ndst = "203.0.113.100"\n', 'src = "10.0.0.1"\n'), "[nat]: sa 'out' needs dst"),
+    (("udp_ports = [20000, 20015]", 'udp_ports = [20000, 20015]\nalgs = ["ftp"]'),
+     "[nat] algs: 'ftp' is not a client ALG (known: address-text)"),
+    (("udp_ports = [20000, 20015]", 'udp_ports = [20000, 20015]\nalgs = "address-text"'),
+     "[nat] algs='address-text': must be a list"),
+    (("udp_ports = [20000, 20015]", 'udp_ports = [20000, 20015]\ncompensate = "yes"'),
+     "[nat] compensate='yes': must be true or false"),
+    (("udp_ports = [20000, 20015]", "udp_ports = [20000, 20015]\ncompensate = 1"),
+     "[nat] compensate=1: must be true or false"),
+    (("udp_ports = [20000, 20015]", "udp_ports = [20000, 20015]\nglobal = 1"), "[nat]: unknown field 'global'"),
+    (("udp_ports = [20000, 20015]", 'udp_ports = [20000, 20015]\nserver = "gw"'), "[nat] server='gw': not an IPv4"),
+    (("udp_ports = [20000, 20015]", "udp_ports = [20000, 20015]\nlifetime = 0"), "[nat] lifetime=0: must be a whole"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), NAT_BAD, ids=[m for _, m in NAT_BAD])
+def test_nat_a_bad_table_names_the_field_and_the_value(edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(_with(NAT_GOOD, *edit), source="h1.toml")
+    assert str(caught.value).startswith("h1.toml: ")
+    assert message in str(caught.value)
+
+
+def test_nat_a_port_block_beyond_65535_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"tcp_ports=\[65500, 65600\]"):
+        parse(_with(NAT_GOOD, "tcp_ports = [20000, 20015]", "tcp_ports = [65500, 65600]"))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP, IPOption_Router_Alert, IPOption_RR
-from scapy.layers.ipsec import AH as ScapyAH
-from scapy.layers.ipsec import ESP as ScapyESP
 from scapy.layers.ipsec import IPSecIntegrityError
 from scapy.layers.ipsec import SecurityAssociation as ScapySA
 
@@ -20,27 +18,11 @@ from client_agent.ipsec.processing import decapsulate, encapsulate
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.suites import Suite, all_suites
+from conformance.oracles import SCAPY_ENCRYPTION, SCAPY_INTEGRITY, scapy_sa
 from netwire.checksum import internet_checksum, ip_bytes
 
-SCAPY_ENCRYPTION = {"ENCR_NULL": "NULL", "ENCR_AES_CBC": "AES-CBC", "ENCR_AES_GCM_16": "AES-GCM"}
-SCAPY_INTEGRITY = {
-    "NONE": None, "AUTH_HMAC_MD5_96": "HMAC-MD5-96", "AUTH_HMAC_SHA1_96": "HMAC-SHA1-96",
-    "AUTH_HMAC_SHA2_256_128": "SHA2-256-128",
-}
 TUNNEL = {"src": "198.51.100.1", "dst": "203.0.113.200"}
 CASES = [(suite, mode) for suite in all_suites() for mode in Mode]
-
-
-def scapy_sa(sa: SecurityAssociation) -> ScapySA:
-    """The same SA in scapy's terms; AES-GCM's crypt_key is key + salt, like ours."""
-    tunnel = IP(src=sa.src, dst=sa.dst) if sa.mode is Mode.TUNNEL else None
-    if sa.protocol is Protocol.AH:
-        return ScapySA(ScapyAH, spi=sa.spi, auth_algo=SCAPY_INTEGRITY[sa.integrity], auth_key=sa.auth_key,
-                       tunnel_header=tunnel)
-    return ScapySA(
-        ScapyESP, spi=sa.spi, crypt_algo=SCAPY_ENCRYPTION[sa.encryption], crypt_key=sa.enc_key or None,
-        auth_algo=SCAPY_INTEGRITY[sa.integrity], auth_key=sa.auth_key or None, tunnel_header=tunnel,
-    )
 
 
 def make_sa(suite: Suite, mode: Mode) -> SecurityAssociation:

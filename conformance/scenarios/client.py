@@ -1,0 +1,496 @@
+"""Module 109 on the live testbed: three clients behind one global IP, each matrix cell, real applications.
+
+For every cell of {ESP, AH} x {transport, tunnel}, :func:`run_cell` starts the
+NAT-unaware peer (srv1, or sgw1 before ih1) and three client agents that lease
+their global ports and SPIs from the NAT, then runs unmodified applications
+from all three clients at once: curl, iperf3 (TCP and UDP) and nc (TCP, and
+UDP through the test ALG), while tcpdump records four places:
+
+- the peer's wire, after the NAT (what the far end gets);
+- h1's wire, before the NAT (what the client sends and gets);
+- h1's TUN device (cleartext: what h1's own stack sends and accepts);
+- in tunnel mode, the intranet link behind sgw1 (what ih1 gets).
+
+The verdicts (:func:`judge_cell`) come from the applications and agents
+(the receiving side), and from software the project did not write reading
+the captures: scapy's IPsec (AH ICVs, ESP decryption, checksums recomputed)
+and tshark with the peer's key file (:mod:`conformance.oracles`).
+:func:`judge_control` reads the same run without compensation, which must fail
+for the reason the seed predicts.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from client_agent.agent_cli import AgentProcess
+from client_agent.agent_config import AgentConfig
+from client_agent.alg import TEST_ALG_PORT
+from conformance.apps import ROOT, Service
+from conformance.context import Context, Record
+from conformance.evidence import captures, save_json, save_text
+from conformance.matrix import CELLS, Cell, Client, behind_nat, clients
+from conformance.oracles import TsharkSummary, check_cleartext_capture, tshark_summary, tshark_verdicts, verify_capture
+from conformance.results import ScenarioResult
+
+HTTP_PORT, IPERF_TCP_BASE, IPERF_UDP_BASE, NC_TCP_BASE = 8000, 5201, 5301, 7101  # one server per client and test
+TRANSPORTS = {"TCP": 6, "UDP": 17}
+APPS = {"TCP": ("curl", "iperf3-tcp", "nc-tcp"), "UDP": ("iperf3-udp", "nc-udp")}
+RATE = "20M"  # enough to fill many segments, few enough for scapy to read every packet
+NC_UDP_SPORT = 40001  # the private port nc sends from; the ALG text names it
+
+
+@dataclass
+class CellRun:
+    """Everything one cell's run left behind, for the judges."""
+
+    cell: Cell
+    members: list[Client]
+    configs: list[AgentConfig]
+    peer: AgentConfig
+    folder: Path
+    marker: bytes = b""
+    apps: dict[str, dict] = field(default_factory=dict)  # client -> app -> observation
+    statuses: dict[str, dict] = field(default_factory=dict)  # host -> agent status.json at the end
+    table: dict = field(default_factory=dict)  # the NAT's table while the agents held their leases
+    echo_log: list[dict] = field(default_factory=list)  # what the UDP echo service got
+    pcaps: dict[str, Path] = field(default_factory=dict)
+    peer_run_dir: Path | None = None
+    evidence: list[Path] = field(default_factory=list)
+    csum_errors: dict[str, int] = field(default_factory=dict)  # host -> kernel InCsumErrors during the run
+
+
+def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, compensate: bool = True,
+             seconds: float = 1.0) -> CellRun:
+    """Agents up, applications from every client at once, captures; agents down (leases released)."""
+    tb = ctx.testbed
+    configs, peer = behind_nat(cell, members, compensate=compensate)
+    run = CellRun(cell, members, configs, peer, folder, marker=f"natlab-{secrets.token_hex(8)}".encode())
+    target_name, target_ip = cell.target
+    target, peer_host, h1 = tb.host(target_name), tb.host(cell.peer), tb.host(members[0].name)
+    www = folder / "www"
+    www.mkdir(parents=True, exist_ok=True)
+    (www / "marker.txt").write_bytes(run.marker * 300)
+    echo_log = folder / "udp-echo.jsonl"
+    echo_log.unlink(missing_ok=True)
+    intfs = [(peer_host, f"{cell.peer}-eth0"), (h1, f"{h1.name}-eth0")]
+    if cell.mode == "tunnel":
+        intfs.append((peer_host, f"{cell.peer}-eth1"))
+    with ExitStack() as stack:
+        peer_agent = stack.enter_context(AgentProcess(peer_host, peer, folder / f"agent-{cell.peer}"))
+        run.peer_run_dir = peer_agent.run_dir
+        agents = [stack.enter_context(AgentProcess(tb.host(c.name), cfg, folder / f"agent-{c.name}"))
+                  for c, cfg in zip(members, configs, strict=True)]
+        run.table = tb.table()
+        services = [[sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", target_ip, "--directory", str(www)],
+                    [sys.executable, "-m", "conformance.probes", "udp-echo", target_ip, str(TEST_ALG_PORT),
+                     "--seconds", "120", "--log", str(echo_log)]]
+        services += [["iperf3", "-s", "-p", str(base + i)] for i in range(len(members))
+                     for base in (IPERF_TCP_BASE, IPERF_UDP_BASE)]
+        services += [["bash", "-c", f"nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
+                     for i, c in enumerate(members)]
+        for argv in services:
+            stack.enter_context(Service(target, argv, settle=0.0))
+        time.sleep(1.0)
+        csum_before = {h.name: _csum_errors(h) for h in (target, h1)}
+        pcaps = stack.enter_context(captures(intfs + [(h1, "ipsec0")], folder / "pcap"))
+        procs = {c.name: _start_apps(tb.host(c.name), c, i, target_ip, folder, seconds)
+                 for i, c in enumerate(members)}
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        time.sleep(0.5)
+        run.csum_errors = {name: _csum_errors(h) - csum_before[name] for name, h in ((target.name, target),
+                                                                                     (h1.name, h1))}
+        for c in members:
+            run.apps[c.name] = _read_apps(folder, c, run.marker)
+        for agent in [peer_agent, *agents]:
+            run.statuses[agent.host.name] = agent.refresh()
+    run.pcaps = dict(pcaps)
+    run.echo_log = [json.loads(line) for line in echo_log.read_text().splitlines()] if echo_log.exists() else []
+    run.evidence += [save_json(folder / "apps.json", run.apps), save_json(folder / "agents.json", run.statuses),
+                     save_json(folder / "nat-table.json", run.table), *run.pcaps.values()]
+    if run.peer_run_dir is not None:
+        run.evidence.append(run.peer_run_dir / "esp_sa")
+    return run
+
+
+def _csum_errors(host) -> int:
+    """The kernel's TCP + UDP InCsumErrors (/proc/net/snmp): segments its stack dropped for a bad checksum."""
+    total = 0
+    lines = host.cmd("cat /proc/net/snmp").splitlines()
+    for head, values in zip(lines, lines[1:], strict=False):
+        if head.startswith(("Tcp:", "Udp:")) and values.startswith(head.split(":")[0] + ":"):
+            fields = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            total += int(fields.get("InCsumErrors", 0))
+    return total
+
+
+def _start_apps(host, c: Client, index: int, target: str, folder: Path, seconds: float):
+    """curl, iperf3 TCP and UDP, nc TCP and UDP, one after the other, in ``host``; runs beside the others."""
+    out = folder / c.name
+    out.mkdir(exist_ok=True)
+    alg_text = f"i am {c.private_ip}:{NC_UDP_SPORT}"
+    script = f"""
+curl -s --max-time 10 -o {out}/curl.body -w '%{{http_code}}' http://{target}:{HTTP_PORT}/marker.txt > {out}/curl.code
+iperf3 -c {target} -p {IPERF_TCP_BASE + index} -t {seconds} -b {RATE} -J > {out}/iperf3-tcp.json
+iperf3 -c {target} -p {IPERF_UDP_BASE + index} -t {seconds} -b {RATE} -u -l 1200 -J > {out}/iperf3-udp.json
+head -c 20000 {folder}/www/marker.txt | nc -N -w 5 {target} {NC_TCP_BASE + index}; echo $? > {out}/nc-tcp.rc
+echo '{alg_text}' | nc -u -w 2 -p {NC_UDP_SPORT} {target} {TEST_ALG_PORT} > {out}/nc-udp.out
+"""
+    return host.popen(["bash", "-c", script], cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _read_apps(folder: Path, c: Client, marker: bytes) -> dict:
+    out = folder / c.name
+    apps = {"curl": {"code": _read(out / "curl.code").strip(),
+                     "body_ok": _read(out / "curl.body") == (marker * 300).decode()}}
+    for kind in ("tcp", "udp"):
+        try:
+            end = json.loads(_read(out / f"iperf3-{kind}.json"))["end"]
+            s = end["sum_received"] if kind == "tcp" else end["sum"]
+            received = s["bytes"] if kind == "tcp" else s.get("packets", 0) - s.get("lost_packets", 0)
+            apps[f"iperf3-{kind}"] = {"received": received, "bps": s.get("bits_per_second", 0.0)}
+        except (ValueError, KeyError, TypeError):
+            apps[f"iperf3-{kind}"] = {"received": 0, "error": _read(out / f"iperf3-{kind}.json")[-200:]}
+    received = _read(folder / f"nc-tcp-{c.name}.txt")
+    apps["nc-tcp"] = {"received": len(received), "ok": received == (marker * 300).decode()[:20000]}
+    reply = _read(out / "nc-udp.out").strip()
+    apps["nc-udp"] = {"reply": reply, "sent": f"i am {c.private_ip}:{NC_UDP_SPORT}"}
+    return apps
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def app_ok(app: str, seen: dict) -> bool:
+    """Did the application get what it asked for, end to end?"""
+    if app == "curl":
+        return seen["code"] == "200" and seen["body_ok"]
+    if app.startswith("iperf3"):
+        return seen.get("received", 0) > 0
+    if app == "nc-tcp":
+        return seen["ok"]
+    return bool(seen["reply"])
+
+
+# ----------------------------------------------------------------------------- the oracles' view of one run
+
+
+@dataclass
+class Views:
+    """The captures read by the oracles, per client: at the peer (after the NAT) and on h1's side."""
+
+    at_peer: dict[str, list]  # client -> verdicts of its packets to the peer, as the peer got them
+    peer_to_client: dict[str, list]  # client -> the peer's packets to it, on the peer's wire
+    h1_in: list  # the peer's packets to h1 as h1's wire got them (after the NAT), verified as the NAT left them
+    h1_in_as_global: list  # the same, verified as if the destination were the global IP (IN-AH)
+    h1_out: list  # h1's packets on its own wire (before the NAT), verified as they are
+    h1_out_as_global: list  # the same, as if the source were the global IP (OUT-AH)
+    tun: list  # h1's TUN device: cleartext as h1's stack sent and got it
+    tshark: TsharkSummary | None  # tshark on the peer's wire with the peer's key file (ESP)
+    intranet: list  # tunnel mode: sgw1's intranet side, cleartext
+
+
+def read_views(run: CellRun) -> Views:
+    peer_wire = run.pcaps[f"{run.cell.peer}-eth0"]
+    h1_wire = run.pcaps[f"{run.members[0].name}-eth0"]
+    h1 = run.members[0]
+    sends = {c.name: [s.sa for s in cfg.sas if s.direction == "outbound"] for c, cfg in zip(run.members, run.configs,
+                                                                                          strict=True)}
+    gets = {c.name: [s.sa for s in cfg.sas if s.direction == "inbound"] for c, cfg in zip(run.members, run.configs,
+                                                                                         strict=True)}
+    at_peer = {c.name: list(verify_capture(peer_wire, sends[c.name])) for c in run.members}
+    peer_to = {c.name: list(verify_capture(peer_wire, gets[c.name])) for c in run.members}
+    intranet = []
+    if run.cell.mode == "tunnel":
+        intranet = check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"])
+    return Views(
+        at_peer=at_peer, peer_to_client=peer_to,
+        h1_in=list(verify_capture(h1_wire, gets[h1.name])),
+        h1_in_as_global=list(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})),
+        h1_out=list(verify_capture(h1_wire, sends[h1.name])),
+        h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})),
+        tun=check_cleartext_capture(run.pcaps["ipsec0"]),
+        tshark=tshark_summary(tshark_verdicts(peer_wire, run.peer_run_dir)) if run.cell.protocol == "esp" else None,
+        intranet=intranet,
+    )
+
+
+def _of(verdicts: list, proto: int) -> list:
+    return [v for v in verdicts if v.inner_protocol == proto]
+
+
+def _in_block(port: int | None, c: Client) -> bool:
+    return port is not None and c.ports[0] <= port <= c.ports[1]
+
+
+# ----------------------------------------------------------------------------- judges
+
+
+def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
+    """OUT-*, IN-* for each transport of the cell, plus CL-SPI and CL-UNIQ, from ``run`` and ``views``."""
+    results = []
+    cell = run.cell
+    h1 = run.members[0]
+    evidence = run.evidence
+    for transport, proto in TRANSPORTS.items():
+        label = {"ipsec": cell.protocol.upper(), "mode": cell.mode, "transport": transport}
+        name = f"{cell.name}-{transport.lower()}"
+        apps_ok = {c.name: [a for a in APPS[transport] if not app_ok(a, run.apps[c.name][a])] for c in run.members}
+        failed_apps = "; ".join(f"{c}: {', '.join(a)} failed" for c, a in apps_ok.items() if a)
+        peer_inner = {c.name: _of(run_v, proto) for c, run_v in ((c, views.at_peer[c.name]) for c in run.members)}
+        all_inner = [v for vs in peer_inner.values() for v in vs]
+        bad_auth = [v for v in all_inner if not (v.icv_ok and (cell.protocol == "ah" or v.decrypted))]
+        csum_bad = [v for v in all_inner if v.checksum_ok is False]
+        counts = ", ".join(f"{c}: {len(vs)}" for c, vs in peer_inner.items())
+
+        def result(behaviour, checks, positive, negative, name=name, label=label):
+            return rec.result(behaviour, name, checks, positive, negative, cell=label, extra_evidence=evidence)
+
+        results.append(result("OUT-SEND", [
+            (not failed_apps, failed_apps or "applications"),
+            (all(peer_inner.values()), f"no {transport} inside the IPsec packets at {cell.peer} from some client ({counts})"),
+            (all(v.src == c.global_ip for c in run.members for v in peer_inner[c.name]),
+             "a packet reached the peer from an address that is not the client's global IP"),
+        ], f"{transport} apps of all {len(run.members)} clients succeeded; {cell.peer} got {counts} packets from "
+           f"the global IP", f"no packet from a private address reached {cell.peer}"))
+        if cell.mode == "transport":
+            outside = [v for c in run.members for v in peer_inner[c.name] if not _in_block(v.sport, c)]
+            tun_ports = {p.sport for p in views.tun if p.protocol == proto and p.src == h1.private_ip}
+            results.append(result("OUT-PORT", [
+                (bool(all_inner) and not outside, f"{len(outside)} inner packets at {cell.peer} with a source port "
+                                                  f"outside their client's leased block"),
+                (bool(tun_ports) and not any(_in_block(p, h1) for p in tun_ports),
+                 f"h1's own stack used ports {sorted(tun_ports)[:5]}: nothing to replace"),
+            ], f"{len(all_inner)} inner packets at {cell.peer}, every source port in its client's leased block; "
+               f"h1's stack sent from {sorted(tun_ports)[:3]}", "no private source port reached the peer"))
+        else:
+            wrong = [v for c in run.members for v in peer_inner[c.name]
+                     if v.inner_src != c.global_ip or not _in_block(v.sport, c)]
+            reached = [p for p in views.intranet if p.protocol == proto and p.dst != cell.target[1]
+                       and p.src == cell.target[1]]
+            leaked = [p for p in views.intranet if p.src.startswith("10.") or p.dst.startswith("10.")]
+            results.append(result("OUT-TUNADDR", [
+                (bool(all_inner) and not wrong, f"{len(wrong)} inner packets whose source is not (global IP, leased "
+                                                f"port)"),
+                (not leaked, f"{len(leaked)} packets on the intranet carry a private address"),
+            ], f"{len(all_inner)} decapsulated packets at {cell.peer} from (global IP, leased port); "
+               f"{len(reached)} replies from ih1 to the global IP on the intranet",
+               "no private address on the intranet"))
+        ts = views.tshark
+        ts_good = getattr(ts, f"{transport.lower()}_checksum_good", 0)
+        ts_bad = getattr(ts, f"{transport.lower()}_checksum_bad", 0) + getattr(ts, "esp_icv_bad", 0)
+        results.append(result("OUT-CSUM", [
+            (bool(all_inner) and not csum_bad, f"scapy: {len(csum_bad)} of {len(all_inner)} inner checksums wrong"),
+            (not bad_auth, f"{len(bad_auth)} packets failed authentication/decryption at the peer"),
+            (ts is None or (ts_good > 0 and ts_bad == 0), f"tshark: {ts}"),
+            (run.csum_errors.get(cell.target[0], 0) == 0,
+             f"{cell.target[0]}'s kernel counted {run.csum_errors.get(cell.target[0])} checksum errors"),
+            (not failed_apps, failed_apps or "applications"),
+        ], f"scapy recomputed {len(all_inner)} inner {transport} checksums at {cell.peer}, all right"
+           + (f"; tshark with the peer's keys: {ts_good} good, 0 bad" if ts is not None else ""),
+           f"{cell.target[0]}'s kernel: 0 checksum errors"))
+        if cell.protocol == "ah":
+            out_raw = _of(views.h1_out, proto)
+            out_global = _of(views.h1_out_as_global, proto)
+            results.append(result("OUT-AH", [
+                (bool(all_inner) and all(v.icv_ok for v in all_inner), "an AH ICV failed at the peer"),
+                (bool(out_global) and all(v.icv_ok for v in out_global),
+                 "h1's packets before the NAT do not verify as if from the global IP"),
+                (bool(out_raw) and not any(v.icv_ok for v in out_raw),
+                 "h1's packets verify with their private source: not computed over the global IP"),
+            ], f"scapy verified {len(all_inner)} AH ICVs at {cell.peer} and {len(out_global)} on h1's wire as if from "
+               f"{h1.global_ip}", f"none of {len(out_raw)} verifies with h1's private source"))
+        # incoming
+        h1_in = _of(views.h1_in_as_global if cell.protocol == "ah" else views.h1_in, proto)
+        tun_in = [p for p in views.tun if p.protocol == proto and p.dst == h1.private_ip]
+        delivered = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0) for c in run.members}
+        drops = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("drops", {}) for c in run.members}
+        results.append(result("IN-RECV", [
+            (all(delivered.values()), f"some client's agent delivered nothing: {delivered}"),
+            (bool(h1_in) and all(v.dst == h1.private_ip for v in h1_in),
+             "the peer's packets did not reach h1 translated to its private IP"),
+            (not failed_apps, failed_apps or "applications"),
+        ], f"h1's wire: {len(h1_in)} {transport} packets from {cell.peer} to {h1.private_ip}; agents delivered "
+           f"{delivered}", f"drops: {drops}"))
+        if cell.protocol == "ah":
+            raw = _of(views.h1_in, proto)
+            results.append(result("IN-AH", [
+                (bool(h1_in) and all(v.icv_ok for v in h1_in), "an incoming AH packet does not verify as if to the "
+                                                               "global IP"),
+                (bool(raw) and not any(v.icv_ok for v in raw), "incoming AH verifies with the private destination"),
+                (not any(d.get("bad_icv") for d in drops.values()), f"agents dropped for bad ICV: {drops}"),
+            ], f"scapy verified {len(h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}",
+               f"none of {len(raw)} verifies with the private destination"))
+        in_global = [v for v in h1_in if v.sport is not None]
+        if cell.mode == "transport":
+            results.append(result("IN-PORT", [
+                (bool(in_global) and all(_in_block(v.dport, h1) for v in in_global),
+                 "incoming packets before the agent are not addressed to the leased global ports"),
+                (bool(tun_in) and not any(_in_block(p.dport, h1) for p in tun_in),
+                 "a packet reached h1's stack on a global port"),
+            ], f"{len(in_global)} packets arrived for leased ports {sorted({v.dport for v in in_global})[:3]}; "
+               f"h1's stack got {len(tun_in)} on its own ports {sorted({p.dport for p in tun_in})[:3]}",
+               "none reached h1's stack on a global port"))
+        else:
+            results.append(result("IN-TUNADDR", [
+                (bool(in_global) and all(v.inner_dst == h1.global_ip and _in_block(v.dport, h1) for v in in_global),
+                 "decapsulated packets are not addressed to (global IP, leased port)"),
+                (bool(tun_in) and all(p.dst == h1.private_ip and not _in_block(p.dport, h1) for p in tun_in),
+                 "a packet reached h1's stack with the global address or port"),
+            ], f"{len(in_global)} tunnelled packets to ({h1.global_ip}, leased port); h1's stack got {len(tun_in)} "
+               f"to ({h1.private_ip}, its own port)", "none reached h1's stack with a global address"))
+        tun_bad = [p for p in tun_in if p.checksum_ok is False]
+        results.append(result("IN-CSUM", [
+            (bool(tun_in) and not tun_bad, f"scapy: {len(tun_bad)} of {len(tun_in)} checksums wrong on h1's TUN"),
+            (run.csum_errors.get(h1.name, 0) == 0, f"h1's kernel counted {run.csum_errors.get(h1.name)} checksum "
+                                                   f"errors"),
+            (not failed_apps, failed_apps or "applications"),
+        ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, all right",
+           "h1's kernel: 0 checksum errors"))
+        if transport == "UDP":
+            results += _judge_alg(rec, run, name, label)
+    results += _judge_leases(rec, run, views)
+    return results
+
+
+def _judge_alg(rec: Record, run: CellRun, name: str, label: dict) -> list[ScenarioResult]:
+    """OUT-ALG / IN-ALG: the test ALG's text as the far end and as the client's application saw it."""
+    checks_out, checks_in, seen = [], [], []
+    for c in run.members:
+        got = [e["text"].strip() for e in run.echo_log if e["src"] == c.global_ip and _in_block(e["sport"], c)]
+        rewritten = [t for t in got if t.startswith(f"i am {c.global_ip}:") and _in_block(int(t.rsplit(":", 1)[1]), c)]
+        seen += rewritten[:1]
+        checks_out.append((bool(rewritten) and len(rewritten) == len(got),
+                           f"{c.name}: the echo service got {got[:2]}, not its global address"))
+        app = run.apps[c.name]["nc-udp"]
+        checks_in.append((app["reply"] == app["sent"], f"{c.name}: nc printed {app['reply']!r}, sent {app['sent']!r}"))
+    leaked = [e for e in run.echo_log if "10.0.0." in e["text"]]
+    checks_out.append((not leaked, f"{len(leaked)} datagrams reached the far end with a private address in the text"))
+    return [
+        rec.result("OUT-ALG", name, checks_out, f"the far end read {seen[:2]}", "no private address in any payload",
+                   cell=label, extra_evidence=run.evidence),
+        rec.result("IN-ALG", name, checks_in, "each client's nc printed its own private address back",
+                   "no global address reached an application", cell=label, extra_evidence=run.evidence),
+    ]
+
+
+def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
+    """CL-SPI and CL-UNIQ for the cell (non-matrix behaviours, one result per cell)."""
+    entries = run.table.get("entries", [])
+    spi_checks, uniq_checks = [], []
+    for c in run.members:
+        spi = [e for e in entries if e["protocol"] in (50, 51) and e["private_ip"] == c.private_ip]
+        ports = {e["global_ip"] for e in entries if e["protocol"] in (6, 17) and e["private_ip"] == c.private_ip}
+        spi_checks.append((any(e["global_gpn"] == c.spi_in and e["global_ip"] == c.global_ip for e in spi),
+                           f"{c.name}: no lease of SPI 0x{c.spi_in:08x} on {c.global_ip}"))
+        spi_checks.append((ports == {c.global_ip}, f"{c.name}: its ports are on {ports}, its SPI on {c.global_ip}"))
+        spi_checks.append((bool(views.peer_to_client[c.name]) and all(v.dst == c.global_ip for v in
+                                                                      views.peer_to_client[c.name]),
+                           f"{c.name}: the peer did not send to the leased SPI on {c.global_ip}"))
+    endpoints = {c.name: {(v.src, v.sport) for v in views.at_peer[c.name] if v.sport is not None} for c in run.members}
+    names = list(endpoints)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = endpoints[a] & endpoints[b]
+            uniq_checks.append((not shared, f"{a} and {b} both appeared as {sorted(shared)[:2]}"))
+    spis = [c.spi_in for c in run.members]
+    uniq_checks.append((len(set(spis)) == len(spis), f"SPIs not unique: {spis}"))
+    uniq_checks.append((all(endpoints.values()), "some client had no traffic at the peer"))
+    name = run.cell.name
+    counts = {n: len(e) for n, e in endpoints.items()}
+    return [
+        rec.result("CL-SPI", name, spi_checks, "each client leased its inbound SPI on the global IP of its ports; "
+                   "the peer sent to those SPIs", "no SPI lease on another global IP",
+                   extra_evidence=run.evidence),
+        rec.result("CL-UNIQ", name, uniq_checks, f"{len(run.members)} clients on {run.members[0].global_ip} at once: "
+                   f"distinct (global IP, port) at the peer {counts}, distinct SPIs", "no endpoint shared",
+                   extra_evidence=run.evidence),
+    ]
+
+
+def judge_control(rec: Record, run: CellRun, views: Views, control: str) -> list[ScenarioResult]:
+    """A control passes when the traffic failed at the receiver for the reason the seed predicts."""
+    cell, results = run.cell, []
+    peer_status = run.statuses.get(cell.peer, {}).get("counters", {})
+    for transport, proto in TRANSPORTS.items():
+        label = {"ipsec": cell.protocol.upper(), "mode": cell.mode, "transport": transport}
+        name = f"{cell.name}-{transport.lower()}"
+        inner = [v for c in run.members for v in _of(views.at_peer[c.name], proto)]
+        apps_failed = all(not app_ok(a, run.apps[c.name][a]) for c in run.members for a in APPS[transport]
+                          if a != "nc-udp" or transport == "UDP")
+        if cell.protocol == "ah":
+            sent = [v for c in run.members for v in views.at_peer[c.name]]
+            checks = [(bool(sent) and not any(v.icv_ok for v in sent),
+                       f"scapy: {sum(v.icv_ok for v in sent)} of {len(sent)} AH ICVs verified at the peer"),
+                      (peer_status.get("drops", {}).get("bad_icv", 0) > 0, "the peer's agent dropped nothing for a bad "
+                                                                             "ICV"),
+                      (apps_failed, "an application succeeded")]
+            positive = (f"scapy: none of {len(sent)} AH ICVs verifies at {cell.peer}; its agent dropped "
+                        f"{peer_status.get('drops', {}).get('bad_icv', 0)} for a bad ICV")
+        else:
+            bad = [v for v in inner if v.checksum_ok is False]
+            checks = [(bool(inner) and len(bad) == len(inner), f"scapy: {len(inner) - len(bad)} of {len(inner)} inner "
+                                                               f"checksums right at the peer"),
+                      (run.csum_errors.get(cell.target[0], 0) > 0, f"{cell.target[0]}'s kernel counted no checksum "
+                                                                   f"errors"),
+                      (apps_failed, "an application succeeded")]
+            positive = (f"ESP decrypted at {cell.peer}, but scapy finds all {len(inner)} inner {transport} checksums "
+                        f"wrong; {cell.target[0]}'s kernel counted {run.csum_errors.get(cell.target[0])} checksum "
+                        f"errors")
+        verdict = rec.result(control, name, checks, positive, "the applications got nothing", cell=label,
+                             extra_evidence=run.evidence)
+        results.append(replace(verdict, control=True))
+    return results
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+
+def client_matrix(ctx: Context) -> list[ScenarioResult]:
+    """Every cell: three clients behind one global IP, all at once; OUT-*, IN-*, CL-SPI, CL-UNIQ."""
+    results = []
+    members = clients(3, 1)
+    for cell in CELLS:
+        with ctx.recorded(f"client-{cell.name}") as rec:
+            run = run_cell(ctx, cell, members, rec.folder)
+        views = read_views(run)
+        save_text(rec.folder / "views.txt", _views_summary(views))
+        results += judge_cell(rec, run, views)
+    return results
+
+
+def client_controls(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-NOCOMP: the cells the seed predicts a failure for, with the agent's compensation off."""
+    results = []
+    members = clients(1, 1)
+    for cell in CELLS:
+        if cell.protocol == "esp" and cell.mode == "tunnel":
+            continue  # the seed predicts nothing here (CLAIMS.md "Controls")
+        with ctx.recorded(f"control-nocomp-{cell.name}") as rec:
+            run = run_cell(ctx, cell, members, rec.folder, compensate=False)
+        results += judge_control(rec, run, read_views(run), "CTRL-NOCOMP")
+    return results
+
+
+def _views_summary(views: Views) -> str:
+    lines = [f"at peer: { {k: len(v) for k, v in views.at_peer.items()} }",
+             f"peer to clients: { {k: len(v) for k, v in views.peer_to_client.items()} }",
+             f"h1 in: {len(views.h1_in)}, h1 out: {len(views.h1_out)}, tun: {len(views.tun)}, "
+             f"tshark: {views.tshark}, intranet: {len(views.intranet)}"]
+    return "\n".join(lines) + "\n"
