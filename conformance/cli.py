@@ -10,6 +10,7 @@ BENCHMARKS = {
     "nat": ("conformance.bench", "iperf3 through the NAT vs plain forwarding; new connections/s"),
     "leases": ("conformance.bench_leases", "lease operations/s (sans-IO and end to end); slow-path demux pps"),
     "ipsec": ("conformance.bench_ipsec", "iperf3 cleartext vs ESP/AH; sans-IO encrypt/decrypt pps"),
+    "e2e": ("conformance.bench_e2e", "iperf3 over ESP through the extensible NAT vs no NAT; compensation us/packet"),
 }
 
 

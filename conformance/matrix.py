@@ -7,7 +7,8 @@ global IP it appears from; when several clients share that IP it tells them
 apart the way RFC 4301 allows with manual keys: by SA (each client leases its
 own inbound SPI, CL-SPI) and, for the traffic it sends, by destination port
 range (the client's leased block of global ports). Nothing in the peer's
-config says "NAT".
+config says "NAT". For the control without compensation (one client per
+global IP), the peer selects by address only, as it would for any host.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig, NatSettings, PolicyConfig, SAConfig
 from client_agent.ipsec.sa import Mode, SecurityAssociation
-from client_agent.ipsec.spd import Action, Selector
+from client_agent.ipsec.spd import ANY_PORT, Action, Selector
 from client_agent.ipsec.suites import Suite, suite
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 from topo.natlab import GATEWAY_IP, INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, global_ips, server_ip
@@ -109,7 +110,9 @@ def behind_nat(
         ))
         # The peer's view: the client is its global IP and its port block.
         peer_sas += [SAConfig(in_name, OUTBOUND, _as_peer(receive, c)), SAConfig(out_name, INBOUND, _as_peer(send, c))]
-        peer_policies.append(PolicyConfig(in_name, Selector(peer_prefix, f"{c.global_ip}/32", dst_ports=c.ports),
+        # Without compensation (the control) the client's private ports reach the peer: select by address only.
+        ports = c.ports if compensate else ANY_PORT
+        peer_policies.append(PolicyConfig(in_name, Selector(peer_prefix, f"{c.global_ip}/32", dst_ports=ports),
                                           Action.PROTECT, in_name, out_name))
     routes = tuple(sorted({f"{c.global_ip}/32" for c in members}))
     address = peer_ip if mode is Mode.TRANSPORT else None

@@ -346,7 +346,7 @@ def write_report(
     *,
     evidence_base: str = "",
 ) -> dict[str, Path]:
-    """Write behaviours.csv, claims.csv, cells.csv, report.md, report.html into `out_dir`.
+    """Write behaviours.csv, claims.csv, controls.csv, cells.csv, report.md, report.html into `out_dir`.
 
     `evidence_base` is prefixed to evidence paths in HTML links (the paths are
     relative to the run directory; leave "" when the report sits in it).
@@ -360,10 +360,12 @@ def write_report(
     claims = claims_frame(registry, results)
     ctl = controls_frame(registry, results)
     cells = cells_frame(results)
-    paths = {name: out / name for name in ("behaviours.csv", "claims.csv", "cells.csv", "report.md", "report.html")}
+    paths = {name: out / name for name in ("behaviours.csv", "claims.csv", "controls.csv", "cells.csv",
+                                                 "report.md", "report.html")}
     _csv_ready(beh).to_csv(paths["behaviours.csv"], index=False)
     _csv_ready(claims).to_csv(paths["claims.csv"], index=False)
     _csv_ready(cells).to_csv(paths["cells.csv"], index=False)
+    _csv_ready(ctl).to_csv(paths["controls.csv"], index=False)
     sections = _sections(environment, beh, claims, ctl, cells)
 
     md = [f"# {TITLE}", "", RULES, ""]

@@ -91,6 +91,6 @@ def main(args: argparse.Namespace) -> int:
     for folder, base in ((run_dir, ""), (out, str(run_dir.relative_to(out.resolve())) + "/")):
         write_report(registry, results, env, folder, evidence_base=base)
     print(summary_table(registry, results))
-    print(f"\nnatlab: report written to {out / 'report.html'} (also report.md, behaviours.csv, claims.csv, "
+    print(f"\nnatlab: report written to {out / 'report.html'} (also report.md, behaviours.csv, claims.csv, controls.csv, "
           f"cells.csv); evidence in {run_dir}")
     return 0 if all(r.verdict == "pass" for r in results) else 1

@@ -138,7 +138,7 @@ def written(tmp_path_factory):
 
 
 def test_all_files_are_written(written):
-    assert sorted(written) == ["behaviours.csv", "cells.csv", "claims.csv", "report.html", "report.md"]
+    assert sorted(written) == ["behaviours.csv", "cells.csv", "claims.csv", "controls.csv", "report.html", "report.md"]
     assert all(p.exists() and p.stat().st_size > 0 for p in written.values())
 
 
