@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig, NatSettings, PolicyConfig, SAConfig
-from client_agent.ipsec.sa import Mode, SecurityAssociation
+from client_agent.ipsec.sa import Mode
 from client_agent.ipsec.spd import ANY_PORT, Action, Selector
 from client_agent.ipsec.suites import Suite, suite
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
@@ -89,9 +89,16 @@ def clients(count: int, globals_: int, *, spi_base: int = 0x5000) -> list[Client
 
 def behind_nat(
     cell: Cell, members: list[Client], *, compensate: bool = True, algs: tuple[str, ...] = ("address-text",),
-    lifetime: int = LEASE_LIFETIME_S, random: Callable[[int], bytes] = os.urandom,
+    lifetime: int = LEASE_LIFETIME_S, random: Callable[[int], bytes] = os.urandom, classic: bool = False,
 ) -> tuple[list[AgentConfig], AgentConfig]:
-    """The clients' configs (with ``[nat]``) and the peer's, with fresh keys from ``random``."""
+    """The clients' configs (with ``[nat]``) and the peer's, with fresh keys from ``random``.
+
+    ``classic``: behind a classic NAT there is nothing to lease and nobody
+    compensates; the clients are plain IPsec hosts that receive at their
+    private address (the NAT translates the destination back), and the peer
+    still sees them as the global IP.
+    """
+    compensate = compensate and not classic
     mode = Mode(cell.mode)
     peer_ip = cell.peer_ip
     peer_prefix = f"{peer_ip}/32" if mode is Mode.TRANSPORT else INTRANET
@@ -102,6 +109,8 @@ def behind_nat(
         receive = cell.suite.sa(c.spi_in, mode, src=peer_ip, dst=c.global_ip, random=random)
         nat = NatSettings(global_ip=c.global_ip, ports={IPPROTO_TCP: c.ports, IPPROTO_UDP: c.ports},
                           server=GATEWAY_IP, lifetime=lifetime, compensate=compensate, algs=algs)
+        if classic:
+            nat, receive = None, replace(receive, dst=c.private_ip)
         configs.append(AgentConfig(
             name=c.name, routes=(peer_prefix,), address=c.private_ip, nat=nat,
             sas=(SAConfig(out_name, OUTBOUND, send), SAConfig(in_name, INBOUND, receive)),
@@ -109,7 +118,8 @@ def behind_nat(
                                    out_name, in_name),),
         ))
         # The peer's view: the client is its global IP and its port block.
-        peer_sas += [SAConfig(in_name, OUTBOUND, _as_peer(receive, c)), SAConfig(out_name, INBOUND, _as_peer(send, c))]
+        peer_sas += [SAConfig(in_name, OUTBOUND, replace(receive, dst=c.global_ip)),
+                     SAConfig(out_name, INBOUND, replace(send, src=c.global_ip))]
         # Without compensation (the control) the client's private ports reach the peer: select by address only.
         ports = c.ports if compensate else ANY_PORT
         peer_policies.append(PolicyConfig(in_name, Selector(peer_prefix, f"{c.global_ip}/32", dst_ports=ports),
@@ -120,8 +130,3 @@ def behind_nat(
                        policies=tuple(peer_policies))
     return configs, peer
 
-
-def _as_peer(sa: SecurityAssociation, c: Client) -> SecurityAssociation:
-    """The same SA (same keys) with the client's address as the peer sees it: the global IP."""
-    src = c.global_ip if sa.src == c.private_ip else sa.src
-    return replace(sa, src=src)

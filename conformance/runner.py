@@ -30,42 +30,60 @@ CONTROLLER_ARGS = ["--lease-min-lifetime", "1"]
 
 def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, scenarios=None,
               log=print) -> tuple[Path, list[ScenarioResult]]:
-    """Run the scenarios on a fresh testbed; return the run folder and the results."""
+    """Run the scenarios on a fresh testbed; return the run folder and the results.
+
+    Scenarios marked ``classic_nat`` (the CTRL-CLASSIC control) run afterwards
+    on a second testbed whose r1 is a classic Linux NAT (one testbed at a time).
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (out / "runs" / stamp).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     scenarios = scenarios or SCENARIOS
+    extensible = [s for s in scenarios if not getattr(s, "classic_nat", False)]
+    classic = [s for s in scenarios if getattr(s, "classic_nat", False)]
     results_path = run_dir / "results.jsonl"
     log(f"natlab: run folder {run_dir}")
-    with ResultWriter(results_path) as writer, Testbed(clients=clients, servers=servers, globals=globals,
-                                                       workdir=run_dir / "testbed",
-                                                       controller_args=CONTROLLER_ARGS) as testbed:
-        log(f"natlab: testbed up ({clients} clients, {servers} servers, {globals} global addresses)")
-        ctx = Context(testbed, run_dir)
-        for i, scenario in enumerate(scenarios, 1):
-            name = scenario.__name__.replace("_", "-")
-            log(f"[{i}/{len(scenarios)}] {name} ...")
-            t0 = time.monotonic()
-            try:
-                batch = scenario(ctx)
-            except Exception as exc:  # a broken scenario is an error verdict, never a silent pass
-                batch = [ScenarioResult(behaviour=behaviour, scenario=name, verdict="error",
-                                        reason=f"{type(exc).__name__}: {exc}"[:500],
-                                        started=datetime.now(UTC).isoformat(timespec="seconds"))
-                         for behaviour in scenario.covers]
-                (run_dir / f"{name}-traceback.txt").write_text(traceback.format_exc())
-            for result in batch:
-                writer.write(result)
-                log(f"      {result.scenario}: {result.verdict}" + (f" ({result.reason})" if result.reason else ""))
-            log(f"      {time.monotonic() - t0:.1f}s")
-        time.sleep(2.5)  # one more reading of r1's flow counters
-        paths = path_summary(testbed.table())
-        problems = testbed.controller.problems()
-        shutil.copy(testbed.controller.log, run_dir / "controller.log")
-    if problems:
-        log("natlab: the controller logged problems:\n  " + "\n  ".join(problems))
-    (run_dir / "paths.txt").write_text(paths + "\n")
+    done = 0
+    with ResultWriter(results_path) as writer:
+        if extensible:
+            with Testbed(clients=clients, servers=servers, globals=globals, workdir=run_dir / "testbed",
+                         controller_args=CONTROLLER_ARGS) as testbed:
+                log(f"natlab: testbed up ({clients} clients, {servers} servers, {globals} global addresses)")
+                done = _run_all(Context(testbed, run_dir), extensible, writer, done, len(scenarios), log)
+                time.sleep(2.5)  # one more reading of r1's flow counters
+                paths = path_summary(testbed.table())
+                problems = testbed.controller.problems()
+                shutil.copy(testbed.controller.log, run_dir / "controller.log")
+            if problems:
+                log("natlab: the controller logged problems:\n  " + "\n  ".join(problems))
+            (run_dir / "paths.txt").write_text(paths + "\n")
+        if classic:
+            with Testbed(clients=1, servers=1, globals=1, workdir=run_dir / "testbed-classic", nat="classic") as tb:
+                log("natlab: classic-NAT testbed up (r1 masquerades with Linux conntrack)")
+                _run_all(Context(tb, run_dir), classic, writer, done, len(scenarios), log)
     return run_dir, read_results(results_path)
+
+
+def _run_all(ctx: Context, scenarios, writer: ResultWriter, done: int, total: int, log) -> int:
+    """Run ``scenarios`` in order, writing each result as it comes; returns how many have run in all."""
+    for scenario in scenarios:
+        done += 1
+        name = scenario.__name__.replace("_", "-")
+        log(f"[{done}/{total}] {name} ...")
+        t0 = time.monotonic()
+        try:
+            batch = scenario(ctx)
+        except Exception as exc:  # a broken scenario is an error verdict, never a silent pass
+            batch = [ScenarioResult(behaviour=behaviour, scenario=name, verdict="error",
+                                    reason=f"{type(exc).__name__}: {exc}"[:500], control=behaviour.startswith("CTRL-"),
+                                    started=datetime.now(UTC).isoformat(timespec="seconds"))
+                     for behaviour in scenario.covers]
+            (ctx.run_dir / f"{name}-traceback.txt").write_text(traceback.format_exc())
+        for result in batch:
+            writer.write(result)
+            log(f"      {result.scenario}: {result.verdict}" + (f" ({result.reason})" if result.reason else ""))
+        log(f"      {time.monotonic() - t0:.1f}s")
+    return done
 
 
 def path_summary(snapshot: dict) -> str:
@@ -87,7 +105,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     registry = registry_mod.load()
     env = collect(ROOT)
-    env["NAT paths"] = (run_dir / "paths.txt").read_text().strip()
+    paths = run_dir / "paths.txt"
+    env["NAT paths"] = paths.read_text().strip() if paths.exists() else "not measured"
     for folder, base in ((run_dir, ""), (out, str(run_dir.relative_to(out.resolve())) + "/")):
         write_report(registry, results, env, folder, evidence_base=base)
     print(summary_table(registry, results))

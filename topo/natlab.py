@@ -7,12 +7,21 @@ r1 is the only OpenFlow switch (driven by the NAT app); s1 and s2 are
 standalone L2 bridges. Every bridge uses OVS's userspace datapath (no OVS
 kernel module on these machines).
 
+With ``nat=classic`` r1 is instead a traditional NAT (RFC 3022): a Linux
+router in its own namespace doing conntrack masquerade with nftables, and no
+controller. Everything else is the same, so the same agents and traffic run on
+it: it is the control for what must fail without the extensible NAT.
+
 This file imports only Mininet and the standard library, so Debian's ``mn``
 can load it as it is:
 
     sudo mn --custom topo/natlab.py --topo natlab,clients=3 \\
         --switch ovs,datapath=user --controller remote
+    sudo mn --custom topo/natlab.py --topo natlab,nat=classic \\
+        --switch ovs,datapath=user --controller none
 """
+
+import shutil
 
 from mininet.link import TCLink
 from mininet.node import Host, OVSBridge
@@ -29,6 +38,10 @@ INTRANET_HOST_IP = "172.16.0.10"
 R1_INSIDE_PORT = 1
 R1_OUTSIDE_PORT = 2
 R1_DPID = "00000000004e4154"  # "NAT"
+R1_INSIDE_MAC = "02:4e:41:54:00:01"  # the extensible NAT's (nat_app.config.NatConfig): the
+R1_OUTSIDE_MAC = "02:4e:41:54:00:02"  # classic r1 answers ARP with the same, so frames built by hand still fit
+NAT_KINDS = ("extensible", "classic")
+NFT_TABLE = "natlab"
 
 LIMITS = {"clients": (1, 99), "servers": (1, 99), "globals": (1, 99)}
 
@@ -59,6 +72,46 @@ class GatewayHost(NatlabHost):
         return result
 
 
+class ClassicNatRouter(NatlabHost):
+    """r1 as a traditional NAPT router (RFC 3022 section 2.2): kernel forwarding
+    and conntrack masquerade to the outside interface's primary address.
+
+    Linux rewrites ports (or the ICMP identifier) only for protocols whose
+    ports conntrack knows (TCP, UDP, SCTP, DCCP, ICMP echo); any other protocol,
+    ESP and AH included, is tracked by its address pair alone and masqueraded
+    by address only. Parameters: ``outside`` (interface name) and ``pool``
+    (the global addresses: the link sets the first, the primary one that
+    masquerade uses; the rest become secondary addresses). The rules die with
+    the namespace, so teardown is Mininet's.
+    """
+
+    def config(self, outside: str = "", pool: tuple = (), **params):
+        result = super().config(**params)
+        if not outside:
+            raise ValueError(f"classic NAT {self.name}: outside={outside!r} names no interface")
+        for ip in pool[1:]:
+            self._run(f"ip addr add {ip}/24 dev {outside}")
+        self._run("sysctl -qw net.ipv4.ip_forward=1")
+        self._masquerade(outside)
+        return result
+
+    def _masquerade(self, outside: str) -> None:
+        """One nat table, one postrouting chain, one rule: what a home router does."""
+        nft = shutil.which("nft") or "/usr/sbin/nft"
+        self._run(f"{nft} add table ip {NFT_TABLE}")
+        self._run(f"{nft} 'add chain ip {NFT_TABLE} postrouting {{ type nat hook postrouting priority srcnat; }}'")
+        self._run(f"{nft} add rule ip {NFT_TABLE} postrouting oifname {outside} masquerade")
+
+    def _run(self, command: str) -> str:
+        """Run ``command`` in the namespace; raise with its output if it fails."""
+        out = self.cmd(f"{command} 2>&1; echo rc=$?")
+        body, _, rc = out.rstrip().rpartition("rc=")
+        if rc.strip() != "0":
+            hint = " (apt-get install nftables)" if "nft" in command and "not found" in body else ""
+            raise RuntimeError(f"classic NAT {self.name}: `{command}` failed with {rc.strip()}: {body.strip()}{hint}")
+        return body
+
+
 def server_ip(j: int) -> str:
     return f"203.0.113.{FIRST_SERVER + j - 1}"
 
@@ -72,30 +125,50 @@ def global_ips(k: int) -> list:
 
 
 class NatlabTopo(Topo):
-    """Parameters: clients, servers, globals (pool size), bw (access link Mbit/s, optional)."""
+    """Parameters: clients, servers, globals (pool size), bw (access link Mbit/s, optional),
+    nat (``extensible``: r1 is the OpenFlow switch; ``classic``: r1 is a Linux masquerading router)."""
 
-    def build(self, clients=3, servers=2, globals=2, bw=None):
+    def build(self, clients=3, servers=2, globals=2, bw=None, nat="extensible"):
         for name, value in (("clients", clients), ("servers", servers), ("globals", globals)):
             low, high = LIMITS[name]
             if not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"natlab topology: {name}={value!r} is not a whole number in {low}..{high}")
         if bw is not None and not (isinstance(bw, (int, float)) and bw > 0):
             raise ValueError(f"natlab topology: bw={bw!r} is not a positive rate in Mbit/s")
+        if nat not in NAT_KINDS:
+            raise ValueError(f"natlab topology: nat={nat!r} is not one of {', '.join(NAT_KINDS)}")
         s1 = self.addSwitch("s1", cls=OVSBridge, datapath="user", dpid="0000000000000011")
         s2 = self.addSwitch("s2", cls=OVSBridge, datapath="user", dpid="0000000000000012")
-        r1 = self.addSwitch("r1", datapath="user", protocols="OpenFlow13", dpid=R1_DPID)
+        r1 = self._router(nat, globals)
         for i in range(1, clients + 1):
             h = self.addHost(f"h{i}", cls=NatlabHost, ip=f"{client_ip(i)}/24", defaultRoute=f"via {GATEWAY_IP}")
             self.addLink(h, s1)
-        self.addLink(s1, r1, port2=R1_INSIDE_PORT)
+        inside, outside = ({}, {}) if nat == "extensible" else self._router_intfs(globals)
+        self.addLink(s1, r1, port2=R1_INSIDE_PORT, **inside)
         access = {"cls": TCLink, "bw": bw} if bw else {}
-        self.addLink(r1, s2, port1=R1_OUTSIDE_PORT, **access)
+        self.addLink(r1, s2, port1=R1_OUTSIDE_PORT, **access, **outside)
         for j in range(1, servers + 1):
             self.addLink(self.addHost(f"srv{j}", cls=NatlabHost, ip=f"{server_ip(j)}/24"), s2)
         sgw = self.addHost("sgw1", cls=GatewayHost, ip=f"{SGW_OUTSIDE_IP}/24")
         self.addLink(sgw, s2)
         ih1 = self.addHost("ih1", cls=NatlabHost, ip=f"{INTRANET_HOST_IP}/24", defaultRoute=f"via {SGW_INSIDE_IP}")
         self.addLink(sgw, ih1, params1={"ip": f"{SGW_INSIDE_IP}/24"})
+
+    def _router(self, nat: str, globals: int) -> str:
+        """r1: the OpenFlow switch, or a host whose lowest port (inside) gets the gateway address.
+
+        Ports keep their numbers either way, so the interfaces are r1-eth1 (inside) and r1-eth2 (outside).
+        """
+        if nat == "extensible":
+            return self.addSwitch("r1", datapath="user", protocols="OpenFlow13", dpid=R1_DPID)
+        return self.addHost("r1", cls=ClassicNatRouter, ip=f"{GATEWAY_IP}/24", mac=R1_INSIDE_MAC,
+                            outside=f"r1-eth{R1_OUTSIDE_PORT}", pool=tuple(global_ips(globals)))
+
+    @staticmethod
+    def _router_intfs(globals: int) -> tuple[dict, dict]:
+        """Link options for the classic r1: its inside MAC, and its outside MAC and first global address."""
+        outside = {"addr1": R1_OUTSIDE_MAC, "params1": {"ip": f"{global_ips(globals)[0]}/24"}}
+        return {"addr2": R1_INSIDE_MAC}, outside
 
 
 topos = {"natlab": NatlabTopo}

@@ -4,10 +4,15 @@
 Used by ``natlab up``, the conformance runner, the benchmarks and the testbed
 tests. ``Testbed`` is a context manager: whatever happens, leaving it stops the
 network and the controller and removes what they made.
+
+``Testbed(nat="classic")`` builds the same network with r1 as a traditional
+Linux NAT (RFC 3022, nftables masquerade) and no controller: the control
+against which the extensible NAT's behaviours must be seen to fail.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -26,6 +31,7 @@ from nat_app.control import ControlError, request
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 CONNECT_TIMEOUT_S = 20.0
 LOCK_PATH = "/run/natlab/testbed.lock"
+SUN_PATH_MAX = 107  # bytes of a unix socket path (sockaddr_un.sun_path is 108 with the NUL)
 
 
 class TestbedError(RuntimeError):
@@ -108,7 +114,14 @@ class ControllerProcess:
 
     @property
     def control_socket(self) -> str:
-        return self.socket_path or str(self.workdir / "controller.sock")
+        """The socket in the workdir, unless that path is too long for bind() (pytest's deep,
+        numbered temporary folders reach 108 bytes): then a short one named by the OpenFlow port."""
+        if self.socket_path:
+            return self.socket_path
+        path = str(self.workdir / "controller.sock")
+        if len(path.encode()) <= SUN_PATH_MAX:
+            return path
+        return os.path.join(os.path.dirname(LOCK_PATH), f"controller-{self.port}.sock")
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", "topo.cli", "controller", "--globals", str(self.globals),
@@ -144,6 +157,9 @@ class ControllerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.proc = None
+        if not self.socket_path:  # ours; the controller unlinks it itself unless killed
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.control_socket)
 
     def problems(self) -> list[str]:
         """Lines of the controller log that show an exception or an OpenFlow error."""
@@ -158,16 +174,26 @@ class ControllerProcess:
 class Testbed:
     __test__ = False
 
-    """The whole testbed. Parameters as the topology: clients, servers, globals, bw."""
+    """The whole testbed. Parameters as the topology: clients, servers, globals, bw, nat.
+
+    ``nat="extensible"`` (the default): r1 is the OpenFlow switch driven by a
+    ``natlab controller`` process. ``nat="classic"``: r1 is a masquerading Linux
+    router, ``controller`` is None, and ``table()`` / ``dump_flows()`` raise.
+    """
 
     def __init__(self, clients: int = 3, servers: int = 2, globals: int = 2, bw: float | None = None,
                  workdir: str | Path | None = None, controller_args: list[str] | None = None,
-                 control_socket: str | None = None, log_level: str = "warning", wait_for_lock: float | None = None) -> None:
-        self.params = {"clients": clients, "servers": servers, "globals": globals, "bw": bw}
+                 control_socket: str | None = None, log_level: str = "warning", wait_for_lock: float | None = None,
+                 nat: str = "extensible") -> None:
+        check_nat(nat, controller_args, control_socket)
+        self.nat = nat
+        self.params = {"clients": clients, "servers": servers, "globals": globals, "bw": bw, "nat": nat}
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="natlab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.controller = ControllerProcess(self.workdir, globals=globals, port=free_tcp_port(),
-                                            extra_args=controller_args or [], socket_path=control_socket)
+        self.controller: ControllerProcess | None = None
+        if nat == "extensible":
+            self.controller = ControllerProcess(self.workdir, globals=globals, port=free_tcp_port(),
+                                                extra_args=controller_args or [], socket_path=control_socket)
         self.net = None
         self.lock = TestbedLock(wait_for_lock)
         self.log_level = log_level  # Mininet's; the CLI prints command output at "output" or below
@@ -194,14 +220,17 @@ class Testbed:
             os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
         self.lock.acquire()
         try:
-            self.controller.start()
+            controller = None  # classic: s1 and s2 are standalone bridges, r1 a host
+            if self.controller is not None:
+                self.controller.start()
+                controller = partial(RemoteController, ip="127.0.0.1", port=self.controller.port)
             self.net = Mininet(
                 topo=NatlabTopo(**self.params), host=NatlabHost,
                 switch=partial(OVSSwitch, datapath="user", protocols="OpenFlow13"),
-                controller=partial(RemoteController, ip="127.0.0.1", port=self.controller.port),
-                autoSetMacs=True, waitConnected=False)
+                controller=controller, autoSetMacs=True, waitConnected=False)
             self.net.start()
-            self._wait_connected()
+            if self.controller is not None:
+                self._wait_connected()
         except BaseException:
             self.stop()
             raise
@@ -224,15 +253,40 @@ class Testbed:
                     c.terminate()
                 self.net = None
         finally:
-            self.controller.stop()
+            if self.controller is not None:
+                self.controller.stop()
             self.lock.release()
 
     def host(self, name: str):
         return self.net.get(name)
 
     def table(self) -> dict:
-        return self.controller.ask("table")
+        return self._controller("table()").ask("table")
 
     def dump_flows(self) -> str:
+        self._controller("dump_flows()")
         return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "r1"],
                               capture_output=True, text=True).stdout
+
+    def nat_ruleset(self) -> str:
+        """The classic r1's nftables ruleset with its counters (what dump_flows is for the extensible NAT)."""
+        if self.nat != "classic":
+            raise TestbedError(f"nat_ruleset() needs nat='classic'; this testbed has nat={self.nat!r}")
+        return self.host("r1").cmd("nft list ruleset")
+
+    def _controller(self, what: str) -> ControllerProcess:
+        if self.controller is None:
+            raise TestbedError(f"{what}: this testbed has nat={self.nat!r}, whose r1 has no controller "
+                               "(a Linux masquerade, RFC 3022); see nat_ruleset()")
+        return self.controller
+
+
+def check_nat(nat: str, controller_args: list[str] | None, control_socket: str | None) -> None:
+    """Refuse an unknown NAT kind, and controller options that a classic NAT would silently ignore."""
+    from topo.natlab import NAT_KINDS
+
+    if nat not in NAT_KINDS:
+        raise TestbedError(f"nat={nat!r} is not one of {', '.join(NAT_KINDS)}")
+    if nat == "classic" and (controller_args or control_socket):
+        raise TestbedError(f"nat='classic' has no controller, yet controller_args={controller_args!r}, "
+                           f"control_socket={control_socket!r}")

@@ -1,10 +1,11 @@
 """Scenarios, each a function (Context) -> [ScenarioResult], in the order they run."""
 
-from conformance.scenarios.client import client_controls, client_matrix, client_renew
+from conformance.scenarios.client import client_classic, client_controls, client_matrix, client_renew
 from conformance.scenarios.leases import lease_protocol, leased_traffic
 from conformance.scenarios.napt import nat_auto, nat_drop
 
-SCENARIOS = [nat_auto, nat_drop, lease_protocol, leased_traffic, client_matrix, client_renew, client_controls]
+SCENARIOS = [nat_auto, nat_drop, lease_protocol, leased_traffic, client_matrix, client_renew, client_controls,
+             client_classic]
 
 # The behaviours each scenario checks: a scenario that crashes reports an error for each of them.
 nat_auto.covers = ("NAT-AUTO",)
@@ -15,3 +16,4 @@ client_matrix.covers = ("OUT-SEND", "OUT-PORT", "OUT-TUNADDR", "OUT-CSUM", "OUT-
                          "IN-PORT", "IN-TUNADDR", "IN-CSUM", "IN-ALG", "CL-SPI", "CL-UNIQ")
 client_controls.covers = ("CTRL-NOCOMP",)
 client_renew.covers = ("CL-RENEW",)
+client_classic.covers = ("CTRL-CLASSIC",)

@@ -64,14 +64,18 @@ class CellRun:
     pcaps: dict[str, Path] = field(default_factory=dict)
     peer_run_dir: Path | None = None
     evidence: list[Path] = field(default_factory=list)
-    csum_errors: dict[str, int] = field(default_factory=dict)  # host -> kernel InCsumErrors during the run
+    csum_errors: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> TCP/UDP -> InCsumErrors in the run
 
 
 def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, compensate: bool = True,
              seconds: float = 1.0) -> CellRun:
-    """Agents up, applications from every client at once, captures; agents down (leases released)."""
+    """Agents up, applications from every client at once, captures; agents down (leases released).
+
+    On a testbed with a classic NAT the clients are plain IPsec hosts (``behind_nat(classic=True)``).
+    """
     tb = ctx.testbed
-    configs, peer = behind_nat(cell, members, compensate=compensate)
+    classic = tb.controller is None
+    configs, peer = behind_nat(cell, members, compensate=compensate, classic=classic)
     run = CellRun(cell, members, configs, peer, folder, marker=f"natlab-{secrets.token_hex(8)}".encode())
     target_name, target_ip = cell.target
     target, peer_host, h1 = tb.host(target_name), tb.host(cell.peer), tb.host(members[0].name)
@@ -88,7 +92,7 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
         run.peer_run_dir = peer_agent.run_dir
         agents = [stack.enter_context(AgentProcess(tb.host(c.name), cfg, folder / f"agent-{c.name}"))
                   for c, cfg in zip(members, configs, strict=True)]
-        run.table = tb.table()
+        run.table = {} if classic else tb.table()
         services = [[sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", target_ip, "--directory", str(www)],
                     [sys.executable, "-m", "conformance.probes", "udp-echo", target_ip, str(TEST_ALG_PORT),
                      "--seconds", "120", "--log", str(echo_log)]]
@@ -110,8 +114,8 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
                 proc.kill()
                 proc.wait()
         time.sleep(0.5)
-        run.csum_errors = {name: _csum_errors(h) - csum_before[name] for name, h in ((target.name, target),
-                                                                                     (h1.name, h1))}
+        run.csum_errors = {h.name: {p: n - csum_before[h.name].get(p, 0) for p, n in _csum_errors(h).items()}
+                           for h in (target, h1)}
         for c in members:
             run.apps[c.name] = _read_apps(folder, c, run.marker)
         for agent in [peer_agent, *agents]:
@@ -125,15 +129,16 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
     return run
 
 
-def _csum_errors(host) -> int:
-    """The kernel's TCP + UDP InCsumErrors (/proc/net/snmp): segments its stack dropped for a bad checksum."""
-    total = 0
+def _csum_errors(host) -> dict[str, int]:
+    """The kernel's InCsumErrors of TCP and UDP (/proc/net/snmp): segments its stack dropped for a bad checksum."""
+    counts = {}
     lines = host.cmd("cat /proc/net/snmp").splitlines()
     for head, values in zip(lines, lines[1:], strict=False):
-        if head.startswith(("Tcp:", "Udp:")) and values.startswith(head.split(":")[0] + ":"):
+        proto = head.split(":")[0]
+        if proto in ("Tcp", "Udp") and values.startswith(proto + ":") and not values.split()[1].isalpha():
             fields = dict(zip(head.split()[1:], values.split()[1:], strict=False))
-            total += int(fields.get("InCsumErrors", 0))
-    return total
+            counts[proto.upper()] = int(fields.get("InCsumErrors", 0))
+    return counts
 
 
 def _start_apps(host, c: Client, index: int, target: str, folder: Path, seconds: float):
@@ -299,8 +304,8 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
             (bool(all_inner) and not csum_bad, f"scapy: {len(csum_bad)} of {len(all_inner)} inner checksums wrong"),
             (not bad_auth, f"{len(bad_auth)} packets failed authentication/decryption at the peer"),
             (ts is None or (ts_good > 0 and ts_bad == 0), f"tshark: {ts}"),
-            (run.csum_errors.get(cell.target[0], 0) == 0,
-             f"{cell.target[0]}'s kernel counted {run.csum_errors.get(cell.target[0])} checksum errors"),
+            (run.csum_errors[cell.target[0]].get(transport) == 0,
+             f"{cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]]} checksum errors"),
             (not failed_apps, failed_apps or "applications"),
         ], f"scapy recomputed {len(all_inner)} inner {transport} checksums at {cell.peer}, all right"
            + (f"; tshark with the peer's keys: {ts_good} good, 0 bad" if ts is not None else ""),
@@ -358,8 +363,8 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
         tun_bad = [p for p in tun_in if p.checksum_ok is False]
         results.append(result("IN-CSUM", [
             (bool(tun_in) and not tun_bad, f"scapy: {len(tun_bad)} of {len(tun_in)} checksums wrong on h1's TUN"),
-            (run.csum_errors.get(h1.name, 0) == 0, f"h1's kernel counted {run.csum_errors.get(h1.name)} checksum "
-                                                   f"errors"),
+            (run.csum_errors[h1.name].get(transport) == 0, f"h1's kernel counted {run.csum_errors[h1.name]} "
+                                                           "checksum errors"),
             (not failed_apps, failed_apps or "applications"),
         ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, all right",
            "h1's kernel: 0 checksum errors"))
@@ -435,7 +440,7 @@ def judge_control(rec: Record, run: CellRun, views: Views, control: str) -> list
         apps_failed = all(not app_ok(a, run.apps[c.name][a]) for c in run.members for a in APPS[transport]
                           if a != "nc-udp" or transport == "UDP")
         if cell.protocol == "ah":
-            sent = [v for c in run.members for v in views.at_peer[c.name]]
+            sent = inner
             checks = [(bool(sent) and not any(v.icv_ok for v in sent),
                        f"scapy: {sum(v.icv_ok for v in sent)} of {len(sent)} AH ICVs verified at the peer"),
                       (peer_status.get("drops", {}).get("bad_icv", 0) > 0, "the peer's agent dropped nothing for a bad "
@@ -447,12 +452,12 @@ def judge_control(rec: Record, run: CellRun, views: Views, control: str) -> list
             bad = [v for v in inner if v.checksum_ok is False]
             checks = [(bool(inner) and len(bad) == len(inner), f"scapy: {len(inner) - len(bad)} of {len(inner)} inner "
                                                                f"checksums right at the peer"),
-                      (run.csum_errors.get(cell.target[0], 0) > 0, f"{cell.target[0]}'s kernel counted no checksum "
-                                                                   f"errors"),
+                      (run.csum_errors[cell.target[0]].get(transport, 0) > 0,
+                       f"{cell.target[0]}'s kernel counted no {transport} checksum errors"),
                       (apps_failed, "an application succeeded")]
             positive = (f"ESP decrypted at {cell.peer}, but scapy finds all {len(inner)} inner {transport} checksums "
-                        f"wrong; {cell.target[0]}'s kernel counted {run.csum_errors.get(cell.target[0])} checksum "
-                        f"errors")
+                        f"wrong; {cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]].get(transport)} "
+                        f"{transport} checksum errors")
         verdict = rec.result(control, name, checks, positive, "the applications got nothing", cell=label,
                              extra_evidence=run.evidence)
         results.append(replace(verdict, control=True))
@@ -486,6 +491,22 @@ def client_controls(ctx: Context) -> list[ScenarioResult]:
             run = run_cell(ctx, cell, members, rec.folder, compensate=False)
         results += judge_control(rec, run, read_views(run), "CTRL-NOCOMP")
     return results
+
+
+def client_classic(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-CLASSIC: plain IPsec hosts through a Linux conntrack masquerade router instead of r1."""
+    results = []
+    members = clients(1, 1)
+    for cell in CELLS:
+        if cell.protocol == "esp" and cell.mode == "tunnel":
+            continue  # the seed predicts nothing here (CLAIMS.md "Controls")
+        with ctx.recorded(f"control-classic-{cell.name}") as rec:
+            run = run_cell(ctx, cell, members, rec.folder)
+        results += judge_control(rec, run, read_views(run), "CTRL-CLASSIC")
+    return results
+
+
+client_classic.classic_nat = True  # the runner gives it a testbed whose r1 is a classic NAT
 
 
 def _views_summary(views: Views) -> str:

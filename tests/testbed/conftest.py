@@ -67,9 +67,10 @@ def make_testbed(request, tmp_path):
     problems = []
     for tb in made:
         if failed and tb.net is not None:
-            print(f"\n--- flows of r1 at failure ---\n{tb.dump_flows()}")
+            state = tb.dump_flows() if tb.controller else tb.nat_ruleset()
+            print(f"\n--- r1 ({tb.nat} NAT) at failure ---\n{state}")
         tb.stop()
-        problems += tb.controller.problems()
+        problems += tb.controller.problems() if tb.controller else []
     left = leftovers()
     assert not problems, f"controller logged exceptions or OpenFlow errors: {problems}"
     assert not left, f"left behind after teardown: {left}"
