@@ -140,12 +140,9 @@ class Traversal:
         """Steps 810-813 on a packet the SPD chose to protect under ``state``."""
         if not self.compensate:
             return packet
-        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
-        block = self.blocks.get(protocol)
+        protocol, ihl, block = self._parse(packet)
         if block is None:
             binding = self._address_only
-        elif len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]:
-            raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
         else:
             binding = block.bind(int.from_bytes(packet[ihl:ihl + 2], "big"), self.clock())
         try:
@@ -161,12 +158,9 @@ class Traversal:
         """Steps 822-826 on a packet verified and decrypted under ``state``."""
         if not self.compensate:
             return packet
-        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
-        block = self.blocks.get(protocol)
+        protocol, ihl, block = self._parse(packet)
         if block is None:
             binding = self._address_only
-        elif len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]:
-            raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
         else:
             global_port = int.from_bytes(packet[ihl + 2:ihl + 4], "big")
             binding = block.lookup(global_port, self.clock())
@@ -180,6 +174,15 @@ class Traversal:
             raise Uncompensable(str(err)) from None
         self.counters["compensated_in"] += 1
         return packet
+
+    def _parse(self, packet: bytes) -> tuple[int, int, PortBlock | None]:
+        """The protocol, header length and port block of ``packet``; a packet without ports to read is refused
+        before any port is bound."""
+        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
+        block = self.blocks.get(protocol)
+        if block is not None and (len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]):
+            raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
+        return protocol, ihl, block
 
     def status(self) -> dict:
         """For status.json: the global IP, each block and its bindings, the counters."""

@@ -212,6 +212,7 @@ class Views:
 
 
 def read_views(run: CellRun) -> Views:
+    """Each capture read once per address view (SPIs tell the clients and directions apart)."""
     peer_wire = run.pcaps[f"{run.cell.peer}-eth0"]
     h1_wire = run.pcaps[f"{run.members[0].name}-eth0"]
     h1 = run.members[0]
@@ -219,21 +220,31 @@ def read_views(run: CellRun) -> Views:
                                                                                           strict=True)}
     gets = {c.name: [s.sa for s in cfg.sas if s.direction == "inbound"] for c, cfg in zip(run.members, run.configs,
                                                                                          strict=True)}
-    at_peer = {c.name: list(verify_capture(peer_wire, sends[c.name])) for c in run.members}
-    peer_to = {c.name: list(verify_capture(peer_wire, gets[c.name])) for c in run.members}
-    intranet = []
-    if run.cell.mode == "tunnel":
-        intranet = check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"])
+    at_peer_wire = _by_spi(verify_capture(peer_wire, [sa for sas in (*sends.values(), *gets.values()) for sa in sas]))
+    h1_wire_seen = _by_spi(verify_capture(h1_wire, sends[h1.name] + gets[h1.name]))
+    ah = run.cell.protocol == "ah"  # only AH covers the addresses: the "as if" views matter for it alone
     return Views(
-        at_peer=at_peer, peer_to_client=peer_to,
-        h1_in=list(verify_capture(h1_wire, gets[h1.name])),
-        h1_in_as_global=list(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})),
-        h1_out=list(verify_capture(h1_wire, sends[h1.name])),
-        h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})),
+        at_peer={c.name: _pick(at_peer_wire, sends[c.name]) for c in run.members},
+        peer_to_client={c.name: _pick(at_peer_wire, gets[c.name]) for c in run.members},
+        h1_in=_pick(h1_wire_seen, gets[h1.name]),
+        h1_in_as_global=list(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})) if ah else [],
+        h1_out=_pick(h1_wire_seen, sends[h1.name]),
+        h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})) if ah else [],
         tun=check_cleartext_capture(run.pcaps["ipsec0"]),
-        tshark=tshark_summary(tshark_verdicts(peer_wire, run.peer_run_dir)) if run.cell.protocol == "esp" else None,
-        intranet=intranet,
+        tshark=None if ah else tshark_summary(tshark_verdicts(peer_wire, run.peer_run_dir)),
+        intranet=check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"]) if run.cell.mode == "tunnel" else [],
     )
+
+
+def _by_spi(verdicts) -> dict[tuple[int, int], list]:
+    out: dict[tuple[int, int], list] = {}
+    for v in verdicts:
+        out.setdefault((v.protocol, v.spi), []).append(v)
+    return out
+
+
+def _pick(by_spi: dict, sas) -> list:
+    return sorted((v for sa in sas for v in by_spi.get((int(sa.protocol), sa.spi), [])), key=lambda v: v.frame)
 
 
 def _of(verdicts: list, proto: int) -> list:
@@ -482,31 +493,28 @@ def client_matrix(ctx: Context) -> list[ScenarioResult]:
 
 def client_controls(ctx: Context) -> list[ScenarioResult]:
     """CTRL-NOCOMP: the cells the seed predicts a failure for, with the agent's compensation off."""
-    results = []
-    members = clients(1, 1)
-    for cell in CELLS:
-        if cell.protocol == "esp" and cell.mode == "tunnel":
-            continue  # the seed predicts nothing here (CLAIMS.md "Controls")
-        with ctx.recorded(f"control-nocomp-{cell.name}") as rec:
-            run = run_cell(ctx, cell, members, rec.folder, compensate=False)
-        results += judge_control(rec, run, read_views(run), "CTRL-NOCOMP")
-    return results
+    return _controls(ctx, "CTRL-NOCOMP", "control-nocomp")
 
 
 def client_classic(ctx: Context) -> list[ScenarioResult]:
     """CTRL-CLASSIC: plain IPsec hosts through a Linux conntrack masquerade router instead of r1."""
+    return _controls(ctx, "CTRL-CLASSIC", "control-classic")
+
+
+client_classic.classic_nat = True  # the runner gives it a testbed whose r1 is a classic NAT
+
+
+def _controls(ctx: Context, control: str, prefix: str) -> list[ScenarioResult]:
+    """One client alone on its global IP, without compensation, in each cell with a predicted failure."""
     results = []
     members = clients(1, 1)
     for cell in CELLS:
         if cell.protocol == "esp" and cell.mode == "tunnel":
             continue  # the seed predicts nothing here (CLAIMS.md "Controls")
-        with ctx.recorded(f"control-classic-{cell.name}") as rec:
-            run = run_cell(ctx, cell, members, rec.folder)
-        results += judge_control(rec, run, read_views(run), "CTRL-CLASSIC")
+        with ctx.recorded(f"{prefix}-{cell.name}") as rec:
+            run = run_cell(ctx, cell, members, rec.folder, compensate=False)
+        results += judge_control(rec, run, read_views(run), control)
     return results
-
-
-client_classic.classic_nat = True  # the runner gives it a testbed whose r1 is a classic NAT
 
 
 def _views_summary(views: Views) -> str:
@@ -529,12 +537,13 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
     configs, peer = behind_nat(cell, members, lifetime=RENEW_LIFETIME_S)
     h1, target = tb.host(members[0].name), tb.host(cell.target[0])
     with ctx.recorded("client-renew") as rec, ExitStack() as stack:
+        others = set(_entries_of(tb.table(), members[0].private_ip))  # leases of earlier scenarios, not the agent's
         stack.enter_context(AgentProcess(tb.host(cell.peer), peer, rec.folder / f"agent-{cell.peer}"))
         agent = stack.enter_context(AgentProcess(h1, configs[0], rec.folder / "agent-h1"))
-        before = _entries_of(tb.table(), members[0].private_ip)
+        before = {i: t for i, t in _entries_of(tb.table(), members[0].private_ip).items() if i not in others}
         stack.enter_context(Service(target, ["iperf3", "-s", "-p", str(IPERF_UDP_BASE)], settle=0.5))
         out = h1.cmd(f"iperf3 -c {cell.target[1]} -p {IPERF_UDP_BASE} -u -b 2M -l 1000 -t {RENEW_RUN_S} -J")
-        after = _entries_of(tb.table(), members[0].private_ip)
+        after = {i: t for i, t in _entries_of(tb.table(), members[0].private_ip).items() if i not in others}
         status = agent.refresh()
     try:
         udp = json.loads(out[out.index("{"):])["end"]["sum"]

@@ -10,12 +10,16 @@ in their hosts.
 
 from __future__ import annotations
 
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from client_agent.agent_cli import AgentProcess
+from conformance import apps
 from conformance.context import Context
-from conformance.matrix import CELLS, clients
+from conformance.matrix import CELLS, behind_nat, clients
 from conformance.scenarios.client import judge_cell, read_views, run_cell
 
 
@@ -36,3 +40,31 @@ def test_three_clients_on_two_global_ips(make_testbed, tmp_path: Path, cell) -> 
     for c in members:
         host = tb.host(c.name)
         assert "ipsec0" not in host.cmd("ip -o link") and "fwmark" not in host.cmd("ip rule")
+
+
+def test_the_agent_leases_again_after_the_nat_restarts(make_testbed, tmp_path: Path) -> None:
+    """FIG. 8 / CL-RENEW: a restarted NAT has forgotten every lease; the agent notices at its next renewal
+    (RFC 6887 8.5 epoch check), defines ESP again, leases everything again, and curl works again."""
+    tb = make_testbed(clients=1, servers=1, globals=1, controller_args=["--lease-min-lifetime", "1"])
+    cell = CELLS[0]
+    configs, peer = behind_nat(cell, clients(1, 1), lifetime=4)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    url = f"http://{cell.target[1]}:8000/"
+    with ExitStack() as stack:
+        stack.enter_context(AgentProcess(srv1, peer, tmp_path / "agent-srv1"))
+        agent = stack.enter_context(AgentProcess(h1, configs[0], tmp_path / "agent-h1"))
+        stack.enter_context(apps.http_server(srv1, cell.target[1]))
+        assert apps.curl(h1, url) == 200
+        tb.controller.stop()
+        tb.controller.start()
+        tb._wait_connected()
+        assert not [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]  # it forgot
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            leases = agent.refresh()["leases"]
+            if leases["counters"].get("nat_restarts") and leases["ready"]:
+                break
+            time.sleep(0.5)
+        assert leases["counters"].get("nat_restarts") == 1 and leases["ready"], leases
+        assert len([e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]) == leases["wanted"]
+        assert apps.curl(h1, url) == 200
