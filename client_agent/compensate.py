@@ -20,6 +20,7 @@ Checksums are updated incrementally (RFC 1624 equation 3). A UDP checksum of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from netwire.checksum import ip_bytes, update16, update_bytes
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP, TCP_CHECKSUM_OFFSET, UDP_CHECKSUM_OFFSET
@@ -44,6 +45,11 @@ class Binding:
     private_port: int | None = None
     global_port: int | None = None
 
+    @cached_property
+    def raw(self) -> tuple[bytes, bytes]:
+        """(private, global) addresses as 4 bytes, parsed once per binding rather than per packet."""
+        return ip_bytes(self.private_ip), ip_bytes(self.global_ip)
+
 
 def outgoing(packet: bytes, binding: Binding, *, tunnel: bool) -> bytes:
     """Pre-compensate a cleartext packet of ``binding``'s private side (steps 809-812)."""
@@ -62,7 +68,7 @@ def _compensate(packet: bytes, binding: Binding, *, outgoing: bool, tunnel: bool
     if packet[6] & 0x3F or packet[7]:
         raise NotCompensable("fragments carry no ports to compensate")
     protocol = packet[9]
-    private, global_ = ip_bytes(binding.private_ip), ip_bytes(binding.global_ip)
+    private, global_ = binding.raw
     old_ip, new_ip = (private, global_) if outgoing else (global_, private)
     port_at = ihl + (0 if outgoing else 2)  # source port out, destination port in
     buf = bytearray(packet)

@@ -177,8 +177,8 @@ def _iperf3_run(tb: Testbed, mode: str, seconds: float, work: Path) -> dict:
         after = tb.table()
         if "error" in tcp:
             raise RuntimeError(f"iperf3 {mode}: {tcp['error']}")
-        nat_status = sender.status().get("nat")
-    counters = [a.status()["counters"] for a in (sender, receiver)]
+    counters = [a.status()["counters"] for a in (sender, receiver)]  # as the agents wrote them on stopping
+    nat_status = sender.status().get("nat")
     packets = [c["protected"] + c["received"] for c in counters]
     cpu = {
         side: {kind: round((a[kind] - b[kind]) / max(n, 1) * 1e6, 1) for kind in ("user", "system")}

@@ -412,7 +412,8 @@ def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResul
     spi_checks, uniq_checks = [], []
     for c in run.members:
         spi = [e for e in entries if e["protocol"] in (50, 51) and e["private_ip"] == c.private_ip]
-        ports = {e["global_ip"] for e in entries if e["protocol"] in (6, 17) and e["private_ip"] == c.private_ip}
+        ports = {e["global_ip"] for e in entries if e["protocol"] in (6, 17) and e["private_ip"] == c.private_ip
+                 and e["kind"] == "CLIENT-ALG"}  # its NAPT mappings may sit on its paired global IP
         spi_checks.append((any(e["global_gpn"] == c.spi_in and e["global_ip"] == c.global_ip for e in spi),
                            f"{c.name}: no lease of SPI 0x{c.spi_in:08x} on {c.global_ip}"))
         spi_checks.append((ports == {c.global_ip}, f"{c.name}: its ports are on {ports}, its SPI on {c.global_ip}"))
