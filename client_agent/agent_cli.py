@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if args.check:
         print(f"{args.config}: agent {config.name}, {config.tun} mtu {config.tun_mtu()}, "
-              f"routes {', '.join(config.routes) or 'none'}, {len(config.sas)} SAs, {len(config.policies)} policies")
+              f"routes {', '.join(config.routes) or 'none'}, {len(config.sas)} SAs, {len(config.policies)} policies"
+              + (f"; behind the NAT as {config.nat.global_ip} (lease server {config.nat.server}, "
+                 f"compensation {'on' if config.nat.compensate else 'OFF'})" if config.nat else ""))
         return 0
     from client_agent.agent import Agent  # needs root from here on
 

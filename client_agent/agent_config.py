@@ -48,6 +48,8 @@ compensates (:mod:`client_agent.traversal`)::
     compensate = true                # optional: false is the control (leases, but no compensation)
     algs = ["address-text"]          # optional: client ALGs to run (client_agent.alg)
 
+Every port of a block is one PEER lease per peer: the NAT's default quota is
+64 leases per client (16 TCP + 16 UDP ports to one peer, plus the SPIs, fit).
 With ``[nat]``, the inbound SAs' SPIs are leased (CL-SPI), so their ``dst``
 is the global IP (what the peer sends to) or absent, and ``[agent] address``
 (the private IP) is required.

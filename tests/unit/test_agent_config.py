@@ -284,3 +284,15 @@ def test_nat_a_bad_table_names_the_field_and_the_value(edit: tuple[str, str], me
 def test_nat_a_port_block_beyond_65535_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"tcp_ports=\[65500, 65600\]"):
         parse(_with(NAT_GOOD, "tcp_ports = [20000, 20015]", "tcp_ports = [65500, 65600]"))
+
+
+def test_the_nat_example_pair_shares_keys_and_the_peer_selects_the_leased_block() -> None:
+    h1, srv1 = load(EXAMPLES / "esp-transport-nat-h1.toml"), load(EXAMPLES / "esp-transport-nat-srv1.toml")
+    assert h1.nat is not None and srv1.nat is None  # only the client knows about the NAT
+    for me, them in ((h1, srv1), (srv1, h1)):
+        sent = {(s.sa.spi, s.sa.enc_key) for s in me.sas if s.direction == agent_config.OUTBOUND}
+        received = {(s.sa.spi, s.sa.enc_key) for s in them.sas if s.direction == agent_config.INBOUND}
+        assert sent == received
+    assert srv1.policies[0].selector.dst == f"{h1.nat.global_ip}/32"
+    assert srv1.policies[0].selector.dst_ports == h1.nat.ports[6] == h1.nat.ports[17]
+    assert all(s.sa.dst == h1.nat.global_ip for s in h1.sas if s.direction == agent_config.INBOUND)
