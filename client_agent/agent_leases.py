@@ -31,7 +31,16 @@ from dataclasses import dataclass
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig
 from client_agent.ipsec.sa import Protocol
 from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
-from netwire.pcp import AH_DEFINITION, ESP_DEFINITION, SERVER_PORT, SHORT_ERROR_LIFETIME, Info, LeaseInfo, PeerInfo
+from netwire.pcp import (
+    AH_DEFINITION,
+    ESP_DEFINITION,
+    SERVER_PORT,
+    SHORT_ERROR_LIFETIME,
+    Info,
+    LeaseInfo,
+    PeerInfo,
+    Result,
+)
 
 log = logging.getLogger("natlab.agent")
 DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION}
@@ -157,10 +166,18 @@ class LeasePlan:
             if tx.purpose == "renew" and isinstance(event, Granted):
                 self.counters["renewed"] += 1
             elif tx.purpose == "renew" and tx.lease is not None and not tx.lease.alive:
-                self._lost(tx.lease.nonce, _why(event))
+                index = self._lost(tx.lease.nonce, _why(event))
+                if index is not None and _undefined(event):
+                    self.defined.discard(self.wanted[index].needs_definition)
             return
         del self._pending[index]
         want = self.wanted[index]
+        if _undefined(event):
+            # The NAT forgot the definition (a restart its epoch did not yet betray): define again, then ask again.
+            self.defined.discard(want.needs_definition)
+            self.problems[want.label] = f"{_why(event)}; defining the protocol again"
+            self.counters["redefined"] += 1
+            return
         if not isinstance(event, Granted) or event.lease is None:
             self.problems[want.label] = _why(event)
             self.counters["refused"] += 1
@@ -176,12 +193,17 @@ class LeasePlan:
         self._held[index] = event.lease.nonce
         self.counters["granted"] += 1
 
-    def _lost(self, nonce: bytes, why: str) -> None:
+    def _lost(self, nonce: bytes, why: str) -> int | None:
         index = next((i for i, held in self._held.items() if held == nonce), None)
         if index is not None:
             del self._held[index]
             self.problems[self.wanted[index].label] = f"lost: {why}; leasing again"
             self.counters["lost"] += 1
+        return index
+
+
+def _undefined(event: Granted | Refused | TimedOut) -> bool:
+    return isinstance(event, Refused) and event.result == Result.PROTOCOL_NOT_DEFINED
 
 
 def _why(event: Refused | TimedOut | Granted) -> str:

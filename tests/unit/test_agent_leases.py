@@ -264,6 +264,25 @@ def test_cl_renew_after_a_nat_restart_the_plan_redefines_and_leases_everything_a
     assert link.timers(90.0) == 0 and link.plan.counters["nat_restarts"] == 1  # nothing more to do, no second restart
 
 
+def test_a_nat_that_forgot_its_definitions_before_the_epoch_shows_it_gets_them_again():
+    """Seen live: a NAT restarted within seconds of its first start has an epoch the RFC 6887 8.5 check
+    cannot tell from the old one; a LEASE then meets PROTOCOL_NOT_DEFINED (a 30-minute error), and the plan
+    must define again at once instead of waiting the error out."""
+    config = agent()
+    link = Link(nat_switch(), config)
+    link.start()
+    assert link.plan.ready
+    restarted = nat_switch()  # same epoch origin: no restart to see
+    restarted.core.leases.definitions.clear()
+    link.sw = restarted
+    link.timers(76.0)
+    assert link.plan.counters["nat_restarts"] == 0  # the twin of the epoch case: nothing betrayed the restart
+    link.timers(77.0)
+    assert link.plan.ready, link.plan.status()
+    assert {50, 51} <= set(link.sw.core.leases.definitions)
+    assert link.entries() == as_asked(config)
+
+
 def test_release_all_gives_every_lease_back_step_807_nat_dealloc():
     link = Link(nat_switch(), agent())
     link.start(10.0)
