@@ -127,7 +127,7 @@ class Agent:
             receivers.append(receiver)
         if config.nat is not None:
             self._lease()
-            self.traversal = _traversal(config)
+            self.traversal = traversal_of(config)
         self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
@@ -241,7 +241,8 @@ class Agent:
         return status
 
 
-def _traversal(config: AgentConfig) -> Traversal:
+def traversal_of(config: AgentConfig) -> Traversal:
+    """Module 109 as the agent runs it for ``config``'s ``[nat]``: its global IP, port blocks and ALGs."""
     nat = config.nat
     algs = AlgRegistry()
     if "address-text" in nat.algs:

@@ -86,6 +86,16 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
     return result
 
 
+def save_result(name: str, result: dict, out: str | Path) -> Path:
+    """``<out>/bench-<name>.json``: the figures with the command that made them and the machine they ran on."""
+    result.setdefault("command", f"natlab bench {name} " + " ".join(sys.argv[3:]))
+    result["environment"] = collect(ROOT)
+    path = Path(out) / f"bench-{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
     print(f"natlab bench nat: {args.rounds} rounds of {args.seconds:.0f} s iperf3, NAT vs plain forwarding")
     try:
@@ -93,15 +103,12 @@ def run(args: argparse.Namespace) -> int:
     except TestbedError as exc:
         print(f"natlab bench: {exc}", file=sys.stderr)
         return 1
-    result["environment"] = collect(ROOT)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-nat.json").write_text(json.dumps(result, indent=2))
+    path = save_result("nat", result, args.out)
     m = result["median_bps"]
     print(f"iperf3 TCP h1->srv1, median of {args.rounds}: NAT {m['nat'] / 1e6:.0f} Mbit/s, "
           f"plain forwarding {m['plain'] / 1e6:.0f} Mbit/s, ratio {result['throughput_ratio']:.2f}")
     c = result["connections_per_second"]
     print(f"new TCP connections/s: NAT {c['nat']:.0f} (first packet via the controller), plain {c['plain']:.0f}, "
           f"ratio {result['connections_ratio']:.2f}")
-    print(f"written to {out / 'bench-nat.json'}")
+    print(f"written to {path}")
     return 0

@@ -26,7 +26,6 @@ writes ``bench-e2e.json`` and the same table as ``bench-e2e.txt``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -39,7 +38,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from client_agent.agent import _traversal
+from client_agent.agent import traversal_of
 from client_agent.agent_cli import AgentProcess
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig, Peer, peer_pair
 from client_agent.ipsec.processing import decapsulate, encapsulate
@@ -47,16 +46,14 @@ from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.sad import SAD
 from client_agent.traversal import Traversal
 from conformance import apps
-from conformance.bench import PlainForwarding
-from conformance.bench_ipsec import _cpu
-from conformance.environment import collect
+from conformance.bench import PlainForwarding, save_result
+from conformance.bench_ipsec import agent_costs, cpu_times, median_cpu
 from conformance.matrix import SUITES, Cell, behind_nat, clients
 from netwire.checksum import internet_checksum, ip_bytes, pseudo_header_sum
 from netwire.ipv4 import IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP, build_ipv4_header, build_udp
 from topo.natlab import client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
-ROOT = Path(__file__).resolve().parent.parent
 CELL = Cell("esp", "transport")  # suite SUITES["esp"]: esp:AES_GCM_16-128:NONE
 NAT, PLAIN = "nat", "plain"
 MODES = (NAT, PLAIN)  # the order of each round
@@ -83,15 +80,11 @@ def run(args: argparse.Namespace) -> int:
     except (TestbedError, RuntimeError) as exc:
         print(f"natlab bench e2e: {exc}", file=sys.stderr)
         return 1
-    result["command"] = "natlab bench e2e " + " ".join(sys.argv[3:])
-    result["environment"] = collect(ROOT)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-e2e.json").write_text(json.dumps(result, indent=2))
+    path = save_result("e2e", result, args.out)
     table = format_tables(result)
-    (out / "bench-e2e.txt").write_text(table + "\n")
+    path.with_suffix(".txt").write_text(table + "\n")
     print(table)
-    print(f"written to {out / 'bench-e2e.json'} and {out / 'bench-e2e.txt'}")
+    print(f"written to {path} and {path.with_suffix('.txt')}")
     return 0
 
 
@@ -137,7 +130,7 @@ def bench_e2e(seconds: float, repeat: int, *, log=print) -> dict:
         "ratio_nat_to_plain": {"per_round": [round(x, 3) for x in ratios],
                                "of_medians": median[NAT] / median[PLAIN] if median[PLAIN] else 0.0,
                                "median_of_rounds": statistics.median(ratios)},
-        "agent_cpu_us_per_packet": {m: _median_cpu(runs[m]) for m in MODES},
+        "agent_cpu_us_per_packet": {m: median_cpu(runs[m]) for m in MODES},
         "core": core,
         "h1_compensation_us_per_packet": compensation_in_the_agent(runs, core),
     }
@@ -170,24 +163,16 @@ def _iperf3_run(tb: Testbed, mode: str, seconds: float, work: Path) -> dict:
         warm_up(h1)
         time.sleep(STATS_S)
         before = tb.table()
-        cpu_before = [_cpu(a) for a in (sender, receiver)]
+        cpu_before = [cpu_times(a) for a in (sender, receiver)]
         tcp = apps.iperf3(h1, server_ip(1), IPERF_PORT, seconds=seconds)
-        cpu_after = [_cpu(a) for a in (sender, receiver)]
+        cpu_after = [cpu_times(a) for a in (sender, receiver)]
         time.sleep(STATS_S)
         after = tb.table()
         if "error" in tcp:
             raise RuntimeError(f"iperf3 {mode}: {tcp['error']}")
-    counters = [a.status()["counters"] for a in (sender, receiver)]  # as the agents wrote them on stopping
     nat_status = sender.status().get("nat")
-    packets = [c["protected"] + c["received"] for c in counters]
-    cpu = {
-        side: {kind: round((a[kind] - b[kind]) / max(n, 1) * 1e6, 1) for kind in ("user", "system")}
-        for side, b, a, n in zip(("h1", "srv1"), cpu_before, cpu_after, packets, strict=True)
-    }
-    drops = {side: c["drops"] for side, c in zip(("h1", "srv1"), counters, strict=True) if c["drops"]}
-    return {"bps": tcp["bps"], "packets": dict(zip(("h1", "srv1"), packets, strict=True)),
-            "cpu_us_per_packet": cpu, "drops": drops, "nat_path": nat_path(before, after),
-            "compensated": (nat_status or {}).get("counters", {})}
+    return {"bps": tcp["bps"], **agent_costs((sender, receiver), cpu_before, cpu_after),
+            "nat_path": nat_path(before, after), "compensated": (nat_status or {}).get("counters", {})}
 
 
 def warm_up(h1) -> None:
@@ -220,10 +205,6 @@ def nat_path(before: dict, after: dict) -> dict:
         "esp_entries": sorted(e["path"] for e in after.get("entries", []) if e.get("protocol") == IPPROTO_ESP),
     }
 
-
-def _median_cpu(runs: list[dict]) -> dict[str, dict[str, float]]:
-    return {side: {kind: statistics.median(r["cpu_us_per_packet"][side][kind] for r in runs)
-                   for kind in ("user", "system")} for side in ("h1", "srv1")}
 
 
 # ----------------------------------------------------------------------------- the sans-IO core
@@ -269,7 +250,7 @@ def core_figures(protocol: int, size: int = CORE_SIZE, *, budget: float = 0.05) 
     :data:`CORE_REPEAT` timeit runs of about ``budget`` seconds.
     """
     (client,), peer = behind_nat(CELL, clients(1, 1))
-    traversal: Traversal = _traversal(client)  # as the agent builds it: the configured ALGs registered
+    traversal: Traversal = traversal_of(client)  # as the agent builds it: the configured ALGs registered
     sent, received = SAState(_sa(client, OUTBOUND)), SAState(_sa(client, INBOUND))
     inbound_sa, peer_sends = received.sa, SAState(_sa(peer, OUTBOUND))
     private_ip, global_ip = client.address, client.nat.global_ip

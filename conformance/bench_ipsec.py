@@ -18,7 +18,6 @@ AES-GCM run with both agents under cProfile. Prints tables; writes
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pstats
 import statistics
@@ -34,12 +33,10 @@ from client_agent.ipsec.bench import KINDS, packets_per_second
 from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.suites import suite
 from conformance import apps
-from conformance.bench import PlainForwarding
-from conformance.environment import collect
+from conformance.bench import PlainForwarding, save_result
 from topo.natlab import client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
-ROOT = Path(__file__).resolve().parent.parent
 CLEARTEXT = "cleartext"
 JUMBO_MTU = 9000
 # variant -> (core suite, TUN MTU: None fits the link, larger makes the agent fragment after ESP)
@@ -74,13 +71,9 @@ def run(args: argparse.Namespace) -> int:
     except (TestbedError, RuntimeError) as exc:
         print(f"natlab bench ipsec: {exc}", file=sys.stderr)
         return 1
-    result["command"] = "natlab bench ipsec " + " ".join(sys.argv[3:])
-    result["environment"] = collect(ROOT)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-ipsec.json").write_text(json.dumps(result, indent=2))
+    path = save_result("ipsec", result, args.out)
     print_tables(result)
-    print(f"written to {out / 'bench-ipsec.json'}")
+    print(f"written to {path}")
     return 0
 
 
@@ -107,7 +100,7 @@ def bench_ipsec(seconds: float, rounds: int, core_seconds: float, *, profile: bo
         "iperf3_tcp": runs,
         "median_bps": throughput,
         "ratio_to_cleartext": {v: throughput[v] / throughput[CLEARTEXT] for v in VARIANTS},
-        "agent_cpu_us_per_packet": {v: _median_cpu(runs[v]) for v in VARIANTS if v != CLEARTEXT},
+        "agent_cpu_us_per_packet": {v: median_cpu(runs[v]) for v in VARIANTS if v != CLEARTEXT},
         "core": [_core_figures(kind, size, core_seconds) for kind in CORE_KINDS for size in CORE_SIZES],
         "profile": profiled,
     }
@@ -131,27 +124,31 @@ def _iperf3_run(tb: Testbed, variant: str, seconds: float, work: Path) -> dict:
         return {"bps": apps.iperf3(h1, server_ip(1), seconds=seconds)["bps"]}
     sender, receiver = _agents(tb, variant, work)
     with sender, receiver:
-        before = [_cpu(a) for a in (sender, receiver)]
+        before = [cpu_times(a) for a in (sender, receiver)]
         tcp = apps.iperf3(h1, server_ip(1), seconds=seconds)
-        after = [_cpu(a) for a in (sender, receiver)]
-    counters = [a.status()["counters"] for a in (sender, receiver)]
+        after = [cpu_times(a) for a in (sender, receiver)]
+    return {"bps": tcp["bps"], **agent_costs((sender, receiver), before, after)}
+
+
+def agent_costs(agents: tuple[AgentProcess, AgentProcess], before: list[dict], after: list[dict]) -> dict:
+    """Packets, CPU microseconds per packet and drops of the (h1, srv1) agents between two :func:`cpu_times`."""
+    counters = [a.status()["counters"] for a in agents]  # as the agents wrote them on stopping
     packets = [c["protected"] + c["received"] for c in counters]
     cpu = {
         side: {kind: round((a[kind] - b[kind]) / max(n, 1) * 1e6, 1) for kind in ("user", "system")}
         for side, b, a, n in zip(("h1", "srv1"), before, after, packets, strict=True)
     }
     drops = {side: c["drops"] for side, c in zip(("h1", "srv1"), counters, strict=True) if c["drops"]}
-    return {"bps": tcp["bps"], "packets": dict(zip(("h1", "srv1"), packets, strict=True)),
-            "cpu_us_per_packet": cpu, "drops": drops}
+    return {"packets": dict(zip(("h1", "srv1"), packets, strict=True)), "cpu_us_per_packet": cpu, "drops": drops}
 
 
-def _cpu(agent: AgentProcess) -> dict[str, float]:
+def cpu_times(agent: AgentProcess) -> dict[str, float]:
     """User and system CPU seconds the agent process has used (proc(5), fields 14 and 15)."""
     fields = Path(f"/proc/{agent.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return {"user": int(fields[11]) / TICKS, "system": int(fields[12]) / TICKS}
 
 
-def _median_cpu(runs: list[dict]) -> dict[str, dict[str, float]]:
+def median_cpu(runs: list[dict]) -> dict[str, dict[str, float]]:
     return {side: {kind: statistics.median(r["cpu_us_per_packet"][side][kind] for r in runs)
                    for kind in ("user", "system")} for side in ("h1", "srv1")}
 

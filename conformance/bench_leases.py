@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from conformance import apps
-from conformance.environment import collect
+from conformance.bench import save_result
 from conformance.scenarios.leases import ESP_DEF, ask, lease
 from topo.natlab import server_ip
 from topo.testbed import Testbed, TestbedError
@@ -98,10 +98,6 @@ def run(args: argparse.Namespace) -> int:
     except TestbedError as exc:
         print(f"natlab bench: {exc}", file=sys.stderr)
         return 1
-    result.update(command="natlab bench leases " + " ".join(sys.argv[3:]),
-                  date=datetime.now(UTC).isoformat(timespec="seconds"), environment=collect(ROOT))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench-leases.json").write_text(json.dumps(result, indent=2))
-    print(f"written to {out / 'bench-leases.json'}")
+    result["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    print(f"written to {save_result('leases', result, args.out)}")
     return 0

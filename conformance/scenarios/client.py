@@ -449,8 +449,7 @@ def judge_control(rec: Record, run: CellRun, views: Views, control: str) -> list
         label = {"ipsec": cell.protocol.upper(), "mode": cell.mode, "transport": transport}
         name = f"{cell.name}-{transport.lower()}"
         inner = [v for c in run.members for v in _of(views.at_peer[c.name], proto)]
-        apps_failed = all(not app_ok(a, run.apps[c.name][a]) for c in run.members for a in APPS[transport]
-                          if a != "nc-udp" or transport == "UDP")
+        apps_failed = all(not app_ok(a, run.apps[c.name][a]) for c in run.members for a in APPS[transport])
         if cell.protocol == "ah":
             sent = inner
             checks = [(bool(sent) and not any(v.icv_ok for v in sent),
@@ -543,6 +542,7 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
         agent = stack.enter_context(AgentProcess(h1, configs[0], rec.folder / "agent-h1"))
         before = {i: t for i, t in _entries_of(tb.table(), members[0].private_ip).items() if i not in others}
         stack.enter_context(Service(target, ["iperf3", "-s", "-p", str(IPERF_UDP_BASE)], settle=0.5))
+        pcaps = stack.enter_context(captures([(h1, f"{h1.name}-eth0")], rec.folder / "pcap"))
         out = h1.cmd(f"iperf3 -c {cell.target[1]} -p {IPERF_UDP_BASE} -u -b 2M -l 1000 -t {RENEW_RUN_S} -J")
         after = {i: t for i, t in _entries_of(tb.table(), members[0].private_ip).items() if i not in others}
         status = agent.refresh()
@@ -555,11 +555,13 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
     wanted = leases.get("wanted", 0)
     lost = udp.get("lost_packets", 0) / max(udp.get("packets", 0), 1)
     renewed = rec.counter_delta("leases_renewed")
+    on_wire = _pcp_grants(pcaps[f"{h1.name}-eth0"], members[0].private_ip)
     save_json(rec.folder / "renewals.json", {"before": before, "after": after, "agent": status, "iperf3": udp})
     checks = [
         (wanted > 0 and counters.get("renewed", 0) >= 3 * wanted,
          f"the agent renewed {counters.get('renewed', 0)} times for {wanted} leases in {RENEW_RUN_S} s"),
         (renewed >= 3 * wanted, f"the NAT counted {renewed} renewals"),
+        (on_wire >= 3 * wanted, f"tshark saw {on_wire} successful PCP answers to h1 during the traffic"),
         (set(before) == set(after) and bool(before), "entries were recreated or lost: ids before "
                                                       f"{sorted(before)[:4]}, after {sorted(after)[:4]}"),
         (all(after[i] > before[i] for i in before if i in after), "an entry's expiry did not move forward"),
@@ -569,8 +571,18 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
     return [rec.result("CL-RENEW", "esp-transport-4s-leases", checks,
                        f"{wanted} leases of {RENEW_LIFETIME_S} s renewed {counters.get('renewed', 0)} times over "
                        f"{RENEW_RUN_S} s of iperf3 UDP ({udp.get('packets', 0)} datagrams, {lost:.1%} lost); "
-                       "same NAT entries, later expiries", "no lease lost, no entry recreated",
-                       extra_evidence=[rec.folder / "renewals.json"])]
+                       f"same NAT entries, later expiries; tshark read {on_wire} PCP grants to h1 on its wire",
+                       "no lease lost, no entry recreated",
+                       extra_evidence=[rec.folder / "renewals.json", pcaps[f"{h1.name}-eth0"]])]
+
+
+def _pcp_grants(pcap: Path, client: str) -> int:
+    """Successful PCP answers with a lifetime to ``client``, read by tshark's own PCP dissector (RFC 6887 7.2)."""
+    out = subprocess.run(["tshark", "-n", "-r", str(pcap), "-d", "udp.port==5351,portcontrol", "-Y",
+                          f"portcontrol.r == 1 && portcontrol.result_code == 0 && portcontrol.lifetime_rsp > 0 "
+                          f"&& ip.dst == {client}", "-T", "fields", "-e", "frame.number"],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return len(out.split())
 
 
 def _entries_of(table: dict, private_ip: str) -> dict[int, float]:
