@@ -380,15 +380,20 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
         ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, all right",
            "h1's kernel: 0 checksum errors"))
         if transport == "UDP":
-            results += _judge_alg(rec, run, name, label)
+            results += _judge_alg(rec, run, views, name, label)
     results += _judge_leases(rec, run, views)
     return results
 
 
-def _judge_alg(rec: Record, run: CellRun, name: str, label: dict) -> list[ScenarioResult]:
-    """OUT-ALG / IN-ALG: the test ALG's text as the far end and as the client's application saw it."""
+def _judge_alg(rec: Record, run: CellRun, views: Views, name: str, label: dict) -> list[ScenarioResult]:
+    """OUT-ALG / IN-ALG: the test ALG's text as the far end and as the client's application saw it,
+    and (scapy) inside the datagrams the peer decrypted."""
     checks_out, checks_in, seen = [], [], []
     for c in run.members:
+        carried = [v.payload for v in views.at_peer[c.name] if v.inner_protocol == 17 and v.dport == TEST_ALG_PORT]
+        checks_out.append((bool(carried) and all(f"i am {c.global_ip}:".encode() in p for p in carried),
+                           f"{c.name}: scapy found {len(carried)} ALG datagrams at the peer, not all with the global "
+                           "address"))
         got = [e["text"].strip() for e in run.echo_log if e["src"] == c.global_ip and _in_block(e["sport"], c)]
         rewritten = [t for t in got if t.startswith(f"i am {c.global_ip}:") and _in_block(int(t.rsplit(":", 1)[1]), c)]
         seen += rewritten[:1]
@@ -399,7 +404,8 @@ def _judge_alg(rec: Record, run: CellRun, name: str, label: dict) -> list[Scenar
     leaked = [e for e in run.echo_log if "10.0.0." in e["text"]]
     checks_out.append((not leaked, f"{len(leaked)} datagrams reached the far end with a private address in the text"))
     return [
-        rec.result("OUT-ALG", name, checks_out, f"the far end read {seen[:2]}", "no private address in any payload",
+        rec.result("OUT-ALG", name, checks_out, f"the far end read {seen[:2]}, as did scapy in the decrypted "
+                   "datagrams", "no private address in any payload",
                    cell=label, extra_evidence=run.evidence),
         rec.result("IN-ALG", name, checks_in, "each client's nc printed its own private address back",
                    "no global address reached an application", cell=label, extra_evidence=run.evidence),
