@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import itertools
 import socket
+from collections.abc import Iterator
 
 from client_agent.ipsec.ipheader import fragment
+from netwire.ipv4 import IPPROTO_AH
 
 RECEIVE_BUFFER = 4 * 1024 * 1024  # absorbs a burst while the agent is busy encrypting
 SEND_BUFFER = 1024 * 1024
@@ -63,12 +65,25 @@ class RawSender:
         if len(packet) <= self.link_mtu:
             self._sendto(packet, address)
             return
-        ident = packet[4] << 8 | packet[5] or next(self._ident) & 0xFFFF or 1
-        for piece in fragment(packet, self.link_mtu, ident):
+        for piece in fragment(packet, self.link_mtu, fragment_ident(packet, self._ident)):
             self._sendto(piece, address)
 
     def close(self) -> None:
         self.sock.close()
+
+
+def fragment_ident(packet: bytes, counter: Iterator[int]) -> int:
+    """The IPv4 ID for the fragments of ``packet``: this host's own, unique per datagram (RFC 6864 section 4.1).
+
+    An ESP packet in transport mode carries the ID the kernel gave the inner
+    TCP/UDP datagram, and different flows to one peer reuse IDs: fragments of
+    two datagrams with one ID get reassembled together (seen in tshark as a bad
+    ICV). AH is the exception: its ICV covers the ID (RFC 4302 section
+    3.3.3.1.1.1), so an AH packet keeps its own.
+    """
+    if packet[9] == IPPROTO_AH:
+        return packet[4] << 8 | packet[5]
+    return next(counter) & 0xFFFF or next(counter) & 0xFFFF
 
 
 class RawReceiver:

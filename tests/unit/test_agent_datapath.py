@@ -236,3 +236,19 @@ def test_a_packet_larger_than_the_link_leaves_in_fragments_that_reassemble(size:
     assert bytes(whole)[20:] == packet[20:]
     fits = bytes(IP(src="10.0.0.1", dst="203.0.113.100", proto=50) / Raw(bytes(1480)))
     assert fragment(fits, 1500, 1) == [fits]
+
+
+def test_fragments_get_this_hosts_own_ids_except_under_ah() -> None:
+    """RFC 6864 4.1: two ESP datagrams that carry the same inner ID get distinct fragment IDs; AH keeps its
+    ID, which its ICV covers (RFC 4302 3.3.3.1.1.1)."""
+    import itertools
+
+    from client_agent.raw import fragment_ident
+    from netwire.ipv4 import build_ipv4_header
+
+    counter = itertools.count(0xFFFF)
+    esp = build_ipv4_header(src="10.0.0.1", dst="203.0.113.100", protocol=50, payload_len=8, ident=0x1234)
+    ah = build_ipv4_header(src="10.0.0.1", dst="203.0.113.100", protocol=51, payload_len=8, ident=0x1234)
+    first, second = fragment_ident(esp, counter), fragment_ident(esp, counter)
+    assert first != second and 0 not in (first, second)  # 0xFFFF, then 0x10000 & 0xFFFF == 0 is skipped
+    assert fragment_ident(ah, counter) == 0x1234
