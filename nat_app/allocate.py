@@ -89,3 +89,32 @@ class Pool:
         if mapping[2] <= 0:
             del self._mappings[key]
             self.space(mapping[0], protocol).release(mapping[1], now, owner=private_ip if leased else None)
+
+    # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+
+    def export(self) -> dict[str, object]:
+        """Generic records: the paired map, each mapping with its user count, each GPN space."""
+        records: dict[str, object] = {"pool:paired": dict(sorted(self._paired.items()))}
+        for (proto, ip, port), (gip, gport, users) in self._mappings.items():
+            records[f"mapping:{proto}:{ip}:{port}"] = [proto, ip, port, gip, gport, users]
+        for (gip, proto), space in self._spaces.items():
+            records[f"space:{gip}:{proto}"] = [gip, proto, space.export()]
+        return records
+
+    def restore(self, records: dict[str, object]) -> None:
+        """Rebuild an empty pool from ``export()``'s records; KeyError/ValueError/TypeError if malformed."""
+        paired = records.get("pool:paired", {})
+        if not all(g in self.globals for g in paired.values()):
+            raise ValueError("a saved pairing names a global IP outside the pool")
+        self._paired = {str(k): str(v) for k, v in paired.items()}
+        for key, value in records.items():
+            if key.startswith("mapping:"):
+                proto, ip, port, gip, gport, users = value
+                if gip not in self.globals or int(users) < 1:
+                    raise ValueError(f"saved mapping {key} is not valid")
+                self._mappings[(int(proto), str(ip), int(port))] = [gip, int(gport), int(users)]
+            elif key.startswith("space:"):
+                gip, proto, saved = value
+                if gip not in self.globals:
+                    raise ValueError(f"saved space {key} is outside the pool")
+                self._spaces[(gip, int(proto))] = PortSpace.restored(saved, self._quarantine, self._rng)

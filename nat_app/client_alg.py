@@ -127,3 +127,32 @@ class ClientAlgPaths:
 
     def _cookie(self) -> int:
         return COOKIE_CLIENT_ALG | next(self._cookies)
+
+    # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+
+    def export(self) -> dict:
+        """Cookies of the shared flows, so a restarted controller recognises them in r1."""
+        n = next(self._cookies)
+        self._cookies = itertools.count(n)
+        return {"next": n, "inbound": [[*k, c, users] for k, (c, users) in self._inbound.items()],
+                "punts": [[*k, c] for k, c in self._punts.items()],
+                "outbound": [[*k, f, c] for k, flows in self._outbound.items() for f, c in flows.items()]}
+
+    def restore(self, saved: dict) -> None:
+        """Rebuild from ``export()``; KeyError/ValueError/TypeError if malformed."""
+        self._cookies = itertools.count(int(saved["next"]))
+        self._inbound = {(int(k), g, f): [int(c), int(n)] for k, g, f, c, n in saved["inbound"]}
+        self._punts = {(int(k), g): int(c) for k, g, c in saved["punts"]}
+        for k, private, foreign, cookie in saved["outbound"]:
+            self._outbound.setdefault((int(k), private), {})[foreign] = int(cookie)
+
+    def cookies(self) -> set[int]:
+        """Every flow cookie these paths own in r1."""
+        return ({c for c, _ in self._inbound.values()} | set(self._punts.values())
+                | {c for flows in self._outbound.values() for c in flows.values()})
+
+    def forget_outbound(self, cookies: set[int]) -> None:
+        """Outbound flows r1 no longer has: the next packet installs them again."""
+        for flows in self._outbound.values():
+            for foreign in [f for f, c in flows.items() if c in cookies]:
+                del flows[foreign]

@@ -94,15 +94,19 @@ class NatCore:
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
         self.bypass = False
+        self.state_lost = True  # started empty: clients must hear a PCP ANNOUNCE (nat_app/reconcile.py)
 
     # ----------------------------------------------------------------- events
 
     def switch_connected(self, now: float) -> list[Message]:
         """r1 (re)connected: forget all state (a new lease epoch) and install the base flows."""
         self._reset(now)
+        return [DeleteFlows(None), *self.base_flows()]
+
+    def base_flows(self) -> list[Message]:
+        """The flows that belong to no entry: punts, the outside drop, the table miss."""
         c = self.config
         return [
-            DeleteFlows(None),
             AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_ARP}, (ToController(),)),
             AddFlow(PRIO_PUNT, {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_UDP,
                                 "ipv4_dst": c.gateway_ip, "udp_dst": pcp.SERVER_PORT}, (ToController(),)),
@@ -173,6 +177,12 @@ class NatCore:
             "globals": list(self.config.globals),
             "bypass": self.bypass,
         }
+
+    def reconcile(self, flows_seen: list[tuple[int, int]], now: float) -> list[Message]:
+        """r1 (re)connected with these (cookie, priority) flows: keep what agrees (nat_app/reconcile.py)."""
+        from nat_app.reconcile import reconcile
+
+        return reconcile(self, flows_seen, now)
 
     # ------------------------------------------------------------------- ARP
 

@@ -12,7 +12,7 @@ came from and to its nonce, and only that owner may renew, release or read it
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from nat_app.allocate import Pool
 from nat_app.config import NatConfig
@@ -273,3 +273,32 @@ class LeaseServer:
     @staticmethod
     def _map_info(info, entry: Entry):
         return replace(info, external_port=entry.global_gpn, external_ip=entry.global_ip)
+
+    # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+
+    def export(self) -> dict[str, object]:
+        """Generic records: the epoch's start, each definition, each lease's owner (origin, nonce, opcode)."""
+        records: dict[str, object] = {"leases:started": self.started}
+        for key, d in self.definitions.items():
+            records[f"definition:{key}"] = asdict(d)
+        for entry_id, o in self._owners.items():
+            records[f"owner:{entry_id}"] = [entry_id, o.origin.in_port, o.origin.mac, o.origin.ip, o.nonce.hex(),
+                                            o.opcode]
+        return records
+
+    def restore(self, records: dict[str, object]) -> None:
+        """Rebuild from ``export()``'s records after the table; the epoch continues (RFC 6887 8.5).
+        KeyError/ValueError/TypeError if malformed or if an owner names no leased entry."""
+        self.started = float(records["leases:started"])
+        for key, value in records.items():
+            if key.startswith("definition:"):
+                definition = Definition(**value)
+                if definition.problem() or definition.has_nat_alg:
+                    raise ValueError(f"saved definition {value!r} is not valid")
+                self.definitions[definition.key] = definition
+            elif key.startswith("owner:"):
+                entry_id, in_port, mac, ip, nonce, opcode = value
+                entry = self.table.get(int(entry_id))
+                if entry is None or entry.kind is not EntryKind.CLIENT_ALG or entry.private_ip != ip:
+                    raise ValueError(f"saved owner {key} names no lease of {ip}")
+                self._own(entry, Origin(int(in_port), str(mac), str(ip)), bytes.fromhex(nonce), int(opcode))

@@ -50,3 +50,7 @@ class NeighbourCache:
 
     def known(self) -> dict[str, str]:
         return dict(self._macs)
+
+    def restore(self, macs: dict[str, str]) -> None:
+        """Saved IP -> MAC bindings (r1's flows name these MACs; re-derived flows need them)."""
+        self._macs = {str(ip): str(mac) for ip, mac in macs.items()}

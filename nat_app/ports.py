@@ -99,3 +99,24 @@ class PortSpace:
             if self._resting.get(port) == until:
                 del self._resting[port]
                 self._rested_by.pop(port, None)
+
+    # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+
+    def export(self) -> dict:
+        """In-use and resting ports with who rested them: what a restarted controller must not hand out."""
+        return {"low": self.low, "high": self.high, "in_use": sorted(self._in_use),
+                "resting": [[p, until, self._rested_by.get(p)] for p, until in sorted(self._resting.items())]}
+
+    @classmethod
+    def restored(cls, saved: dict, quarantine: float, rng: random.Random) -> PortSpace:
+        """A space rebuilt from ``export()``; KeyError/ValueError/TypeError if ``saved`` is not one."""
+        space = cls(int(saved["low"]), int(saved["high"]), quarantine, rng)
+        space._in_use = {int(p) for p in saved["in_use"]}
+        for port, until, owner in saved["resting"]:
+            space._resting[int(port)] = float(until)
+            heapq.heappush(space._rest_heap, (float(until), int(port)))
+            if owner is not None:
+                space._rested_by[int(port)] = str(owner)
+        if space._in_use & space._resting.keys():
+            raise ValueError("a saved port is both in use and resting")
+        return space

@@ -183,6 +183,39 @@ class TranslationTable:
             assert sum(sum(c.values()) for c in index.values()) == len(self._by_id)
             assert all(all(n > 0 for n in c.values()) and c for c in index.values())
 
+    # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+
+    def next_id(self) -> int:
+        """The id the next entry gets: saved so that a restarted controller never reuses a flow cookie."""
+        n = next(self._ids)
+        self._ids = itertools.count(n)
+        return n
+
+    def restore(self, entries: list[Entry], next_id: int) -> None:
+        """Rebuild an empty table from saved entries, ids kept (they are r1's flow cookies).
+        Raises TableConflict (NAT-UNIQ) or ValueError; the caller discards the table then."""
+        if self._by_id or any(e.id >= next_id or e.id < 1 for e in entries):
+            raise ValueError("restore needs an empty table and ids below the saved counter")
+        for entry in sorted(entries, key=lambda e: e.id):
+            if entry.id in self._by_id or entry.in_key in self._in or entry.out_key in self._out:
+                raise TableConflict(f"saved entry {entry.id} duplicates another")
+            self._by_id[entry.id] = self._out[entry.out_key] = self._in[entry.in_key] = entry
+            self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] += 1
+            self._by_global[(entry.protocol, entry.global_ip)][entry.private_ip] += 1
+            self._by_private[(entry.protocol, entry.private_ip)].add(entry.id)
+            if entry.expires is not None:
+                heapq.heappush(self._expiry, (entry.expires, entry.id))
+        self._ids = itertools.count(next_id)
+
+
+def entry_from_dict(d: dict) -> Entry:
+    """The inverse of ``Entry.as_dict`` (a saved entry); KeyError/ValueError/TypeError if it is not one."""
+    fields = dict(d, kind=EntryKind(d["kind"]), path=DataPath(d["path"]))
+    entry = Entry(**fields)
+    if not isinstance(entry.id, int) or not isinstance(entry.protocol, int):
+        raise TypeError(f"entry {d!r}: id and protocol must be integers")
+    return entry
+
 
 def _uncount(index: dict[tuple, Counter[str]], key: tuple, host: str) -> None:
     hosts = index[key]

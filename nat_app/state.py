@@ -1,0 +1,106 @@
+"""The NAT core's state as generic records, and the core rebuilt from them.
+
+A record is a key and a JSON value. Entries, lease owners, mappings and GPN
+spaces get one record each, so that the store (nat_app/store.py) writes only
+what an event changed. What a restart must not lose: every entry with its id
+(r1's flow cookies) and the id counter; lease owners (origin, nonce, opcode)
+and definitions; each (global IP, protocol) space's in-use and resting ports
+with who rested them; the pool's pairings and mapping user counts; the
+client-ALG paths (group cookies, punts, outbound flows); the ICMP fast pairs
+and slow triples; the neighbour cache (flows are re-derived from it); the
+lease server's epoch start (RFC 6887 8.5: the epoch continues).
+
+Times are CLOCK_MONOTONIC seconds, system-wide since boot, so they stay valid
+across a controller restart on the same boot; the store refuses a file from
+another boot. Pure: no files, no clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+from nat_app.config import NatConfig
+from nat_app.decide import NatCore
+from nat_app.table import TableConflict, entry_from_dict
+
+SCHEMA_VERSION = 1
+_PREFIXES = ("core:", "client_alg", "neighbours", "table:", "entry:", "pool:", "mapping:", "space:", "leases:",
+             "definition:", "owner:")
+
+
+class StateError(ValueError):
+    """Saved records that do not make a consistent core: nothing of them is used."""
+
+
+def export(core: NatCore) -> dict[str, object]:
+    """Every record of ``core``'s state (see the module docstring)."""
+    records: dict[str, object] = {
+        "core:config": _fingerprint(core.config),
+        "core:paths": {
+            "slow_triples": [[*t, c] for t, c in core._slow_triples.items()],
+            "icmp_pairs": [[p, f, e.id] for (p, f), e in core._icmp_pairs.items()],
+            "next_triple_cookie": _peek(core, "_triple_cookies"),
+            "bypass": core.bypass,
+        },
+        "client_alg": core.client_alg.export(),
+        "neighbours": core.neighbours.known(),
+        "table:next_id": core.table.next_id(),
+    }
+    records.update({f"entry:{e.id}": e.as_dict() for e in core.table})
+    records.update(core.pool.export())
+    records.update(core.leases.export())
+    return records
+
+
+def restore(config: NatConfig, records: dict[str, object], rng: random.Random | None = None) -> NatCore:
+    """A new core holding exactly ``records``, or StateError: never a half-built one."""
+    try:
+        core = NatCore(config, rng)
+        _check_keys(records, config)
+        entries = [entry_from_dict(v) for k, v in records.items() if k.startswith("entry:")]
+        if any(e.global_ip not in config.globals or not config.is_inside(e.private_ip) for e in entries):
+            raise ValueError("a saved entry lies outside this NAT's networks")
+        core.table.restore(entries, int(records["table:next_id"]))
+        core.pool.restore(records)
+        core.leases.restore(records)
+        core.client_alg.restore(records["client_alg"])
+        core.neighbours.restore(records["neighbours"])
+        _restore_paths(core, records["core:paths"])
+        core.table.check_invariants()
+    except (KeyError, ValueError, TypeError, AttributeError, AssertionError, TableConflict) as exc:
+        raise StateError(f"saved state is inconsistent ({type(exc).__name__}: {exc})") from None
+    core.state_lost = False
+    return core
+
+
+def _restore_paths(core: NatCore, paths: dict) -> None:
+    core._slow_triples = {(int(p), g, f): int(c) for p, g, f, c in paths["slow_triples"]}
+    for private, foreign, entry_id in paths["icmp_pairs"]:
+        entry = core.table.get(int(entry_id))
+        if entry is None:
+            raise ValueError(f"ICMP pair {private}->{foreign} names no entry")
+        core._icmp_pairs[(private, foreign)] = entry
+    core._triple_cookies = itertools.count(int(paths["next_triple_cookie"]))
+    core.bypass = bool(paths["bypass"])
+
+
+def _check_keys(records: dict[str, object], config: NatConfig) -> None:
+    unknown = [k for k in records if not k.startswith(_PREFIXES)]
+    if unknown:
+        raise ValueError(f"unknown records {unknown[:3]}")
+    if records["core:config"] != _fingerprint(config):
+        raise ValueError(f"saved for another NAT configuration: {records['core:config']}")
+
+
+def _fingerprint(config: NatConfig) -> dict:
+    """What a saved state depends on: the networks, the pool and r1's ports."""
+    return {"inside_net": config.inside_net, "outside_net": config.outside_net, "gateway_ip": config.gateway_ip,
+            "globals": list(config.globals), "ports": [config.inside_port, config.outside_port]}
+
+
+def _peek(core: NatCore, name: str) -> int:
+    """The next value of one of the core's cookie counters, without using it up."""
+    n = next(getattr(core, name))
+    setattr(core, name, itertools.count(n))
+    return n

@@ -1,0 +1,151 @@
+"""A controller restart loses nothing: the core's state as records, rebuilt, and reconciled with r1.
+
+The core is driven through the fake r1 (scapy matches and rewrites); the
+records go through JSON as they do through the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from nat_app import state
+from nat_app.config import NatConfig, global_pool
+from nat_app.decide import NatCore
+from nat_app.messages import COOKIE_INFRA, DeleteFlows, PacketOut
+from nat_app.reconcile import ALL_HOSTS, ALL_HOSTS_MAC, ANNOUNCE_COUNT
+from netwire import pcp
+from tests.unit.test_lease_server import OUT, SRV1, SRV2, Client, esp_payload, mac, server_sends, switch_with
+
+IN = 1
+T0 = 1000.0  # CLOCK_MONOTONIC of the first controller
+CONFIG = {"globals": global_pool(1)}
+
+
+def busy_switch():
+    """A NAT with NAPT TCP, ESP leases of three clients on one global IP (slow path), a PEER lease."""
+    sw = switch_with(1)
+    clients = [Client(sw, f"10.0.0.{i}") for i in (1, 2, 3)]
+    clients[0].define(pcp.ESP_DEFINITION, now=T0)
+    spis = [c.lease(50, nonce=bytes([i]) * 12, now=T0).info.global_gpn for i, c in enumerate(clients, 1)]
+    peer = pcp.PeerInfo(b"\x09" * 12, 6, 40000, 40000, None, 5001, SRV2)
+    assert clients[0].ask(pcp.Opcode.PEER, peer, now=T0).result == pcp.Result.SUCCESS
+    sw.receive(IN, tcp_from("10.0.0.2", 33000), T0)
+    sw.take(OUT)
+    return sw, clients, spis
+
+
+def tcp_from(ip: str, sport: int) -> bytes:
+    return bytes(Ether(src=mac(ip), dst="02:4e:41:54:00:01") / IP(src=ip, dst=SRV1) / TCP(sport=sport, dport=80))
+
+
+def restarted(sw, now: float) -> NatCore:
+    """The records through JSON (as the store keeps them) into a new core, reconciled with the same r1."""
+    records = json.loads(json.dumps(state.export(sw.core)))
+    core = state.restore(NatConfig(**CONFIG), records, random.Random(9))
+    sw.core = core
+    sw.apply(core.reconcile([(f.msg.cookie, f.msg.priority) for f in sw.flows], now), now)
+    return core
+
+
+def test_a_restored_core_has_the_same_entries_owners_spaces_and_epoch():
+    sw, clients, spis = busy_switch()
+    before, epoch = state.export(sw.core), sw.core.leases.epoch(T0 + 50)
+    core = restarted(sw, T0 + 50)
+    assert state.export(core) == before
+    assert core.leases.epoch(T0 + 50) == epoch  # RFC 6887 8.5: the epoch continues
+    renewal = clients[1].lease(50, nonce=bytes([2]) * 12, now=T0 + 60, global_gpn=spis[1], private_gpn=spis[1],
+                               global_ip=global_pool(1)[0])
+    assert renewal.result == pcp.Result.SUCCESS and renewal.info.global_gpn == spis[1]
+    stolen = clients[2].lease(50, nonce=bytes([3]) * 12, global_gpn=spis[0], now=T0 + 60)
+    assert stolen.result in (pcp.Result.NOT_AUTHORIZED, pcp.Result.GPN_IN_USE)
+
+
+def test_reconcile_keeps_r1s_flows_and_traffic_goes_on():
+    sw, clients, spis = busy_switch()
+    flows_before = {(f.msg.cookie, f.msg.priority, json.dumps(f.msg.match, sort_keys=True)) for f in sw.flows}
+    restarted(sw, T0 + 5)
+    assert {(f.msg.cookie, f.msg.priority, json.dumps(f.msg.match, sort_keys=True)) for f in sw.flows} == flows_before
+    sw.receive(IN, tcp_from("10.0.0.2", 33000), T0 + 6)
+    assert Ether(sw.take(OUT)[0])[IP].src == global_pool(1)[0]
+    delivered = server_sends(sw, 50, esp_payload(spis[2]), global_pool(1)[0])
+    assert [p[IP].dst for p in delivered] == ["10.0.0.3"]  # slow path demultiplexed by SPI, as before
+
+
+def test_flows_whose_cookie_names_nothing_are_deleted():
+    sw, _, _ = busy_switch()
+    stale = 77777
+    sw.flows.append(type(sw.flows[0])(sw.flows[0].msg.__class__(30000, {"in_port": 9}, (), cookie=stale)))
+    restarted(sw, T0 + 5)
+    assert not sw.flows_with_cookie(stale)
+    assert sw.core.counters["stale_flows_deleted"] == 1
+
+
+def test_an_entry_whose_flow_idled_out_while_away_is_forgotten_and_its_port_rests():
+    sw, _, _ = busy_switch()
+    napt = next(e for e in sw.core.table if e.private_ip == "10.0.0.2" and e.protocol == 6)
+    out_flow = next(f for f in sw.flows if f.msg.cookie == napt.id and f.msg.idle_timeout)
+    sw.flows.remove(out_flow)  # its FlowRemoved went to nobody
+    core = restarted(sw, T0 + 5)
+    assert core.table.get(napt.id) is None and not sw.flows_with_cookie(napt.id)
+    assert core.counters["entries_lost_while_away"] == 1
+    assert not core.pool.space(napt.global_ip, 6).is_free(napt.global_gpn, T0 + 6)  # resting, not reused at once
+
+
+def test_r1_without_its_base_flows_means_the_state_is_lost_and_clients_hear_announce():
+    sw, _, _ = busy_switch()
+    records = json.loads(json.dumps(state.export(sw.core)))
+    core = state.restore(NatConfig(**CONFIG), records)
+    msgs = core.reconcile([(5, 30000)], T0 + 100)  # a restarted r1 has no COOKIE_INFRA flow
+    assert msgs[0] == DeleteFlows(None) and len(core.table) == 0
+    assert_announces(msgs, T0 + 100, core)
+
+
+def test_a_core_that_started_empty_wipes_r1_and_announces_ten_times():
+    core = NatCore(NatConfig(**CONFIG))
+    msgs = core.reconcile([(COOKIE_INFRA, 0), (12, 30000)], T0)
+    assert msgs[0] == DeleteFlows(None)
+    assert_announces(msgs, T0, core)
+    assert core.reconcile([(COOKIE_INFRA, 0)], T0 + 1)[0] != DeleteFlows(None)  # announced once, not again
+
+
+def assert_announces(msgs, now: float, core: NatCore) -> None:
+    outs = [m for m in msgs if isinstance(m, PacketOut) and Ether(m.data).dst == ALL_HOSTS_MAC]
+    assert len(outs) == ANNOUNCE_COUNT
+    delays = [m.delay for m in outs]
+    assert delays[:4] == [0.0, 0.25, 0.75, 1.75]  # RFC 6887 14.1.3: gaps from 250 ms, doubling
+    for m in outs:
+        frame = Ether(m.data)
+        assert frame[IP].dst == ALL_HOSTS and frame[IP].src == "10.0.0.254" and frame[IP].ttl == 1
+        assert frame[UDP].dport == pcp.CLIENT_PORT and frame[UDP].sport == pcp.SERVER_PORT
+        response = pcp.decode_response(bytes(frame[UDP].payload))
+        assert response.opcode == pcp.Opcode.ANNOUNCE and response.epoch == core.leases.epoch(now + m.delay)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: r.pop(next(k for k in r if k.startswith("entry:"))),  # an owner now names no entry
+    lambda r: r.__setitem__("entry:999", {**r[next(k for k in r if k.startswith("entry:"))], "id": 999}),
+    lambda r: r.__setitem__("surprise", 1),
+    lambda r: r["core:config"].__setitem__("globals", ["198.51.100.1"]),
+    lambda r: r.__setitem__("table:next_id", "many"),
+    lambda r: r["core:paths"]["icmp_pairs"].append(["10.0.0.9", SRV1, 4242]),
+    lambda r: r.__setitem__("owner:1", [1, 1, "00:00:00:00:00:01", "10.0.0.7", "00" * 12, 97]),
+], ids=["owner-without-entry", "duplicate-entry", "unknown-record", "other-pool", "bad-counter",
+        "dangling-icmp-pair", "owner-of-another-host"])
+def test_inconsistent_records_are_refused_whole(damage):
+    sw, _, _ = busy_switch()
+    records = json.loads(json.dumps(state.export(sw.core)))
+    damage(records)
+    with pytest.raises(state.StateError):
+        state.restore(NatConfig(**CONFIG), records)
+
+
+def test_records_of_an_untouched_core_restore_to_an_empty_table():
+    core = NatCore(NatConfig(**CONFIG), random.Random(os.getpid()))
+    again = state.restore(NatConfig(**CONFIG), json.loads(json.dumps(state.export(core))))
+    assert len(again.table) == 0 and not again.state_lost
