@@ -9,6 +9,7 @@ controller`` does).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -23,15 +24,39 @@ from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev
 from os_ken.lib import hub
 from os_ken.ofproto import ofproto_v1_3
 
+from nat_app import state
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
-from nat_app.messages import priority_band
+from nat_app.messages import AddFlow, Barrier, DeleteFlows, priority_band
+from nat_app.store import Store
 
 CONFIG: NatConfig | None = None
+CORE: NatCore | None = None  # ``natlab controller`` restores it from STORE before the app starts
+STORE: Store | None = None  # None: an ephemeral controller (--state none)
+STATE_NOTE = "ephemeral (--state none)"
 TICK_S = 1.0
+MAX_CLOCK_FAILURES = 3  # consecutive failed ticks before the controller ends itself
+EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal error ended the controller
+_FAILED = object()
 FLOW_STATS_EVERY = 2  # ticks: how often r1's flow counters are read for the fast-path figures
 LOG = logging.getLogger("natlab.nat")
+
+
+def guarded(handler):
+    """Crash-only shells (compare FAUCET's kill_on_exception): an exception in a handler or greenlet
+    is logged with its traceback and counted; the controller goes on only if the core's table is
+    still consistent and the state still saves, else it ends with a non-zero status. Never half-alive."""
+
+    @functools.wraps(handler)
+    def run(self, *args, **kwargs):
+        try:
+            return handler(self, *args, **kwargs)
+        except Exception:
+            self.crashed(handler.__name__)
+            return _FAILED
+
+    return run
 
 
 class NatApp(app_manager.OSKenApp):
@@ -40,7 +65,11 @@ class NatApp(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = CONFIG or NatConfig()
-        self.core = NatCore(self.config)
+        self.core = CORE or NatCore(self.config)
+        self.store = STORE
+        self.ready = False  # r1 connected and reconciled
+        self._reconcile: tuple[int, list] | None = None  # (xid of the flow-stats request, flows seen so far)
+        self._ready_xid: int | None = None  # the barrier after the reconciliation
         self.lock = threading.Lock()
         self.datapath = None
         self.fast_path: dict[str, int] = {}  # packets counted by r1's flows, by priority band
@@ -61,30 +90,60 @@ class NatApp(app_manager.OSKenApp):
         if self.config.dpid is not None and dp.id != self.config.dpid:
             LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dp.id, self.config.dpid)
             return
-        LOG.info("r1 connected: dpid=%016x", dp.id)
+        LOG.info("r1 connected: dpid=%016x; reading its flows to reconcile", dp.id)
         with self.lock:
-            self.datapath = dp
-            self._send(self.core.switch_connected(time.monotonic()))
+            self.datapath, self.ready = dp, False
+            request = dp.ofproto_parser.OFPFlowStatsRequest(dp)
+            dp.set_xid(request)
+            self._reconcile = (request.xid, [])
+            dp.send_msg(request)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @guarded
     def _packet_in(self, ev) -> None:
         msg = ev.msg
         if msg.datapath is not self.datapath:
             return
         with self.lock:
-            self._send(self.core.packet_in(msg.match["in_port"], bytes(msg.data), time.monotonic()))
+            if self._reconcile is not None:  # the core's state is not yet agreed with r1 (a host sends again)
+                self.core.counters.add("packet_in_before_reconcile")
+                return
+            leases = self.core.counters["lease_requests"]
+            msgs = self.core.packet_in(msg.match["in_port"], bytes(msg.data), time.monotonic())
+            self._commit(msgs, durable=self.core.counters["lease_requests"] != leases)
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    @guarded
     def _flow_removed(self, ev) -> None:
         if ev.msg.datapath is not self.datapath:
             return
         with self.lock:
-            self._send(self.core.flow_removed(ev.msg.cookie, time.monotonic()))
+            self._commit(self.core.flow_removed(ev.msg.cookie, time.monotonic()), durable=True)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev) -> None:
         msg = ev.msg
         LOG.error("OpenFlow error from switch: type=%d code=%d data=%s", msg.type, msg.code, bytes(msg.data).hex())
+
+    def _commit(self, messages, durable: bool = False) -> None:
+        """Save what the event changed (one transaction), then tell r1: the file never lags r1's flows."""
+        if self.store is not None and (durable or any(isinstance(m, AddFlow | DeleteFlows | Barrier)
+                                                      for m in messages)):
+            self.store.save(state.export(self.core))
+        self._send(messages)
+
+    def crashed(self, where: str) -> None:
+        """A guarded handler raised: count it; go on only if the core and the store are sound."""
+        LOG.exception("exception in %s (counted; the controller checks its state)", where)
+        self.core.counters.add(f"shell_exception:{where}")
+        try:
+            with self.lock:
+                self.core.table.check_invariants()
+                if self.store is not None:
+                    self.store.save(state.export(self.core))
+        except Exception:
+            LOG.exception("the state is not sound after the exception in %s", where)
+            die(f"state unsound after an exception in {where}")
 
     def _send(self, messages) -> None:
         if self.datapath is None:
@@ -98,7 +157,11 @@ class NatApp(app_manager.OSKenApp):
     # --------------------------------------------------- clock and control
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    @guarded
     def _flow_stats(self, ev) -> None:
+        if self._reconcile is not None and ev.msg.xid == self._reconcile[0] and ev.msg.datapath is self.datapath:
+            self._reconcile_reply(ev.msg)
+            return
         totals: dict[str, int] = {}
         for stat in ev.msg.body:
             band = priority_band(stat.priority)
@@ -106,14 +169,49 @@ class NatApp(app_manager.OSKenApp):
         with self.lock:
             self.fast_path = totals
 
+    def _reconcile_reply(self, msg) -> None:
+        """r1's flows, possibly in several parts; the last part lets the core reconcile (nat_app/reconcile.py)."""
+        flows = self._reconcile[1]
+        flows += [(stat.cookie, stat.priority) for stat in msg.body]
+        if msg.flags & self.datapath.ofproto.OFPMPF_REPLY_MORE:
+            return
+        with self.lock:
+            self._reconcile = None
+            self._commit(self.core.reconcile(flows, time.monotonic()), durable=True)
+            barrier = self.datapath.ofproto_parser.OFPBarrierRequest(self.datapath)
+            self.datapath.set_xid(barrier)
+            self._ready_xid = barrier.xid
+            self.datapath.send_msg(barrier)
+        LOG.info("r1 reconciled: %d flows seen, %d entries kept; counters %s", len(flows), len(self.core.table),
+                 {k: v for k, v in self.core.counters.values.items()
+                  if k in ("started_empty", "reconciled", "entries_lost_while_away", "stale_flows_deleted")})
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier_reply(self, ev) -> None:
+        """r1 applied the reconciliation: the NAT is ready (the testbed waits for this)."""
+        if ev.msg.datapath is self.datapath and ev.msg.xid == self._ready_xid:
+            self.ready = True
+
     def _clock(self) -> None:
-        for n in itertools.count(1):
-            hub.sleep(TICK_S)
-            with self.lock:
-                self._send(self.core.tick(time.monotonic()))
-                if self.datapath is not None and n % FLOW_STATS_EVERY == 0:
-                    parser = self.datapath.ofproto_parser
-                    self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath))
+        """The one-second clock; a tick that keeps failing ends the controller (expiry must not stop)."""
+        failures = 0
+        try:
+            for n in itertools.count(1):
+                hub.sleep(TICK_S)
+                failures = failures + 1 if self._tick(n) is _FAILED else 0
+                if failures >= MAX_CLOCK_FAILURES:
+                    die(f"the clock failed {failures} times in a row")
+        except Exception:
+            LOG.exception("the clock greenlet failed")
+            die("the clock greenlet failed")
+
+    @guarded
+    def _tick(self, n: int) -> None:
+        with self.lock:
+            self._commit(self.core.tick(time.monotonic()), durable=self.ready)
+            if self.ready and n % FLOW_STATS_EVERY == 0:
+                parser = self.datapath.ofproto_parser
+                self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath))
 
     def _serve_control(self) -> None:
         while True:
@@ -123,6 +221,7 @@ class NatApp(app_manager.OSKenApp):
                 return
             hub.spawn(self._answer, conn)
 
+    @guarded
     def _answer(self, conn: socket.socket) -> None:
         with conn:
             try:
@@ -139,6 +238,7 @@ class NatApp(app_manager.OSKenApp):
         with self.lock:
             if op == "table":
                 return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None,
+                        "ready": self.ready, "state": STATE_NOTE,
                         "switch_packets": dict(sorted(self.fast_path.items()))}
             if op == "check":  # the table's invariants, for the abuse tests
                 try:
@@ -147,7 +247,7 @@ class NatApp(app_manager.OSKenApp):
                     return {"ok": False, "problem": str(exc) or "index mismatch"}
                 return {"ok": True, "entries": len(self.core.table)}
             if op == "bypass" and isinstance(req.get("on"), bool):
-                self._send(self.core.set_bypass(req["on"]))
+                self._commit(self.core.set_bypass(req["on"]), durable=True)
                 return {"bypass": self.core.bypass}
         return {"error": f"unknown control request {req!r}; ops: table, check, bypass(on: bool)"}
 
@@ -164,3 +264,11 @@ def _bind_control_socket(path: str) -> socket.socket:
         os.umask(old)
     server.listen(8)
     return server
+
+
+def die(why: str) -> None:
+    """End the controller at once with a non-zero status (r1 keeps its flows: fail_mode secure);
+    a restart reloads the last saved state and reconciles."""
+    LOG.critical("controller ending (exit %d): %s", EXIT_SOFTWARE, why)
+    logging.shutdown()
+    os._exit(EXIT_SOFTWARE)

@@ -15,6 +15,7 @@ from nat_app.config import DEFAULT_CONTROL_SOCKET, ConfigError, NatConfig, globa
 from nat_app.control import ControlError, request
 
 OPENFLOW_PORT = 6653
+DEFAULT_STATE_PATH = "/var/lib/natlab/state.db"
 
 
 def add_controller_parser(sub) -> None:
@@ -28,6 +29,10 @@ def add_controller_parser(sub) -> None:
     p.add_argument("--icmp-timeout", type=int, help="ICMP query timeout in s (default 60, RFC 5508)")
     p.add_argument("--lease-min-lifetime", type=int, help="shortest lease granted in s (default 120, RFC 6887 15)")
     p.add_argument("--lease-quota", type=int, help="leases one client may hold (default 64)")
+    p.add_argument("--state", default=DEFAULT_STATE_PATH, metavar="PATH",
+                   help=f"state database (SQLite): entries, leases, ports survive a restart (default {DEFAULT_STATE_PATH}; "
+                        "'none' for an ephemeral controller)")
+    p.add_argument("--no-state", dest="state", action="store_const", const="none", help="same as --state none")
     p.add_argument("--log", help="log file (default: stderr)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.set_defaults(func=run_controller)
@@ -72,6 +77,16 @@ def run_controller(args: argparse.Namespace) -> int:
     from nat_app import app
 
     app.CONFIG = config
+    if args.state != "none":
+        from nat_app.store import StateRefused, open_state
+
+        try:
+            app.CORE, app.STORE, app.STATE_NOTE = open_state(config, args.state)
+        except (StateRefused, OSError) as exc:
+            print(f"natlab controller: state: {exc}", file=sys.stderr)
+            return 2
+        logging.getLogger("natlab.nat").log(logging.INFO if app.CORE.state_lost is False else logging.WARNING,
+                                            "state: %s", app.STATE_NOTE)
     cfg.CONF(args=["--ofp-listen-host", "127.0.0.1", "--ofp-tcp-listen-port", str(args.listen_port)],
              project="os_ken")
     logging.getLogger("natlab.nat").info("controller up: OpenFlow 127.0.0.1:%d, control %s, globals %s",
@@ -113,6 +128,8 @@ def format_table(snap: dict) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"{len(snap['entries'])} entries; r1 {'connected' if snap.get('connected') else 'NOT connected'}"
                  f"; globals {', '.join(snap['globals'])}{'; BYPASS (plain L2)' if snap.get('bypass') else ''}")
+    if snap.get("state"):
+        lines.append(f"state: {snap['state']}")
     lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in snap["counters"].items()))
     if snap.get("switch_packets"):
         lines.append("packets matched in r1 by band: " +

@@ -28,6 +28,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+from nat_app import state
+from nat_app.config import NatConfig
+from nat_app.decide import NatCore
 from nat_app.state import SCHEMA_VERSION
 
 APPLICATION_ID = 0x4E41544C  # "NATL": PRAGMA application_id of a natlab state file
@@ -127,6 +130,23 @@ class Store:
                 os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
         self._create()
         raise StateLost(f"saved state {self.path} not used: {why}; kept as {aside}")
+
+
+def open_state(config: NatConfig, path: str | Path) -> tuple[NatCore, Store, str]:
+    """The core to start with, the store to save it to, and what happened, for the log and `natlab table`.
+    Raises StateRefused (the caller exits) for a file that is not natlab's."""
+    store = Store(path)
+    try:
+        records = store.load()
+        core = state.restore(config, records)
+    except StateLost as exc:
+        return NatCore(config), store, f"started empty: {exc}"
+    except state.StateError as exc:
+        try:
+            store.set_aside(str(exc))
+        except StateLost as lost:
+            return NatCore(config), store, f"started empty: {lost}"
+    return core, store, f"restored from {path}: {len(core.table)} entries, epoch start {core.leases.started:.1f}"
 
 
 def _check_header(path: Path) -> None:

@@ -160,7 +160,9 @@ class NatlabTopo(Topo):
         Ports keep their numbers either way, so the interfaces are r1-eth1 (inside) and r1-eth2 (outside).
         """
         if nat == "extensible":
-            return self.addSwitch("r1", datapath="user", protocols="OpenFlow13", dpid=R1_DPID)
+            # fail_mode secure (Mininet's default, said here so nothing changes it): while the controller is
+            # away r1 keeps its flows and never falls back to L2 switching, which would leak private addresses.
+            return self.addSwitch("r1", datapath="user", protocols="OpenFlow13", dpid=R1_DPID, failMode="secure")
         return self.addHost("r1", cls=ClassicNatRouter, ip=f"{GATEWAY_IP}/24", mac=R1_INSIDE_MAC,
                             outside=f"r1-eth{R1_OUTSIDE_PORT}", pool=tuple(global_ips(globals)))
 

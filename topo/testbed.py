@@ -107,10 +107,15 @@ class ControllerProcess:
     extra_args: list[str] = field(default_factory=list)
     socket_path: str | None = None
     proc: subprocess.Popen | None = None
+    persistent: bool = True  # a state database in the workdir (False: --state none)
 
     @property
     def log(self) -> Path:
         return self.workdir / "controller.log"
+
+    @property
+    def state_path(self) -> Path:
+        return self.workdir / "state.db"
 
     @property
     def control_socket(self) -> str:
@@ -126,7 +131,8 @@ class ControllerProcess:
     def start(self) -> None:
         cmd = [sys.executable, "-m", "topo.cli", "controller", "--globals", str(self.globals),
                "--listen-port", str(self.port), "--control-socket", self.control_socket,
-               "--log", str(self.log), *self.extra_args]
+               "--log", str(self.log), "--state", str(self.state_path) if self.persistent else "none",
+               *self.extra_args]
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         with open(self.workdir / "controller.stderr", "wb") as stderr:
@@ -142,6 +148,31 @@ class ControllerProcess:
             except ControlError:
                 time.sleep(0.1)
         raise TestbedError(f"natlab controller did not open {self.control_socket} within {CONNECT_TIMEOUT_S}s")
+
+    def restart(self, kill: bool = True, lose_state: bool = False) -> None:
+        """Stop the controller (SIGKILL: no chance to tidy up, as in a crash), optionally delete its
+        state database, start it again and wait until r1 is reconnected and reconciled."""
+        if kill and self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self.proc = None
+        else:
+            self.stop()
+        if lose_state:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.state_path}{suffix}")
+        self.start()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
+        """Until r1 is connected and its flows reconciled with the controller's state."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ask("table").get("ready"):
+                return
+            time.sleep(0.1)
+        raise TestbedError(f"r1 did not connect to the controller and reconcile within {timeout}s; see {self.log}")
 
     def ask(self, op: str, **args) -> dict:
         return request(self.control_socket, op, **args)
@@ -236,13 +267,7 @@ class Testbed:
             raise
 
     def _wait_connected(self) -> None:
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.controller.ask("table").get("connected"):
-                time.sleep(0.5)  # the base flows follow the features reply
-                return
-            time.sleep(0.1)
-        raise TestbedError(f"r1 did not connect to the controller within {CONNECT_TIMEOUT_S}s")
+        self.controller.wait_ready()
 
     def stop(self) -> None:
         try:
