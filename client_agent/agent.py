@@ -144,7 +144,7 @@ class Agent:
         deadline = time.monotonic() + nat.lease_timeout
         leases.tick(time.monotonic())
         while not plan.ready and time.monotonic() < deadline:
-            select.select([leases], [], [], 0.1)
+            select.select(leases.filenos(), [], [], 0.1)
             leases.pump(time.monotonic())
             leases.tick(time.monotonic())
         if not plan.ready:
@@ -188,7 +188,8 @@ class Agent:
 
         extra = {}
         if self.leases is not None:
-            extra[self.leases.fileno()] = lambda: self.leases.pump(time.monotonic())
+            for fd in self.leases.filenos():
+                extra[fd] = lambda: self.leases.pump(time.monotonic())
 
         def loop() -> None:
             datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self._on_tick, extra=extra)

@@ -33,6 +33,7 @@ from client_agent.ipsec.sa import Protocol
 from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
 from netwire.pcp import (
     AH_DEFINITION,
+    CLIENT_PORT,
     ESP_DEFINITION,
     SERVER_PORT,
     SHORT_ERROR_LIFETIME,
@@ -215,26 +216,34 @@ def _why(event: Refused | TimedOut | Granted) -> str:
 
 
 class LeaseSocket:
-    """The plan's UDP socket to the lease server; ``pump`` and ``flush`` move its datagrams."""
+    """The plan's UDP socket to the lease server, and one on the PCP client port 5350 for the
+    server's unsolicited ANNOUNCEs (RFC 6887 14.1.3, sent to 224.0.0.1 after the NAT lost its state:
+    the epoch check then re-leases everything at once); ``pump`` and ``flush`` move their datagrams."""
 
     def __init__(self, plan: LeasePlan, server: str, port: int = SERVER_PORT) -> None:
         self.plan = plan
         self.server = (server, port)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        self.announce = _announce_socket()
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
+    def filenos(self) -> list[int]:
+        """Every socket to wait on."""
+        return [s.fileno() for s in (self.sock, self.announce) if s is not None]
+
     def pump(self, now: float) -> None:
-        """Read every waiting answer, then send what is due."""
+        """Read every waiting answer and ANNOUNCE, then send what is due."""
         client = self.plan.client
-        while True:
-            try:
-                data, (source, _port) = self.sock.recvfrom(2048)
-            except BlockingIOError:
-                break
-            self.plan.handle(client.receive(data, now, source), now)
+        for sock in (self.sock, self.announce):
+            while sock is not None:
+                try:
+                    data, (source, _port) = sock.recvfrom(2048)
+                except BlockingIOError:
+                    break
+                self.plan.handle(client.receive(data, now, source), now)
         self.flush(now)
 
     def tick(self, now: float) -> None:
@@ -252,3 +261,21 @@ class LeaseSocket:
 
     def close(self) -> None:
         self.sock.close()
+        if self.announce is not None:
+            self.announce.close()
+
+
+def _announce_socket() -> socket.socket | None:
+    """UDP 5350 on every address (224.0.0.1 included: every interface is in the all-hosts group);
+    SO_REUSEADDR so that several agents and `natlab lease` on one host each get every ANNOUNCE.
+    None if the port cannot be had: leases then notice a restart at their next renewal."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("", CLIENT_PORT))
+    except OSError as err:
+        log.warning("cannot listen for PCP ANNOUNCE on UDP %d: %s", CLIENT_PORT, err)
+        sock.close()
+        return None
+    sock.setblocking(False)
+    return sock

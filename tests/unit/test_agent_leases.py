@@ -264,6 +264,29 @@ def test_cl_renew_after_a_nat_restart_the_plan_redefines_and_leases_everything_a
     assert link.timers(90.0) == 0 and link.plan.counters["nat_restarts"] == 1  # nothing more to do, no second restart
 
 
+def test_a_nat_that_lost_its_state_announces_it_and_the_plan_leases_everything_again_at_once_rfc_6887_14_1_3():
+    config = agent()
+    link = Link(nat_switch(), config)
+    link.start()
+    link.timers(40.0)
+    assert link.plan.ready
+    fresh = FakeSwitch(NatCore(NatConfig(globals=global_pool(2)), rng=random.Random(6)), 0.0)
+    fresh.apply(fresh.core.reconcile([], 50.0), 50.0)  # a controller that started empty: new epoch, ANNOUNCE
+    link.sw = fresh
+    announces = [Ether(f) for f in fresh.take(IN) if UDP in Ether(f) and Ether(f)[UDP].dport == pcp.CLIENT_PORT]
+    assert len(announces) == 10
+    assert link.timers(50.0) == 0 and link.entries() == set()  # twin: without the ANNOUNCE nothing is asked yet
+    link.plan.handle(link.plan.client.receive(bytes(announces[0][UDP].payload), 50.0, GW), 50.0)
+    link.exchange(50.0)
+    assert link.plan.counters["nat_restarts"] == 1
+    link.timers(50.5)
+    assert link.plan.ready, link.plan.status()
+    assert link.entries() == as_asked(config)
+    for later, delay in zip(announces[1:], fresh.delays, strict=True):  # each arrives when sent: no second restart
+        link.plan.handle(link.plan.client.receive(bytes(later[UDP].payload), 50.0 + delay, GW), 50.0 + delay)
+    assert link.plan.counters["nat_restarts"] == 1
+
+
 def test_a_nat_that_forgot_its_definitions_before_the_epoch_shows_it_gets_them_again():
     """Seen live: a NAT restarted within seconds of its first start has an epoch the RFC 6887 8.5 check
     cannot tell from the old one; a LEASE then meets PROTOCOL_NOT_DEFINED (a 30-minute error), and the plan
