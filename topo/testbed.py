@@ -261,6 +261,10 @@ class Testbed:
                 controller=controller, autoSetMacs=True, waitConnected=False)
             self.net.start()
             if self.controller is not None:
+                # r1 retries a lost controller within 1 s (OVS backs off up to 8 s by default): a restarted
+                # controller gets r1 back at once.
+                subprocess.run(["ovs-vsctl", "--timeout=5", "set", "controller", "r1", "max_backoff=1000"],
+                               check=True, capture_output=True)
                 self._wait_connected()
         except BaseException:
             self.stop()

@@ -1,0 +1,101 @@
+"""Issue 9, parts 3 and 5 (a): a controller restart loses nothing, and r1 never leaks while it is away.
+
+Real parts: OVS's r1 with fail_mode secure, the `natlab controller` process killed with SIGKILL (no
+chance to tidy up) and started again on the same state database, unmodified iperf3 and curl, and the
+natlab agents of three clients with their ESP leases.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from client_agent.agent_cli import AgentProcess
+from conformance import apps
+from conformance.matrix import CELLS, behind_nat, clients
+from topo.natlab import server_ip
+
+SRV1, SRV2 = server_ip(1), server_ip(2)
+IPERF_S = 10
+KILL_AFTER_S = 3
+_FIELDS = ("id", "kind", "protocol", "private_ip", "private_gpn", "global_ip", "global_gpn", "foreign", "path")
+
+
+def entries(tb) -> set[tuple]:
+    return {tuple(e[f] for f in _FIELDS) for e in tb.table()["entries"]}
+
+
+def iperf3_in_background(host, dst: str, port: int) -> subprocess.Popen:
+    return host.popen(["iperf3", "-c", dst, "-p", str(port), "-t", str(IPERF_S), "-i", "1", "-J"],
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def interval_bytes(proc: subprocess.Popen) -> list[int]:
+    out, _ = proc.communicate(timeout=IPERF_S + 30)
+    report = json.loads(out[out.index("{"):])
+    assert "error" not in report, report["error"]
+    return [i["sum"]["bytes"] for i in report["intervals"]]
+
+
+def test_a_controller_killed_under_traffic_loses_no_connection_no_lease_no_entry(make_testbed, tmp_path: Path):
+    """(a): NAPT iperf3 h1 -> srv2 and IPsec iperf3 h3 -> srv1 run through a SIGKILL and restart of the
+    controller; three agents' ESP sessions go on, none of them sees a restart or loses a lease, and
+    `natlab table` shows the same entries (ids, fields, paths) before and after."""
+    tb = make_testbed(clients=3, servers=2, globals=2)
+    cell = CELLS[0]  # ESP transport to srv1
+    members = clients(3, 2)
+    configs, peer = behind_nat(cell, members, lifetime=600)
+    url = f"http://{SRV1}:8000/"
+    with ExitStack() as stack:
+        stack.enter_context(AgentProcess(tb.host("srv1"), peer, tmp_path / "agent-srv1"))
+        agents = [stack.enter_context(AgentProcess(tb.host(c.name), cfg, tmp_path / f"agent-{c.name}"))
+                  for c, cfg in zip(members, configs, strict=True)]
+        stack.enter_context(apps.http_server(tb.host("srv1"), SRV1))
+        stack.enter_context(apps.iperf3_server(tb.host("srv1"), 5201))
+        stack.enter_context(apps.iperf3_server(tb.host("srv2"), 5202))
+        assert [apps.curl(tb.host(c.name), url) for c in members] == [200, 200, 200]
+        napt = iperf3_in_background(tb.host("h1"), SRV2, 5202)
+        ipsec = iperf3_in_background(tb.host("h3"), SRV1, 5201)
+        time.sleep(KILL_AFTER_S)  # both connections established and moving data
+        before = entries(tb)
+        tb.controller.restart(kill=True)
+        after = entries(tb)
+        assert after == before, f"lost {before - after}, new {after - before}"
+        assert tb.table()["state"].startswith("restored")
+        napt_bytes, ipsec_bytes = interval_bytes(napt), interval_bytes(ipsec)
+        assert all(b > 0 for b in napt_bytes), f"NAPT iperf3 stalled: bytes per second {napt_bytes}"
+        assert sum(ipsec_bytes[KILL_AFTER_S + 3:]) > 0, f"IPsec iperf3 did not go on: {ipsec_bytes}"
+        assert [apps.curl(tb.host(c.name), url) for c in members] == [200, 200, 200]
+        for agent in agents:
+            leases = agent.refresh()["leases"]
+            assert leases["ready"] and not leases["counters"].get("nat_restarts"), leases
+            assert not leases["counters"].get("lost"), leases
+
+
+def test_r1_leaks_no_private_address_while_the_controller_is_away(make_testbed, tmp_path: Path):
+    """fail_mode secure: with the controller killed, new traffic from h1 to srv1 (ping, UDP, TCP: no flow
+    in r1 for it) is not switched as plain L2; srv1's capture has no frame with a 10.0.0.x address.
+    The twin: the same traffic with the controller back is translated and answered."""
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    assert "fail_mode: secure" in subprocess.run(["ovs-vsctl", "show"], capture_output=True, text=True).stdout
+    tb.controller.proc.kill()
+    tb.controller.proc.wait()
+    pcap = tmp_path / "srv1.pcap"
+    capture = srv1.popen(["tcpdump", "-i", "srv1-eth0", "-n", "-U", "-w", str(pcap)], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)  # tcpdump attached
+        sent, received = apps.ping(h1, SRV1, count=10)
+        h1.cmd(f"for i in 1 2 3 4 5; do echo leak | nc -u -w1 {SRV1} 9999; done")
+        h1.cmd(f"curl -s --max-time 2 http://{SRV1}:8000/ >/dev/null")
+    finally:
+        capture.terminate()
+        capture.wait()
+    seen = subprocess.run(["tcpdump", "-n", "-e", "-r", str(pcap)], capture_output=True, text=True).stdout
+    assert received == 0 and sent == 10
+    assert "10.0.0." not in seen, seen[:2000]
+    tb.controller.restart(kill=True)
+    assert apps.ping(h1, SRV1, count=3)[1] >= 1
