@@ -56,6 +56,9 @@ def boot_id() -> str:
 
 
 class Store:
+    """One connection, used from os-ken's green threads one at a time (the app's lock), hence
+    ``check_same_thread=False``."""
+
     def __init__(self, path: str | Path, boot: str | None = None) -> None:
         self.path = Path(path)
         self.boot = boot or boot_id()
@@ -68,7 +71,7 @@ class Store:
             self._create()
             raise StateLost(f"no saved state at {self.path}")
         _check_header(self.path)
-        db = sqlite3.connect(self.path, isolation_level=None)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             records = _read_checked(db, self.path, self.boot)
         except (sqlite3.DatabaseError, StateLost, StateRefused) as exc:
@@ -109,7 +112,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        db = sqlite3.connect(self.path, isolation_level=None)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         _configure(db)
         db.executescript(f"BEGIN; {_SCHEMA} PRAGMA application_id = {APPLICATION_ID};"
                          f" PRAGMA user_version = {SCHEMA_VERSION};")
