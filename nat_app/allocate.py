@@ -92,13 +92,16 @@ class Pool:
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
-    def export(self) -> dict[str, object]:
-        """Generic records: the paired map, each mapping with its user count, each GPN space."""
+    def export(self, mappings: set | None = None, spaces: set | None = None) -> dict[str, object]:
+        """Generic records: the paired map, each mapping with its user count, each GPN space; only the
+        ``mappings`` keys (protocol, private IP, port) and ``spaces`` keys (global IP, protocol) given,
+        if given (a record absent from the answer no longer exists)."""
         records: dict[str, object] = {"pool:paired": dict(sorted(self._paired.items()))}
-        for (proto, ip, port), (gip, gport, users) in self._mappings.items():
-            records[f"mapping:{proto}:{ip}:{port}"] = [proto, ip, port, gip, gport, users]
-        for (gip, proto), space in self._spaces.items():
-            records[f"space:{gip}:{proto}"] = [gip, proto, space.export()]
+        for key in self._mappings if mappings is None else mappings & self._mappings.keys():
+            gip, gport, users = self._mappings[key]
+            records["mapping:{}:{}:{}".format(*key)] = [*key, gip, gport, users]
+        for key in self._spaces if spaces is None else spaces & self._spaces.keys():
+            records["space:{}:{}".format(*key)] = [*key, self._spaces[key].export()]
         return records
 
     def restore(self, records: dict[str, object]) -> None:

@@ -34,8 +34,10 @@ from nat_app.store import Store
 CONFIG: NatConfig | None = None
 CORE: NatCore | None = None  # ``natlab controller`` restores it from STORE before the app starts
 STORE: Store | None = None  # None: an ephemeral controller (--state none)
+JOURNAL: state.Journal | None = None  # what STORE holds
 STATE_NOTE = "ephemeral (--state none)"
 TICK_S = 1.0
+FULL_SAVE_EVERY = 30  # ticks: compare the whole state with the file (a safety net for the journal)
 MAX_CLOCK_FAILURES = 3  # consecutive failed ticks before the controller ends itself
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal error ended the controller
 _FAILED = object()
@@ -67,6 +69,7 @@ class NatApp(app_manager.OSKenApp):
         self.config = CONFIG or NatConfig()
         self.core = CORE or NatCore(self.config)
         self.store = STORE
+        self.journal = JOURNAL or state.Journal()
         self.ready = False  # r1 connected and reconciled
         self._reconcile: tuple[int, list] | None = None  # (xid of the flow-stats request, flows seen so far)
         self._ready_xid: int | None = None  # the barrier after the reconciliation
@@ -129,8 +132,11 @@ class NatApp(app_manager.OSKenApp):
         """Save what the event changed (one transaction), then tell r1: the file never lags r1's flows."""
         if self.store is not None and (durable or any(isinstance(m, AddFlow | DeleteFlows | Barrier)
                                                       for m in messages)):
-            self.store.save(state.export(self.core))
+            self._save()
         self._send(messages)
+
+    def _save(self, full: bool = False) -> None:
+        self.store.write(*self.journal.changes(self.core, full=full))
 
     def crashed(self, where: str) -> None:
         """A guarded handler raised: count it; go on only if the core and the store are sound."""
@@ -140,7 +146,7 @@ class NatApp(app_manager.OSKenApp):
             with self.lock:
                 self.core.table.check_invariants()
                 if self.store is not None:
-                    self.store.save(state.export(self.core))
+                    self._save(full=True)
         except Exception:
             LOG.exception("the state is not sound after the exception in %s", where)
             die(f"state unsound after an exception in {where}")
@@ -209,6 +215,8 @@ class NatApp(app_manager.OSKenApp):
     def _tick(self, n: int) -> None:
         with self.lock:
             self._commit(self.core.tick(time.monotonic()), durable=self.ready)
+            if self.store is not None and self.ready and n % FULL_SAVE_EVERY == 0:
+                self._save(full=True)
             if self.ready and n % FLOW_STATS_EVERY == 0:
                 parser = self.datapath.ofproto_parser
                 self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath))

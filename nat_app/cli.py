@@ -81,7 +81,7 @@ def run_controller(args: argparse.Namespace) -> int:
         from nat_app.store import StateRefused, open_state
 
         try:
-            app.CORE, app.STORE, app.STATE_NOTE = open_state(config, args.state)
+            app.CORE, app.STORE, app.JOURNAL, app.STATE_NOTE = open_state(config, args.state)
         except (StateRefused, OSError) as exc:
             print(f"natlab controller: state: {exc}", file=sys.stderr)
             return 2

@@ -35,6 +35,66 @@ class StateError(ValueError):
 
 def export(core: NatCore) -> dict[str, object]:
     """Every record of ``core``'s state (see the module docstring)."""
+    records = _small_records(core)
+    records.update({f"entry:{e.id}": _entry_record(e) for e in core.table})
+    records.update(core.pool.export())
+    return records
+
+
+class Journal:
+    """What changed since the last call, as records to write and keys to delete: the store's
+    per-event write without re-encoding the whole state (measured: a full export costs about
+    90 ms per event with 5,000 entries). Entries are compared by their mutable fields; mappings
+    and spaces are looked at only where a changed entry lives; the small records always."""
+
+    def __init__(self, saved: dict[str, object] | None = None) -> None:
+        self._last: dict[str, object] = dict(saved or {})  # as the store holds them
+        self._signatures: dict[int, tuple] = {}
+        self._small: set[str] = set()  # keys of the last small records (owners, definitions come and go)
+
+    def changes(self, core: NatCore, full: bool = False) -> tuple[dict[str, object], set[str]]:
+        """(records to write, keys to delete); ``full`` compares everything (a safety net, and the start)."""
+        signatures = {e.id: (e.expires, e.path, e.slow_packets) for e in core.table}
+        if full:
+            candidates, looked_at = export(core), set(self._last)
+            self._small = set(_small_records(core))
+        else:
+            dirty = {i for i, sig in signatures.items() if self._signatures.get(i) != sig}
+            dirty |= self._signatures.keys() - signatures.keys()
+            candidates, looked_at = self._partial(core, dirty)
+        self._signatures = signatures
+        upserts = {k: v for k, v in candidates.items() if self._last.get(k, _ABSENT) != v}
+        deletes = {k for k in looked_at - candidates.keys() if k in self._last}
+        self._last.update(upserts)
+        for key in deletes:
+            del self._last[key]
+        return upserts, deletes
+
+    def _partial(self, core: NatCore, dirty: set[int]) -> tuple[dict[str, object], set[str]]:
+        records = _small_records(core)
+        looked_at = self._small | records.keys()
+        self._small = set(records)
+        mappings, spaces = set(), set()
+        for entry_id in dirty:
+            key = f"entry:{entry_id}"
+            looked_at.add(key)
+            entry = core.table.get(entry_id)
+            record = _entry_record(entry) if entry is not None else self._last.get(key)
+            if entry is not None:
+                records[key] = record
+            if record is not None:
+                mappings.add((record["protocol"], record["private_ip"], record["private_gpn"]))
+                spaces.add((record["global_ip"], record["protocol"]))
+        looked_at |= {"mapping:{}:{}:{}".format(*m) for m in mappings} | {"space:{}:{}".format(*s) for s in spaces}
+        records.update(core.pool.export(mappings, spaces))
+        return records, looked_at
+
+
+_ABSENT = object()
+
+
+def _small_records(core: NatCore) -> dict[str, object]:
+    """Records whose size does not grow with the table's (lease owners grow with the quota at most)."""
     records: dict[str, object] = {
         "core:config": _fingerprint(core.config),
         "core:paths": {
@@ -47,8 +107,6 @@ def export(core: NatCore) -> dict[str, object]:
         "neighbours": core.neighbours.known(),
         "table:next_id": core.table.next_id(),
     }
-    records.update({f"entry:{e.id}": e.as_dict() for e in core.table})
-    records.update(core.pool.export())
     records.update(core.leases.export())
     return records
 
@@ -72,6 +130,13 @@ def restore(config: NatConfig, records: dict[str, object], rng: random.Random | 
         raise StateError(f"saved state is inconsistent ({type(exc).__name__}: {exc})") from None
     core.state_lost = False
     return core
+
+
+def _entry_record(entry) -> dict:
+    """``Entry.as_dict()``'s value, made without dataclasses.asdict's deep copy (this runs per event)."""
+    record = dict(entry.__dict__)
+    record["kind"], record["path"] = entry.kind.value, entry.path.value
+    return record
 
 
 def _restore_paths(core: NatCore, paths: dict) -> None:

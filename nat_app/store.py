@@ -63,7 +63,6 @@ class Store:
         self.path = Path(path)
         self.boot = boot or boot_id()
         self._db: sqlite3.Connection | None = None
-        self._saved: dict[str, str] = {}  # key -> JSON as last written
 
     def load(self) -> dict[str, object]:
         """The saved records; StateLost (file made new, ready for saves) or StateRefused."""
@@ -81,22 +80,23 @@ class Store:
             self._set_aside(str(exc) if isinstance(exc, StateLost) else f"unreadable ({exc})")
         self._db = db
         _configure(db)
-        self._saved = {k: v for k, v in db.execute("SELECT key, value FROM records")}
         return records
 
-    def save(self, records: dict[str, object]) -> int:
-        """Write what changed since the last save in one transaction; the number of rows written."""
-        new = {k: json.dumps(v, sort_keys=True, separators=(",", ":")) for k, v in records.items()}
-        changed = [(k, v) for k, v in new.items() if self._saved.get(k) != v]
-        gone = [(k,) for k in self._saved.keys() - new.keys()]
-        if not changed and not gone:
+    def write(self, upserts: dict[str, object], deletes: set[str] | frozenset[str] = frozenset()) -> int:
+        """One event's changes (state.Journal) in one transaction; the number of rows written."""
+        if not upserts and not deletes:
             return 0
         db = self._connection()
         with _transaction(db):
-            db.executemany("INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)", changed)
-            db.executemany("DELETE FROM records WHERE key = ?", gone)
-        self._saved = new
-        return len(changed) + len(gone)
+            db.executemany("INSERT OR REPLACE INTO records (key, value) VALUES (?, ?)",
+                           [(k, _json(v)) for k, v in upserts.items()])
+            db.executemany("DELETE FROM records WHERE key = ?", [(k,) for k in deletes])
+        return len(upserts) + len(deletes)
+
+    def save(self, records: dict[str, object]) -> int:
+        """Make the file hold exactly ``records`` (one transaction); rows written."""
+        existing = {k for (k,) in self._connection().execute("SELECT key FROM records")}
+        return self.write(records, existing - records.keys())
 
     def close(self) -> None:
         if self._db is not None:
@@ -118,7 +118,7 @@ class Store:
                          f" PRAGMA user_version = {SCHEMA_VERSION};")
         db.execute("INSERT INTO meta (key, value) VALUES ('boot_id', ?)", (self.boot,))
         db.execute("COMMIT")
-        self._db, self._saved = db, {}
+        self._db = db
 
     def set_aside(self, why: str) -> None:
         """Records that load() returned do not make a consistent core (state.StateError): lost state."""
@@ -135,21 +135,23 @@ class Store:
         raise StateLost(f"saved state {self.path} not used: {why}; kept as {aside}")
 
 
-def open_state(config: NatConfig, path: str | Path) -> tuple[NatCore, Store, str]:
-    """The core to start with, the store to save it to, and what happened, for the log and `natlab table`.
-    Raises StateRefused (the caller exits) for a file that is not natlab's."""
+def open_state(config: NatConfig, path: str | Path) -> tuple[NatCore, Store, state.Journal, str]:
+    """The core to start with, the store to save it to, the journal of what the store holds, and what
+    happened (for the log and `natlab table`). Raises StateRefused (the caller exits) for a file that
+    is not natlab's."""
     store = Store(path)
     try:
         records = store.load()
         core = state.restore(config, records)
     except StateLost as exc:
-        return NatCore(config), store, f"started empty: {exc}"
+        return NatCore(config), store, state.Journal(), f"started empty: {exc}"
     except state.StateError as exc:
         try:
             store.set_aside(str(exc))
         except StateLost as lost:
-            return NatCore(config), store, f"started empty: {lost}"
-    return core, store, f"restored from {path}: {len(core.table)} entries, epoch start {core.leases.started:.1f}"
+            return NatCore(config), store, state.Journal(), f"started empty: {lost}"
+    note = f"restored from {path}: {len(core.table)} entries, epoch start {core.leases.started:.1f}"
+    return core, store, state.Journal(records), note
 
 
 def _check_header(path: Path) -> None:
@@ -178,6 +180,10 @@ def _read_checked(db: sqlite3.Connection, path: Path, boot: str) -> dict[str, ob
         return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM records")}
     except ValueError as exc:
         raise StateLost(f"a record is not JSON ({exc})") from None
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _configure(db: sqlite3.Connection) -> None:

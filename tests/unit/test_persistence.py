@@ -149,3 +149,30 @@ def test_records_of_an_untouched_core_restore_to_an_empty_table():
     core = NatCore(NatConfig(**CONFIG), random.Random(os.getpid()))
     again = state.restore(NatConfig(**CONFIG), json.loads(json.dumps(state.export(core))))
     assert len(again.table) == 0 and not again.state_lost
+
+
+def test_the_journal_writes_what_a_full_export_would_hold_and_little_per_event():
+    """The store's per-event write (state.Journal) against the truth, a full export, event after event."""
+    sw, clients, spis = busy_switch()
+    journal, held = state.Journal(), {}
+
+    def apply(upserts, deletes):
+        held.update(upserts)
+        for key in deletes:
+            del held[key]
+        return len(upserts) + len(deletes)
+
+    apply(*journal.changes(sw.core))
+    assert held == json.loads(json.dumps(state.export(sw.core)))
+    sw.receive(IN, tcp_from("10.0.0.3", 34000), T0 + 1)  # a new NAPT connection
+    written = apply(*journal.changes(sw.core))
+    assert held == state.export(sw.core) and written <= 6  # entry, mapping, space, counters: not the table
+    napt = next(e for e in sw.core.table if e.private_ip == "10.0.0.2" and e.protocol == 6)
+    sw.remove_flow(napt.id, T0 + 2)  # idled out: the entry goes, its port rests
+    clients[1].lease(50, nonce=bytes([2]) * 12, lifetime=0, now=T0 + 3, global_gpn=spis[1], private_gpn=spis[1],
+                     global_ip=global_pool(1)[0])  # a release
+    sw.apply(sw.core.tick(T0 + 4000), T0 + 4000)  # every lease expires
+    apply(*journal.changes(sw.core))
+    assert held == state.export(sw.core)
+    upserts, deletes = journal.changes(sw.core, full=True)
+    assert not upserts and not deletes  # the full comparison finds nothing the journal missed

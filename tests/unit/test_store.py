@@ -24,14 +24,12 @@ def saved(path: Path, records: dict) -> None:
     store.close()
 
 
-def test_records_saved_are_loaded_back_and_only_changes_are_written(tmp_path):
+def test_records_written_are_loaded_back_and_deletions_take_effect(tmp_path):
     path = tmp_path / "state.db"
     saved(path, RECORDS)
     store = Store(path, BOOT)
     assert store.load() == RECORDS
-    assert store.save(RECORDS) == 0
-    assert store.save({**RECORDS, "table:next_id": 3}) == 1
-    assert store.save({"table:next_id": 3}) == 2  # two records gone
+    assert store.write({"table:next_id": 3}, {"entry:1", "owner:1"}) == 3
     store.close()
     assert Store(path, BOOT).load() == {"table:next_id": 3}
     with sqlite3.connect(path) as db:
