@@ -135,7 +135,7 @@ class ControllerProcess:
                *self.extra_args]
         root = Path(__file__).resolve().parent.parent
         env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        with open(self.workdir / "controller.stderr", "wb") as stderr:
+        with open(self.workdir / "controller.stderr", "ab") as stderr:  # a restart appends
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                                          env=env, start_new_session=True)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S

@@ -45,8 +45,8 @@ def test_mn_custom_line_against_natlab_controller(tmp_path):
 
 def _mn_custom_line(tmp_path):
     sock = str(tmp_path / "c.sock")
-    ctl = subprocess.Popen([*NATLAB, "controller", "--control-socket", sock, "--log", str(tmp_path / "c.log")],
-                           cwd=ROOT, start_new_session=True)
+    ctl = subprocess.Popen([*NATLAB, "controller", "--control-socket", sock, "--log", str(tmp_path / "c.log"),
+                            "--state", str(tmp_path / "state.db")], cwd=ROOT, start_new_session=True)
     try:
         for _ in range(100):
             try:
@@ -56,12 +56,14 @@ def _mn_custom_line(tmp_path):
                 time.sleep(0.1)
         script = tmp_path / "post"
         script.write_text("h1 ping -c 2 203.0.113.100\nh3 ping -c 2 203.0.113.101\n"
-                          f"sh cd {ROOT} && {' '.join(NATLAB)} table --json --control-socket {sock} > {tmp_path}/t.json\n")
+                          f"sh cd {ROOT} && {' '.join(NATLAB)} table --json --control-socket {sock} > {tmp_path}/t.json\n"
+                          f"sh ovs-vsctl get-fail-mode r1 > {tmp_path}/fail-mode\n")
         out = run(["mn", "--custom", "topo/natlab.py", "--topo", "natlab,clients=3", "--switch", "ovs,datapath=user",
                    "--controller", "remote", "--test", "none", "--post", str(script)])
         assert (out.stdout + out.stderr).count("2 received") == 2, out.stdout + out.stderr
         table = json.loads((tmp_path / "t.json").read_text())
         assert {e["private_ip"] for e in table["entries"]} == {"10.0.0.1", "10.0.0.3"}
+        assert (tmp_path / "fail-mode").read_text().strip() == "secure"  # Debian's mn too: r1 never goes L2
     finally:
         os.killpg(ctl.pid, signal.SIGTERM)
         ctl.wait(timeout=10)
