@@ -88,6 +88,7 @@ class NatApp(app_manager.OSKenApp):
     # ------------------------------------------------------------ OpenFlow
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    @guarded
     def _switch_features(self, ev) -> None:
         dp = ev.msg.datapath
         if self.config.dpid is not None and dp.id != self.config.dpid:
@@ -124,6 +125,7 @@ class NatApp(app_manager.OSKenApp):
             self._commit(self.core.flow_removed(ev.msg.cookie, time.monotonic()), durable=True)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    @guarded
     def _error(self, ev) -> None:
         msg = ev.msg
         LOG.error("OpenFlow error from switch: type=%d code=%d data=%s", msg.type, msg.code, bytes(msg.data).hex())
@@ -193,6 +195,7 @@ class NatApp(app_manager.OSKenApp):
                   if k in ("started_empty", "reconciled", "entries_lost_while_away", "stale_flows_deleted")})
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    @guarded
     def _barrier_reply(self, ev) -> None:
         """r1 applied the reconciliation: the NAT is ready (the testbed waits for this)."""
         if ev.msg.datapath is self.datapath and ev.msg.xid == self._ready_xid:
@@ -222,6 +225,14 @@ class NatApp(app_manager.OSKenApp):
                 self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath))
 
     def _serve_control(self) -> None:
+        """Accept control connections; a failure here other than the socket closing ends the controller."""
+        try:
+            self._accept_loop()
+        except Exception:
+            LOG.exception("the control socket greenlet failed")
+            die("the control socket greenlet failed")
+
+    def _accept_loop(self) -> None:
         while True:
             try:
                 conn, _ = self._server.accept()
