@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -116,3 +117,18 @@ def test_a_kill_between_writes_leaves_the_last_whole_save(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True)
     assert done.returncode == -9, done.stderr
     assert Store(path, BOOT).load() == RECORDS
+
+
+def test_natlab_controller_refuses_a_foreign_state_file_with_a_clear_message_and_status_2(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not yours\n")
+    root = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "topo.cli", "controller", "--state", str(notes), "--listen-port",
+                           str(port), "--control-socket", str(tmp_path / "c.sock")],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "not an SQLite database" in done.stderr and "refusing to overwrite" in done.stderr
+    assert notes.read_text() == "not yours\n"
