@@ -19,7 +19,7 @@ from conformance.matrix import CELLS, behind_nat, clients
 from topo.natlab import server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
-IPERF_S = 10
+IPERF_S = 12
 KILL_AFTER_S = 3
 _FIELDS = ("id", "kind", "protocol", "private_ip", "private_gpn", "global_ip", "global_gpn", "foreign", "path")
 
@@ -61,13 +61,17 @@ def test_a_controller_killed_under_traffic_loses_no_connection_no_lease_no_entry
         ipsec = iperf3_in_background(tb.host("h3"), SRV1, 5201)
         time.sleep(KILL_AFTER_S)  # both connections established and moving data
         before = entries(tb)
+        started = time.monotonic()
         tb.controller.restart(kill=True)
+        restart_s = time.monotonic() - started
         after = entries(tb)
         assert after == before, f"lost {before - after}, new {after - before}"
         assert tb.table()["state"].startswith("restored")
         napt_bytes, ipsec_bytes = interval_bytes(napt), interval_bytes(ipsec)
         assert all(b > 0 for b in napt_bytes), f"NAPT iperf3 stalled: bytes per second {napt_bytes}"
-        assert sum(ipsec_bytes[KILL_AFTER_S + 3:]) > 0, f"IPsec iperf3 did not go on: {ipsec_bytes}"
+        assert sum(ipsec_bytes[-3:]) > 0, f"IPsec iperf3 did not go on: {ipsec_bytes}"
+        print(f"\nkill to reconciled {restart_s:.1f} s; {len(before)} entries kept; Mbit/s per second, NAPT "
+              f"{[round(b * 8e-6) for b in napt_bytes]}, IPsec (slow path) {[round(b * 8e-6) for b in ipsec_bytes]}")
         assert [apps.curl(tb.host(c.name), url) for c in members] == [200, 200, 200]
         for agent in agents:
             leases = agent.refresh()["leases"]
