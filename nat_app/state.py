@@ -126,7 +126,8 @@ def restore(config: NatConfig, records: dict[str, object], rng: random.Random | 
         core.neighbours.restore(records["neighbours"])
         _restore_paths(core, records["core:paths"])
         core.table.check_invariants()
-    except (KeyError, ValueError, TypeError, AttributeError, AssertionError, TableConflict) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError, TableConflict) as exc:
+        # RuntimeError: check_invariants' own exception type on branches that replace its asserts
         raise StateError(f"saved state is inconsistent ({type(exc).__name__}: {exc})") from None
     core.state_lost = False
     return core
