@@ -49,13 +49,13 @@ class Journal:
 
     def __init__(self, saved: dict[str, object] | None = None) -> None:
         self._last: dict[str, object] = dict(saved or {})  # as the store holds them
-        self._signatures: dict[int, tuple] = {}
+        self._signatures: dict[int, tuple] | None = None  # None: nothing compared yet, the first call is full
         self._small: set[str] = set()  # keys of the last small records (owners, definitions come and go)
 
     def changes(self, core: NatCore, full: bool = False) -> tuple[dict[str, object], set[str]]:
         """(records to write, keys to delete); ``full`` compares everything (a safety net, and the start)."""
         signatures = {e.id: (e.expires, e.path, e.slow_packets) for e in core.table}
-        if full:
+        if full or self._signatures is None:
             candidates, looked_at = export(core), set(self._last)
             self._small = set(_small_records(core))
         else:

@@ -11,6 +11,8 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
@@ -176,3 +178,38 @@ def test_the_journal_writes_what_a_full_export_would_hold_and_little_per_event()
     assert held == state.export(sw.core)
     upserts, deletes = journal.changes(sw.core, full=True)
     assert not upserts and not deletes  # the full comparison finds nothing the journal missed
+
+
+EVENTS = st.lists(st.tuples(st.sampled_from(["connect", "idle", "lease", "release", "tick", "restart"]),
+                            st.integers(1, 3), st.integers(0, 40)), min_size=1, max_size=25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(EVENTS)
+def test_any_sequence_of_events_saved_by_the_journal_restores_to_the_same_state(events):
+    """Whatever happened, what the store holds rebuilds a core equal to the live one, restart after restart."""
+    sw, clients, _ = busy_switch()
+    journal, held = state.Journal(), {}
+    now = T0
+    for kind, who, n in events:
+        now += 1 + n
+        if kind == "connect":
+            sw.receive(IN, tcp_from(f"10.0.0.{who}", 30000 + n), now)
+        elif kind == "idle" and any(e.idle_timeout for e in sw.core.table):
+            sw.remove_flow(sorted(e.id for e in sw.core.table if e.idle_timeout)[n % 2 - 1], now)
+        elif kind == "lease":
+            clients[who - 1].lease(50, nonce=bytes([who, n]) * 6, now=now)
+        elif kind == "release":
+            clients[who - 1].lease(50, nonce=bytes([who]) * 12, lifetime=0, now=now)
+        elif kind == "tick":
+            sw.apply(sw.core.tick(now + 600 * n), now)
+        elif kind == "restart":
+            restarted(sw, now)
+            for c in clients:
+                c.sw = sw
+        upserts, deletes = journal.changes(sw.core)
+        held.update(upserts)
+        for key in deletes:
+            del held[key]
+        assert state.export(state.restore(NatConfig(**CONFIG), json.loads(json.dumps(held)))) == \
+            json.loads(json.dumps(state.export(sw.core)))
