@@ -39,6 +39,7 @@ from nat_app.messages import (
     ToController,
 )
 from nat_app.neighbours import NeighbourCache
+from nat_app.savi import SaviCore
 from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from nat_app.translate import rewrite, rewrite_icmp_error
 from netwire import pcp
@@ -78,8 +79,9 @@ DEMOTION_HOLD_S = 0.25
 
 
 class NatCore:
-    def __init__(self, config: NatConfig, rng: random.Random | None = None) -> None:
+    def __init__(self, config: NatConfig, rng: random.Random | None = None, savi: SaviCore | None = None) -> None:
         self.config = config
+        self.savi = savi  # s1's bindings (RFC 7039): where each inside (MAC, IP) is attached
         self._rng = rng or random.Random()
         self.counters = Counters()
         self._reset(0.0)
@@ -126,6 +128,8 @@ class NatCore:
                 raise MalformedPacket("IPv4 total length beyond the frame")
             packet = packet[: ip.total_len]
             if in_port == self.config.inside_port:
+                if self._access_port(eth.src, ip.src) is None:
+                    return self._drop("savi-unbound")
                 if self.config.is_inside(ip.src):
                     self.neighbours.learn(ip.src, eth.src)
                 return self._outbound(frame, eth, packet, ip, now)
@@ -172,6 +176,8 @@ class NatCore:
             "counters": dict(sorted(self.counters.values.items())),
             "globals": list(self.config.globals),
             "bypass": self.bypass,
+            "neighbours": dict(sorted(self.neighbours.known().items())),
+            **({"savi": self.savi.snapshot()} if self.savi is not None else {}),
         }
 
     # ------------------------------------------------------------------- ARP
@@ -181,6 +187,8 @@ class NatCore:
         side_ok = c.is_inside if in_port == c.inside_port else c.is_outside
         if in_port not in (c.inside_port, c.outside_port) or not side_ok(arp.sender_ip):
             return self._drop("arp-foreign-sender")
+        if in_port == c.inside_port and self._access_port(arp.sender_mac, arp.sender_ip) is None:
+            return self._drop("savi-unbound")
         msgs: list[Message] = []
         for parked_port, parked in self.neighbours.learn(arp.sender_ip, arp.sender_mac):
             msgs += self.packet_in(parked_port, parked, now)
@@ -465,7 +473,7 @@ class NatCore:
             return self._drop("not-routed")
         if not 8 <= length <= len(segment):
             return self._drop("malformed")
-        origin = Origin(c.inside_port, eth.src, ip.src)
+        origin = Origin(self._access_port(eth.src, ip.src), eth.src, ip.src)
         outcome = self.leases.handle(segment[8:length], origin, now)
         msgs: list[Message] = []
         for entry in outcome.removed:
@@ -523,6 +531,14 @@ class NatCore:
         at = ip.header_len + _ICMP_ERROR_HEADER_LEN
         inner = IPv4Header.parse(packet[at:], truncated_ok=True)
         return inner, parse_transport(inner.protocol, packet[at + inner.header_len:])
+
+    def _access_port(self, mac: str, ip: str) -> int | None:
+        """The port a lease's owner is pinned to: the s1 access port SAVI bound (MAC, IP) on,
+        None if unbound (a forged frame that got past s1); r1's inside port when s1 is a plain
+        bridge (no SAVI: the classic-L2 setting, RFC 7039 section 1's "no validation")."""
+        if self.savi is None or not self.savi.connected:
+            return self.config.inside_port
+        return self.savi.port_of(mac, ip)
 
     def _eth(self, dst: str, src: str) -> bytes:
         return EthernetHeader(dst, src, ETH_TYPE_IPV4).build()
