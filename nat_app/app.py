@@ -27,6 +27,7 @@ from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
 from nat_app.messages import priority_band
+from nat_app.savi import SaviCore
 
 CONFIG: NatConfig | None = None
 TICK_S = 1.0
@@ -40,9 +41,11 @@ class NatApp(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = CONFIG or NatConfig()
-        self.core = NatCore(self.config)
+        self.savi = SaviCore(self.config)  # s1, the access switch: source-address validation (RFC 7039)
+        self.core = NatCore(self.config, savi=self.savi)
         self.lock = threading.Lock()
         self.datapath = None
+        self.access = None  # s1's datapath
         self.fast_path: dict[str, int] = {}  # packets counted by r1's flows, by priority band
         self._server = _bind_control_socket(self.config.control_socket)
         self.threads.append(hub.spawn(self._clock))
@@ -58,6 +61,12 @@ class NatApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _switch_features(self, ev) -> None:
         dp = ev.msg.datapath
+        if dp.id == self.savi.savi.dpid:
+            LOG.info("s1 (access switch, SAVI) connected: dpid=%016x", dp.id)
+            with self.lock:
+                self.access = dp
+                self._send(self.savi.switch_connected(time.monotonic()), dp)
+            return
         if self.config.dpid is not None and dp.id != self.config.dpid:
             LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dp.id, self.config.dpid)
             return
@@ -69,6 +78,10 @@ class NatApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def _packet_in(self, ev) -> None:
         msg = ev.msg
+        if msg.datapath is self.access:
+            with self.lock:
+                self._send(self.savi.packet_in(msg.match["in_port"], bytes(msg.data), time.monotonic()), self.access)
+            return
         if msg.datapath is not self.datapath:
             return
         with self.lock:
@@ -76,29 +89,48 @@ class NatApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def _flow_removed(self, ev) -> None:
+        if ev.msg.datapath is self.access:
+            with self.lock:
+                self._send(self.savi.flow_removed(ev.msg.cookie, time.monotonic(), ev.msg.packet_count), self.access)
+            return
         if ev.msg.datapath is not self.datapath:
             return
         with self.lock:
             self._send(self.core.flow_removed(ev.msg.cookie, time.monotonic()))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev) -> None:
+        """A port of s1 deleted or down: the host on it left, its SAVI bindings end."""
+        msg = ev.msg
+        ofp = msg.datapath.ofproto
+        if msg.datapath is not self.access:
+            return
+        if msg.reason == ofp.OFPPR_DELETE or msg.desc.state & ofp.OFPPS_LINK_DOWN:
+            with self.lock:
+                self._send(self.savi.port_gone(msg.desc.port_no, time.monotonic()), self.access)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev) -> None:
         msg = ev.msg
         LOG.error("OpenFlow error from switch: type=%d code=%d data=%s", msg.type, msg.code, bytes(msg.data).hex())
 
-    def _send(self, messages) -> None:
-        if self.datapath is None:
+    def _send(self, messages, dp=None) -> None:
+        """Send to ``dp`` (default r1)."""
+        dp = dp or self.datapath
+        if dp is None:
             return
         for message in messages:
             if getattr(message, "delay", 0):
-                hub.spawn_after(message.delay, self.datapath.send_msg, to_openflow(self.datapath, message))
+                hub.spawn_after(message.delay, dp.send_msg, to_openflow(dp, message))
             else:
-                self.datapath.send_msg(to_openflow(self.datapath, message))
+                dp.send_msg(to_openflow(dp, message))
 
     # --------------------------------------------------- clock and control
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev) -> None:
+        if ev.msg.datapath is not self.datapath:
+            return
         totals: dict[str, int] = {}
         for stat in ev.msg.body:
             band = priority_band(stat.priority)
@@ -139,6 +171,7 @@ class NatApp(app_manager.OSKenApp):
         with self.lock:
             if op == "table":
                 return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None,
+                        "s1_connected": self.access is not None,
                         "switch_packets": dict(sorted(self.fast_path.items()))}
             if op == "check":  # the table's invariants, for the abuse tests
                 try:

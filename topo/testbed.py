@@ -238,11 +238,12 @@ class Testbed:
     def _wait_connected(self) -> None:
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self.controller.ask("table").get("connected"):
+            table = self.controller.ask("table")
+            if table.get("connected") and table.get("s1_connected"):  # r1, and s1 (SAVI)
                 time.sleep(0.5)  # the base flows follow the features reply
                 return
             time.sleep(0.1)
-        raise TestbedError(f"r1 did not connect to the controller within {CONNECT_TIMEOUT_S}s")
+        raise TestbedError(f"r1 and s1 did not both connect to the controller within {CONNECT_TIMEOUT_S}s")
 
     def stop(self) -> None:
         try:

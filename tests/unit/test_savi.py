@@ -225,3 +225,22 @@ def test_hostile_frames_never_crash_savi_or_corrupt_its_bindings(frames):
     assert {"port": H1[2], "mac": H1[1], "ip": H1[0]} in bindings
     assert len({b["ip"] for b in bindings}) == len(bindings)
     assert link.savi.port_of(H1[1], H1[0]) == H1[2]
+
+
+def test_natlab_table_shows_the_bindings_and_the_savi_drops(link):
+    from nat_app.cli import format_table
+
+    link.send(H1[2], arp_from(H1[0], H1[1]))
+    link.send(H3[2], ping_from(H1[0], H3[1]))
+    text = format_table({**link.core.snapshot(0.0), "connected": True, "s1_connected": True})
+    assert "SAVI on s1 (connected): bindings port 1 00:00:00:00:00:01 10.0.0.1" in text
+    assert "drop:ip-bound-on-other-port=1" in text
+
+
+def test_the_topology_puts_s1_where_the_app_expects_it():
+    """One fact, two files that cannot import each other (Debian's mn loads topo/natlab.py alone)."""
+    from nat_app import savi
+    from topo import natlab
+
+    assert int(natlab.S1_DPID, 16) == savi.S1_DPID and natlab.S1_UPLINK_PORT == savi.S1_UPLINK_PORT
+    assert natlab.LIMITS["clients"][1] < savi.S1_UPLINK_PORT
