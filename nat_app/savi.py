@@ -107,14 +107,19 @@ class SaviCore:
         if in_port == self.savi.uplink_port:
             return [PacketOut(frame, (Output(PORT_NORMAL),), in_port)]
         try:
-            claim = claim_of(frame)
+            eth = EthernetHeader.parse(frame)
         except MalformedPacket:
             return self._drop("malformed")
+        kind = {"in_port": in_port, "eth_src": eth.src, "eth_type": eth.ethertype}  # this source, this ethertype
+        try:
+            claim = claim_of(frame)
+        except MalformedPacket:
+            return self._refuse("malformed", kind)
         if claim is None:
-            return self._drop("not-ipv4-or-arp")
+            return self._refuse("not-ipv4-or-arp", kind)
         reason = self._refusal(in_port, claim)
         if reason is not None:
-            return self._refuse(reason, in_port, claim)
+            return self._refuse(reason, _match(in_port, claim))
         binding = self._by_ip.get(claim.ip) or self._bind(in_port, claim, now)
         return self._install(binding, claim.kind) + [PacketOut(frame, (Output(PORT_NORMAL),), in_port)]
 
@@ -204,14 +209,15 @@ class SaviCore:
             msgs.append(DeleteFlows(binding.cookie(kind)))
         return msgs
 
-    def _refuse(self, reason: str, port: int, claim: Claim) -> list[Message]:
-        """Drop and count; keep dropping this exact source in s1 for a while (flood guard)."""
+    def _refuse(self, reason: str, match: dict) -> list[Message]:
+        """Drop and count; keep dropping what ``match`` names in s1 for a while (flood guard:
+        one packet-in per refused source and hold; a binding's own flows rank above it)."""
         msgs = self._drop(reason)
         if len(self._refused) >= MAX_DROP_FLOWS:
             return msgs
         cookie = COOKIE_REFUSED | next(self._drop_ids)
         self._refused[cookie] = reason
-        return [AddFlow(PRIO_REFUSED, _match(port, claim), (), cookie=cookie, hard_timeout=self.savi.drop_hold,
+        return [AddFlow(PRIO_REFUSED, match, (), cookie=cookie, hard_timeout=self.savi.drop_hold,
                         notify_removal=True)]
 
     def _drop(self, reason: str) -> list[Message]:

@@ -244,3 +244,15 @@ def test_the_topology_puts_s1_where_the_app_expects_it():
 
     assert int(natlab.S1_DPID, 16) == savi.S1_DPID and natlab.S1_UPLINK_PORT == savi.S1_UPLINK_PORT
     assert natlab.LIMITS["clients"][1] < savi.S1_UPLINK_PORT
+
+
+def test_a_flood_of_junk_costs_one_packet_in_per_source_and_hold_and_every_frame_is_counted(link):
+    _, mac, port = H3
+    for _ in range(50):
+        link.send(port, bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff", type=0x86DD)) + bytes(40))
+        link.send(port, bytes(Ether(src=mac, dst=R_IN) / IP(src="10.0.0.254", dst=SRV1)))
+    assert link.s1.packet_ins == 2
+    for cookie in {f.msg.cookie for f in link.s1.flows if f.msg.cookie & COOKIE_REFUSED == COOKIE_REFUSED}:
+        link.s1.expire_flow(cookie, 10.0)
+    assert link.drops() == {"drop:not-ipv4-or-arp": 50, "drop:router-address": 50}
+    assert link.send(port, arp_from(H3[0], mac)) == 1  # its honest frames still bind
