@@ -1,6 +1,8 @@
 """The os-ken shell of the extensible NAT: events in, core calls, OpenFlow out.
 
-All decisions live in ``decide.NatCore``; this module only moves events and
+Two switches connect: r1 (the NAT) and s1 (the access switch, dispatched by
+its dpid to ``savi.SaviCore``, source-address validation). All decisions live
+in ``decide.NatCore`` and ``savi.SaviCore``; this module only moves events and
 messages, runs a one-second clock and serves the control socket. Set
 ``CONFIG`` before ``AppManager.run_apps(['nat_app.app'])`` (``natlab
 controller`` does).
