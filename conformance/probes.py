@@ -301,6 +301,29 @@ def udp_echo(ip: str, port: int, seconds: float, log: str) -> dict:
     return {"echoed": echoed}
 
 
+def marker(intfs: str, token: str) -> dict:
+    """Send the capture marker (:mod:`conformance.marker`) out of each of ``intfs`` (comma-separated),
+    framed for its link type; the token names the interface."""
+    import fcntl
+
+    from conformance import marker as mk
+
+    siocgifhwaddr, arphrd_ether, eth_p_ip = 0x8927, 1, 0x0800
+    links = {}
+    for intf in intfs.split(","):
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+            ifreq = fcntl.ioctl(s.fileno(), siocgifhwaddr, struct.pack("256s", intf.encode()[:15]))
+            family, mac = int.from_bytes(ifreq[16:18], "little"), ifreq[18:24]  # struct sockaddr, host order
+            if family == arphrd_ether:
+                s.sendto(mk.ethernet_frame(mac, f"{token}:{intf}"), (intf, 0))
+                links[intf] = "ethernet"
+                continue
+        with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0) as s:  # TUN: the datagram is the frame
+            s.sendto(mk.datagram(f"{token}:{intf}"), (intf, eth_p_ip))
+        links[intf] = "raw"
+    return {"sent": links}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m conformance.probes", description=__doc__)
     sub = p.add_subparsers(dest="probe", required=True)
@@ -326,6 +349,7 @@ def main() -> None:
     probe("udp-refused", udp_refused, "dst", "dport", wait=2.0)
     probe("tcp-sink", tcp_sink, "port", seconds=10.0)
     probe("connect-rate", connect_rate, "dst", "dport", seconds=3.0)
+    probe("marker", marker, "intfs", "token")
     probe("udp-echo", udp_echo, "ip", "port", seconds=60.0, log="/dev/null")
     args = vars(p.parse_args())
     func = args.pop("func")
