@@ -119,11 +119,11 @@ def _stop(procs: list) -> None:
 
 
 _FIELDS = ("ip.src", "ip.dst", "ip.proto", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport",
-           "tcp.flags.syn", "tcp.flags.ack", "tcp.checksum.status", "udp.checksum.status", "icmp.type", "icmp.ident", "tcp.checksum")
+           "tcp.flags.syn", "tcp.flags.ack", "tcp.checksum.status", "udp.checksum.status", "icmp.type", "icmp.ident", "tcp.checksum", "icmp.checksum.status")
 
 
 def read_pcap(path: Path) -> list[Packet]:
-    """Every IPv4 packet of ``path`` but the capture markers, with tshark verifying TCP/UDP checksums.
+    """Every IPv4 packet of ``path`` but the capture markers, with tshark verifying TCP/UDP/ICMP checksums.
 
     ICMP errors quote an inner header; tshark then reports two values per
     field, and the outer one (first) is kept.
@@ -139,8 +139,8 @@ def read_pcap(path: Path) -> list[Packet]:
         sport = v.get("tcp.srcport") or v.get("udp.srcport")
         dport = v.get("tcp.dstport") or v.get("udp.dstport")
         syn, ack = v.get("tcp.flags.syn") in ("1", "True"), v.get("tcp.flags.ack") in ("1", "True")
-        bad = v.get("udp.checksum.status") == "0" or tcp_checksum_bad(v.get("tcp.checksum.status"),
-                                                                       v.get("tcp.checksum", ""))
+        bad = (v.get("udp.checksum.status") == "0" or v.get("icmp.checksum.status") == "0"
+               or tcp_checksum_bad(v.get("tcp.checksum.status"), v.get("tcp.checksum", "")))
         packets.append(Packet(v["ip.src"], v["ip.dst"], int(v["ip.proto"]), int(sport) if sport else None,
                               int(dport) if dport else None, syn and not ack, bad,
                               int(v["icmp.type"]) if v.get("icmp.type") else None,
