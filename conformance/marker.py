@@ -39,10 +39,10 @@ def datagram(token: str) -> bytes:
     udp_len = _UDP_HEADER.size + len(payload)
     src, dst = bytes(4), b"\xff" * 4
     pseudo = src + dst + struct.pack("!BBH", 0, UDP_PROTO, udp_len)
-    udp_sum = _checksum(pseudo + _UDP_HEADER.pack(PORT, PORT, udp_len, 0) + payload) or 0xFFFF
+    udp_sum = inet_checksum(pseudo + _UDP_HEADER.pack(PORT, PORT, udp_len, 0) + payload) or 0xFFFF
     udp = _UDP_HEADER.pack(PORT, PORT, udp_len, udp_sum) + payload
     header = _IP_HEADER.pack(0x45, 0, _IP_HEADER.size + udp_len, 0, 0x4000, 1, UDP_PROTO, 0, src, dst)
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", inet_checksum(header)) + header[12:]
     return header + udp
 
 
@@ -66,7 +66,7 @@ def is_marker_fields(dst: str, proto: str | int, dport: str | int | None) -> boo
     return dst == DST and str(proto) == str(UDP_PROTO) and str(dport) == str(PORT)
 
 
-def _checksum(data: bytes) -> int:
+def inet_checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071)."""
     if len(data) % 2:
         data += b"\x00"

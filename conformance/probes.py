@@ -55,6 +55,32 @@ def raw(dst: str, proto: int, count: int, spi: int = 0x4E415401, reply_spi: int 
     return {"sent": count, "proto": proto, "spi": spi}
 
 
+def forge_ah(dst: str, spi: int, icv_len: int, seq: int, count: int, mark: int, dport: int, text: str,
+             inner_src: str = "", inner_dst: str = "") -> dict:
+    """``count`` AH packets for SA ``spi`` whose ICV is zeros (RFC 4302 2.6), sequence numbers from ``seq``.
+
+    A receiver that verifies ICVs drops them all (RFC 4302 3.4.3); one that does not hands
+    a UDP datagram carrying ``text`` to port ``dport`` up its stack. With ``inner_src``/``inner_dst``
+    the datagram is tunnelled (next header 4). ``mark`` (SO_MARK) routes like an agent's
+    own raw socket, around its TUN device.
+    """
+    from conformance.marker import inet_checksum
+
+    udp = struct.pack("!HHHH", 9, dport, 8 + len(text), 0) + text.encode()  # checksum 0: none (RFC 768)
+    inner, next_header = udp, 17
+    if inner_src:
+        inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(inner_src),
+                            socket.inet_aton(inner_dst)) + udp
+        inner = inner[:10] + struct.pack("!H", inet_checksum(inner[:20])) + inner[12:]
+        next_header = 4
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, 51) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        for i in range(count):
+            ah = struct.pack("!BBHII", next_header, (12 + icv_len) // 4 - 2, 0, spi, seq + i) + bytes(icv_len)
+            s.sendto(ah + inner, (dst, 0))
+    return {"requested": count, "spi": spi, "seq": seq}
+
+
 def isakmp(dst: str, cookie: int, count: int, wait: float) -> dict:
     """ISAKMP-shaped datagrams from UDP port 500 with initiator cookie ``cookie`` (RFC 2408 3.1);
     counts the replies that carry the same cookie."""
@@ -350,6 +376,8 @@ def main() -> None:
     probe("tcp-sink", tcp_sink, "port", seconds=10.0)
     probe("connect-rate", connect_rate, "dst", "dport", seconds=3.0)
     probe("marker", marker, "intfs", "token")
+    probe("forge-ah", forge_ah, "dst", spi=0, icv_len=12, seq=1, count=3, mark=1, dport=9, text="",
+          inner_src="", inner_dst="")
     probe("udp-echo", udp_echo, "ip", "port", seconds=60.0, log="/dev/null")
     args = vars(p.parse_args())
     func = args.pop("func")

@@ -33,7 +33,8 @@ from pathlib import Path
 from client_agent.agent_cli import AgentProcess
 from client_agent.agent_config import AgentConfig
 from client_agent.alg import TEST_ALG_PORT
-from conformance.apps import ROOT, Service
+from client_agent.ipsec.algorithms import integrity
+from conformance.apps import ROOT, Service, probe
 from conformance.context import Context, Record
 from conformance.evidence import captures, save_json, save_text
 from conformance.matrix import CELLS, Cell, Client, behind_nat, clients
@@ -45,6 +46,8 @@ TRANSPORTS = {"TCP": 6, "UDP": 17}
 APPS = {"TCP": ("curl", "iperf3-tcp", "nc-tcp"), "UDP": ("iperf3-udp", "nc-udp")}
 RATE = "20M"  # enough to fill many segments, few enough for scapy to read every packet
 NC_UDP_SPORT = 40001  # the private port nc sends from; the ALG text names it
+FORGED_COUNT, FORGED_SEQ = 3, 2**31  # AH packets with a zero ICV to h1; far ahead of any real sequence number
+FORGED_TEXT = "natlab-forged-ah"
 
 
 @dataclass
@@ -65,6 +68,7 @@ class CellRun:
     peer_run_dir: Path | None = None
     evidence: list[Path] = field(default_factory=list)
     csum_errors: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> TCP/UDP -> InCsumErrors in the run
+    forged: int = 0  # AH packets with a bad ICV the peer sent to h1 (IN-AH: the agent must drop them)
 
 
 def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, compensate: bool = True,
@@ -113,6 +117,8 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if cell.protocol == "ah":
+            run.forged = _forge_ah(peer_host, peer, cell, members[0], configs[0])
         time.sleep(0.5)
         run.csum_errors = {h.name: {p: n - csum_before[h.name].get(p, 0) for p, n in _csum_errors(h).items()}
                            for h in (target, h1)}
@@ -127,6 +133,17 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
     if run.peer_run_dir is not None:
         run.evidence.append(run.peer_run_dir / "esp_sa")
     return run
+
+
+def _forge_ah(peer_host, peer: AgentConfig, cell: Cell, c: Client, config: AgentConfig) -> int:
+    """The peer sends h1 AH packets under h1's inbound SA with a zero ICV: only a client that
+    verifies ICVs (RFC 4302 3.4.3) keeps them from its stack. Returns how many were asked for."""
+    sa = next(s.sa for s in config.sas if s.direction == "inbound")
+    tunnel = ("--inner-src", cell.target[1], "--inner-dst", c.global_ip) if cell.mode == "tunnel" else ()
+    probe(peer_host, "forge-ah", c.global_ip, "--spi", sa.spi, "--icv-len", integrity(sa.integrity).icv_len,
+          "--seq", FORGED_SEQ, "--count", FORGED_COUNT, "--mark", peer.mark, "--dport", c.ports[0],
+          "--text", FORGED_TEXT, *tunnel)
+    return FORGED_COUNT
 
 
 def _csum_errors(host) -> dict[str, int]:
@@ -211,6 +228,7 @@ class Views:
     intranet: list  # tunnel mode: sgw1's intranet side, cleartext
     peer_unjudged: dict = field(default_factory=dict)  # ESP/AH on the peer's wire scapy could not judge, by reason
     h1_unjudged: dict = field(default_factory=dict)  # the same on h1's wire (another client's SPI shows here)
+    h1_forged: list = field(default_factory=list)  # the peer's forged AH packets on h1's wire (IN-AH)
 
 
 def read_views(run: CellRun) -> Views:
@@ -230,8 +248,9 @@ def read_views(run: CellRun) -> Views:
     return Views(
         at_peer={c.name: _pick(at_peer_wire, sends[c.name]) for c in run.members},
         peer_to_client={c.name: _pick(at_peer_wire, gets[c.name]) for c in run.members},
-        h1_in=_pick(h1_wire_seen, gets[h1.name]),
-        h1_in_as_global=list(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})) if ah else [],
+        h1_in=_real(_pick(h1_wire_seen, gets[h1.name])),
+        h1_in_as_global=_real(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})) if ah else [],
+        h1_forged=[v for v in _pick(h1_wire_seen, gets[h1.name]) if v.seq >= FORGED_SEQ],
         h1_out=_pick(h1_wire_seen, sends[h1.name]),
         h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})) if ah else [],
         tun=check_cleartext_capture(run.pcaps["ipsec0"]),
@@ -240,6 +259,11 @@ def read_views(run: CellRun) -> Views:
         intranet=check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"]) if run.cell.mode == "tunnel" else [],
         peer_unjudged=_unjudged(peer_seen.skipped), h1_unjudged=_unjudged(h1_seen.skipped),
     )
+
+
+def _real(verdicts) -> list:
+    """The peer's packets but the forged ones (IN-AH), which are judged apart."""
+    return [v for v in verdicts if v.seq < FORGED_SEQ]
 
 
 def _unjudged(skipped) -> dict[str, int]:
@@ -369,9 +393,10 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
                 (bool(h1_in) and all(v.icv_ok for v in h1_in), "an incoming AH packet does not verify as if to the "
                                                                "global IP"),
                 (bool(raw) and not any(v.icv_ok for v in raw), "incoming AH verifies with the private destination"),
-                (not any(d.get("bad_icv") for d in drops.values()), f"agents dropped for bad ICV: {drops}"),
-            ], f"scapy verified {len(h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}",
-               f"none of {len(raw)} verifies with the private destination"))
+                *_forged_checks(run, views, drops),
+            ], f"scapy verified {len(h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}; h1's agent dropped "
+               f"{drops.get(h1.name, {}).get('bad_icv', 0)} of {len(views.h1_forged)} forged packets for their ICV",
+               f"none of {len(raw)} verifies with the private destination; no forged payload on h1's TUN"))
         in_global = [v for v in h1_in if v.sport is not None]
         if cell.mode == "transport":
             results.append(result("IN-PORT", [
@@ -431,6 +456,21 @@ def _judge_alg(rec: Record, run: CellRun, views: Views, name: str, label: dict) 
         rec.result("IN-ALG", name, checks_in, "each client's nc printed its own private address back; on h1 the "
                    "reply carried the global address on the wire and the private one on the TUN",
                    "no global address reached an application", cell=label, extra_evidence=run.evidence),
+    ]
+
+
+def _forged_checks(run: CellRun, views: Views, drops: dict) -> list[tuple[bool, str]]:
+    """IN-AH against a client that never verifies: the forged packets reached h1's wire, its agent
+    dropped exactly those for their ICV, and none of their payload reached h1's stack."""
+    h1 = run.members[0]
+    forged = [v for v in views.h1_forged if not v.icv_ok]
+    leaked = [p for p in views.tun if FORGED_TEXT.encode() in p.payload]
+    bad_icv = {c.name: drops.get(c.name, {}).get("bad_icv", 0) for c in run.members}
+    return [
+        (run.forged > 0 and len(forged) == run.forged, f"{len(forged)} of {run.forged} forged AH packets on h1's wire"),
+        (bad_icv == {**{c.name: 0 for c in run.members}, h1.name: len(forged)},
+         f"bad-ICV drops per agent {bad_icv}, for {len(forged)} forged packets to h1"),
+        (not leaked, f"{len(leaked)} forged datagrams reached h1's stack"),
     ]
 
 
