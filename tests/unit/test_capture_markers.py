@@ -117,3 +117,15 @@ def test_an_incomplete_capture_makes_error_verdicts_never_pass_or_fail(tmp_path)
     assert [(r.behaviour, r.verdict) for r in writer.got] == [("NAT-DROP", "error")]
     assert "end marker" in writer.got[0].reason
 
+
+
+def test_read_pcap_drops_markers_and_judges_icmp_checksums(tmp_path):
+    from scapy.layers.inet import ICMP
+
+    pcap = tmp_path / "eth.pcap"
+    mac = bytes.fromhex("020000000001")
+    good = Ether() / IP(src="203.0.113.1", dst="203.0.113.100") / ICMP(id=7)
+    bad = Ether() / IP(src="203.0.113.1", dst="203.0.113.100") / ICMP(id=8, chksum=0x1234)
+    wrpcap(str(pcap), [Ether(marker.ethernet_frame(mac, "t:eth")), good, bad])
+    packets = evidence.read_pcap(pcap)
+    assert [(p.icmp_id, p.checksum_bad) for p in packets] == [(7, False), (8, True)]

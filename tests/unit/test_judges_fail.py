@@ -409,3 +409,41 @@ def test_nat_drop_is_no_pass_when_the_sender_never_sent():
 
 def test_nat_drop_fails_on_empty_captures():
     assert _nat_drop({k: [] for k in _drop_caps()}, dropped=0) == ("fail", "fail")
+
+
+# ----------------------------------------------------------------------------- CL-RENEW, tshark's direction, captures
+
+
+GOOD_STATUS = {"leases": {"wanted": 2, "counters": {"renewed": 8, "lost": 0}}}
+GOOD_UDP = {"packets": 3000, "lost_packets": 0}
+
+
+def _renew(status=GOOD_STATUS, udp=GOOD_UDP, before=None, after=None, renewed=8, on_wire=8) -> str:
+    before = {1: 10.0, 2: 10.0} if before is None else before
+    after = {1: 12.0, 2: 12.0} if after is None else after
+    return judge.judge_renew(_record(Path(".")), status, udp, before, after, renewed, on_wire, []).verdict
+
+
+def test_cl_renew_passes_on_renewals_in_place():
+    assert _renew() == "pass"
+
+
+@pytest.mark.parametrize("status", [
+    {"leases": {"wanted": 2, "counters": {"renewed": 8}}},  # "lost" missing: unknown, not zero
+    {"leases": {"wanted": 2, "counters": {"renewed": 1, "lost": 0}}},
+    {},
+], ids=["lost-key-missing", "too-few-renewals", "no-status"])
+def test_cl_renew_fails_when_the_status_does_not_show_renewals(status):
+    assert _renew(status=status) == "fail"
+
+
+def test_cl_renew_fails_when_entries_were_recreated_instead_of_renewed():
+    """Variant: a client that lets leases lapse and asks again (new entries)."""
+    assert _renew(after={3: 12.0, 4: 12.0}) == "fail"
+    assert _renew(before={}, after={}) == "fail"
+
+
+def test_tshark_rows_of_the_peer_itself_do_not_count_for_the_clients():
+    rows = [{"ip.src": "203.0.113.1", "udp.checksum.status": "1"}, {"ip.src": SRV1, "udp.checksum.status": "1"},
+            {"ip.src": "0.0.0.0", "udp.checksum.status": "1"}]
+    assert judge.sent_by(rows, {"203.0.113.1"}) == rows[:1]
