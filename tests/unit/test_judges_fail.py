@@ -447,3 +447,19 @@ def test_tshark_rows_of_the_peer_itself_do_not_count_for_the_clients():
     rows = [{"ip.src": "203.0.113.1", "udp.checksum.status": "1"}, {"ip.src": SRV1, "udp.checksum.status": "1"},
             {"ip.src": "0.0.0.0", "udp.checksum.status": "1"}]
     assert judge.sent_by(rows, {"203.0.113.1"}) == rows[:1]
+
+
+def test_every_behaviour_names_the_variant_that_makes_it_fail():
+    """The report's "fails_without" column: each behaviour says how it could be absent, and any unit test it
+    cites exists."""
+    import re
+
+    from conformance import registry
+
+    root = Path(__file__).resolve().parents[2]
+    for b in registry.load():
+        assert b.variant.strip(), b.id
+        for path, names in re.findall(r"(tests/unit/\w+\.py)::([\w*, ]+)", b.variant):
+            text = (root / path).read_text()
+            for name in (n.strip().rstrip("*") for n in names.split(",")):
+                assert name in text, (b.id, path, name)
