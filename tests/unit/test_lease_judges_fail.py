@@ -120,3 +120,10 @@ def test_lease_judges_fail_when_the_nat_answers_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(leases, "ask", lambda host, opcode, **f: {"answered": False})
     got = {r.behaviour: r.verdict for r in leases.lease_protocol(_Ctx(nat, tmp_path))}
     assert set(got.values()) == {"fail"}
+
+
+def test_gone_after_needs_the_packets_after_on_the_senders_wire():
+    assert leases.gone_after(4, 2, before=2, after=2)
+    assert not leases.gone_after(2, 2, before=2, after=2)  # nothing sent after: the NAT was never tested
+    assert not leases.gone_after(4, 4, before=2, after=2)  # a NAT that kept the entry (no release, no expiry)
+    assert not leases.gone_after(0, 0, before=1, after=2)  # empty captures
