@@ -72,14 +72,14 @@ class CellRun:
 
 
 def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, compensate: bool = True,
-             seconds: float = 1.0) -> CellRun:
+             seconds: float = 1.0, algs: tuple[str, ...] = ("address-text",)) -> CellRun:
     """Agents up, applications from every client at once, captures; agents down (leases released).
 
     On a testbed with a classic NAT the clients are plain IPsec hosts (``behind_nat(classic=True)``).
     """
     tb = ctx.testbed
     classic = tb.controller is None
-    configs, peer = behind_nat(cell, members, compensate=compensate, classic=classic)
+    configs, peer = behind_nat(cell, members, compensate=compensate, classic=classic, algs=algs)
     run = CellRun(cell, members, configs, peer, folder, marker=f"natlab-{secrets.token_hex(8)}".encode())
     target_name, target_ip = cell.target
     target, peer_host, h1 = tb.host(target_name), tb.host(cell.peer), tb.host(members[0].name)
@@ -622,6 +622,35 @@ def _controls(ctx: Context, control: str, prefix: str) -> list[ScenarioResult]:
             run = run_cell(ctx, cell, members, rec.folder, compensate=False)
         results += judge_control(rec, run, read_views(run), control)
     return results
+
+
+NOALG_FAILS = frozenset({"OUT-ALG", "IN-ALG"})  # what a client without its ALG lacks, and nothing else
+
+
+def client_noalg(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-NOALG: the matrix's ESP transport cell with the clients' ALG off (an empty ``algs`` list).
+
+    The fault variant of OUT-ALG and IN-ALG on the live testbed: the same
+    judges as the matrix must fail exactly those two behaviours, and no other.
+    """
+    cell, members = Cell("esp", "transport"), clients(3, 1)
+    with ctx.recorded("control-noalg") as rec:
+        run = run_cell(ctx, cell, members, rec.folder, algs=())
+    return [judge_fault(rec, judge_cell(rec, run, read_views(run)), "CTRL-NOALG", NOALG_FAILS, run.evidence)]
+
+
+def judge_fault(rec: Record, results: list[ScenarioResult], control: str, expected: frozenset[str],
+                evidence: list[Path]) -> ScenarioResult:
+    """A fault control passes when the matrix judges fail exactly the ``expected`` behaviours: each
+    behaviour the fault removes is shown able to fail, and the fault disturbs nothing else."""
+    failed = {r.behaviour for r in results if r.verdict != "pass"}
+    reasons = "; ".join(f"{r.behaviour} {r.scenario}: {r.reason}" for r in results if r.verdict != "pass")
+    verdict = rec.result(control, "fault", [
+        (failed == expected, f"failed behaviours {sorted(failed)}, expected exactly {sorted(expected)}"),
+    ], f"the matrix judges failed {sorted(failed)}: {reasons[:400]}",
+        f"{len(results) - sum(r.verdict != 'pass' for r in results)} other verdicts passed",
+        cell={"ipsec": "ESP", "mode": "transport", "transport": "UDP"}, extra_evidence=evidence)
+    return replace(verdict, control=True)
 
 
 def _views_summary(views: Views) -> str:

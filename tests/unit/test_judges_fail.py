@@ -463,3 +463,28 @@ def test_every_behaviour_names_the_variant_that_makes_it_fail():
             text = (root / path).read_text()
             for name in (n.strip().rstrip("*") for n in names.split(",")):
                 assert name in text, (b.id, path, name)
+
+
+# ----------------------------------------------------------------------------- fault controls
+
+
+def _no_alg(run, views):
+    """The CTRL-NOALG variant: no client ALG in either direction."""
+    return _alg_absent(*_alg_out_off(run, views))
+
+
+def test_fault_control_passes_when_exactly_its_behaviours_fail(tmp_path):
+    run, views = _no_alg(*good_run(Cell("esp", "transport"), tmp_path))
+    results = judge.judge_cell(_record(tmp_path), run, views)
+    control = judge.judge_fault(_record(tmp_path), results, "CTRL-NOALG", judge.NOALG_FAILS, [])
+    assert (control.verdict, control.control) == ("pass", True), control.reason
+
+
+def test_fault_control_fails_when_the_fault_removes_nothing_or_breaks_more(tmp_path):
+    run, views = good_run(Cell("esp", "transport"), tmp_path)
+    nothing = judge.judge_cell(_record(tmp_path), run, views)
+    assert judge.judge_fault(_record(tmp_path), nothing, "CTRL-NOALG", judge.NOALG_FAILS, []).verdict == "fail"
+    run, views = _private_ports(*_no_alg(*good_run(Cell("esp", "transport"), tmp_path)))
+    more = judge.judge_cell(_record(tmp_path), run, views)
+    assert judge.judge_fault(_record(tmp_path), more, "CTRL-NOALG", judge.NOALG_FAILS, []).verdict == "fail"
+    assert judge.judge_fault(_record(tmp_path), [], "CTRL-NOALG", judge.NOALG_FAILS, []).verdict == "fail"
