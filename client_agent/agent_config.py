@@ -85,6 +85,7 @@ PROTOCOL_NAMES = {"any": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": 
 
 _AGENT_FIELDS = {
     "name", "tun", "address", "routes", "mtu", "link_mtu", "default", "mark", "table", "rule_priority", "run_dir",
+    "verify_icv",
 }
 _SA_FIELDS = {
     "name", "direction", "spi", "protocol", "mode", "encryption", "enc_key", "integrity", "auth_key", "src", "dst",
@@ -151,6 +152,7 @@ class AgentConfig:
     rule_priority: int = 100
     run_dir: str | None = None
     nat: NatSettings | None = None
+    verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
 
     @property
     def run_directory(self) -> Path:
@@ -235,7 +237,15 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         rule_priority=_int(agent, "rule_priority", where, 1, 32765, default=100),
         run_dir=_str(agent, "run_dir", where) if "run_dir" in agent else None,
         nat=nat,
+        verify_icv=_flag(agent, "verify_icv", where),
     )
+
+
+def _flag(table: dict[str, Any], key: str, where: str, default: bool = True) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} {key}={value!r}: must be true or false")
+    return value
 
 
 def _nat(table: object, agent: dict[str, Any], sas: tuple[SAConfig, ...]) -> NatSettings:
@@ -506,6 +516,7 @@ def render(config: AgentConfig) -> str:
     agent |= {k: v for k, v in optional.items() if v is not None}
     agent |= {"link_mtu": config.link_mtu, "default": str(config.default), "mark": config.mark, "table": config.table,
               "rule_priority": config.rule_priority}
+    agent |= {} if config.verify_icv else {"verify_icv": False}
     lines = ["[agent]", *_assignments(agent)]
     for entry in config.sas:
         sa = entry.sa

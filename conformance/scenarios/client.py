@@ -72,7 +72,7 @@ class CellRun:
 
 
 def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, compensate: bool = True,
-             seconds: float = 1.0, algs: tuple[str, ...] = ("address-text",)) -> CellRun:
+             seconds: float = 1.0, algs: tuple[str, ...] = ("address-text",), verify_icv: bool = True) -> CellRun:
     """Agents up, applications from every client at once, captures; agents down (leases released).
 
     On a testbed with a classic NAT the clients are plain IPsec hosts (``behind_nat(classic=True)``).
@@ -80,6 +80,7 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
     tb = ctx.testbed
     classic = tb.controller is None
     configs, peer = behind_nat(cell, members, compensate=compensate, classic=classic, algs=algs)
+    configs = [replace(c, verify_icv=verify_icv) for c in configs]
     run = CellRun(cell, members, configs, peer, folder, marker=f"natlab-{secrets.token_hex(8)}".encode())
     target_name, target_ip = cell.target
     target, peer_host, h1 = tb.host(target_name), tb.host(cell.peer), tb.host(members[0].name)
@@ -385,7 +386,8 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
                f"{h1.global_ip}", f"none of {len(out_raw)} verifies with h1's private source"))
         # incoming
         h1_in = _of(views.h1_in_as_global if cell.protocol == "ah" else views.h1_in, proto)
-        tun_in = [p for p in views.tun if p.protocol == proto and p.src == cell.target[1]]  # what h1's stack got
+        tun_in = [p for p in views.tun if p.protocol == proto and p.src == cell.target[1]  # what h1's stack got
+                  and FORGED_TEXT.encode() not in p.payload]  # forgeries are IN-AH's to judge
         delivered = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0) for c in run.members}
         drops = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("drops", {}) for c in run.members}
         results.append(result("IN-RECV", [
@@ -625,6 +627,17 @@ def _controls(ctx: Context, control: str, prefix: str) -> list[ScenarioResult]:
 
 
 NOALG_FAILS = frozenset({"OUT-ALG", "IN-ALG"})  # what a client without its ALG lacks, and nothing else
+NOVERIFY_FAILS = frozenset({"IN-AH"})  # what a client that accepts any AH ICV lacks
+
+
+def client_noverify(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-NOVERIFY: the matrix's AH transport cell with the clients' ICV verification off (the
+    agent's ``verify_icv = false`` fault switch): the matrix judges must fail exactly IN-AH."""
+    cell, members = Cell("ah", "transport"), clients(3, 1)
+    with ctx.recorded("control-noverify") as rec:
+        run = run_cell(ctx, cell, members, rec.folder, verify_icv=False)
+    return [judge_fault(rec, judge_cell(rec, run, read_views(run)), "CTRL-NOVERIFY", NOVERIFY_FAILS, run.evidence,
+                        cell={"ipsec": "AH", "mode": "transport", "transport": "UDP"})]
 
 
 def client_noalg(ctx: Context) -> list[ScenarioResult]:
@@ -640,7 +653,7 @@ def client_noalg(ctx: Context) -> list[ScenarioResult]:
 
 
 def judge_fault(rec: Record, results: list[ScenarioResult], control: str, expected: frozenset[str],
-                evidence: list[Path]) -> ScenarioResult:
+                evidence: list[Path], cell: dict | None = None) -> ScenarioResult:
     """A fault control passes when the matrix judges fail exactly the ``expected`` behaviours: each
     behaviour the fault removes is shown able to fail, and the fault disturbs nothing else."""
     failed = {r.behaviour for r in results if r.verdict != "pass"}
@@ -649,7 +662,7 @@ def judge_fault(rec: Record, results: list[ScenarioResult], control: str, expect
         (failed == expected, f"failed behaviours {sorted(failed)}, expected exactly {sorted(expected)}"),
     ], f"the matrix judges failed {sorted(failed)}: {reasons[:400]}",
         f"{len(results) - sum(r.verdict != 'pass' for r in results)} other verdicts passed",
-        cell={"ipsec": "ESP", "mode": "transport", "transport": "UDP"}, extra_evidence=evidence)
+        cell=cell or {"ipsec": "ESP", "mode": "transport", "transport": "UDP"}, extra_evidence=evidence)
     return replace(verdict, control=True)
 
 

@@ -488,3 +488,11 @@ def test_fault_control_fails_when_the_fault_removes_nothing_or_breaks_more(tmp_p
     more = judge.judge_cell(_record(tmp_path), run, views)
     assert judge.judge_fault(_record(tmp_path), more, "CTRL-NOALG", judge.NOALG_FAILS, []).verdict == "fail"
     assert judge.judge_fault(_record(tmp_path), [], "CTRL-NOALG", judge.NOALG_FAILS, []).verdict == "fail"
+
+
+def test_noverify_fault_control_passes_when_only_in_ah_fails(tmp_path):
+    """CTRL-NOVERIFY's variant: forgeries accepted and on h1's TUN; judged apart, they disturb no other check."""
+    run, views = _no_icv_verification(*good_run(Cell("ah", "transport"), tmp_path))
+    results = judge.judge_cell(_record(tmp_path), run, views)
+    control = judge.judge_fault(_record(tmp_path), results, "CTRL-NOVERIFY", judge.NOVERIFY_FAILS, [])
+    assert control.verdict == "pass", control.reason
