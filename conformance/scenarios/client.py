@@ -513,6 +513,7 @@ def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResul
         delivered = run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0)
         spi_checks.append((delivered > 0, f"{c.name}: its agent delivered {delivered} packets sent to its SPI"))
     h1 = run.members[0]
+    delivered_all = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0) for c in run.members}
     spi_checks.append((bool(views.h1_in) and not views.h1_unjudged,
                        f"h1's wire: {len(views.h1_in)} packets to its own SPI 0x{h1.spi_in:08x}; others (another "
                        f"client's SPI or unreadable): {views.h1_unjudged}"))
@@ -532,7 +533,9 @@ def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResul
     counts = {n: len(e) for n, e in endpoints.items()}
     return [
         rec.result("CL-SPI", name, spi_checks, "each client leased its inbound SPI on the global IP of its ports; "
-                   "the peer sent to those SPIs", "no SPI lease on another global IP",
+                   f"their agents delivered {delivered_all}; h1's wire: {len(views.h1_in)} packets to its own SPI",
+                   f"no SPI lease on another global IP; packets on h1's wire for another SPI or unreadable: "
+                   f"{sum(views.h1_unjudged.values())}",
                    extra_evidence=run.evidence),
         rec.result("CL-UNIQ", name, uniq_checks, f"{len(run.members)} clients on {run.members[0].global_ip} at once: "
                    f"distinct (global IP, port) at the peer {counts}, distinct SPI leases in the NAT's table "
