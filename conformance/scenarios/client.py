@@ -712,7 +712,7 @@ def judge_renew(rec: Record, status: dict, udp: dict, before: dict, after: dict,
                 evidence: list[Path]) -> ScenarioResult:
     """CL-RENEW from the agent's status, iperf3's report, the NAT's entries and counter, and h1's wire.
 
-    A key missing from the status is a failed check, never a default that passes."""
+    A block missing from the status is a failed check, never a default that passes."""
     leases = status.get("leases") or {}
     counters = leases.get("counters", {})
     wanted = leases.get("wanted", 0)
@@ -726,7 +726,8 @@ def judge_renew(rec: Record, status: dict, udp: dict, before: dict, after: dict,
                                                       f"{sorted(before)[:4]}, after {sorted(after)[:4]}"),
         (bool(before) and all(after[i] > before[i] for i in before if i in after),
          "an entry's expiry did not move forward"),
-        (counters.get("lost") == 0, f"the agent's status says {counters.get('lost')} leases lost"),
+        (_none_lost(leases), f"the agent's status: {counters.get('lost', 0)} leases lost, {leases.get('held')} of "
+                             f"{wanted} held, problems {leases.get('problems')}"),
         (udp.get("packets", 0) > 0 and lost < 0.02, f"iperf3 UDP through the renewals: {udp}"),
     ]
     return rec.result("CL-RENEW", "esp-transport-4s-leases", checks,
@@ -734,7 +735,15 @@ def judge_renew(rec: Record, status: dict, udp: dict, before: dict, after: dict,
                       f"{RENEW_RUN_S} s of iperf3 UDP ({udp.get('packets', 0)} datagrams, {lost:.1%} lost); "
                       f"{len(set(before) & set(after))} of {len(before)} NAT entries kept; tshark read {on_wire} PCP "
                       "grants to h1 on its wire",
-                      f"the agent's status says {counters.get('lost')} leases lost", extra_evidence=evidence)
+                      f"the agent's status: {counters.get('lost', 0)} leases lost, {leases.get('held')} of {wanted} "
+                      f"held", extra_evidence=evidence)
+
+
+def _none_lost(leases: dict) -> bool:
+    """The agent's lease status shows every wanted lease held and none lost. Its counters are a
+    Counter (an absent "lost" is 0), so the status must hold the counters, "held" and "problems"."""
+    return ("counters" in leases and leases["counters"].get("lost", 0) == 0 and "problems" in leases
+            and not leases["problems"] and leases.get("wanted", 0) > 0 and leases.get("held") == leases["wanted"])
 
 
 def _pcp_grants(pcap: Path, client: str) -> int:

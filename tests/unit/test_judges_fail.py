@@ -414,7 +414,7 @@ def test_nat_drop_fails_on_empty_captures():
 # ----------------------------------------------------------------------------- CL-RENEW, tshark's direction, captures
 
 
-GOOD_STATUS = {"leases": {"wanted": 2, "counters": {"renewed": 8, "lost": 0}}}
+GOOD_STATUS = {"leases": {"wanted": 2, "held": 2, "problems": {}, "counters": {"renewed": 8}}}  # Counter: no "lost"
 GOOD_UDP = {"packets": 3000, "lost_packets": 0}
 
 
@@ -429,10 +429,12 @@ def test_cl_renew_passes_on_renewals_in_place():
 
 
 @pytest.mark.parametrize("status", [
-    {"leases": {"wanted": 2, "counters": {"renewed": 8}}},  # "lost" missing: unknown, not zero
-    {"leases": {"wanted": 2, "counters": {"renewed": 1, "lost": 0}}},
+    {"leases": {"wanted": 2, "counters": {"renewed": 8}}},  # held and problems missing: unknown, not fine
+    {"leases": {"wanted": 2, "held": 2, "problems": {}}},  # no counters at all
+    {"leases": {"wanted": 2, "held": 1, "problems": {"esp": "lost: expired"}, "counters": {"renewed": 8, "lost": 1}}},
+    {"leases": {"wanted": 2, "held": 2, "problems": {}, "counters": {"renewed": 1}}},
     {},
-], ids=["lost-key-missing", "too-few-renewals", "no-status"])
+], ids=["held-and-problems-missing", "counters-missing", "a-lease-lost", "too-few-renewals", "no-status"])
 def test_cl_renew_fails_when_the_status_does_not_show_renewals(status):
     assert _renew(status=status) == "fail"
 
