@@ -103,7 +103,9 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
                      "--seconds", "120", "--log", str(echo_log)]]
         services += [["iperf3", "-s", "-p", str(base + i)] for i in range(len(members))
                      for base in (IPERF_TCP_BASE, IPERF_UDP_BASE)]
-        services += [["bash", "-c", f"nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
+        # exec: the Service's SIGTERM must reach nc itself. A listener that never got its connection (a
+        # control) otherwise outlives the run and, sharing the port, takes the next run's connection.
+        services += [["bash", "-c", f"exec nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
                      for i, c in enumerate(members)]
         for argv in services:
             stack.enter_context(Service(target, argv, settle=0.0))
