@@ -57,7 +57,7 @@ def nat_auto(ctx: Context) -> list[ScenarioResult]:
         else:
             misdelivered = {h.name: [p for p in client_side[h.name] if p.icmp_type == 0 and p.icmp_id not in
                                      {q.icmp_id for q in client_side[h.name] if q.icmp_type == 8}] for h in clients}
-            app_ok = [(all(r == s for s, r in pings.values()), f"ping (sent, received) {pings}"),
+            app_ok = [(all(s > 0 and r == s for s, r in pings.values()), f"ping (sent, received) {pings}"),
                       (not any(misdelivered.values()), f"echo replies reached a client that did not ask: {misdelivered}")]
             story = (f"ping {sum(r for _, r in pings.values())}/{sum(s for s, _ in pings.values())} replies, "
                      "none delivered to another client")
