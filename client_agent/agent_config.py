@@ -10,7 +10,8 @@ in hex), and its SPD (``[[policy]]``, section 4.4.1, first match wins)::
     address = "10.0.0.1"             # optional: source address of local traffic into the TUN
     # optional: tun = "ipsec0", link_mtu = 1500, mtu (default link_mtu - the largest SA overhead; more means
     #           the agent fragments ESP/AH after protection), default = "discard" | "bypass",
-    #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1"
+    #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1",
+    #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only)
 
     [[sa]]
     name = "h1-srv1"
