@@ -37,6 +37,10 @@ class TableConflict(ValueError):
     """Inserting would break NAT-UNIQ or duplicate an outbound key."""
 
 
+class TableCorrupt(RuntimeError):
+    """The table's indices disagree with its entries: a bug, never hostile input."""
+
+
 @dataclass
 class Entry:
     id: int
@@ -171,17 +175,32 @@ class TranslationTable:
         """A private host's entries of one protocol (outgoing ESP carries no GPN of ours to look up by)."""
         return [self._by_id[i] for i in sorted(self._by_private.get((protocol, private_ip), ()))]
 
+    def count_of(self, protocol: int, private_ip: str) -> int:
+        """How many entries of ``protocol`` a private host holds (per-host limits)."""
+        return len(self._by_private.get((protocol, private_ip), ()))
+
     def check_invariants(self) -> None:
-        """Raise AssertionError if the indices disagree (used by tests and the fuzzer)."""
-        assert len(self._out) == len(self._in) == len(self._by_id)
+        """Raise TableCorrupt if the indices disagree (the control socket's "check", tests, the fuzzer).
+
+        Real checks, not ``assert``: they must hold under ``python -O`` too.
+        """
+        _require(len(self._out) == len(self._in) == len(self._by_id), "index sizes differ")
         for entry in self._by_id.values():
-            assert self._out[entry.out_key] is entry and self._in[entry.in_key] is entry
-            assert self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] > 0
-            assert entry.id in self._by_private[(entry.protocol, entry.private_ip)]
-        assert sum(len(ids) for ids in self._by_private.values()) == len(self._by_id)
+            _require(self._out.get(entry.out_key) is entry, f"entry {entry.id} missing from the outbound index")
+            _require(self._in.get(entry.in_key) is entry, f"entry {entry.id} missing from the inbound index")
+            triple = self._triples.get((entry.protocol, entry.global_ip, entry.foreign), Counter())
+            _require(triple[entry.private_ip] > 0, f"entry {entry.id} missing from the triple index")
+            _require(entry.id in self._by_private.get((entry.protocol, entry.private_ip), ()),
+                     f"entry {entry.id} missing from the per-host index")
+        _require(sum(len(ids) for ids in self._by_private.values()) == len(self._by_id), "per-host index size")
         for index in (self._triples, self._by_global):
-            assert sum(sum(c.values()) for c in index.values()) == len(self._by_id)
-            assert all(all(n > 0 for n in c.values()) and c for c in index.values())
+            _require(sum(sum(c.values()) for c in index.values()) == len(self._by_id), "host count index size")
+            _require(all(c and all(n > 0 for n in c.values()) for c in index.values()), "empty or zero count")
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise TableCorrupt(what)
 
 
 def _uncount(index: dict[tuple, Counter[str]], key: tuple, host: str) -> None:
