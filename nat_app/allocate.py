@@ -32,6 +32,10 @@ class Pool:
         self._mappings: dict[tuple[int, str, int], list] = {}  # key -> [global IP, global port, users]
         self._held: Counter[tuple[int, str, str]] = Counter()  # (protocol, private IP, global IP) -> ports
 
+    def largest_share(self) -> int:
+        """The most ports any host holds of one global IP (the fuzzer checks it against the limit)."""
+        return max(self._held.values(), default=0)
+
     def ports_held(self, protocol: int, private_ip: str, global_ip: str) -> int:
         """Global ports of ``global_ip`` that the host's mappings and port leases hold."""
         return self._held[(protocol, private_ip, global_ip)]

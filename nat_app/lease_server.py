@@ -102,6 +102,10 @@ class LeaseServer:
             del self._idle_since[key], self._definers[key], self.definitions[key]
             self.counters.add("definitions_expired")
 
+    def largest_definition_share(self) -> int:
+        """The most live client definitions any origin holds (checked against its quota)."""
+        return max(Counter(o for owners in self._definers.values() for o in owners).values(), default=0)
+
     def _own(self, entry: Entry, origin: Origin, nonce: bytes, opcode: int) -> None:
         self._owners[entry.id] = _Owner(origin, nonce, opcode, entry.protocol)
         self._held[origin] += 1

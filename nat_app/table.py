@@ -188,8 +188,8 @@ class TranslationTable:
         for entry in self._by_id.values():
             _require(self._out.get(entry.out_key) is entry, f"entry {entry.id} missing from the outbound index")
             _require(self._in.get(entry.in_key) is entry, f"entry {entry.id} missing from the inbound index")
-            triple = self._triples.get((entry.protocol, entry.global_ip, entry.foreign), Counter())
-            _require(triple[entry.private_ip] > 0, f"entry {entry.id} missing from the triple index")
+            triple = self._triples.get((entry.protocol, entry.global_ip, entry.foreign), {})
+            _require(triple.get(entry.private_ip, 0) > 0, f"entry {entry.id} missing from the triple index")
             _require(entry.id in self._by_private.get((entry.protocol, entry.private_ip), ()),
                      f"entry {entry.id} missing from the per-host index")
         _require(sum(len(ids) for ids in self._by_private.values()) == len(self._by_id), "per-host index size")
