@@ -71,7 +71,7 @@ HOSTS = (
 
 def fuzz_config() -> NatConfig:
     """Small quotas and limits, so that a run reaches them often."""
-    return NatConfig(globals=global_pool(2), lease_quota=6, lease_mac_quota=10, napt_ports_per_host=24,
+    return NatConfig(globals=global_pool(2), lease_quota=6, lease_mac_quota=10, napt_ports_per_host=8,
                      definition_quota=2, lease_min_lifetime=120)
 
 
@@ -363,8 +363,8 @@ def _flip(packet: bytes, rng: random.Random) -> bytes:
     covered = list(range(20, len(raw)))
     if raw[9] == IPPROTO_AH:
         covered += [9, *range(12, 20)]
-    for _ in range(rng.randint(1, 3)):
-        raw[rng.choice(covered)] ^= 1 << rng.randrange(8)
+    for bit in rng.sample(range(8 * len(covered)), rng.randint(1, 3)):  # distinct bits: no flip undoes another
+        raw[covered[bit // 8]] ^= 1 << bit % 8
     return bytes(raw)
 
 

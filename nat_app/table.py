@@ -179,6 +179,14 @@ class TranslationTable:
         """How many entries of ``protocol`` a private host holds (per-host limits)."""
         return len(self._by_private.get((protocol, private_ip), ()))
 
+    def _indexed(self, entry: Entry) -> bool:
+        """Whether every index holds ``entry`` where its fields say it belongs."""
+        protocol, private_ip = entry.protocol, entry.private_ip
+        return (self._out.get((protocol, private_ip, entry.private_gpn, entry.foreign)) is entry
+                and self._in.get((protocol, entry.global_ip, entry.global_gpn, entry.foreign)) is entry
+                and self._triples.get((protocol, entry.global_ip, entry.foreign), {}).get(private_ip, 0) > 0
+                and entry.id in self._by_private.get((protocol, private_ip), ()))
+
     def check_invariants(self) -> None:
         """Raise TableCorrupt if the indices disagree (the control socket's "check", tests, the fuzzer).
 
@@ -186,12 +194,8 @@ class TranslationTable:
         """
         _require(len(self._out) == len(self._in) == len(self._by_id), "index sizes differ")
         for entry in self._by_id.values():
-            _require(self._out.get(entry.out_key) is entry, f"entry {entry.id} missing from the outbound index")
-            _require(self._in.get(entry.in_key) is entry, f"entry {entry.id} missing from the inbound index")
-            triple = self._triples.get((entry.protocol, entry.global_ip, entry.foreign), {})
-            _require(triple.get(entry.private_ip, 0) > 0, f"entry {entry.id} missing from the triple index")
-            _require(entry.id in self._by_private.get((entry.protocol, entry.private_ip), ()),
-                     f"entry {entry.id} missing from the per-host index")
+            if not self._indexed(entry):
+                raise TableCorrupt(f"entry {entry.id} is missing from an index: {entry}")
         _require(sum(len(ids) for ids in self._by_private.values()) == len(self._by_id), "per-host index size")
         for index in (self._triples, self._by_global):
             _require(sum(sum(c.values()) for c in index.values()) == len(self._by_id), "host count index size")
