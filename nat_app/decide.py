@@ -81,6 +81,7 @@ DEMOTION_HOLD_S = 0.25
 # RFC 5508 REQ-8 says to send the error; RFC 1812 4.3.2.8 lets a router rate-limit
 # it. One per host per second: a host over its limit cannot make the NAT flood.
 ADMIN_PROHIBITED_INTERVAL_S = 1.0
+ADMIN_PROHIBITED_PER_S = 10
 
 
 class NatCore:
@@ -101,6 +102,7 @@ class NatCore:
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
         self._prohibited_sent: dict[str, float] = {}  # private host -> when it was last told it is over its limit
+        self._prohibited_window: tuple[float, int] = (0.0, 0)  # (start of this second, errors sent in it)
         self.bypass = False
 
     # ----------------------------------------------------------------- events
@@ -292,14 +294,27 @@ class NatCore:
         code 13 "administratively prohibited" (RFC 5508 REQ-8), at most once a second so
         that the NAT cannot be made to flood."""
         msgs = self._drop("port-limit")
-        last = self._prohibited_sent.get(ip.src)
-        if last is not None and last <= now < last + ADMIN_PROHIBITED_INTERVAL_S:
+        if not self._may_tell(ip.src, now):
             return msgs
-        self._prohibited_sent[ip.src] = now
         self.counters.add("icmp_admin_prohibited_sent")
         c = self.config
         error = build_icmp_error(c.gateway_ip, ip.src, ICMP_DEST_UNREACHABLE, ICMP_CODE_ADMIN_PROHIBITED, packet)
         return msgs + [PacketOut(self._eth(private_mac, c.inside_mac) + error, (Output(c.inside_port),))]
+
+    def _may_tell(self, host: str, now: float) -> bool:
+        """Rate limit of the errors (RFC 1812 4.3.2.8): one a second per host, and
+        ADMIN_PROHIBITED_PER_S in all, however many source addresses are forged."""
+        last = self._prohibited_sent.get(host)
+        if last is not None and last <= now < last + ADMIN_PROHIBITED_INTERVAL_S:
+            return False
+        start, sent = self._prohibited_window
+        if not start <= now < start + 1.0:
+            start, sent = now, 0
+        if sent >= ADMIN_PROHIBITED_PER_S:
+            return False
+        self._prohibited_window = (start, sent + 1)
+        self._prohibited_sent[host] = now
+        return True
 
     def _new_icmp_entry(self, packet: bytes, ip: IPv4Header, ident: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:

@@ -8,7 +8,10 @@ it with a PCP result code, counts it, and leaves honest hosts unharmed.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, UDP, UDPerror
@@ -206,6 +209,26 @@ def test_a_host_over_its_limit_gets_one_rate_limited_admin_prohibited_per_second
     assert sw.core.counters["icmp_admin_prohibited_sent"] == 2
 
 
+def test_forged_source_addresses_cannot_make_the_nat_flood_errors():
+    sw = switch_with(napt_ports_per_host=1)
+    for host in range(1, 60):
+        forger = Client(sw, f"10.0.0.{host}", src_mac=ATTACKER_MAC)
+        udp_out(sw, forger, 2000, now=5.0)
+        udp_out(sw, forger, 2001, now=5.0)  # over its limit of 1
+    assert len(sw.take(IN)) == 10  # decide.ADMIN_PROHIBITED_PER_S, whatever the number of sources
+    assert sw.core.counters["drop:port-limit"] == 59
+
+
+def test_icmp_echo_identifiers_count_toward_the_per_host_limit():
+    sw = switch_with(napt_ports_per_host=3)
+    hog, other = Client(sw, "10.0.0.9"), Client(sw, "10.0.0.1")
+    sw.receive(IN, bytes(Ether(src=other.mac, dst=R_IN) / IP(src=other.ip, dst=SRV1) / ICMP(id=77)), 0.0)
+    for ident in range(10):  # two hosts ping SRV1 through one global IP: one entry per identifier (slow path)
+        sw.receive(IN, bytes(Ether(src=hog.mac, dst=R_IN) / IP(src=hog.ip, dst=SRV1) / ICMP(id=ident)), 0.0)
+    assert sw.core.table.count_of(1, hog.ip) == 3
+    assert sw.core.counters["drop:port-limit"] == 7
+
+
 # ------------------------------------------------------------------ lower
 
 
@@ -265,6 +288,18 @@ def test_a_request_timed_before_the_switch_connected_is_answered():
 
 
 def test_a_corrupt_table_raises_a_named_exception_even_under_python_o():
+    code = ("from nat_app.table import EntryKind, TableCorrupt, TranslationTable\n"
+            "t = TranslationTable()\n"
+            "e = t.add(kind=EntryKind.NAT_ALG, protocol=17, private_ip='10.0.0.1', private_gpn=1,"
+            " global_ip='203.0.113.1', global_gpn=1, foreign=None, now=0)\n"
+            "t._in.pop(e.in_key)\n"
+            "try:\n    t.check_invariants()\nexcept TableCorrupt:\n    print('caught')\n")
+    result = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.stdout.strip() == "caught", result.stderr
+
+
+def test_a_corrupt_table_raises_a_named_exception():
     t = TranslationTable()
     entry = t.add(kind=EntryKind.NAT_ALG, protocol=17,
                   private_ip="10.0.0.1", private_gpn=1, global_ip=G1, global_gpn=1, foreign=None, now=0)
