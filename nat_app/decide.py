@@ -6,7 +6,10 @@ NAPT for TCP, UDP and ICMP echo (NAT-AUTO): endpoint-independent mapping
 (RFC 4787 REQ-1), address-dependent filtering (REQ-8), paired pooling (REQ-2),
 port preservation when free (REQ-3 allows it); ICMP errors about translated
 flows are translated back (RFC 5508 REQ-3). Anything else, and anything from
-outside without an entry, is dropped (NAT-DROP).
+outside without an entry, is dropped (NAT-DROP). A private host gets at most
+``napt_ports_per_host`` ports (or ICMP identifiers) of a global IP (RFC 6888
+REQ-4); beyond that its new flows are dropped and it is told so with a
+rate-limited ICMP "administratively prohibited" (RFC 5508 REQ-8).
 """
 
 from __future__ import annotations
