@@ -166,13 +166,14 @@ class LeaseServer:
             raise Refused(pcp.Result.DEFINITION_CONFLICT, f"protocol {key} is defined differently")
         if key in NAT_DEFINITIONS:
             self.definitions[key] = definition  # the NAT's own: idempotent
-        elif origin not in self._definers.get(key, ()):
+            return Outcome(None), request.info, 0  # lasts as long as the NAT: nothing to renew
+        if origin not in self._definers.get(key, ()):
             self._check_definition_quota(origin)
             self.definitions[key] = definition
             self._definers.setdefault(key, set()).add(origin)
-            if not self._leases_of[key]:
-                self._idle_since[key] = now
-        return Outcome(None), request.info, 0  # the NAT's definitions do not expire; a client's lives by its leases
+        if not self._leases_of[key]:
+            self._idle_since[key] = now  # a DEFINE starts (or restarts) the grace no lease has ended yet
+        return Outcome(None), request.info, 0  # a client's definition lives by its leases, not by renewal
 
     def _check_definable(self, definition: Definition) -> None:
         if definition.has_nat_alg:
