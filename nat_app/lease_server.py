@@ -208,32 +208,42 @@ class LeaseServer:
         info = request.info
         definition = self._definition_for(info, origin)
         self._check_foreign(info.foreign_ip)
-        key = definition.key
-        existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
-        if existing is not None and existing.private_ip != origin.ip:
-            # Not the requester's: the answer must not depend on the nonce it sent.
-            if request.lifetime == 0:
-                raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {existing.id} belongs to another client")
-            raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {info.global_ip}")
+        existing = self._existing(definition.key, request, origin)
         if existing is not None:
             return self._renew_or_release(existing, request, origin, now, self._lease_info)
         if request.lifetime == 0:
             return Outcome(None), info, 0  # releasing what does not exist succeeds (RFC 6887 15)
         self._check_gpns(definition, info)
         self._check_quota(origin)
+        lifetime = self._lifetime(request.lifetime)
+        entry = self._add_lease(definition, info, origin, now, lifetime)
+        self._own(entry, origin, info.nonce, request.opcode)
+        return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
+
+    def _existing(self, key: int, request, origin: Origin) -> Entry | None:
+        """The entry a LEASE names, if the requester's IP holds it. Another host's entry is
+        refused, and the answer does not depend on the nonce sent (a guess proves nothing)."""
+        info = request.info
+        existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
+        if existing is None or existing.private_ip == origin.ip:
+            return existing
+        if request.lifetime == 0:
+            raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {existing.id} belongs to another client")
+        raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {info.global_ip}")
+
+    def _add_lease(self, definition: Definition, info, origin: Origin, now: float, lifetime: int) -> Entry:
+        """Choose the global IP and GPN (step 704) and insert the entry (NAT-UNIQ)."""
+        key = definition.key
         global_ip = self._global_ip_for(key, info, origin)
         global_gpn = self._take_gpn(definition, global_ip, info, origin, now)
         private_gpn = info.private_gpn if info.private_gpn is not None else global_gpn
-        lifetime = self._lifetime(request.lifetime)
         try:
-            entry = self.table.add(kind=EntryKind.CLIENT_ALG, protocol=key, private_ip=origin.ip,
-                                   private_gpn=private_gpn, global_ip=global_ip, global_gpn=global_gpn,
-                                   foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST)
+            return self.table.add(kind=EntryKind.CLIENT_ALG, protocol=key, private_ip=origin.ip,
+                                  private_gpn=private_gpn, global_ip=global_ip, global_gpn=global_gpn,
+                                  foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST)
         except TableConflict as exc:
             self.pool.space(global_ip, key).release(global_gpn, now, owner=origin.ip)
             raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
-        self._own(entry, origin, info.nonce, request.opcode)
-        return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
 
     @staticmethod
     def _check_gpns(definition: Definition, info) -> None:
