@@ -108,7 +108,7 @@ class LeaseFuzzer:
 
     def step(self) -> None:
         """One event: mostly a lease frame, sometimes a tick, a flow removal or NAPT traffic."""
-        self.now += self.rng.choice((0.0, 0.01, 0.5, 3.0, 40.0))
+        self.now += self.rng.choice((0.0, 0.01, 0.5, 3.0, 40.0, 40.0, -2.0))  # now and then a clock step back
         roll = self.rng.random()
         if roll < 0.04:
             self.core.tick(self.now)
