@@ -88,10 +88,12 @@ def test_a_udp_definition_below_the_napt_space_never_shadows_a_napt_mapping():
     assert back[IP].dst == victim.ip
 
 
-def test_napt_never_takes_the_ike_port_500():
+def test_napt_and_map_never_take_the_ike_port_500():
     sw = switch_with()
     (out,) = udp_out(sw, Client(sw, "10.0.0.1"), 500, dport=500)
     assert out[UDP].sport != 500
+    r = Client(sw, "10.0.0.2").ask(pcp.Opcode.MAP, pcp.MapInfo(os.urandom(12), 17, 500, 500, None))
+    assert r.result == pcp.Result.SUCCESS and r.info.external_port >= 1024
 
 
 # ----------------------------------------------------------------- squatting
