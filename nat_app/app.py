@@ -30,6 +30,7 @@ from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
 from nat_app.messages import priority_band
 from nat_app.savi import SaviCore
+from nat_app.table import TableCorrupt
 
 CONFIG: NatConfig | None = None
 TICK_S = 1.0
@@ -178,7 +179,7 @@ class NatApp(app_manager.OSKenApp):
             if op == "check":  # the table's invariants, for the abuse tests
                 try:
                     self.core.table.check_invariants()
-                except AssertionError as exc:
+                except TableCorrupt as exc:
                     return {"ok": False, "problem": str(exc) or "index mismatch"}
                 return {"ok": True, "entries": len(self.core.table)}
             if op == "bypass" and isinstance(req.get("on"), bool):
