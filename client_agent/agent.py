@@ -70,6 +70,8 @@ class Agent:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir else config.run_directory
         self.sad, self.spd = databases(config)
+        for state in () if config.verify_icv else self.sad.inbound:  # the fault switch of CTRL-NOVERIFY
+            state.verify_icv = False
         self.datapath: Datapath | None = None
         self.leases: LeaseSocket | None = None
         self.traversal: Traversal | None = None

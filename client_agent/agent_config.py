@@ -10,7 +10,8 @@ in hex), and its SPD (``[[policy]]``, section 4.4.1, first match wins)::
     address = "10.0.0.1"             # optional: source address of local traffic into the TUN
     # optional: tun = "ipsec0", link_mtu = 1500, mtu (default link_mtu - the largest SA overhead; more means
     #           the agent fragments ESP/AH after protection), default = "discard" | "bypass",
-    #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1"
+    #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1",
+    #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only)
 
     [[sa]]
     name = "h1-srv1"
@@ -85,6 +86,7 @@ PROTOCOL_NAMES = {"any": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": 
 
 _AGENT_FIELDS = {
     "name", "tun", "address", "routes", "mtu", "link_mtu", "default", "mark", "table", "rule_priority", "run_dir",
+    "verify_icv",
 }
 _SA_FIELDS = {
     "name", "direction", "spi", "protocol", "mode", "encryption", "enc_key", "integrity", "auth_key", "src", "dst",
@@ -151,6 +153,7 @@ class AgentConfig:
     rule_priority: int = 100
     run_dir: str | None = None
     nat: NatSettings | None = None
+    verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
 
     @property
     def run_directory(self) -> Path:
@@ -235,7 +238,15 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         rule_priority=_int(agent, "rule_priority", where, 1, 32765, default=100),
         run_dir=_str(agent, "run_dir", where) if "run_dir" in agent else None,
         nat=nat,
+        verify_icv=_flag(agent, "verify_icv", where),
     )
+
+
+def _flag(table: dict[str, Any], key: str, where: str, default: bool = True) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} {key}={value!r}: must be true or false")
+    return value
 
 
 def _nat(table: object, agent: dict[str, Any], sas: tuple[SAConfig, ...]) -> NatSettings:
@@ -506,6 +517,7 @@ def render(config: AgentConfig) -> str:
     agent |= {k: v for k, v in optional.items() if v is not None}
     agent |= {"link_mtu": config.link_mtu, "default": str(config.default), "mark": config.mark, "table": config.table,
               "rule_priority": config.rule_priority}
+    agent |= {} if config.verify_icv else {"verify_icv": False}
     lines = ["[agent]", *_assignments(agent)]
     for entry in config.sas:
         sa = entry.sa

@@ -1,4 +1,4 @@
-"""``natlab demo`` and ``natlab bench``."""
+"""``natlab demo``, ``natlab bench`` and ``natlab fuzz``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,15 @@ def add_bench_parser(sub) -> None:
         b = benches.add_parser(name, help=what, description=what)
         importlib.import_module(module).add_arguments(b)
         b.set_defaults(func=lambda args, module=module: importlib.import_module(module).run(args))
+
+
+def add_fuzz_parser(sub) -> None:
+    p = sub.add_parser("fuzz", help="hostile lease frames and ESP/AH packets through the sans-IO cores (not a test)",
+                       description="Lease frames from honest and forging hosts through NatCore, and malformed ESP/AH "
+                                   "through the agent's inbound processing, with every invariant checked after each "
+                                   "step. Exits 1 on any unhandled exception or broken invariant.")
+    importlib.import_module("conformance.fuzz").add_arguments(p)
+    p.set_defaults(func=lambda args: importlib.import_module("conformance.fuzz").run(args))
 
 
 def run_demo(args: argparse.Namespace) -> int:

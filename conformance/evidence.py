@@ -4,13 +4,26 @@ tshark (an oracle nobody here wrote), flow dumps and the translation table."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-CAPTURE_SETTLE_S = 0.7
+from conformance import marker
+from conformance.apps import ROOT
+
+MARKER_WAIT_S = 5.0  # how long a marker may take to reach its capture file before the capture is not trusted
+MARKER_POLL_S = 0.05
+
+
+class CaptureIncomplete(RuntimeError):
+    """A capture lacks its begin or end marker: it may have missed packets, so no verdict may rest on it.
+
+    Scenarios let it propagate; the runner turns it into "error" verdicts.
+    """
 
 
 @dataclass(frozen=True)
@@ -30,35 +43,87 @@ class Packet:
 
 @contextmanager
 def captures(hosts_intfs: list[tuple], folder: Path):
-    """tcpdump on each (host, interface) while the block runs; yields {name: pcap path}."""
+    """tcpdump on each (host, interface) while the block runs; yields {name: pcap path}.
+
+    Immediate mode, so nothing waits in a buffer when tcpdump stops. Each
+    capture must hold its begin marker before the block starts and its end
+    marker after it ends (:mod:`conformance.marker`), or CaptureIncomplete.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(6)
     procs, paths = [], {}
     for host, intf in hosts_intfs:
         path = folder / f"{intf}.pcap"
+        path.unlink(missing_ok=True)
         paths[intf] = path
-        procs.append(host.popen(["tcpdump", "-i", intf, "-n", "-U", "-Z", "root", "-w", str(path), "ip"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    time.sleep(CAPTURE_SETTLE_S)
+        procs.append(host.popen(["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path),
+                                 "ip"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    finished = False
     try:
+        _mark_until_seen(hosts_intfs, paths, f"{token}-begin")
         yield paths
+        finished = True
     finally:
-        time.sleep(CAPTURE_SETTLE_S)
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        missing = _mark_until_seen(hosts_intfs, paths, f"{token}-end", strict=False) if finished else []
+        _stop(procs)
+    if missing:
+        raise CaptureIncomplete(f"capture without its end marker (it may have missed packets): {missing}")
+
+
+def _mark_until_seen(hosts_intfs: list[tuple], paths: dict[str, Path], token: str, strict: bool = True) -> list[str]:
+    """Send ``token``'s marker out of every captured interface until each capture file holds it.
+
+    Markers are resent every half second: a capture that has not opened its
+    interface yet misses the first. Returns the captures still without it
+    (raises CaptureIncomplete for them if ``strict``).
+    """
+    deadline = time.monotonic() + MARKER_WAIT_S
+    missing = list(paths)
+    next_send = 0.0
+    while missing and time.monotonic() < deadline:
+        if time.monotonic() >= next_send:
+            _send_markers([(h, i) for h, i in hosts_intfs if i in missing], token)
+            next_send = time.monotonic() + 0.5
+        time.sleep(MARKER_POLL_S)
+        missing = [name for name in missing if not has_marker(paths[name], f"{token}:{name}")]
+    if missing and strict:
+        raise CaptureIncomplete(f"capture never showed its begin marker: {missing}")
+    return missing
+
+
+def _send_markers(hosts_intfs: list[tuple], token: str) -> None:
+    by_host: dict = {}
+    for host, intf in hosts_intfs:
+        by_host.setdefault(host, []).append(intf)
+    for host, intfs in by_host.items():
+        host.cmd(f"PYTHONPATH={ROOT} {sys.executable} -m conformance.probes marker {','.join(intfs)} {token}")
+
+
+def has_marker(path: Path, token: str) -> bool:
+    """Does the capture file hold the marker with ``token``? (tcpdump -U writes each packet whole.)"""
+    try:
+        return marker.token_bytes(token) in path.read_bytes()
+    except OSError:
+        return False
+
+
+def _stop(procs: list) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 _FIELDS = ("ip.src", "ip.dst", "ip.proto", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport",
-           "tcp.flags.syn", "tcp.flags.ack", "tcp.checksum.status", "udp.checksum.status", "icmp.type", "icmp.ident", "tcp.checksum")
+           "tcp.flags.syn", "tcp.flags.ack", "tcp.checksum.status", "udp.checksum.status", "icmp.type", "icmp.ident", "tcp.checksum", "icmp.checksum.status")
 
 
 def read_pcap(path: Path) -> list[Packet]:
-    """Every IPv4 packet of ``path``, with tshark verifying TCP/UDP checksums.
+    """Every IPv4 packet of ``path`` but the capture markers, with tshark verifying TCP/UDP/ICMP checksums.
 
     ICMP errors quote an inner header; tshark then reports two values per
     field, and the outer one (first) is kept.
@@ -69,13 +134,13 @@ def read_pcap(path: Path) -> list[Packet]:
     packets = []
     for line in out.splitlines():
         v = dict(zip(_FIELDS, line.split("\t"), strict=False))
-        if not v.get("ip.src"):
+        if not v.get("ip.src") or marker.is_marker_fields(v["ip.dst"], v.get("ip.proto"), v.get("udp.dstport")):
             continue
         sport = v.get("tcp.srcport") or v.get("udp.srcport")
         dport = v.get("tcp.dstport") or v.get("udp.dstport")
         syn, ack = v.get("tcp.flags.syn") in ("1", "True"), v.get("tcp.flags.ack") in ("1", "True")
-        bad = v.get("udp.checksum.status") == "0" or tcp_checksum_bad(v.get("tcp.checksum.status"),
-                                                                       v.get("tcp.checksum", ""))
+        bad = (v.get("udp.checksum.status") == "0" or v.get("icmp.checksum.status") == "0"
+               or tcp_checksum_bad(v.get("tcp.checksum.status"), v.get("tcp.checksum", "")))
         packets.append(Packet(v["ip.src"], v["ip.dst"], int(v["ip.proto"]), int(sport) if sport else None,
                               int(dport) if dport else None, syn and not ack, bad,
                               int(v["icmp.type"]) if v.get("icmp.type") else None,

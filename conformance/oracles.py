@@ -40,6 +40,7 @@ from scapy.layers.ipsec import SecurityAssociation as ScapySA
 from scapy.utils import PcapReader
 
 from client_agent.ipsec.sa import Mode, Protocol, SecurityAssociation
+from conformance import marker
 from conformance.evidence import tcp_checksum_bad
 
 SCAPY_ENCRYPTION = {"ENCR_NULL": "NULL", "ENCR_AES_CBC": "AES-CBC", "ENCR_AES_GCM_16": "AES-GCM"}
@@ -248,7 +249,9 @@ def _frames(pcap: Path, skipped: Counter[str]) -> Iterator[_Frame]:
             if ip is None:
                 skipped["not IPv4"] += 1
                 continue
-            yield _Frame(number, float(packet.time), raw(ip)[: ip.len])
+            datagram = raw(ip)[: ip.len]
+            if not marker.is_marker(datagram):  # the capture's own proof of life, no traffic
+                yield _Frame(number, float(packet.time), datagram)
 
 
 def _whole_datagrams(frames: Iterable[_Frame], skipped: Counter[str]) -> Iterator[_Frame]:

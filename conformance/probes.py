@@ -55,6 +55,32 @@ def raw(dst: str, proto: int, count: int, spi: int = 0x4E415401, reply_spi: int 
     return {"sent": count, "proto": proto, "spi": spi}
 
 
+def forge_ah(dst: str, spi: int, icv_len: int, seq: int, count: int, mark: int, dport: int, text: str,
+             inner_src: str = "", inner_dst: str = "") -> dict:
+    """``count`` AH packets for SA ``spi`` whose ICV is zeros (RFC 4302 2.6), sequence numbers from ``seq``.
+
+    A receiver that verifies ICVs drops them all (RFC 4302 3.4.3); one that does not hands
+    a UDP datagram carrying ``text`` to port ``dport`` up its stack. With ``inner_src``/``inner_dst``
+    the datagram is tunnelled (next header 4). ``mark`` (SO_MARK) routes like an agent's
+    own raw socket, around its TUN device.
+    """
+    from conformance.marker import inet_checksum
+
+    udp = struct.pack("!HHHH", 9, dport, 8 + len(text), 0) + text.encode()  # checksum 0: none (RFC 768)
+    inner, next_header = udp, 17
+    if inner_src:
+        inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(inner_src),
+                            socket.inet_aton(inner_dst)) + udp
+        inner = inner[:10] + struct.pack("!H", inet_checksum(inner[:20])) + inner[12:]
+        next_header = 4
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, 51) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        for i in range(count):
+            ah = struct.pack("!BBHII", next_header, (12 + icv_len) // 4 - 2, 0, spi, seq + i) + bytes(icv_len)
+            s.sendto(ah + inner, (dst, 0))
+    return {"requested": count, "spi": spi, "seq": seq}
+
+
 def isakmp(dst: str, cookie: int, count: int, wait: float) -> dict:
     """ISAKMP-shaped datagrams from UDP port 500 with initiator cookie ``cookie`` (RFC 2408 3.1);
     counts the replies that carry the same cookie."""
@@ -301,6 +327,29 @@ def udp_echo(ip: str, port: int, seconds: float, log: str) -> dict:
     return {"echoed": echoed}
 
 
+def marker(intfs: str, token: str) -> dict:
+    """Send the capture marker (:mod:`conformance.marker`) out of each of ``intfs`` (comma-separated),
+    framed for its link type; the token names the interface."""
+    import fcntl
+
+    from conformance import marker as mk
+
+    siocgifhwaddr, arphrd_ether, eth_p_ip = 0x8927, 1, 0x0800
+    links = {}
+    for intf in intfs.split(","):
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
+            ifreq = fcntl.ioctl(s.fileno(), siocgifhwaddr, struct.pack("256s", intf.encode()[:15]))
+            family, mac = int.from_bytes(ifreq[16:18], "little"), ifreq[18:24]  # struct sockaddr, host order
+            if family == arphrd_ether:
+                s.sendto(mk.ethernet_frame(mac, f"{token}:{intf}"), (intf, 0))
+                links[intf] = "ethernet"
+                continue
+        with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0) as s:  # TUN: the datagram is the frame
+            s.sendto(mk.datagram(f"{token}:{intf}"), (intf, eth_p_ip))
+        links[intf] = "raw"
+    return {"sent": links}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m conformance.probes", description=__doc__)
     sub = p.add_subparsers(dest="probe", required=True)
@@ -326,6 +375,9 @@ def main() -> None:
     probe("udp-refused", udp_refused, "dst", "dport", wait=2.0)
     probe("tcp-sink", tcp_sink, "port", seconds=10.0)
     probe("connect-rate", connect_rate, "dst", "dport", seconds=3.0)
+    probe("marker", marker, "intfs", "token")
+    probe("forge-ah", forge_ah, "dst", spi=0, icv_len=12, seq=1, count=3, mark=1, dport=9, text="",
+          inner_src="", inner_dst="")
     probe("udp-echo", udp_echo, "ip", "port", seconds=60.0, log="/dev/null")
     args = vars(p.parse_args())
     func = args.pop("func")

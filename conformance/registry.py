@@ -46,6 +46,7 @@ class Behaviour:
     claims: tuple[int, ...]
     steps: tuple[str, ...]
     matrix: bool
+    variant: str = ""  # how the behaviour could be absent, and the test that shows its verdict failing then
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def from_dict(data: Mapping[str, Any]) -> Registry:
     return Registry(behaviours, controls)
 
 
-_BEHAVIOUR_FIELDS = ("id", "group", "text", "claims", "steps", "matrix")
+_BEHAVIOUR_FIELDS = ("id", "group", "text", "claims", "steps", "matrix", "variant")
 _CONTROL_FIELDS = ("id", "text", "behaviours", "predicts")
 
 
@@ -246,6 +247,7 @@ def _behaviour(index: int, raw: Any) -> Behaviour:
         claims=tuple(claims),
         steps=row.strings("steps"),
         matrix=row.get("matrix", bool),
+        variant=row.get("variant", str, required=False, default=""),
     )
 
 

@@ -146,6 +146,7 @@ def behaviours_frame(registry: Registry, results: Sequence[ScenarioResult]) -> p
                 "text": b.text,
                 "claims": ", ".join(map(str, b.claims)),
                 "steps": ", ".join(b.steps),
+                "fails_without": b.variant,
                 **_summary_row(rs),
                 "cells_covered": f"{len(covered)}/{len(MATRIX_CELLS)}" if b.matrix else "",
             }
@@ -318,7 +319,7 @@ def _counts_frame(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 _BEHAVIOUR_VIEW = [
     "id", "verdict", "scenarios", "claims", "steps", "text",
-    "positive", "negative", "cells", "cells_covered", "reasons", "evidence",
+    "positive", "negative", "fails_without", "cells", "cells_covered", "reasons", "evidence",
 ]  # fmt: skip
 _CONTROL_VIEW = ["id", "verdict", "scenarios", "text", "predicts", "cells", "cells_covered", "reasons", "evidence"]
 _CELL_VIEW = ["behaviour", "scenario", "control", "cell", "verdict", "duration_s", "reason", "evidence"]

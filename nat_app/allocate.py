@@ -10,19 +10,35 @@ wide spaces of leased protocols (ESP/AH SPIs, ISAKMP cookies).
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from nat_app.ports import PortSpace
 from nat_app.table import TranslationTable
 
 
+class PortLimitReached(Exception):
+    """The private host already holds its share of a global IP's ports (RFC 6888 REQ-4)."""
+
+
 class Pool:
-    def __init__(self, globals: tuple[str, ...], quarantine: float, rng: random.Random) -> None:
+    def __init__(self, globals: tuple[str, ...], quarantine: float, rng: random.Random,
+                 ports_per_host: int | None = None) -> None:
         self.globals = globals
         self._quarantine = quarantine
         self._rng = rng
+        self._ports_per_host = ports_per_host
         self._paired: dict[str, str] = {}
         self._spaces: dict[tuple[str, int], PortSpace] = {}
         self._mappings: dict[tuple[int, str, int], list] = {}  # key -> [global IP, global port, users]
+        self._held: Counter[tuple[int, str, str]] = Counter()  # (protocol, private IP, global IP) -> ports
+
+    def largest_share(self) -> int:
+        """The most ports any host holds of one global IP (the fuzzer checks it against the limit)."""
+        return max(self._held.values(), default=0)
+
+    def ports_held(self, protocol: int, private_ip: str, global_ip: str) -> int:
+        """Global ports of ``global_ip`` that the host's mappings and port leases hold."""
+        return self._held[(protocol, private_ip, global_ip)]
 
     def paired(self, private_ip: str) -> str:
         """The private host's global IP, the least used one at first sight (RFC 4787 REQ-2)."""
@@ -65,17 +81,24 @@ class Pool:
         A MAP/PEER client may suggest the global IP (RFC 6887 11.3: honoured if
         possible): a client behind the NAT leases its ports on the global IP of
         its SPI leases, which need not be the one paired with it. A ``leased``
-        mapping may take back a port the same host released within the quarantine."""
+        mapping may take back a port the same host released within the quarantine.
+
+        Raises PortLimitReached for a new mapping of a host at its per-host limit
+        (RFC 6888 REQ-4), so that one host cannot exhaust a global IP."""
         key = (protocol, private_ip, port)
         mapping = self._mappings.get(key)
         if mapping is None:
             global_ip = suggested_ip if suggested_ip in self.globals else self.paired(private_ip)
+            held = (protocol, private_ip, global_ip)
+            if self._ports_per_host is not None and self._held[held] >= self._ports_per_host:
+                raise PortLimitReached(f"{private_ip} holds {self._held[held]} ports of {global_ip}")
             preferred = suggested_port if suggested_port else port
             global_port = self.space(global_ip, protocol).reserve(now, preferred=preferred,
                                                                      owner=private_ip if leased else None)
             if global_port is None:
                 return None
             mapping = self._mappings[key] = [global_ip, global_port, 0]
+            self._held[held] += 1
         mapping[2] += 1
         return mapping[0], mapping[1]
 
@@ -89,6 +112,10 @@ class Pool:
         if mapping[2] <= 0:
             del self._mappings[key]
             self.space(mapping[0], protocol).release(mapping[1], now, owner=private_ip if leased else None)
+            held = (protocol, private_ip, mapping[0])
+            self._held[held] -= 1
+            if self._held[held] <= 0:
+                del self._held[held]
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 

@@ -1,6 +1,8 @@
 """The os-ken shell of the extensible NAT: events in, core calls, OpenFlow out.
 
-All decisions live in ``decide.NatCore``; this module only moves events and
+Two switches connect: r1 (the NAT) and s1 (the access switch, dispatched by
+its dpid to ``savi.SaviCore``, source-address validation). All decisions live
+in ``decide.NatCore`` and ``savi.SaviCore``; this module only moves events and
 messages, runs a one-second clock and serves the control socket. Set
 ``CONFIG`` before ``AppManager.run_apps(['nat_app.app'])`` (``natlab
 controller`` does).
@@ -30,6 +32,7 @@ from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
 from nat_app.messages import AddFlow, Barrier, DeleteFlows, priority_band
 from nat_app.store import Store
+from nat_app.table import TableCorrupt
 
 CONFIG: NatConfig | None = None
 CORE: NatCore | None = None  # ``natlab controller`` restores it from STORE before the app starts
@@ -67,7 +70,8 @@ class NatApp(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.config = CONFIG or NatConfig()
-        self.core = CORE or NatCore(self.config)
+        self.core: NatCore = CORE or state.new_core(self.config)
+        self.savi = self.core.savi  # s1, the access switch: source-address validation (RFC 7039)
         self.store = STORE
         self.journal = JOURNAL or state.Journal()
         self.ready = False  # r1 connected and reconciled
@@ -75,6 +79,7 @@ class NatApp(app_manager.OSKenApp):
         self._ready_xid: int | None = None  # the barrier after the reconciliation
         self.lock = threading.Lock()
         self.datapath = None
+        self.access = None  # s1's datapath
         self.fast_path: dict[str, int] = {}  # packets counted by r1's flows, by priority band
         self._server = _bind_control_socket(self.config.control_socket)
         self.threads.append(hub.spawn(self._clock))
@@ -91,6 +96,12 @@ class NatApp(app_manager.OSKenApp):
     @guarded
     def _switch_features(self, ev) -> None:
         dp = ev.msg.datapath
+        if dp.id == self.savi.savi.dpid:
+            LOG.info("s1 (access switch, SAVI) connected: dpid=%016x", dp.id)
+            with self.lock:
+                self.access = dp
+                self._send(self.savi.switch_connected(time.monotonic()), dp)
+            return
         if self.config.dpid is not None and dp.id != self.config.dpid:
             LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dp.id, self.config.dpid)
             return
@@ -106,6 +117,10 @@ class NatApp(app_manager.OSKenApp):
     @guarded
     def _packet_in(self, ev) -> None:
         msg = ev.msg
+        if msg.datapath is self.access:
+            with self.lock:
+                self._send(self.savi.packet_in(msg.match["in_port"], bytes(msg.data), time.monotonic()), self.access)
+            return
         if msg.datapath is not self.datapath:
             return
         with self.lock:
@@ -119,10 +134,26 @@ class NatApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     @guarded
     def _flow_removed(self, ev) -> None:
+        if ev.msg.datapath is self.access:
+            with self.lock:
+                self._send(self.savi.flow_removed(ev.msg.cookie, time.monotonic(), ev.msg.packet_count), self.access)
+            return
         if ev.msg.datapath is not self.datapath:
             return
         with self.lock:
             self._commit(self.core.flow_removed(ev.msg.cookie, time.monotonic()), durable=True)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    @guarded
+    def _port_status(self, ev) -> None:
+        """A port of s1 deleted or down: the host on it left, its SAVI bindings end."""
+        msg = ev.msg
+        ofp = msg.datapath.ofproto
+        if msg.datapath is not self.access:
+            return
+        if msg.reason == ofp.OFPPR_DELETE or msg.desc.state & ofp.OFPPS_LINK_DOWN:
+            with self.lock:
+                self._send(self.savi.port_gone(msg.desc.port_no, time.monotonic()), self.access)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     @guarded
@@ -153,21 +184,25 @@ class NatApp(app_manager.OSKenApp):
             LOG.exception("the state is not sound after the exception in %s", where)
             die(f"state unsound after an exception in {where}")
 
-    def _send(self, messages) -> None:
-        if self.datapath is None:
+    def _send(self, messages, dp=None) -> None:
+        """Send to ``dp`` (default r1)."""
+        dp = dp or self.datapath
+        if dp is None:
             return
         for message in messages:
             if getattr(message, "delay", 0):
-                hub.spawn_after(message.delay, self.datapath.send_msg, to_openflow(self.datapath, message))
+                hub.spawn_after(message.delay, dp.send_msg, to_openflow(dp, message))
             else:
-                self.datapath.send_msg(to_openflow(self.datapath, message))
+                dp.send_msg(to_openflow(dp, message))
 
     # --------------------------------------------------- clock and control
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     @guarded
     def _flow_stats(self, ev) -> None:
-        if self._reconcile is not None and ev.msg.xid == self._reconcile[0] and ev.msg.datapath is self.datapath:
+        if ev.msg.datapath is not self.datapath:
+            return
+        if self._reconcile is not None and ev.msg.xid == self._reconcile[0]:
             self._reconcile_reply(ev.msg)
             return
         totals: dict[str, int] = {}
@@ -257,12 +292,12 @@ class NatApp(app_manager.OSKenApp):
         with self.lock:
             if op == "table":
                 return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None,
-                        "ready": self.ready, "state": STATE_NOTE,
+                        "ready": self.ready, "state": STATE_NOTE, "s1_connected": self.access is not None,
                         "switch_packets": dict(sorted(self.fast_path.items()))}
             if op == "check":  # the table's invariants, for the abuse tests
                 try:
                     self.core.table.check_invariants()
-                except AssertionError as exc:
+                except TableCorrupt as exc:
                     return {"ok": False, "problem": str(exc) or "index mismatch"}
                 return {"ok": True, "entries": len(self.core.table)}
             if op == "bypass" and isinstance(req.get("on"), bool):

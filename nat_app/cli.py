@@ -131,10 +131,22 @@ def format_table(snap: dict) -> str:
     if snap.get("state"):
         lines.append(f"state: {snap['state']}")
     lines.append("counters: " + ", ".join(f"{k}={v}" for k, v in snap["counters"].items()))
+    lines += _savi_lines(snap)
     if snap.get("switch_packets"):
         lines.append("packets matched in r1 by band: " +
                      ", ".join(f"{k}={v}" for k, v in snap["switch_packets"].items()))
     return "\n".join(lines)
+
+
+def _savi_lines(snap: dict) -> list[str]:
+    """s1's source-address bindings (port, MAC, IP) and why it dropped frames (RFC 7039)."""
+    savi = snap.get("savi")
+    if not savi:
+        return []
+    state = "connected" if snap.get("s1_connected") else "NOT connected"
+    bound = ", ".join(f"port {b['port']} {b['mac']} {b['ip']}" for b in savi["bindings"]) or "none"
+    return [f"SAVI on s1 ({state}): bindings {bound}",
+            "SAVI counters: " + (", ".join(f"{k}={v}" for k, v in savi["counters"].items()) or "none")]
 
 
 def _cell(column: str, value) -> str:

@@ -27,7 +27,17 @@ DEFAULT_CONTROL_SOCKET = "/run/natlab/controller.sock"
 LEASE_MIN_LIFETIME_S = 120
 LEASE_MAX_LIFETIME_S = 86400
 LEASE_DEFAULT_LIFETIME_S = 3600
-LEASE_QUOTA = 64
+LEASE_QUOTA = 64  # leases per origin (switch port, MAC, IP)
+# One MAC cycling source IPs gets no more than one origin's quota (issue 9).
+LEASE_MAC_QUOTA = 64
+# RFC 6888 REQ-4: a per-subscriber port limit, per (private host, global IP,
+# protocol), NAPT mappings and MAP/PEER leases together: 4096 of the 64,512
+# dynamic ports lets 15 hosts share one global IP before any can exhaust it.
+NAPT_PORTS_PER_HOST = 4096
+# A client's GPN definition outlives its last lease (or a DEFINE no LEASE
+# followed) by this long, then is forgotten so nobody can squat a protocol.
+DEFINITION_GRACE_S = 60
+DEFINITION_QUOTA = 4  # live definitions per origin
 
 
 class ConfigError(ValueError):
@@ -60,6 +70,10 @@ class NatConfig:
     lease_max_lifetime: int = LEASE_MAX_LIFETIME_S
     lease_default_lifetime: int = LEASE_DEFAULT_LIFETIME_S
     lease_quota: int = LEASE_QUOTA
+    lease_mac_quota: int = LEASE_MAC_QUOTA
+    napt_ports_per_host: int = NAPT_PORTS_PER_HOST
+    definition_grace: int = DEFINITION_GRACE_S
+    definition_quota: int = DEFINITION_QUOTA
 
     def __post_init__(self) -> None:
         inside = _net("inside_net", self.inside_net)
@@ -85,7 +99,8 @@ class NatConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 < value <= 0xFFFF:
                 raise ConfigError(f"{name}: {value!r} is not a timeout in seconds (1..65535)")
-        for name in ("lease_min_lifetime", "lease_max_lifetime", "lease_default_lifetime", "lease_quota"):
+        for name in ("lease_min_lifetime", "lease_max_lifetime", "lease_default_lifetime", "lease_quota",
+                     "lease_mac_quota", "napt_ports_per_host", "definition_grace", "definition_quota"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: {value!r} is not a positive whole number")
@@ -99,6 +114,12 @@ class NatConfig:
 
     def is_outside(self, ip: str) -> bool:
         return _in(ip, self.outside_net)
+
+    def is_inside_host(self, ip: str) -> bool:
+        """An inside address a host may use: not the gateway, nor the network or broadcast address."""
+        low, high = _bounds(self.inside_net)
+        value = int.from_bytes(ip_bytes(ip), "big")
+        return low < value < high and ip != self.gateway_ip
 
 
 @functools.lru_cache(maxsize=64)

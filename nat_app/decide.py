@@ -6,7 +6,10 @@ NAPT for TCP, UDP and ICMP echo (NAT-AUTO): endpoint-independent mapping
 (RFC 4787 REQ-1), address-dependent filtering (REQ-8), paired pooling (REQ-2),
 port preservation when free (REQ-3 allows it); ICMP errors about translated
 flows are translated back (RFC 5508 REQ-3). Anything else, and anything from
-outside without an entry, is dropped (NAT-DROP).
+outside without an entry, is dropped (NAT-DROP). A private host gets at most
+``napt_ports_per_host`` ports (or ICMP identifiers) of a global IP (RFC 6888
+REQ-4); beyond that its new flows are dropped and it is told so with a
+rate-limited ICMP "administratively prohibited" (RFC 5508 REQ-8).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from nat_app.allocate import Pool
+from nat_app.allocate import Pool, PortLimitReached
 from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
 from nat_app.gpn import UDP_KEYED, Definition
@@ -39,6 +42,7 @@ from nat_app.messages import (
     ToController,
 )
 from nat_app.neighbours import NeighbourCache
+from nat_app.savi import SaviCore
 from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from nat_app.translate import rewrite, rewrite_icmp_error
 from netwire import pcp
@@ -55,6 +59,8 @@ from netwire.ethernet import (
     arp_frame,
 )
 from netwire.ipv4 import (
+    ICMP_CODE_ADMIN_PROHIBITED,
+    ICMP_DEST_UNREACHABLE,
     ICMP_ECHO_REPLY,
     ICMP_ECHO_REQUEST,
     ICMP_ERROR_TYPES,
@@ -62,6 +68,7 @@ from netwire.ipv4 import (
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPv4Header,
+    build_icmp_error,
     build_udp,
     parse_transport,
 )
@@ -75,11 +82,16 @@ _ICMP_ERROR_HEADER_LEN = 8
 # demoted host 3 ms after its flows were deleted. The packet whose reply would
 # take that stale path is held this long.
 DEMOTION_HOLD_S = 0.25
+# RFC 5508 REQ-8 says to send the error; RFC 1812 4.3.2.8 lets a router rate-limit
+# it. One per host per second: a host over its limit cannot make the NAT flood.
+ADMIN_PROHIBITED_INTERVAL_S = 1.0
+ADMIN_PROHIBITED_PER_S = 10
 
 
 class NatCore:
-    def __init__(self, config: NatConfig, rng: random.Random | None = None) -> None:
+    def __init__(self, config: NatConfig, rng: random.Random | None = None, savi: SaviCore | None = None) -> None:
         self.config = config
+        self.savi = savi  # s1's bindings (RFC 7039): where each inside (MAC, IP) is attached
         self._rng = rng or random.Random()
         self.counters = Counters()
         self._reset(0.0)
@@ -87,12 +99,15 @@ class NatCore:
     def _reset(self, now: float) -> None:
         self.table = TranslationTable()
         self.neighbours = NeighbourCache()
-        self.pool = Pool(self.config.globals, self.config.port_quarantine, self._rng)
+        self.pool = Pool(self.config.globals, self.config.port_quarantine, self._rng,
+                         ports_per_host=self.config.napt_ports_per_host)
         self.leases = LeaseServer(self.config, self.table, self.pool, self.counters, now)
         self.client_alg = ClientAlgPaths(self.config, self.table)
         self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
+        self._prohibited_sent: dict[str, float] = {}  # private host -> when it was last told it is over its limit
+        self._prohibited_window: tuple[float, int] = (0.0, 0)  # (start of this second, errors sent in it)
         self.bypass = False
         self.state_lost = True  # started empty: clients must hear a PCP ANNOUNCE (nat_app/reconcile.py)
 
@@ -130,6 +145,8 @@ class NatCore:
                 raise MalformedPacket("IPv4 total length beyond the frame")
             packet = packet[: ip.total_len]
             if in_port == self.config.inside_port:
+                if self._access_port(eth.src, ip.src) is None:
+                    return self._drop("savi-unbound")
                 if self.config.is_inside(ip.src):
                     self.neighbours.learn(ip.src, eth.src)
                 return self._outbound(frame, eth, packet, ip, now)
@@ -153,6 +170,7 @@ class NatCore:
         for entry in self.table.pop_expired(now):
             self.counters.add("entries_expired")
             msgs += self._forget(entry, now, removed=True)
+        self.leases.expire(now)
         return msgs
 
     def set_bypass(self, on: bool) -> list[Message]:
@@ -176,6 +194,8 @@ class NatCore:
             "counters": dict(sorted(self.counters.values.items())),
             "globals": list(self.config.globals),
             "bypass": self.bypass,
+            "neighbours": dict(sorted(self.neighbours.known().items())),
+            **({"savi": self.savi.snapshot()} if self.savi is not None else {}),
         }
 
     def reconcile(self, flows_seen: list[tuple[int, int]], now: float) -> list[Message]:
@@ -191,6 +211,8 @@ class NatCore:
         side_ok = c.is_inside if in_port == c.inside_port else c.is_outside
         if in_port not in (c.inside_port, c.outside_port) or not side_ok(arp.sender_ip):
             return self._drop("arp-foreign-sender")
+        if in_port == c.inside_port and self._access_port(arp.sender_mac, arp.sender_ip) is None:
+            return self._drop("savi-unbound")
         msgs: list[Message] = []
         for parked_port, parked in self.neighbours.learn(arp.sender_ip, arp.sender_mac):
             msgs += self.packet_in(parked_port, parked, now)
@@ -254,7 +276,7 @@ class NatCore:
             if entry is None and ip.protocol == IPPROTO_ICMP:
                 entry = self._icmp_host_pair_entry(ip.src, ip.dst)
             if entry is None:
-                entry, msgs = self._new_napt_entry(ip, transport.src_port, eth.src, mac, now)
+                entry, msgs = self._new_napt_entry(packet, ip, transport.src_port, eth.src, mac, now)
                 if entry is None:
                     return msgs
             if entry.path is DataPath.SLOW:
@@ -263,14 +285,17 @@ class NatCore:
             return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
         return self._drop("unsupported-protocol")
 
-    def _new_napt_entry(self, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
+    def _new_napt_entry(self, packet: bytes, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
         """Step 704 for a NAT-ALG entry: a global (IP, port) and the flows that use it."""
         c = self.config
         proto = ip.protocol
         if proto == IPPROTO_ICMP:
-            return self._new_icmp_entry(ip, port, private_mac, foreign_mac, now)
-        mapping = self.pool.acquire_mapping(proto, ip.src, port, now)
+            return self._new_icmp_entry(packet, ip, port, private_mac, foreign_mac, now)
+        try:
+            mapping = self.pool.acquire_mapping(proto, ip.src, port, now)
+        except PortLimitReached:
+            return None, self._over_limit(packet, ip, private_mac, now)
         if mapping is None:
             return None, self._drop("ports-exhausted")
         global_ip, global_port = mapping
@@ -285,13 +310,42 @@ class NatCore:
         self.counters.add("entries_created")
         return entry, self._translation_flows(entry, private_mac, foreign_mac)
 
-    def _new_icmp_entry(self, ip: IPv4Header, ident: int, private_mac: str, foreign_mac: str,
+    def _over_limit(self, packet: bytes, ip: IPv4Header, private_mac: str, now: float) -> list[Message]:
+        """A host at its per-host limit (RFC 6888 REQ-4) gets ICMP Destination Unreachable,
+        code 13 "administratively prohibited" (RFC 5508 REQ-8), at most once a second so
+        that the NAT cannot be made to flood."""
+        msgs = self._drop("port-limit")
+        if not self._may_tell(ip.src, now):
+            return msgs
+        self.counters.add("icmp_admin_prohibited_sent")
+        c = self.config
+        error = build_icmp_error(c.gateway_ip, ip.src, ICMP_DEST_UNREACHABLE, ICMP_CODE_ADMIN_PROHIBITED, packet)
+        return msgs + [PacketOut(self._eth(private_mac, c.inside_mac) + error, (Output(c.inside_port),))]
+
+    def _may_tell(self, host: str, now: float) -> bool:
+        """Rate limit of the errors (RFC 1812 4.3.2.8): one a second per host, and
+        ADMIN_PROHIBITED_PER_S in all, however many source addresses are forged."""
+        last = self._prohibited_sent.get(host)
+        if last is not None and last <= now < last + ADMIN_PROHIBITED_INTERVAL_S:
+            return False
+        start, sent = self._prohibited_window
+        if not start <= now < start + 1.0:
+            start, sent = now, 0
+        if sent >= ADMIN_PROHIBITED_PER_S:
+            return False
+        self._prohibited_window = (start, sent + 1)
+        self._prohibited_sent[host] = now
+        return True
+
+    def _new_icmp_entry(self, packet: bytes, ip: IPv4Header, ident: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
         """ICMP echo. OpenFlow cannot match or rewrite the identifier, so the fast
         path is a host-pair flow that keeps the identifier; it needs the triple
         (ICMP, global IP, foreign) to belong to one private host. Otherwise the
         controller translates each packet, by identifier (the slow path)."""
         c = self.config
+        if self.table.count_of(IPPROTO_ICMP, ip.src) >= c.napt_ports_per_host:
+            return None, self._over_limit(packet, ip, private_mac, now)
         global_ip = self.pool.paired(ip.src)
         sharers = self.table.private_hosts_of(IPPROTO_ICMP, global_ip, ip.dst) - {ip.src}
         triple = (IPPROTO_ICMP, global_ip, ip.dst)
@@ -456,7 +510,7 @@ class NatCore:
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
         if entry.kind is EntryKind.CLIENT_ALG:
-            self.leases.forget(entry.id)
+            self.leases.forget(entry.id, now)
             if entry.protocol in self.leases.definitions:
                 msgs += self.client_alg.removed(entry)
         return msgs
@@ -475,7 +529,7 @@ class NatCore:
             return self._drop("not-routed")
         if not 8 <= length <= len(segment):
             return self._drop("malformed")
-        origin = Origin(c.inside_port, eth.src, ip.src)
+        origin = Origin(self._access_port(eth.src, ip.src), eth.src, ip.src)
         outcome = self.leases.handle(segment[8:length], origin, now)
         msgs: list[Message] = []
         for entry in outcome.removed:
@@ -517,7 +571,8 @@ class NatCore:
             return None
         entries = [e for e in self.table.entries_of(definition.key, ip.src) if e.foreign in (ip.dst, None)]
         if not entries:
-            return None if ip.protocol == IPPROTO_UDP else self._drop("no-lease")
+            # NAT-DROP: a protocol the NAT does not translate itself, and nobody leased it.
+            return None if ip.protocol == IPPROTO_UDP else self._drop("unsupported-protocol")
         c = self.config
         mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
         if mac is None:
@@ -533,6 +588,14 @@ class NatCore:
         at = ip.header_len + _ICMP_ERROR_HEADER_LEN
         inner = IPv4Header.parse(packet[at:], truncated_ok=True)
         return inner, parse_transport(inner.protocol, packet[at + inner.header_len:])
+
+    def _access_port(self, mac: str, ip: str) -> int | None:
+        """The port a lease's owner is pinned to: the s1 access port SAVI bound (MAC, IP) on,
+        None if unbound (a forged frame that got past s1); r1's inside port when s1 is a plain
+        bridge (no SAVI: the classic-L2 setting, RFC 7039 section 1's "no validation")."""
+        if self.savi is None or not self.savi.connected:
+            return self.config.inside_port
+        return self.savi.port_of(mac, ip)
 
     def _eth(self, dst: str, src: str) -> bytes:
         return EthernetHeader(dst, src, ETH_TYPE_IPV4).build()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from nat_app.ports import DYNAMIC_LOW
 from netwire import pcp
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
@@ -74,6 +75,12 @@ class Definition:
             return f"SPIs below {MIN_SPI} are reserved (RFC 4303 2.1)"
         return None
 
+    @property
+    def in_napt_space(self) -> bool:
+        """A UDP port the NAT's own NAPT may hand out (DYNAMIC_LOW and up): never definable,
+        or leased GPNs would shadow NAPT mappings of the same global port."""
+        return self.underlying == UNDERLYING_UDP and self.port >= DYNAMIC_LOW
+
     def read(self, packet: bytes, header_len: int, which: str = "dst") -> int | None:
         """The source or destination GPN of an IPv4 ``packet``; None if absent or truncated."""
         offset = self.src_offset_bits if which == "src" else self.dst_offset_bits
@@ -87,3 +94,7 @@ class Definition:
         value = int.from_bytes(packet[first:last], "big")
         return (value >> (last * 8 - end_bit)) & ((1 << self.length_bits) - 1)
 
+
+# The NAT's own definitions, fixed at start: netwire.pcp's are the single source.
+NAT_DEFINITIONS = {d.key: d for d in map(Definition.from_wire, (pcp.ESP_DEFINITION, pcp.AH_DEFINITION,
+                                                               pcp.ISAKMP_DEFINITION))}

@@ -7,16 +7,23 @@ private-use opcodes of ``netwire.pcp``. Ownership goes beyond PCP, which
 trusts the inside network: a lease belongs to the (switch port, MAC, IP) it
 came from and to its nonce, and only that owner may renew, release or read it
 (DESIGN.md, "Ownership beyond PCP").
+
+Strangers on the shared link must not subvert it (issue 9): the NAT's own
+definitions (ESP, AH, ISAKMP) are fixed at start; a client's definition is
+owned by its origin and expires with its last lease; quotas are per origin and
+per MAC; foreign addresses are validated; and a non-owner's answer never
+depends on the nonce it guessed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
-from nat_app.allocate import Pool
+from nat_app.allocate import Pool, PortLimitReached
 from nat_app.config import NatConfig
-from nat_app.gpn import UDP_KEYED, UNDERLYING_UDP, Definition
+from nat_app.gpn import NAT_DEFINITIONS, UDP_KEYED, UNDERLYING_UDP, Definition
 from nat_app.messages import Counters
 from nat_app.table import ANY, DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from netwire import pcp
@@ -44,6 +51,7 @@ class _Owner:
     origin: Origin
     nonce: bytes
     opcode: int
+    key: int  # the entry's protocol value, for the definition it keeps alive
 
 
 class Refused(Exception):
@@ -60,43 +68,64 @@ class LeaseServer:
         self.pool = pool
         self.counters = counters
         self.started = now
-        self.definitions: dict[int, Definition] = {}
+        self.definitions: dict[int, Definition] = dict(NAT_DEFINITIONS)
+        self._definers: dict[int, set[Origin]] = {}  # client definitions -> origins that defined them
+        self._idle_since: dict[int, float] = {}  # client definitions no lease holds -> since when
+        self._leases_of: Counter[int] = Counter()  # live leases per definition key
         self._owners: dict[int, _Owner] = {}
-        self._held: Counter[str] = Counter()  # leases per client IP, for the quota
+        self._held: Counter[Origin] = Counter()  # leases per origin, for the quota
+        self._held_by_mac: Counter[str] = Counter()  # leases per MAC, so IP cycling gains nothing
 
     def epoch(self, now: float) -> int:
-        """Seconds since the server lost its state (RFC 6887 8.5)."""
-        return int(now - self.started)
+        """Seconds since the server lost its state (RFC 6887 8.5); never negative, whatever ``now`` says."""
+        return max(0, int(now - self.started))
 
     def owner_of(self, entry_id: int) -> Origin | None:
         owner = self._owners.get(entry_id)
         return owner.origin if owner else None
 
-    def forget(self, entry_id: int) -> None:
+    def forget(self, entry_id: int, now: float = 0.0) -> None:
         """The core removed an entry (expiry, flow removal): drop its ownership record."""
         owner = self._owners.pop(entry_id, None)
-        if owner is not None:
-            self._held[owner.origin.ip] -= 1
-            if self._held[owner.origin.ip] <= 0:
-                del self._held[owner.origin.ip]
+        if owner is None:
+            return
+        _uncount(self._held, owner.origin)
+        _uncount(self._held_by_mac, owner.origin.mac)
+        _uncount(self._leases_of, owner.key)
+        if owner.key in self._definers and not self._leases_of[owner.key]:
+            self._idle_since[owner.key] = now
+
+    def expire(self, now: float) -> None:
+        """Forget client definitions that no lease has held for the grace period."""
+        grace = self.config.definition_grace
+        for key in [k for k, since in self._idle_since.items() if now >= since + grace]:
+            del self._idle_since[key], self._definers[key], self.definitions[key]
+            self.counters.add("definitions_expired")
+
+    def largest_definition_share(self) -> int:
+        """The most live client definitions any origin holds (checked against its quota)."""
+        return max(Counter(o for owners in self._definers.values() for o in owners).values(), default=0)
 
     def _own(self, entry: Entry, origin: Origin, nonce: bytes, opcode: int) -> None:
-        self._owners[entry.id] = _Owner(origin, nonce, opcode)
-        self._held[origin.ip] += 1
+        self._owners[entry.id] = _Owner(origin, nonce, opcode, entry.protocol)
+        self._held[origin] += 1
+        self._held_by_mac[origin.mac] += 1
+        self._leases_of[entry.protocol] += 1
+        self._idle_since.pop(entry.protocol, None)
 
     # ------------------------------------------------------------------ requests
 
     def handle(self, datagram: bytes, origin: Origin, now: float) -> Outcome:
         """Answer one request; never raises for bad input (it is answered or dropped, and counted)."""
         self.counters.add("lease_requests")
+        self.expire(now)
         try:
             request = pcp.decode_request(datagram)
         except pcp.PcpError as exc:
             self.counters.add(f"lease_refused:{exc.result.name}")
             return Outcome(pcp.error_response(datagram, exc.result, self.epoch(now)))
         try:
-            if request.client_ip != origin.ip:
-                raise Refused(pcp.Result.ADDRESS_MISMATCH, f"client address {request.client_ip} != {origin.ip}")
+            self._check_client(request.client_ip, origin)
             handler = {
                 pcp.Opcode.DEFINE: self._define, pcp.Opcode.LEASE: self._lease, pcp.Opcode.MAP: self._map,
                 pcp.Opcode.PEER: self._map, pcp.Opcode.READ: self._read,
@@ -114,38 +143,110 @@ class LeaseServer:
                                     request.info)
             return Outcome(pcp.encode_response(response))
 
+    def _check_client(self, client_ip: str, origin: Origin) -> None:
+        """RFC 6887 8.1: the client address must be the source; and a host's, not the NAT's or the net's."""
+        if client_ip != origin.ip:
+            raise Refused(pcp.Result.ADDRESS_MISMATCH, f"client address {client_ip} != {origin.ip}")
+        if not self.config.is_inside_host(origin.ip):
+            raise Refused(pcp.Result.ADDRESS_MISMATCH, f"{origin.ip} is no host address of the inside network")
+
+    # ------------------------------------------------------------------ DEFINE
+
     def _define(self, request, origin: Origin, now: float):
-        """Step 701-703: record a GPN definition, or say the NAT has its own ALG."""
-        d = request.info
-        definition = Definition.from_wire(d)
+        """Step 701-703: accept a GPN definition the NAT can honour without harm to anyone else.
+
+        The NAT's own definitions are matched exactly; a client's is refused if the
+        NAT has an ALG for it (its NAPT owns UDP ports from DYNAMIC_LOW up), and is
+        owned by its origin and whoever defines it identically."""
+        definition = Definition.from_wire(request.info)
+        self._check_definable(definition)
+        key = definition.key
+        known = NAT_DEFINITIONS.get(key) or self.definitions.get(key)
+        if known is not None and known != definition:
+            raise Refused(pcp.Result.DEFINITION_CONFLICT, f"protocol {key} is defined differently")
+        if key in NAT_DEFINITIONS:
+            self.definitions[key] = definition  # the NAT's own: idempotent
+            return Outcome(None), request.info, 0  # lasts as long as the NAT: nothing to renew
+        if origin not in self._definers.get(key, ()):
+            self._check_definition_quota(origin)
+            self.definitions[key] = definition
+            self._definers.setdefault(key, set()).add(origin)
+        if not self._leases_of[key]:
+            self._idle_since[key] = now  # a DEFINE starts (or restarts) the grace no lease has ended yet
+        return Outcome(None), request.info, 0  # a client's definition lives by its leases, not by renewal
+
+    def _check_definable(self, definition: Definition) -> None:
         if definition.has_nat_alg:
-            raise Refused(pcp.Result.HAS_ALG, f"the NAT translates protocol {d.protocol} itself")
+            raise Refused(pcp.Result.HAS_ALG, f"the NAT translates protocol {definition.protocol} itself")
+        if definition.underlying == UNDERLYING_UDP and definition.protocol != IPPROTO_UDP:
+            raise Refused(pcp.Result.MALFORMED_REQUEST, f"protocol {definition.protocol} over UDP: must be 17")
+        if definition.in_napt_space:
+            raise Refused(pcp.Result.HAS_ALG, f"UDP port {definition.port} belongs to the NAT's NAPT")
         problem = definition.problem()
         if problem:
             raise Refused(pcp.Result.MALFORMED_REQUEST, problem)
-        known = self.definitions.get(definition.key)
-        if known is not None and known != definition:
-            raise Refused(pcp.Result.NOT_AUTHORIZED, f"protocol {definition.key} is defined differently")
-        self.definitions[definition.key] = definition
-        return Outcome(None), d, 0  # definitions do not expire: nothing to renew
+
+    def _check_definition_quota(self, origin: Origin) -> None:
+        mine = sum(origin in owners for owners in self._definers.values())
+        if mine >= self.config.definition_quota:
+            raise Refused(pcp.Result.USER_EX_QUOTA, f"{origin.ip} has {mine} definitions")
+
+    def _definition_for(self, info, origin: Origin) -> Definition:
+        """The definition a LEASE names: the NAT's own, or one this origin defined."""
+        if info.port and info.protocol != IPPROTO_UDP:
+            raise Refused(pcp.Result.MALFORMED_REQUEST, f"an underlying port needs protocol 17, not {info.protocol}")
+        key = UDP_KEYED | info.port if info.port else info.protocol
+        definition = self.definitions.get(key)
+        if definition is None or (key not in NAT_DEFINITIONS and origin not in self._definers[key]):
+            raise Refused(pcp.Result.PROTOCOL_NOT_DEFINED, f"protocol {key} has no GPN definition of this client")
+        return definition
+
+    # ------------------------------------------------------------------ LEASE
 
     def _lease(self, request, origin: Origin, now: float):
         """Step 704-705 for a client-ALG entry; renewal and release (NAT-RENEW, NAT-DEALLOC)."""
         info = request.info
-        key = UDP_KEYED | info.port if getattr(info, "port", 0) else info.protocol
-        definition = self.definitions.get(key)
-        if definition is None:
-            raise Refused(pcp.Result.PROTOCOL_NOT_DEFINED, f"protocol {key} has no GPN definition")
-        existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
-        if existing is not None and existing.private_ip != origin.ip:
-            owner = self._owners.get(existing.id)
-            if request.lifetime == 0 or (owner is not None and owner.nonce == info.nonce):
-                raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {existing.id} belongs to another client")
-            raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {info.global_ip}")
+        definition = self._definition_for(info, origin)
+        self._check_foreign(info.foreign_ip)
+        existing = self._existing(definition.key, request, origin)
         if existing is not None:
             return self._renew_or_release(existing, request, origin, now, self._lease_info)
         if request.lifetime == 0:
             return Outcome(None), info, 0  # releasing what does not exist succeeds (RFC 6887 15)
+        self._check_gpns(definition, info)
+        self._check_quota(origin)
+        lifetime = self._lifetime(request.lifetime)
+        entry = self._add_lease(definition, info, origin, now, lifetime)
+        self._own(entry, origin, info.nonce, request.opcode)
+        return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
+
+    def _existing(self, key: int, request, origin: Origin) -> Entry | None:
+        """The entry a LEASE names, if the requester's IP holds it. Another host's entry is
+        refused, and the answer does not depend on the nonce sent (a guess proves nothing)."""
+        info = request.info
+        existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
+        if existing is None or existing.private_ip == origin.ip:
+            return existing
+        if request.lifetime == 0:
+            raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {existing.id} belongs to another client")
+        raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {info.global_ip}")
+
+    def _add_lease(self, definition: Definition, info, origin: Origin, now: float, lifetime: int) -> Entry:
+        """Choose the global IP and GPN (step 704) and insert the entry (NAT-UNIQ)."""
+        key = definition.key
+        global_ip = self._global_ip_for(key, info, origin)
+        global_gpn = self._take_gpn(definition, global_ip, info, origin, now)
+        private_gpn = info.private_gpn if info.private_gpn is not None else global_gpn
+        try:
+            return self.table.add(kind=EntryKind.CLIENT_ALG, protocol=key, private_ip=origin.ip,
+                                  private_gpn=private_gpn, global_ip=global_ip, global_gpn=global_gpn,
+                                  foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST)
+        except TableConflict as exc:
+            self.pool.space(global_ip, key).release(global_gpn, now, owner=origin.ip)
+            raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
+
+    @staticmethod
+    def _check_gpns(definition: Definition, info) -> None:
         for name, value in (("private", info.private_gpn), ("global", info.global_gpn)):
             if value is not None and not definition.range_min <= value <= definition.range_max:
                 raise Refused(pcp.Result.GPN_UNAVAILABLE, f"{name} GPN {value} outside {definition.range_min}-"
@@ -154,33 +255,31 @@ class LeaseServer:
                 and info.global_gpn is not None and info.private_gpn != info.global_gpn):
             # The NAT never touches what ESP/AH protect: the SPI cannot be rewritten.
             raise Refused(pcp.Result.GPN_UNAVAILABLE, "private and global GPN must be equal for this protocol")
-        self._check_quota(origin)
+
+    def _global_ip_for(self, key: int, info, origin: Origin) -> str:
         keep = next((e.global_ip for e in self.table.entries_of(key, origin.ip)), None)
-        if info.global_ip is not None and (info.global_ip not in self.config.globals or keep not in (None,
-                                                                                                     info.global_ip)):
+        if info.global_ip is not None and (info.global_ip not in self.config.globals
+                                           or keep not in (None, info.global_ip)):
             raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, f"global IP {info.global_ip} cannot be given")
-        global_ip = info.global_ip or self.pool.for_client_alg(origin.ip, key, self.table, keep=keep)
-        space = self.pool.space(global_ip, key, definition.range_min, definition.range_max)
-        wanted = info.global_gpn if info.global_gpn is not None else info.private_gpn
-        if info.global_gpn is not None:
-            if not space.claim(info.global_gpn, now, owner=origin.ip):
-                raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {global_ip}")
-            global_gpn = info.global_gpn
-        else:
-            global_gpn = space.reserve(now, preferred=wanted, owner=origin.ip)
-            if global_gpn is None:
-                raise Refused(pcp.Result.NO_RESOURCES, f"no free GPN on {global_ip}")
-        private_gpn = info.private_gpn if info.private_gpn is not None else global_gpn
-        lifetime = self._lifetime(request.lifetime)
-        try:
-            entry = self.table.add(kind=EntryKind.CLIENT_ALG, protocol=key, private_ip=origin.ip,
-                                   private_gpn=private_gpn, global_ip=global_ip, global_gpn=global_gpn,
-                                   foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST)
-        except TableConflict as exc:
-            space.release(global_gpn, now)
-            raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
-        self._own(entry, origin, info.nonce, request.opcode)
-        return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
+        return info.global_ip or self.pool.for_client_alg(origin.ip, key, self.table, keep=keep)
+
+    def _take_gpn(self, definition: Definition, global_ip: str, info, origin: Origin, now: float) -> int:
+        """The global GPN: the one asked for, or (over IP, where private must equal global)
+        the private one, or a free one the NAT picks."""
+        space = self.pool.space(global_ip, definition.key, definition.range_min, definition.range_max)
+        wanted = info.global_gpn
+        if wanted is None and definition.underlying != UNDERLYING_UDP:
+            wanted = info.private_gpn  # an SPI is never rewritten: the private one or none
+        if wanted is not None:
+            if not space.claim(wanted, now, owner=origin.ip):
+                raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {wanted} is in use on {global_ip}")
+            return wanted
+        gpn = space.reserve(now, preferred=info.private_gpn, owner=origin.ip)
+        if gpn is None:
+            raise Refused(pcp.Result.NO_RESOURCES, f"no free GPN on {global_ip}")
+        return gpn
+
+    # ------------------------------------------------------------------ MAP, PEER, READ
 
     def _map(self, request, origin: Origin, now: float):
         """PCP MAP and PEER (RFC 6887 11, 12): a 16-bit port lease, foreign any or one peer."""
@@ -190,17 +289,14 @@ class LeaseServer:
         if info.internal_port == 0:
             raise Refused(pcp.Result.MALFORMED_REQUEST, "internal port 0 (all ports) is not leased")
         foreign = getattr(info, "remote_ip", None) if request.opcode == pcp.Opcode.PEER else ANY
+        self._check_foreign(foreign)
         existing = self.table.lookup_out(info.protocol, origin.ip, info.internal_port, foreign)
         if existing is not None and existing.kind is EntryKind.CLIENT_ALG and existing.foreign == foreign:
             return self._renew_or_release(existing, request, origin, now, self._map_info)
         if request.lifetime == 0:
             return Outcome(None), info, 0
         self._check_quota(origin)
-        mapping = self.pool.acquire_mapping(info.protocol, origin.ip, info.internal_port, now,
-                                            suggested_port=info.external_port or None,
-                                            suggested_ip=info.external_ip, leased=True)
-        if mapping is None:
-            raise Refused(pcp.Result.NO_RESOURCES, "no free port")
+        mapping = self._acquire_port(info, origin, now)
         lifetime = self._lifetime(request.lifetime)
         try:
             entry = self.table.add(kind=EntryKind.CLIENT_ALG, protocol=info.protocol, private_ip=origin.ip,
@@ -211,6 +307,18 @@ class LeaseServer:
             raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, str(exc)) from None
         self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime
+
+    def _acquire_port(self, info, origin: Origin, now: float) -> tuple[str, int]:
+        """A global port from the NAPT space, within the host's share (RFC 6888 REQ-4)."""
+        try:
+            mapping = self.pool.acquire_mapping(info.protocol, origin.ip, info.internal_port, now,
+                                                suggested_port=info.external_port or None,
+                                                suggested_ip=info.external_ip, leased=True)
+        except PortLimitReached as exc:
+            raise Refused(pcp.Result.USER_EX_QUOTA, str(exc)) from None
+        if mapping is None:
+            raise Refused(pcp.Result.NO_RESOURCES, "no free port")
+        return mapping
 
     def _read(self, request, origin: Origin, now: float):
         """The client's own entries, proven by a nonce of one of them (never anyone else's)."""
@@ -234,7 +342,7 @@ class LeaseServer:
             raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {entry.id} belongs to another client or nonce")
         if request.lifetime == 0:
             self.table.remove(entry.id)
-            self.forget(entry.id)
+            self.forget(entry.id, now)
             self.counters.add("leases_released")
             return Outcome(None, removed=[entry]), render(request.info, entry), 0
         lifetime = self._lifetime(request.lifetime)
@@ -253,10 +361,25 @@ class LeaseServer:
                 return entry
         return None
 
+    def _check_foreign(self, foreign: str | None) -> None:
+        """A foreign (PEER: remote) address must be a unicast host outside: not loopback,
+        multicast, broadcast, reserved, "this network" (RFC 6890), nor inside or the NAT's own."""
+        if foreign is None:
+            return
+        address = ipaddress.IPv4Address(foreign)
+        c = self.config
+        if (address.is_multicast or address.is_loopback or address.is_link_local or address.is_reserved
+                or address.packed[0] == 0 or c.is_inside(foreign) or foreign in c.globals):
+            raise Refused(pcp.Result.MALFORMED_REQUEST, f"foreign address {foreign} is no outside host")
+
     def _check_quota(self, origin: Origin) -> None:
-        held = self._held[origin.ip]
-        if held >= self.config.lease_quota:
-            raise Refused(pcp.Result.USER_EX_QUOTA, f"{origin.ip} holds {held} leases (quota {self.config.lease_quota})")
+        c = self.config
+        if self._held[origin] >= c.lease_quota:
+            raise Refused(pcp.Result.USER_EX_QUOTA, f"{origin.ip} holds {self._held[origin]} leases "
+                                                    f"(quota {c.lease_quota})")
+        if self._held_by_mac[origin.mac] >= c.lease_mac_quota:
+            raise Refused(pcp.Result.USER_EX_QUOTA, f"MAC {origin.mac} holds {self._held_by_mac[origin.mac]} "
+                                                    f"leases (quota {c.lease_mac_quota})")
 
     def _lifetime(self, requested: int) -> int:
         """Requested lifetime clamped to [min, max]; all ones means the default (step 704)."""
@@ -302,3 +425,9 @@ class LeaseServer:
                 if entry is None or entry.kind is not EntryKind.CLIENT_ALG or entry.private_ip != ip:
                     raise ValueError(f"saved owner {key} names no lease of {ip}")
                 self._own(entry, Origin(int(in_port), str(mac), str(ip)), bytes.fromhex(nonce), int(opcode))
+
+
+def _uncount(counter: Counter, key) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

@@ -22,6 +22,7 @@ import random
 
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
+from nat_app.savi import SaviCore
 from nat_app.table import TableConflict, entry_from_dict
 
 SCHEMA_VERSION = 1
@@ -111,10 +112,15 @@ def _small_records(core: NatCore) -> dict[str, object]:
     return records
 
 
+def new_core(config: NatConfig, rng: random.Random | None = None) -> NatCore:
+    """An empty core with s1's SAVI core (the app dispatches s1 to ``core.savi``)."""
+    return NatCore(config, rng, savi=SaviCore(config))
+
+
 def restore(config: NatConfig, records: dict[str, object], rng: random.Random | None = None) -> NatCore:
     """A new core holding exactly ``records``, or StateError: never a half-built one."""
     try:
-        core = NatCore(config, rng)
+        core = new_core(config, rng)
         _check_keys(records, config)
         entries = [entry_from_dict(v) for k, v in records.items() if k.startswith("entry:")]
         if any(e.global_ip not in config.globals or not config.is_inside(e.private_ip) for e in entries):

@@ -144,12 +144,12 @@ def open_state(config: NatConfig, path: str | Path) -> tuple[NatCore, Store, sta
         records = store.load()
         core = state.restore(config, records)
     except StateLost as exc:
-        return NatCore(config), store, state.Journal(), f"started empty: {exc}"
+        return state.new_core(config), store, state.Journal(), f"started empty: {exc}"
     except state.StateError as exc:
         try:
             store.set_aside(str(exc))
         except StateLost as lost:
-            return NatCore(config), store, state.Journal(), f"started empty: {lost}"
+            return state.new_core(config), store, state.Journal(), f"started empty: {lost}"
     note = f"restored from {path}: {len(core.table)} entries, epoch start {core.leases.started:.1f}"
     return core, store, state.Journal(records), note
 

@@ -37,6 +37,10 @@ class TableConflict(ValueError):
     """Inserting would break NAT-UNIQ or duplicate an outbound key."""
 
 
+class TableCorrupt(RuntimeError):
+    """The table's indices disagree with its entries: a bug, never hostile input."""
+
+
 @dataclass
 class Entry:
     id: int
@@ -171,17 +175,31 @@ class TranslationTable:
         """A private host's entries of one protocol (outgoing ESP carries no GPN of ours to look up by)."""
         return [self._by_id[i] for i in sorted(self._by_private.get((protocol, private_ip), ()))]
 
+    def count_of(self, protocol: int, private_ip: str) -> int:
+        """How many entries of ``protocol`` a private host holds (per-host limits)."""
+        return len(self._by_private.get((protocol, private_ip), ()))
+
+    def _indexed(self, entry: Entry) -> bool:
+        """Whether every index holds ``entry`` where its fields say it belongs."""
+        protocol, private_ip = entry.protocol, entry.private_ip
+        return (self._out.get((protocol, private_ip, entry.private_gpn, entry.foreign)) is entry
+                and self._in.get((protocol, entry.global_ip, entry.global_gpn, entry.foreign)) is entry
+                and self._triples.get((protocol, entry.global_ip, entry.foreign), {}).get(private_ip, 0) > 0
+                and entry.id in self._by_private.get((protocol, private_ip), ()))
+
     def check_invariants(self) -> None:
-        """Raise AssertionError if the indices disagree (used by tests and the fuzzer)."""
-        assert len(self._out) == len(self._in) == len(self._by_id)
+        """Raise TableCorrupt if the indices disagree (the control socket's "check", tests, the fuzzer).
+
+        Real checks, not ``assert``: they must hold under ``python -O`` too.
+        """
+        _require(len(self._out) == len(self._in) == len(self._by_id), "index sizes differ")
         for entry in self._by_id.values():
-            assert self._out[entry.out_key] is entry and self._in[entry.in_key] is entry
-            assert self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] > 0
-            assert entry.id in self._by_private[(entry.protocol, entry.private_ip)]
-        assert sum(len(ids) for ids in self._by_private.values()) == len(self._by_id)
+            if not self._indexed(entry):
+                raise TableCorrupt(f"entry {entry.id} is missing from an index: {entry}")
+        _require(sum(len(ids) for ids in self._by_private.values()) == len(self._by_id), "per-host index size")
         for index in (self._triples, self._by_global):
-            assert sum(sum(c.values()) for c in index.values()) == len(self._by_id)
-            assert all(all(n > 0 for n in c.values()) and c for c in index.values())
+            _require(sum(sum(c.values()) for c in index.values()) == len(self._by_id), "host count index size")
+            _require(all(c and all(n > 0 for n in c.values()) for c in index.values()), "empty or zero count")
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
@@ -206,6 +224,11 @@ class TranslationTable:
             if entry.expires is not None:
                 heapq.heappush(self._expiry, (entry.expires, entry.id))
         self._ids = itertools.count(next_id)
+
+
+def _require(condition: bool, what: str) -> None:
+    if not condition:
+        raise TableCorrupt(what)
 
 
 def entry_from_dict(d: dict) -> Entry:

@@ -30,6 +30,8 @@ ICMP_ECHO_REQUEST = 8
 ICMP_TIME_EXCEEDED = 11
 ICMP_ERROR_TYPES = frozenset({ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED})
 ICMP_QUERY_TYPES = frozenset({ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY})
+ICMP_CODE_ADMIN_PROHIBITED = 13  # RFC 1812 5.2.7.1: communication administratively prohibited
+ICMP_ERROR_QUOTED_DATA = 8  # RFC 792: an error quotes the IP header and 64 bits of the data
 
 _HDR = struct.Struct("!BBHHHBBH4s4s")
 
@@ -134,3 +136,13 @@ def build_udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: i
                              pseudo_header_sum(ip_bytes(src), ip_bytes(dst), IPPROTO_UDP, length)) or 0xFFFF
     return build_ipv4_header(src=src, dst=dst, protocol=IPPROTO_UDP, payload_len=length, ttl=ttl) + \
         header + csum.to_bytes(2, "big") + payload
+
+
+def build_icmp_error(src: str, dst: str, icmp_type: int, code: int, original: bytes, ttl: int = 64) -> bytes:
+    """A whole IPv4 ICMP error about ``original`` (RFC 792): type, code, unused word, then
+    the original IP header and the first 8 bytes of its data."""
+    header_len = (original[0] & 0x0F) * 4
+    message = bytearray([icmp_type, code, 0, 0, 0, 0, 0, 0]) + original[: header_len + ICMP_ERROR_QUOTED_DATA]
+    message[ICMP_CHECKSUM_OFFSET:ICMP_CHECKSUM_OFFSET + 2] = internet_checksum(bytes(message)).to_bytes(2, "big")
+    return build_ipv4_header(src=src, dst=dst, protocol=IPPROTO_ICMP, payload_len=len(message), ttl=ttl) + \
+        bytes(message)

@@ -80,6 +80,7 @@ class Result(IntEnum):
     PROTOCOL_NOT_DEFINED = 193  # LEASE for a protocol no DEFINE has described
     GPN_IN_USE = 194  # the suggested global GPN is leased to someone else (RSIP's "SPI in use")
     GPN_UNAVAILABLE = 195  # the GPN is outside the definition's range, reserved, or cannot be given
+    DEFINITION_CONFLICT = 196  # DEFINE differs from the NAT's own or another client's live definition
 
 
 _LONG_ERRORS = frozenset({

@@ -25,10 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     from client_agent.agent_cli import add_agent_parser
 
     add_agent_parser(sub)
-    from conformance.cli import add_bench_parser, add_demo_parser
+    from conformance.cli import add_bench_parser, add_demo_parser, add_fuzz_parser
 
     add_demo_parser(sub)
     add_bench_parser(sub)
+    add_fuzz_parser(sub)
     return parser
 
 

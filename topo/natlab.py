@@ -3,14 +3,18 @@
     h1..hN 10.0.0.i -- s1 -- [1 inside] r1 [2 outside] -- s2 -- srv1..srvM 203.0.113.100+j
                                                             `-- sgw1 203.0.113.200 -- ih1 172.16.0.10
 
-r1 is the only OpenFlow switch (driven by the NAT app); s1 and s2 are
-standalone L2 bridges. Every bridge uses OVS's userspace datapath (no OVS
+r1 (the NAT) and s1 (the access switch) are OpenFlow switches driven by the
+NAT app; s2 is a standalone L2 bridge. s1 is where each client has a port of
+its own, so it is where the app validates source addresses (SAVI, RFC 7039:
+nat_app/savi.py); its fail mode is secure, so without the app it forwards
+nothing it was not told to. Every bridge uses OVS's userspace datapath (no OVS
 kernel module on these machines).
 
 With ``nat=classic`` r1 is instead a traditional NAT (RFC 3022): a Linux
 router in its own namespace doing conntrack masquerade with nftables, and no
 controller. Everything else is the same, so the same agents and traffic run on
-it: it is the control for what must fail without the extensible NAT.
+it: it is the control for what must fail without the extensible NAT. There is
+no controller then, so s1 is a standalone bridge too.
 
 This file imports only Mininet and the standard library, so Debian's ``mn``
 can load it as it is:
@@ -38,6 +42,8 @@ INTRANET_HOST_IP = "172.16.0.10"
 R1_INSIDE_PORT = 1
 R1_OUTSIDE_PORT = 2
 R1_DPID = "00000000004e4154"  # "NAT"
+S1_DPID = "0000000000000011"  # nat_app.savi.S1_DPID: the app drives s1 as the access switch
+S1_UPLINK_PORT = 100  # nat_app.savi.S1_UPLINK_PORT: s1's port toward r1; clients take 1..99
 R1_INSIDE_MAC = "02:4e:41:54:00:01"  # the extensible NAT's (nat_app.config.NatConfig): the
 R1_OUTSIDE_MAC = "02:4e:41:54:00:02"  # classic r1 answers ARP with the same, so frames built by hand still fit
 NAT_KINDS = ("extensible", "classic")
@@ -137,14 +143,14 @@ class NatlabTopo(Topo):
             raise ValueError(f"natlab topology: bw={bw!r} is not a positive rate in Mbit/s")
         if nat not in NAT_KINDS:
             raise ValueError(f"natlab topology: nat={nat!r} is not one of {', '.join(NAT_KINDS)}")
-        s1 = self.addSwitch("s1", cls=OVSBridge, datapath="user", dpid="0000000000000011")
+        s1 = self._access_switch(nat)
         s2 = self.addSwitch("s2", cls=OVSBridge, datapath="user", dpid="0000000000000012")
         r1 = self._router(nat, globals)
         for i in range(1, clients + 1):
             h = self.addHost(f"h{i}", cls=NatlabHost, ip=f"{client_ip(i)}/24", defaultRoute=f"via {GATEWAY_IP}")
             self.addLink(h, s1)
         inside, outside = ({}, {}) if nat == "extensible" else self._router_intfs(globals)
-        self.addLink(s1, r1, port2=R1_INSIDE_PORT, **inside)
+        self.addLink(s1, r1, port1=S1_UPLINK_PORT, port2=R1_INSIDE_PORT, **inside)
         access = {"cls": TCLink, "bw": bw} if bw else {}
         self.addLink(r1, s2, port1=R1_OUTSIDE_PORT, **access, **outside)
         for j in range(1, servers + 1):
@@ -153,6 +159,12 @@ class NatlabTopo(Topo):
         self.addLink(sgw, s2)
         ih1 = self.addHost("ih1", cls=NatlabHost, ip=f"{INTRANET_HOST_IP}/24", defaultRoute=f"via {SGW_INSIDE_IP}")
         self.addLink(sgw, ih1, params1={"ip": f"{SGW_INSIDE_IP}/24"})
+
+    def _access_switch(self, nat: str) -> str:
+        """s1: OpenFlow 1.3, fail mode secure, driven by the app (SAVI), unless no controller runs (classic)."""
+        if nat == "extensible":
+            return self.addSwitch("s1", datapath="user", protocols="OpenFlow13", dpid=S1_DPID, failMode="secure")
+        return self.addSwitch("s1", cls=OVSBridge, datapath="user", dpid=S1_DPID)
 
     def _router(self, nat: str, globals: int) -> str:
         """r1: the OpenFlow switch, or a host whose lowest port (inside) gets the gateway address.

@@ -166,13 +166,15 @@ class ControllerProcess:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = CONNECT_TIMEOUT_S) -> None:
-        """Until r1 is connected and its flows reconciled with the controller's state."""
+        """Until r1 is connected and its flows reconciled with the controller's state, and s1 (SAVI) too."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.ask("table").get("ready"):
+            table = self.ask("table")
+            if table.get("ready") and table.get("s1_connected"):
                 return
             time.sleep(0.1)
-        raise TestbedError(f"r1 did not connect to the controller and reconcile within {timeout}s; see {self.log}")
+        raise TestbedError(f"r1 and s1 did not connect to the controller and reconcile within {timeout}s; "
+                           f"see {self.log}")
 
     def ask(self, op: str, **args) -> dict:
         return request(self.control_socket, op, **args)

@@ -160,6 +160,7 @@ class SAState:
 
     __slots__ = (
         "sa", "protocol", "tunnel", "src_bytes", "dst_bytes", "cipher", "mac", "seq", "window", "packets", "octets",
+        "verify_icv",
     )
 
     def __init__(self, sa: SecurityAssociation) -> None:
@@ -175,6 +176,7 @@ class SAState:
         self.window = ReplayWindow(sa.replay_window)
         self.packets = 0
         self.octets = 0
+        self.verify_icv = True  # False only in a conformance fault control (CTRL-NOVERIFY): AH accepts any ICV
 
     def next_seq(self) -> int:
         if self.seq >= MAX_SEQ:

@@ -33,7 +33,8 @@ from pathlib import Path
 from client_agent.agent_cli import AgentProcess
 from client_agent.agent_config import AgentConfig
 from client_agent.alg import TEST_ALG_PORT
-from conformance.apps import ROOT, Service
+from client_agent.ipsec.algorithms import integrity
+from conformance.apps import ROOT, Service, probe
 from conformance.context import Context, Record
 from conformance.evidence import captures, save_json, save_text
 from conformance.matrix import CELLS, Cell, Client, behind_nat, clients
@@ -45,6 +46,8 @@ TRANSPORTS = {"TCP": 6, "UDP": 17}
 APPS = {"TCP": ("curl", "iperf3-tcp", "nc-tcp"), "UDP": ("iperf3-udp", "nc-udp")}
 RATE = "20M"  # enough to fill many segments, few enough for scapy to read every packet
 NC_UDP_SPORT = 40001  # the private port nc sends from; the ALG text names it
+FORGED_COUNT, FORGED_SEQ = 3, 2**31  # AH packets with a zero ICV to h1; far ahead of any real sequence number
+FORGED_TEXT = "natlab-forged-ah"
 
 
 @dataclass
@@ -65,17 +68,19 @@ class CellRun:
     peer_run_dir: Path | None = None
     evidence: list[Path] = field(default_factory=list)
     csum_errors: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> TCP/UDP -> InCsumErrors in the run
+    forged: int = 0  # AH packets with a bad ICV the peer sent to h1 (IN-AH: the agent must drop them)
 
 
 def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, compensate: bool = True,
-             seconds: float = 1.0) -> CellRun:
+             seconds: float = 1.0, algs: tuple[str, ...] = ("address-text",), verify_icv: bool = True) -> CellRun:
     """Agents up, applications from every client at once, captures; agents down (leases released).
 
     On a testbed with a classic NAT the clients are plain IPsec hosts (``behind_nat(classic=True)``).
     """
     tb = ctx.testbed
     classic = tb.controller is None
-    configs, peer = behind_nat(cell, members, compensate=compensate, classic=classic)
+    configs, peer = behind_nat(cell, members, compensate=compensate, classic=classic, algs=algs)
+    configs = [replace(c, verify_icv=verify_icv) for c in configs]
     run = CellRun(cell, members, configs, peer, folder, marker=f"natlab-{secrets.token_hex(8)}".encode())
     target_name, target_ip = cell.target
     target, peer_host, h1 = tb.host(target_name), tb.host(cell.peer), tb.host(members[0].name)
@@ -98,7 +103,9 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
                      "--seconds", "120", "--log", str(echo_log)]]
         services += [["iperf3", "-s", "-p", str(base + i)] for i in range(len(members))
                      for base in (IPERF_TCP_BASE, IPERF_UDP_BASE)]
-        services += [["bash", "-c", f"nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
+        # exec: the Service's SIGTERM must reach nc itself. A listener that never got its connection (a
+        # control) otherwise outlives the run and, sharing the port, takes the next run's connection.
+        services += [["bash", "-c", f"exec nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
                      for i, c in enumerate(members)]
         for argv in services:
             stack.enter_context(Service(target, argv, settle=0.0))
@@ -113,6 +120,8 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if cell.protocol == "ah":
+            run.forged = _forge_ah(peer_host, peer, cell, members[0], configs[0])
         time.sleep(0.5)
         run.csum_errors = {h.name: {p: n - csum_before[h.name].get(p, 0) for p, n in _csum_errors(h).items()}
                            for h in (target, h1)}
@@ -127,6 +136,17 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
     if run.peer_run_dir is not None:
         run.evidence.append(run.peer_run_dir / "esp_sa")
     return run
+
+
+def _forge_ah(peer_host, peer: AgentConfig, cell: Cell, c: Client, config: AgentConfig) -> int:
+    """The peer sends h1 AH packets under h1's inbound SA with a zero ICV: only a client that
+    verifies ICVs (RFC 4302 3.4.3) keeps them from its stack. Returns how many were asked for."""
+    sa = next(s.sa for s in config.sas if s.direction == "inbound")
+    tunnel = ("--inner-src", cell.target[1], "--inner-dst", c.global_ip) if cell.mode == "tunnel" else ()
+    probe(peer_host, "forge-ah", c.global_ip, "--spi", sa.spi, "--icv-len", integrity(sa.integrity).icv_len,
+          "--seq", FORGED_SEQ, "--count", FORGED_COUNT, "--mark", peer.mark, "--dport", c.ports[0],
+          "--text", FORGED_TEXT, *tunnel)
+    return FORGED_COUNT
 
 
 def _csum_errors(host) -> dict[str, int]:
@@ -207,8 +227,11 @@ class Views:
     h1_out: list  # h1's packets on its own wire (before the NAT), verified as they are
     h1_out_as_global: list  # the same, as if the source were the global IP (OUT-AH)
     tun: list  # h1's TUN device: cleartext as h1's stack sent and got it
-    tshark: TsharkSummary | None  # tshark on the peer's wire with the peer's key file (ESP)
+    tshark: TsharkSummary | None  # tshark on the peer's wire with the peer's key file (ESP), clients' packets only
     intranet: list  # tunnel mode: sgw1's intranet side, cleartext
+    peer_unjudged: dict = field(default_factory=dict)  # ESP/AH on the peer's wire scapy could not judge, by reason
+    h1_unjudged: dict = field(default_factory=dict)  # the same on h1's wire (another client's SPI shows here)
+    h1_forged: list = field(default_factory=list)  # the peer's forged AH packets on h1's wire (IN-AH)
 
 
 def read_views(run: CellRun) -> Views:
@@ -220,20 +243,43 @@ def read_views(run: CellRun) -> Views:
                                                                                           strict=True)}
     gets = {c.name: [s.sa for s in cfg.sas if s.direction == "inbound"] for c, cfg in zip(run.members, run.configs,
                                                                                          strict=True)}
-    at_peer_wire = _by_spi(verify_capture(peer_wire, [sa for sas in (*sends.values(), *gets.values()) for sa in sas]))
-    h1_wire_seen = _by_spi(verify_capture(h1_wire, sends[h1.name] + gets[h1.name]))
+    peer_seen = verify_capture(peer_wire, [sa for sas in (*sends.values(), *gets.values()) for sa in sas])
+    h1_seen = verify_capture(h1_wire, sends[h1.name] + gets[h1.name])
+    at_peer_wire, h1_wire_seen = _by_spi(peer_seen), _by_spi(h1_seen)
+    sources = {c.global_ip for c in run.members}
     ah = run.cell.protocol == "ah"  # only AH covers the addresses: the "as if" views matter for it alone
     return Views(
         at_peer={c.name: _pick(at_peer_wire, sends[c.name]) for c in run.members},
         peer_to_client={c.name: _pick(at_peer_wire, gets[c.name]) for c in run.members},
-        h1_in=_pick(h1_wire_seen, gets[h1.name]),
-        h1_in_as_global=list(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})) if ah else [],
+        h1_in=_real(_pick(h1_wire_seen, gets[h1.name])),
+        h1_in_as_global=_real(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})) if ah else [],
+        h1_forged=[v for v in _pick(h1_wire_seen, gets[h1.name]) if v.seq >= FORGED_SEQ],
         h1_out=_pick(h1_wire_seen, sends[h1.name]),
         h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})) if ah else [],
         tun=check_cleartext_capture(run.pcaps["ipsec0"]),
-        tshark=None if ah else tshark_summary(tshark_verdicts(peer_wire, run.peer_run_dir)),
+        tshark=None if ah else tshark_summary(sent_by(tshark_verdicts(peer_wire, run.peer_run_dir), sources)),
         intranet=check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"]) if run.cell.mode == "tunnel" else [],
+        peer_unjudged=_unjudged(peer_seen.skipped), h1_unjudged=_unjudged(h1_seen.skipped),
     )
+
+
+def sent_by(rows, sources: set[str]) -> list[dict]:
+    """tshark's rows of packets from ``sources`` only: the peer's own packets are not the clients' checksums.
+
+    With ``occurrence=l`` the address is the innermost one: in tunnel mode the
+    tunnelled packet's source, which for the clients is their global IP too.
+    """
+    return [r for r in rows if r.get("ip.src") in sources]
+
+
+def _real(verdicts) -> list:
+    """The peer's packets but the forged ones (IN-AH), which are judged apart."""
+    return [v for v in verdicts if v.seq < FORGED_SEQ]
+
+
+def _unjudged(skipped) -> dict[str, int]:
+    """What a capture held that was ESP/AH (or may have been) and got no verdict: it counts against the verdict."""
+    return {reason: n for reason, n in skipped.items() if reason != "not ESP or AH" and n}
 
 
 def _by_spi(verdicts) -> dict[tuple[int, int], list]:
@@ -271,8 +317,9 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
         failed_apps = "; ".join(f"{c}: {', '.join(a)} failed" for c, a in apps_ok.items() if a)
         peer_inner = {c.name: _of(run_v, proto) for c, run_v in ((c, views.at_peer[c.name]) for c in run.members)}
         all_inner = [v for vs in peer_inner.values() for v in vs]
-        bad_auth = [v for v in all_inner if not (v.icv_ok and (cell.protocol == "ah" or v.decrypted))]
-        csum_bad = [v for v in all_inner if v.checksum_ok is False]
+        # Every client packet at the peer, whatever it carries: one that fails its ICV has no inner protocol.
+        bad_auth = [v for c in run.members for v in views.at_peer[c.name] if not (v.icv_ok and v.decrypted)]
+        csum_bad = [v for v in all_inner if v.checksum_ok is not True]  # wrong, or not verifiable: both count
         counts = ", ".join(f"{c}: {len(vs)}" for c, vs in peer_inner.items())
 
         def result(behaviour, checks, positive, negative, name=name, label=label):
@@ -280,6 +327,8 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
 
         results.append(result("OUT-SEND", [
             (not failed_apps, failed_apps or "applications"),
+            (not bad_auth and not views.peer_unjudged, f"{len(bad_auth)} packets at {cell.peer} failed verification; "
+                                                       f"not judged: {views.peer_unjudged}"),
             (all(peer_inner.values()), f"no {transport} inside the IPsec packets at {cell.peer} from some client ({counts})"),
             (all(v.src == c.global_ip for c in run.members for v in peer_inner[c.name]),
              "a packet reached the peer from an address that is not the client's global IP"),
@@ -298,28 +347,33 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
         else:
             wrong = [v for c in run.members for v in peer_inner[c.name]
                      if v.inner_src != c.global_ip or not _in_block(v.sport, c)]
-            reached = [p for p in views.intranet if p.protocol == proto and p.dst != cell.target[1]
-                       and p.src == cell.target[1]]
+            reached = [p for p in views.intranet if p.protocol == proto and p.src == cell.target[1]
+                       and p.dst in {c.global_ip for c in run.members}]
             leaked = [p for p in views.intranet if p.src.startswith("10.") or p.dst.startswith("10.")]
             results.append(result("OUT-TUNADDR", [
                 (bool(all_inner) and not wrong, f"{len(wrong)} inner packets whose source is not (global IP, leased "
                                                 f"port)"),
                 (not leaked, f"{len(leaked)} packets on the intranet carry a private address"),
+                (bool(reached), f"{len(reached)} packets from {cell.target[1]} on the intranet"),
             ], f"{len(all_inner)} decapsulated packets at {cell.peer} from (global IP, leased port); "
-               f"{len(reached)} replies from ih1 to the global IP on the intranet",
+               f"{len(reached)} packets from {cell.target[1]} to global addresses on the intranet",
                "no private address on the intranet"))
         ts = views.tshark
         ts_good = getattr(ts, f"{transport.lower()}_checksum_good", 0)
-        ts_bad = getattr(ts, f"{transport.lower()}_checksum_bad", 0) + getattr(ts, "esp_icv_bad", 0)
+        ts_bad = (getattr(ts, f"{transport.lower()}_checksum_bad", 0) + getattr(ts, "esp_icv_bad", 0)
+                  + getattr(ts, "esp_unverified", 0) + getattr(ts, "checksum_unverified", 0))
+        tshark_check = [] if ts is None else [(ts_good > 0 and ts_bad == 0, f"tshark on the clients' packets: {ts}")]
         results.append(result("OUT-CSUM", [
-            (bool(all_inner) and not csum_bad, f"scapy: {len(csum_bad)} of {len(all_inner)} inner checksums wrong"),
+            (bool(all_inner) and not csum_bad, f"scapy: {len(csum_bad)} of {len(all_inner)} inner checksums wrong or "
+                                               "unverifiable"),
             (not bad_auth, f"{len(bad_auth)} packets failed authentication/decryption at the peer"),
-            (ts is None or (ts_good > 0 and ts_bad == 0), f"tshark: {ts}"),
+            *tshark_check,
             (run.csum_errors[cell.target[0]].get(transport) == 0,
              f"{cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]]} checksum errors"),
             (not failed_apps, failed_apps or "applications"),
-        ], f"scapy recomputed {len(all_inner)} inner {transport} checksums at {cell.peer}, all right"
-           + (f"; tshark with the peer's keys: {ts_good} good, 0 bad" if ts is not None else ""),
+        ], f"scapy recomputed {len(all_inner)} inner {transport} checksums at {cell.peer}, {len(csum_bad)} not right"
+           + (f"; tshark with the peer's keys, clients' packets only: {ts_good} good, {ts_bad} bad or unverified"
+              if ts is not None else ""),
            f"{cell.target[0]}'s kernel: 0 checksum errors"))
         if cell.protocol == "ah":
             out_raw = _of(views.h1_out, proto)
@@ -334,7 +388,8 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
                f"{h1.global_ip}", f"none of {len(out_raw)} verifies with h1's private source"))
         # incoming
         h1_in = _of(views.h1_in_as_global if cell.protocol == "ah" else views.h1_in, proto)
-        tun_in = [p for p in views.tun if p.protocol == proto and p.dst == h1.private_ip]
+        tun_in = [p for p in views.tun if p.protocol == proto and p.src == cell.target[1]  # what h1's stack got
+                  and FORGED_TEXT.encode() not in p.payload]  # forgeries are IN-AH's to judge
         delivered = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0) for c in run.members}
         drops = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("drops", {}) for c in run.members}
         results.append(result("IN-RECV", [
@@ -350,16 +405,17 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
                 (bool(h1_in) and all(v.icv_ok for v in h1_in), "an incoming AH packet does not verify as if to the "
                                                                "global IP"),
                 (bool(raw) and not any(v.icv_ok for v in raw), "incoming AH verifies with the private destination"),
-                (not any(d.get("bad_icv") for d in drops.values()), f"agents dropped for bad ICV: {drops}"),
-            ], f"scapy verified {len(h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}",
-               f"none of {len(raw)} verifies with the private destination"))
+                *_forged_checks(run, views, drops),
+            ], f"scapy verified {len(h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}; h1's agent dropped "
+               f"{drops.get(h1.name, {}).get('bad_icv', 0)} of {len(views.h1_forged)} forged packets for their ICV",
+               f"none of {len(raw)} verifies with the private destination; no forged payload on h1's TUN"))
         in_global = [v for v in h1_in if v.sport is not None]
         if cell.mode == "transport":
             results.append(result("IN-PORT", [
                 (bool(in_global) and all(_in_block(v.dport, h1) for v in in_global),
                  "incoming packets before the agent are not addressed to the leased global ports"),
-                (bool(tun_in) and not any(_in_block(p.dport, h1) for p in tun_in),
-                 "a packet reached h1's stack on a global port"),
+                (bool(tun_in) and all(p.dst == h1.private_ip and not _in_block(p.dport, h1) for p in tun_in),
+                 "a packet reached h1's stack on a global address or port"),
             ], f"{len(in_global)} packets arrived for leased ports {sorted({v.dport for v in in_global})[:3]}; "
                f"h1's stack got {len(tun_in)} on its own ports {sorted({p.dport for p in tun_in})[:3]}",
                "none reached h1's stack on a global port"))
@@ -371,14 +427,15 @@ def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
                  "a packet reached h1's stack with the global address or port"),
             ], f"{len(in_global)} tunnelled packets to ({h1.global_ip}, leased port); h1's stack got {len(tun_in)} "
                f"to ({h1.private_ip}, its own port)", "none reached h1's stack with a global address"))
-        tun_bad = [p for p in tun_in if p.checksum_ok is False]
+        tun_bad = [p for p in tun_in if p.checksum_ok is not True]  # a UDP checksum of 0 verifies nothing: it counts
         results.append(result("IN-CSUM", [
-            (bool(tun_in) and not tun_bad, f"scapy: {len(tun_bad)} of {len(tun_in)} checksums wrong on h1's TUN"),
+            (bool(tun_in) and not tun_bad, f"scapy: {len(tun_bad)} of {len(tun_in)} checksums wrong or absent on h1's "
+                                           "TUN"),
             (run.csum_errors[h1.name].get(transport) == 0, f"h1's kernel counted {run.csum_errors[h1.name]} "
                                                            "checksum errors"),
             (not failed_apps, failed_apps or "applications"),
-        ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, all right",
-           "h1's kernel: 0 checksum errors"))
+        ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, {len(tun_bad)} not right",
+           f"h1's kernel: {run.csum_errors[h1.name].get(transport)} {transport} checksum errors"))
         if transport == "UDP":
             results += _judge_alg(rec, run, views, name, label)
     results += _judge_leases(rec, run, views)
@@ -403,12 +460,45 @@ def _judge_alg(rec: Record, run: CellRun, views: Views, name: str, label: dict) 
         checks_in.append((app["reply"] == app["sent"], f"{c.name}: nc printed {app['reply']!r}, sent {app['sent']!r}"))
     leaked = [e for e in run.echo_log if "10.0.0." in e["text"]]
     checks_out.append((not leaked, f"{len(leaked)} datagrams reached the far end with a private address in the text"))
+    checks_in += _alg_in_at_h1(run, views)
     return [
         rec.result("OUT-ALG", name, checks_out, f"the far end read {seen[:2]}, as did scapy in the decrypted "
                    "datagrams", "no private address in any payload",
                    cell=label, extra_evidence=run.evidence),
-        rec.result("IN-ALG", name, checks_in, "each client's nc printed its own private address back",
+        rec.result("IN-ALG", name, checks_in, "each client's nc printed its own private address back; on h1 the "
+                   "reply carried the global address on the wire and the private one on the TUN",
                    "no global address reached an application", cell=label, extra_evidence=run.evidence),
+    ]
+
+
+def _forged_checks(run: CellRun, views: Views, drops: dict) -> list[tuple[bool, str]]:
+    """IN-AH against a client that never verifies: the forged packets reached h1's wire, its agent
+    dropped exactly those for their ICV, and none of their payload reached h1's stack."""
+    h1 = run.members[0]
+    forged = [v for v in views.h1_forged if not v.icv_ok]
+    leaked = [p for p in views.tun if p.dst == h1.private_ip and FORGED_TEXT.encode() in p.payload]  # not h1's
+    # own ICMP errors about them, which quote the forged payload on their way out
+    bad_icv = {c.name: drops.get(c.name, {}).get("bad_icv", 0) for c in run.members}
+    return [
+        (run.forged > 0 and len(forged) == run.forged, f"{len(forged)} of {run.forged} forged AH packets on h1's wire"),
+        (bad_icv == {**{c.name: 0 for c in run.members}, h1.name: len(forged)},
+         f"bad-ICV drops per agent {bad_icv}, for {len(forged)} forged packets to h1"),
+        (not leaked, f"{len(leaked)} forged datagrams reached h1's stack"),
+    ]
+
+
+def _alg_in_at_h1(run: CellRun, views: Views) -> list[tuple[bool, str]]:
+    """IN-ALG on h1's captures: the echo came back with the global address (h1's wire, inside the IPsec
+    packet) and reached h1's stack with the private one (its TUN): the client ALG, not the echo, did it."""
+    h1 = run.members[0]
+    wire = views.h1_in_as_global if run.cell.protocol == "ah" else views.h1_in
+    arrived = [v.payload for v in wire if v.inner_protocol == 17 and v.sport == TEST_ALG_PORT]
+    handed = [p.payload for p in views.tun if p.protocol == 17 and p.sport == TEST_ALG_PORT and p.dst == h1.private_ip]
+    return [
+        (bool(arrived) and all(f"i am {h1.global_ip}:".encode() in p for p in arrived),
+         f"h1's wire: {len(arrived)} ALG replies, not all naming the global address {arrived[:1]}"),
+        (bool(handed) and all(f"i am {h1.private_ip}:{NC_UDP_SPORT}".encode() in p for p in handed),
+         f"h1's TUN: {len(handed)} ALG replies, not all naming the private address {handed[:1]}"),
     ]
 
 
@@ -423,26 +513,36 @@ def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResul
         spi_checks.append((any(e["global_gpn"] == c.spi_in and e["global_ip"] == c.global_ip for e in spi),
                            f"{c.name}: no lease of SPI 0x{c.spi_in:08x} on {c.global_ip}"))
         spi_checks.append((ports == {c.global_ip}, f"{c.name}: its ports are on {ports}, its SPI on {c.global_ip}"))
-        spi_checks.append((bool(views.peer_to_client[c.name]) and all(v.dst == c.global_ip for v in
-                                                                      views.peer_to_client[c.name]),
-                           f"{c.name}: the peer did not send to the leased SPI on {c.global_ip}"))
+        delivered = run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0)
+        spi_checks.append((delivered > 0, f"{c.name}: its agent delivered {delivered} packets sent to its SPI"))
+    h1 = run.members[0]
+    delivered_all = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0) for c in run.members}
+    spi_checks.append((bool(views.h1_in) and not views.h1_unjudged,
+                       f"h1's wire: {len(views.h1_in)} packets to its own SPI 0x{h1.spi_in:08x}; others (another "
+                       f"client's SPI or unreadable): {views.h1_unjudged}"))
     endpoints = {c.name: {(v.src, v.sport) for v in views.at_peer[c.name] if v.sport is not None} for c in run.members}
     names = list(endpoints)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             shared = endpoints[a] & endpoints[b]
             uniq_checks.append((not shared, f"{a} and {b} both appeared as {sorted(shared)[:2]}"))
-    spis = [c.spi_in for c in run.members]
-    uniq_checks.append((len(set(spis)) == len(spis), f"SPIs not unique: {spis}"))
+    leased = {c.name: {(e["protocol"], e["global_ip"], e["global_gpn"]) for e in entries
+                       if e["protocol"] in (50, 51) and e["private_ip"] == c.private_ip} for c in run.members}
+    held = [k for ks in leased.values() for k in ks]
+    uniq_checks.append((all(leased.values()) and len(set(held)) == len(held),
+                        f"SPI leases in the NAT's table per client: {leased}"))
     uniq_checks.append((all(endpoints.values()), "some client had no traffic at the peer"))
     name = run.cell.name
     counts = {n: len(e) for n, e in endpoints.items()}
     return [
         rec.result("CL-SPI", name, spi_checks, "each client leased its inbound SPI on the global IP of its ports; "
-                   "the peer sent to those SPIs", "no SPI lease on another global IP",
+                   f"their agents delivered {delivered_all}; h1's wire: {len(views.h1_in)} packets to its own SPI",
+                   f"no SPI lease on another global IP; packets on h1's wire for another SPI or unreadable: "
+                   f"{sum(views.h1_unjudged.values())}",
                    extra_evidence=run.evidence),
         rec.result("CL-UNIQ", name, uniq_checks, f"{len(run.members)} clients on {run.members[0].global_ip} at once: "
-                   f"distinct (global IP, port) at the peer {counts}, distinct SPIs", "no endpoint shared",
+                   f"distinct (global IP, port) at the peer {counts}, distinct SPI leases in the NAT's table "
+                   f"{ {n: len(k) for n, k in leased.items()} }", "no endpoint shared",
                    extra_evidence=run.evidence),
     ]
 
@@ -456,24 +556,33 @@ def judge_control(rec: Record, run: CellRun, views: Views, control: str) -> list
         name = f"{cell.name}-{transport.lower()}"
         inner = [v for c in run.members for v in _of(views.at_peer[c.name], proto)]
         apps_failed = all(not app_ok(a, run.apps[c.name][a]) for c in run.members for a in APPS[transport])
+        at_sender = _of(views.h1_out, proto)  # before the NAT, as h1 sent them: these must be valid
+        checks = [(bool(at_sender) and all(v.ok and v.checksum_ok for v in at_sender),
+                   f"h1's wire: {sum(bool(v.ok and v.checksum_ok) for v in at_sender)} of {len(at_sender)} {transport} "
+                   "packets valid as sent (ICV, decryption, checksum)")]
         if cell.protocol == "ah":
             sent = inner
-            checks = [(bool(sent) and not any(v.icv_ok for v in sent),
+            checks += [(bool(sent) and not any(v.icv_ok for v in sent),
                        f"scapy: {sum(v.icv_ok for v in sent)} of {len(sent)} AH ICVs verified at the peer"),
                       (peer_status.get("drops", {}).get("bad_icv", 0) > 0, "the peer's agent dropped nothing for a bad "
                                                                              "ICV"),
                       (apps_failed, "an application succeeded")]
-            positive = (f"scapy: none of {len(sent)} AH ICVs verifies at {cell.peer}; its agent dropped "
+            positive = (f"scapy: {len(at_sender)} AH packets valid on h1's wire; {sum(v.icv_ok for v in sent)} of "
+                        f"{len(sent)} AH ICVs verify at {cell.peer}; its agent dropped "
                         f"{peer_status.get('drops', {}).get('bad_icv', 0)} for a bad ICV")
         else:
             bad = [v for v in inner if v.checksum_ok is False]
-            checks = [(bool(inner) and len(bad) == len(inner), f"scapy: {len(inner) - len(bad)} of {len(inner)} inner "
-                                                               f"checksums right at the peer"),
+            undecrypted = [v for c in run.members for v in views.at_peer[c.name] if not (v.icv_ok and v.decrypted)]
+            checks += [(not undecrypted, f"{len(undecrypted)} ESP packets failed their ICV or decryption at the peer: "
+                                         "not the predicted reason"),
+                       (bool(inner) and len(bad) == len(inner), f"scapy: {len(inner) - len(bad)} of {len(inner)} inner "
+                                                                f"checksums right at the peer"),
                       (run.csum_errors[cell.target[0]].get(transport, 0) > 0,
                        f"{cell.target[0]}'s kernel counted no {transport} checksum errors"),
                       (apps_failed, "an application succeeded")]
-            positive = (f"ESP decrypted at {cell.peer}, but scapy finds all {len(inner)} inner {transport} checksums "
-                        f"wrong; {cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]].get(transport)} "
+            positive = (f"scapy: {len(at_sender)} {transport} packets valid on h1's wire; ESP decrypted at "
+                        f"{cell.peer} ({len(undecrypted)} failed), with {len(bad)} of {len(inner)} inner {transport} "
+                        f"checksums wrong; {cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]].get(transport)} "
                         f"{transport} checksum errors")
         verdict = rec.result(control, name, checks, positive, "the applications got nothing", cell=label,
                              extra_evidence=run.evidence)
@@ -523,6 +632,46 @@ def _controls(ctx: Context, control: str, prefix: str) -> list[ScenarioResult]:
     return results
 
 
+NOALG_FAILS = frozenset({"OUT-ALG", "IN-ALG"})  # what a client without its ALG lacks, and nothing else
+NOVERIFY_FAILS = frozenset({"IN-AH"})  # what a client that accepts any AH ICV lacks
+
+
+def client_noverify(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-NOVERIFY: the matrix's AH transport cell with the clients' ICV verification off (the
+    agent's ``verify_icv = false`` fault switch): the matrix judges must fail exactly IN-AH."""
+    cell, members = Cell("ah", "transport"), clients(3, 1)
+    with ctx.recorded("control-noverify") as rec:
+        run = run_cell(ctx, cell, members, rec.folder, verify_icv=False)
+    return [judge_fault(rec, judge_cell(rec, run, read_views(run)), "CTRL-NOVERIFY", NOVERIFY_FAILS, run.evidence,
+                        cell={"ipsec": "AH", "mode": "transport", "transport": "UDP"})]
+
+
+def client_noalg(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-NOALG: the matrix's ESP transport cell with the clients' ALG off (an empty ``algs`` list).
+
+    The fault variant of OUT-ALG and IN-ALG on the live testbed: the same
+    judges as the matrix must fail exactly those two behaviours, and no other.
+    """
+    cell, members = Cell("esp", "transport"), clients(3, 1)
+    with ctx.recorded("control-noalg") as rec:
+        run = run_cell(ctx, cell, members, rec.folder, algs=())
+    return [judge_fault(rec, judge_cell(rec, run, read_views(run)), "CTRL-NOALG", NOALG_FAILS, run.evidence)]
+
+
+def judge_fault(rec: Record, results: list[ScenarioResult], control: str, expected: frozenset[str],
+                evidence: list[Path], cell: dict | None = None) -> ScenarioResult:
+    """A fault control passes when the matrix judges fail exactly the ``expected`` behaviours: each
+    behaviour the fault removes is shown able to fail, and the fault disturbs nothing else."""
+    failed = {r.behaviour for r in results if r.verdict != "pass"}
+    reasons = "; ".join(f"{r.behaviour} {r.scenario}: {r.reason}" for r in results if r.verdict != "pass")
+    verdict = rec.result(control, "fault", [
+        (failed == expected, f"failed behaviours {sorted(failed)}, expected exactly {sorted(expected)}"),
+    ], f"the matrix judges failed {sorted(failed)}: {reasons[:400]}",
+        f"{len(results) - sum(r.verdict != 'pass' for r in results)} other verdicts passed",
+        cell=cell or {"ipsec": "ESP", "mode": "transport", "transport": "UDP"}, extra_evidence=evidence)
+    return replace(verdict, control=True)
+
+
 def _views_summary(views: Views) -> str:
     lines = [f"at peer: { {k: len(v) for k, v in views.at_peer.items()} }",
              f"peer to clients: { {k: len(v) for k, v in views.peer_to_client.items()} }",
@@ -556,13 +705,21 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
         udp = json.loads(out[out.index("{"):])["end"]["sum"]
     except (ValueError, KeyError):
         udp = {"packets": 0, "lost_packets": 0, "error": out[-300:]}
+    on_wire = _pcp_grants(pcaps[f"{h1.name}-eth0"], members[0].private_ip)
+    save_json(rec.folder / "renewals.json", {"before": before, "after": after, "agent": status, "iperf3": udp})
+    return [judge_renew(rec, status, udp, before, after, rec.counter_delta("leases_renewed"), on_wire,
+                        [rec.folder / "renewals.json", pcaps[f"{h1.name}-eth0"]])]
+
+
+def judge_renew(rec: Record, status: dict, udp: dict, before: dict, after: dict, renewed: int, on_wire: int,
+                evidence: list[Path]) -> ScenarioResult:
+    """CL-RENEW from the agent's status, iperf3's report, the NAT's entries and counter, and h1's wire.
+
+    A block missing from the status is a failed check, never a default that passes."""
     leases = status.get("leases") or {}
     counters = leases.get("counters", {})
     wanted = leases.get("wanted", 0)
     lost = udp.get("lost_packets", 0) / max(udp.get("packets", 0), 1)
-    renewed = rec.counter_delta("leases_renewed")
-    on_wire = _pcp_grants(pcaps[f"{h1.name}-eth0"], members[0].private_ip)
-    save_json(rec.folder / "renewals.json", {"before": before, "after": after, "agent": status, "iperf3": udp})
     checks = [
         (wanted > 0 and counters.get("renewed", 0) >= 3 * wanted,
          f"the agent renewed {counters.get('renewed', 0)} times for {wanted} leases in {RENEW_RUN_S} s"),
@@ -570,16 +727,26 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
         (on_wire >= 3 * wanted, f"tshark saw {on_wire} successful PCP answers to h1 during the traffic"),
         (set(before) == set(after) and bool(before), "entries were recreated or lost: ids before "
                                                       f"{sorted(before)[:4]}, after {sorted(after)[:4]}"),
-        (all(after[i] > before[i] for i in before if i in after), "an entry's expiry did not move forward"),
-        (counters.get("lost", 0) == 0, f"{counters.get('lost')} leases lost"),
+        (bool(before) and all(after[i] > before[i] for i in before if i in after),
+         "an entry's expiry did not move forward"),
+        (_none_lost(leases), f"the agent's status: {counters.get('lost', 0)} leases lost, {leases.get('held')} of "
+                             f"{wanted} held, problems {leases.get('problems')}"),
         (udp.get("packets", 0) > 0 and lost < 0.02, f"iperf3 UDP through the renewals: {udp}"),
     ]
-    return [rec.result("CL-RENEW", "esp-transport-4s-leases", checks,
-                       f"{wanted} leases of {RENEW_LIFETIME_S} s renewed {counters.get('renewed', 0)} times over "
-                       f"{RENEW_RUN_S} s of iperf3 UDP ({udp.get('packets', 0)} datagrams, {lost:.1%} lost); "
-                       f"same NAT entries, later expiries; tshark read {on_wire} PCP grants to h1 on its wire",
-                       "no lease lost, no entry recreated",
-                       extra_evidence=[rec.folder / "renewals.json", pcaps[f"{h1.name}-eth0"]])]
+    return rec.result("CL-RENEW", "esp-transport-4s-leases", checks,
+                      f"{wanted} leases of {RENEW_LIFETIME_S} s renewed {counters.get('renewed', 0)} times over "
+                      f"{RENEW_RUN_S} s of iperf3 UDP ({udp.get('packets', 0)} datagrams, {lost:.1%} lost); "
+                      f"{len(set(before) & set(after))} of {len(before)} NAT entries kept; tshark read {on_wire} PCP "
+                      "grants to h1 on its wire",
+                      f"the agent's status: {counters.get('lost', 0)} leases lost, {leases.get('held')} of {wanted} "
+                      f"held", extra_evidence=evidence)
+
+
+def _none_lost(leases: dict) -> bool:
+    """The agent's lease status shows every wanted lease held and none lost. Its counters are a
+    Counter (an absent "lost" is 0), so the status must hold the counters, "held" and "problems"."""
+    return ("counters" in leases and leases["counters"].get("lost", 0) == 0 and "problems" in leases
+            and not leases["problems"] and leases.get("wanted", 0) > 0 and leases.get("held") == leases["wanted"])
 
 
 def _pcp_grants(pcap: Path, client: str) -> int:

@@ -57,7 +57,7 @@ def nat_auto(ctx: Context) -> list[ScenarioResult]:
         else:
             misdelivered = {h.name: [p for p in client_side[h.name] if p.icmp_type == 0 and p.icmp_id not in
                                      {q.icmp_id for q in client_side[h.name] if q.icmp_type == 8}] for h in clients}
-            app_ok = [(all(r == s for s, r in pings.values()), f"ping (sent, received) {pings}"),
+            app_ok = [(all(s > 0 and r == s for s, r in pings.values()), f"ping (sent, received) {pings}"),
                       (not any(misdelivered.values()), f"echo replies reached a client that did not ask: {misdelivered}")]
             story = (f"ping {sum(r for _, r in pings.values())}/{sum(s for s, _ in pings.values())} replies, "
                      "none delivered to another client")
@@ -73,7 +73,7 @@ def nat_auto(ctx: Context) -> list[ScenarioResult]:
             positive=f"{story}; server captures show {name} only from globals {sorted(seen)}; "
                      f"NAT-ALG {name} entries made by the NAT itself",
             negative=f"0 of {len(server_side)} server-side packets carry a private address; "
-                     f"{len(bad_sums)} bad TCP/UDP checksums (tshark)", extra_evidence=evidence))
+                     f"{len(bad_sums)} bad TCP/UDP/ICMP checksums (tshark)", extra_evidence=evidence))
     results.append(rec.result(
         "NAT-AUTO", "icmp-error", [(all(refused.values()), f"ECONNREFUSED per client {refused}")],
         cell={"transport": "ICMP error"},
@@ -89,60 +89,89 @@ def nat_drop(ctx: Context) -> list[ScenarioResult]:
     tb, clients = ctx.testbed, ctx.clients()
     h1, srv1, srv2 = clients[0], tb.host("srv1"), tb.host("srv2")
     globals_ = tb.table()["globals"]
-    results = []
     with ctx.recorded("nat-drop") as rec:
         intfs = [(h, f"{h.name}-eth0") for h in clients] + [(srv1, "srv1-eth0"), (srv2, "srv2-eth0")]
         with captures(intfs, rec.folder) as pcaps:
             # A mapping that srv1 may use (h1 sent to it) and srv2 may not (RFC 4787 REQ-8).
-            opened = apps.probe(h1, "udp", SRV1, 9, "--sport", 47000, "--count", 1, "--wait", 0.2)
+            apps.probe(h1, "udp", SRV1, 9, "--sport", 47000, "--count", 1, "--wait", 0.2)
             mapped = [e for e in tb.table()["entries"] if e["private_ip"] == client_ip(h1)
                       and e["private_gpn"] == 47000 and e["protocol"] == 17]
             target = (mapped[0]["global_ip"], mapped[0]["global_gpn"]) if mapped else (globals_[0], 47000)
-            allowed = apps.probe(srv1, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)
+            apps.probe(srv1, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)
             attempts = [apps.probe(srv2, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)]
             for g in globals_:
                 attempts.append(apps.probe(srv2, "tcp-syn", g, 80, "--wait", 0.5))
                 attempts.append(apps.probe(srv2, "tcp-syn", g, 22, "--wait", 0.5))
                 attempts.append(apps.probe(srv2, "udp", g, 53, "--count", 2, "--wait", 0.2))
                 attempts.append(apps.probe(srv1, "tcp-syn", g, 8080, "--wait", 0.5))
-            esp = apps.probe(h1, "raw", SRV1, 50, "--count", 3)
-            ah = apps.probe(h1, "raw", SRV1, 51, "--count", 3)
+            apps.probe(h1, "raw", SRV1, 50, "--count", 3)
+            apps.probe(h1, "raw", SRV1, 51, "--count", 3)
     caps = {name: read_pcap(path) for name, path in pcaps.items()}
+    connected = [a for a in attempts if a.get("connected")]
+    return [_judge_inbound(rec, caps, clients, globals_, target, mapped, list(pcaps.values()), connected),
+            _judge_outbound(rec, caps, h1, rec.counter_delta("drop:unsupported-protocol"), list(pcaps.values()))]
+
+
+def unsolicited_expected(globals_: list[str], target: tuple[str, int]) -> dict[str, tuple]:
+    """What each unsolicited probe puts on its sender's wire: (sender capture, predicate, at least how many)."""
+    want = {f"srv2 UDP to h1's mapping {target[0]}:{target[1]}": (
+        "srv2-eth0", lambda p: p.proto == 17 and p.src == SRV2 and (p.dst, p.dport) == target, 2)}
+    for g in globals_:
+        for port in (80, 22):
+            want[f"srv2 SYN to {g}:{port}"] = ("srv2-eth0", lambda p, g=g, port=port: p.src == SRV2 and p.dst == g
+                                               and p.tcp_syn_only and p.dport == port, 1)
+        want[f"srv2 UDP to {g}:53"] = ("srv2-eth0", lambda p, g=g: p.src == SRV2 and p.dst == g and p.proto == 17
+                                       and p.dport == 53, 2)
+        want[f"srv1 SYN to {g}:8080"] = ("srv1-eth0", lambda p, g=g: p.src == SRV1 and p.dst == g and p.tcp_syn_only
+                                         and p.dport == 8080, 1)
+    return want
+
+
+def _judge_inbound(rec, caps: dict, clients: list, globals_: list[str], target: tuple[str, int], mapped: list,
+                   evidence: list, connected: list) -> ScenarioResult:
+    """NAT-DROP inbound: every unsolicited probe is on its sender's wire, none on any client's (RFC 4787 REQ-8)."""
+    h1 = clients[0]
     inside = [p for h in clients for p in caps[f"{h.name}-eth0"]]
     from_srv2_inside = [p for p in inside if p.src == SRV2]
     unsolicited_srv1 = [p for p in inside if p.src == SRV1 and p.tcp_syn_only]
+    opened = [p for p in caps[f"{h1.name}-eth0"] if p.src == client_ip(h1) and p.sport == 47000 and p.dst == SRV1]
+    srv1_replied = [p for p in caps["srv1-eth0"] if p.src == SRV1 and (p.dst, p.dport) == target]
     allowed_seen = [p for p in caps[f"{h1.name}-eth0"] if p.src == SRV1 and p.dport == 47000]
-    srv2_sent = [p for p in caps["srv2-eth0"] if p.src == SRV2 and p.dst in globals_]
-    connected = [a for a in attempts if a.get("connected")]
-    results.append(rec.result(
-        "NAT-DROP", "inbound-unsolicited", [
-            (bool(opened["sent"]) and bool(mapped), f"h1's UDP from port 47000 made a mapping {target}"),
-            (len(allowed_seen) >= 2, f"control: srv1's replies to the mapping reached h1 ({len(allowed_seen)} seen)"),
-            (len(srv2_sent) >= 3, f"srv2 really sent its probes ({len(srv2_sent)} on srv2's wire)"),
-            (not from_srv2_inside, f"packets from srv2 reached clients: {from_srv2_inside[:3]}"),
-            (not unsolicited_srv1, f"unsolicited SYNs from srv1 reached clients: {unsolicited_srv1[:3]}"),
-            (not connected, f"unsolicited TCP connects succeeded: {connected}"),
-            (allowed.get("sent") == 2, "srv1 sent to the mapping"),
-        ],
-        positive=f"{len(srv2_sent)} unsolicited packets left srv2 for {globals_} (TCP SYN 22/80, UDP 53, and UDP to "
-                 f"h1's mapping {target[0]}:{target[1]} that only srv1 may use); srv1's replies on that mapping "
-                 f"reached h1 ({len(allowed_seen)})",
-        negative=f"0 packets from srv2 and 0 unsolicited SYNs in {len(clients)} client captures; "
-                 f"drop flow counted them in r1", extra_evidence=list(pcaps.values())))
-    leaving = [p for p in caps[f"{h1.name}-eth0"] if p.proto in (50, 51) and p.src == client_ip(h1)]
+    sent = {what: sum(1 for p in caps[cap] if pred(p)) for what, (cap, pred, _) in
+            unsolicited_expected(globals_, target).items()}
+    unsent = {what: n for what, n in sent.items() if n < unsolicited_expected(globals_, target)[what][2]}
+    checks = [
+        (bool(opened) and bool(mapped), f"h1's UDP from port 47000 ({len(opened)} on h1's wire) made a mapping {target}"),
+        (len(srv1_replied) >= 2, f"srv1 sent {len(srv1_replied)} datagrams to the mapping (its own wire)"),
+        (len(allowed_seen) >= 2, f"control: srv1's datagrams to the mapping reached h1 ({len(allowed_seen)} seen)"),
+        (not unsent, f"probes missing from their sender's own capture: {unsent}"),
+        (not from_srv2_inside, f"packets from srv2 reached clients: {from_srv2_inside[:3]}"),
+        (not unsolicited_srv1, f"unsolicited SYNs from srv1 reached clients: {unsolicited_srv1[:3]}"),
+        (not connected, f"unsolicited TCP connects succeeded: {connected}"),
+    ]
+    return rec.result(
+        "NAT-DROP", "inbound-unsolicited", checks,
+        positive=f"{sum(sent.values())} unsolicited packets on their senders' wires ({len(sent)} kinds, each seen: "
+                 f"{not unsent}); srv1's {len(srv1_replied)} datagrams on h1's mapping reached h1 ({len(allowed_seen)})",
+        negative=f"{len(from_srv2_inside)} packets from srv2 and {len(unsolicited_srv1)} unsolicited SYNs in "
+                 f"{len(clients)} client captures; {len(connected)} connects succeeded", extra_evidence=evidence)
+
+
+def _judge_outbound(rec, caps: dict, h1, dropped: int, evidence: list) -> ScenarioResult:
+    """NAT-DROP outbound: ESP and AH without a lease are on h1's wire, not on srv1's, and counted as drops."""
+    esp = [p for p in caps[f"{h1.name}-eth0"] if p.proto == 50 and p.src == client_ip(h1) and p.dst == SRV1]
+    ah = [p for p in caps[f"{h1.name}-eth0"] if p.proto == 51 and p.src == client_ip(h1) and p.dst == SRV1]
     arrived = [p for p in caps["srv1-eth0"] if p.proto in (50, 51)]
-    dropped = rec.counter_delta("drop:unsupported-protocol")
-    results.append(rec.result(
+    return rec.result(
         "NAT-DROP", "outbound-unsupported", [
-            (esp["sent"] == 3 and ah["sent"] == 3 and len(leaving) >= 6,
-             f"h1 sent ESP and AH without a lease ({len(leaving)} on h1's wire)"),
+            (len(esp) >= 3 and len(ah) >= 3, f"h1's wire shows {len(esp)} ESP and {len(ah)} AH to srv1 (3 each sent)"),
             (not arrived, f"ESP/AH packets reached srv1: {arrived[:3]}"),
-            (dropped >= 6, f"controller counted {dropped} unsupported-protocol drops"),
+            (dropped >= len(esp) + len(ah), f"controller counted {dropped} unsupported-protocol drops for "
+                                            f"{len(esp) + len(ah)} packets"),
         ],
-        positive=f"h1 sent {len(leaving)} ESP/AH packets to srv1 with no entry; the controller counted "
-                 f"{dropped} drop:unsupported-protocol",
-        negative=f"srv1's capture holds {len(arrived)} ESP/AH packets", extra_evidence=list(pcaps.values())))
-    return results
+        positive=f"h1's wire shows {len(esp)} ESP and {len(ah)} AH packets to srv1 with no entry; the controller "
+                 f"counted {dropped} drop:unsupported-protocol",
+        negative=f"srv1's capture holds {len(arrived)} ESP/AH packets", extra_evidence=evidence)
 
 
 def client_ip(host) -> str:

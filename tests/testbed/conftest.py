@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from topo.testbed import Testbed
+from topo.testbed import Testbed, TestbedLock
 
 NOT_ROOT = os.geteuid() != 0
 # Testbeds are one per machine (topo.testbed.TestbedLock); tests queue for it, also in subprocesses.
@@ -40,7 +40,20 @@ def bridges() -> set[str]:
 
 
 def leftovers(patience: float = 3.0) -> list[str]:
-    """Bridges and processes of ours still there (exiting processes get a moment)."""
+    """Bridges and processes of ours still there (exiting processes get a moment).
+
+    Checked under the testbed lock, so a testbed another process starts right
+    after ours stopped (a developer's second run) is never taken for our leftovers.
+    """
+    lock = TestbedLock()
+    lock.acquire()
+    try:
+        return _leftovers(patience)
+    finally:
+        lock.release()
+
+
+def _leftovers(patience: float) -> list[str]:
     deadline = time.monotonic() + patience
     while True:
         found = [f"bridge {b}" for b in bridges() & {"s1", "s2", "r1"}]

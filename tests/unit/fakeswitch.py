@@ -1,4 +1,4 @@
-"""A fake r1 for unit tests: a flow table that applies the core's Messages.
+"""A fake switch for unit tests (r1 with NatCore, s1 with SaviCore): a flow table that applies the core's Messages.
 
 Matching and rewriting use scapy, not our own code, so a test that passes
 packets through it checks the core's decisions against an independent
@@ -14,6 +14,7 @@ from scapy.layers.l2 import ARP, Ether
 
 from nat_app.decide import NatCore
 from nat_app.messages import AddFlow, Barrier, DecTtl, DeleteFlows, Output, PacketOut, SetField, ToController
+from nat_app.savi import SaviCore
 
 _L4 = {"tcp_src": (TCP, "sport"), "tcp_dst": (TCP, "dport"), "udp_src": (UDP, "sport"), "udp_dst": (UDP, "dport")}
 
@@ -25,7 +26,7 @@ class Flow:
 
 
 class FakeSwitch:
-    def __init__(self, core: NatCore, now: float = 0.0) -> None:
+    def __init__(self, core: NatCore | SaviCore, now: float = 0.0) -> None:
         self.core = core
         self.flows: list[Flow] = []
         self.out: dict[int, list[bytes]] = {}
@@ -72,6 +73,12 @@ class FakeSwitch:
         self.flows = [f for f in self.flows if f.msg.cookie != cookie]
         self.apply(self.core.flow_removed(cookie, now), now)
 
+    def expire_flow(self, cookie: int, now: float) -> None:
+        """Simulate a SAVI flow's timeout: removed and reported with its packet count (OFPT_FLOW_REMOVED)."""
+        packets = sum(f.packets for f in self.flows if f.msg.cookie == cookie)
+        self.flows = [f for f in self.flows if f.msg.cookie != cookie]
+        self.apply(self.core.flow_removed(cookie, now, packets=packets), now)
+
     def _execute(self, actions, frame: bytes, in_port: int | None, now: float) -> None:
         pkt = Ether(frame)
         changed = False
@@ -96,9 +103,9 @@ class FakeSwitch:
 
 def match_fields(in_port: int, frame: bytes) -> dict:
     pkt = Ether(frame)
-    f = {"in_port": in_port, "eth_type": pkt.type}
+    f = {"in_port": in_port, "eth_src": pkt.src, "eth_type": pkt.type}
     if ARP in pkt:
-        return f
+        return {**f, "arp_spa": pkt[ARP].psrc, "arp_sha": pkt[ARP].hwsrc, "arp_op": pkt[ARP].op}
     if IP in pkt:
         ip = pkt[IP]
         f.update(ip_proto=ip.proto, ipv4_src=ip.src, ipv4_dst=ip.dst)

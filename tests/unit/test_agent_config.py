@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -296,3 +297,13 @@ def test_the_nat_example_pair_shares_keys_and_the_peer_selects_the_leased_block(
     assert srv1.policies[0].selector.dst == f"{h1.nat.global_ip}/32"
     assert srv1.policies[0].selector.dst_ports == h1.nat.ports[6] == h1.nat.ports[17]
     assert all(s.sa.dst == h1.nat.global_ip for s in h1.sas if s.direction == agent_config.INBOUND)
+
+
+def test_verify_icv_is_a_fault_switch_that_defaults_on_and_round_trips() -> None:
+    left, _ = agent_config.peer_pair(suite("ah:HMAC_SHA1_96"), Peer("h1", "10.0.0.1"),
+                                     Peer("srv1", "203.0.113.100"), mode=Mode.TRANSPORT, run_dir="/tmp/x")
+    assert left.verify_icv and "verify_icv" not in agent_config.render(left)
+    off = dataclasses.replace(left, verify_icv=False)
+    assert parse(agent_config.render(off)) == off
+    with pytest.raises(ConfigError, match="verify_icv"):
+        parse(agent_config.render(left).replace("[agent]\n", "[agent]\nverify_icv = \"no\"\n"))

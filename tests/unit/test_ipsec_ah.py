@@ -220,3 +220,15 @@ def test_round_trip_of_random_payloads(suite: Suite, mode: Mode, payload: bytes)
     packet = bytes(IP(src=PRIVATE, dst=PEER) / UDP(sport=1, dport=2) / Raw(payload))
     sender, receiver = pair(suite, mode)
     assert ah.decapsulate(ah.encapsulate(packet, sender, icv_src=GLOBAL), receiver, icv_src=GLOBAL) == packet
+
+
+@pytest.mark.parametrize("suite", AH_SUITES, ids=lambda s: s.name)
+def test_verify_icv_off_is_a_fault_that_accepts_a_forged_icv(suite: Suite) -> None:
+    """The switch CTRL-NOVERIFY uses: with it off the zero-ICV forgery IN-AH sends is accepted; on, refused."""
+    sender, receiver = pair(suite)
+    protected = ah.encapsulate(udp_packet(), sender)
+    forged = protected[:32] + bytes(sender.mac.icv_len) + protected[32 + sender.mac.icv_len :]
+    with pytest.raises(BadICV):
+        ah.decapsulate(forged, receiver)
+    receiver.verify_icv = False
+    assert ah.decapsulate(forged, receiver) == udp_packet()

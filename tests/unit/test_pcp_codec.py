@@ -470,7 +470,7 @@ def test_error_lifetimes_follow_rfc_6887_7_4():
         assert pcp.error_lifetime(result) == expected, result
     assert (pcp.SHORT_ERROR_LIFETIME, pcp.LONG_ERROR_LIFETIME) == (30, 1800)
     assert all(192 <= r <= 254 for r in (Result.HAS_ALG, Result.PROTOCOL_NOT_DEFINED, Result.GPN_IN_USE,
-                                         Result.GPN_UNAVAILABLE))  # IANA's private-use range
+                                         Result.GPN_UNAVAILABLE, Result.DEFINITION_CONFLICT))  # IANA's private use
     assert all(96 <= o <= 126 for o in (Opcode.DEFINE, Opcode.LEASE, Opcode.READ))  # RFC 6887 19.2
 
 
