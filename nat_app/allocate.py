@@ -132,7 +132,8 @@ class Pool:
         return records
 
     def restore(self, records: dict[str, object]) -> None:
-        """Rebuild an empty pool from ``export()``'s records; KeyError/ValueError/TypeError if malformed."""
+        """Rebuild an empty pool from ``export()``'s records, the per-host port counts (RFC 6888 REQ-4)
+        derived from the mappings; KeyError/ValueError/TypeError if malformed."""
         paired = records.get("pool:paired", {})
         if not all(g in self.globals for g in paired.values()):
             raise ValueError("a saved pairing names a global IP outside the pool")
@@ -143,6 +144,7 @@ class Pool:
                 if gip not in self.globals or int(users) < 1:
                     raise ValueError(f"saved mapping {key} is not valid")
                 self._mappings[(int(proto), str(ip), int(port))] = [gip, int(gport), int(users)]
+                self._held[(int(proto), str(ip), gip)] += 1  # per-host port counts follow from the mappings
             elif key.startswith("space:"):
                 gip, proto, saved = value
                 if gip not in self.globals:

@@ -400,10 +400,15 @@ class LeaseServer:
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
     def export(self) -> dict[str, object]:
-        """Generic records: the epoch's start, each definition, each lease's owner (origin, nonce, opcode)."""
+        """Generic records: the epoch's start; each client definition with the origins that own it and
+        since when no lease holds it (its grace); each lease's owner (origin, nonce, opcode). The NAT's
+        own definitions are fixed at start, and the per-origin, per-MAC and per-definition lease counts
+        follow from the owners, so neither is saved (one source per fact)."""
         records: dict[str, object] = {"leases:started": self.started}
-        for key, d in self.definitions.items():
-            records[f"definition:{key}"] = asdict(d)
+        for key, definers in self._definers.items():
+            records[f"definition:{key}"] = {"definition": asdict(self.definitions[key]),
+                                            "definers": sorted([o.in_port, o.mac, o.ip] for o in definers),
+                                            "idle_since": self._idle_since.get(key)}
         for entry_id, o in self._owners.items():
             records[f"owner:{entry_id}"] = [entry_id, o.origin.in_port, o.origin.mac, o.origin.ip, o.nonce.hex(),
                                             o.opcode]
@@ -411,20 +416,44 @@ class LeaseServer:
 
     def restore(self, records: dict[str, object]) -> None:
         """Rebuild from ``export()``'s records after the table; the epoch continues (RFC 6887 8.5).
-        KeyError/ValueError/TypeError if malformed or if an owner names no leased entry."""
+        Quotas are recounted from the owners, so they hold as before. KeyError/ValueError/TypeError
+        if malformed, if an owner names no leased entry or a lease no definition its owner may use."""
         self.started = float(records["leases:started"])
         for key, value in records.items():
             if key.startswith("definition:"):
-                definition = Definition(**value)
-                if definition.problem() or definition.has_nat_alg:
-                    raise ValueError(f"saved definition {value!r} is not valid")
-                self.definitions[definition.key] = definition
-            elif key.startswith("owner:"):
+                self._restore_definition(value)
+        for key, value in records.items():
+            if key.startswith("owner:"):
                 entry_id, in_port, mac, ip, nonce, opcode = value
                 entry = self.table.get(int(entry_id))
                 if entry is None or entry.kind is not EntryKind.CLIENT_ALG or entry.private_ip != ip:
                     raise ValueError(f"saved owner {key} names no lease of {ip}")
                 self._own(entry, Origin(int(in_port), str(mac), str(ip)), bytes.fromhex(nonce), int(opcode))
+        self._check_restored()
+
+    def _restore_definition(self, value: dict) -> None:
+        """One client definition, checked as a DEFINE would be, with its owners and grace."""
+        definition = Definition(**value["definition"])
+        if definition.key in NAT_DEFINITIONS or definition.has_nat_alg or definition.in_napt_space \
+                or definition.problem():
+            raise ValueError(f"saved definition {value!r} is not one a client may hold")
+        definers = {Origin(int(p), str(m), str(i)) for p, m, i in value["definers"]}
+        if not definers:
+            raise ValueError(f"saved definition of protocol {definition.key} has no owner")
+        self.definitions[definition.key] = definition
+        self._definers[definition.key] = definers
+        if value["idle_since"] is not None:
+            self._idle_since[definition.key] = float(value["idle_since"])
+
+    def _check_restored(self) -> None:
+        """Every lease of a leased protocol has a live definition, and a definition is idle exactly
+        when no lease holds it: else the grace timers would be wrong after the restart."""
+        for key, count in self._leases_of.items():
+            if key not in self.definitions and key not in (IPPROTO_TCP, IPPROTO_UDP):  # MAP/PEER need none
+                raise ValueError(f"{count} saved leases of protocol {key}, which has no definition")
+        for key in self._definers:
+            if (key in self._idle_since) == bool(self._leases_of[key]):
+                raise ValueError(f"saved definition of protocol {key}: grace timer disagrees with its leases")
 
 
 def _uncount(counter: Counter, key) -> None:

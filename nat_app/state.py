@@ -4,7 +4,9 @@ A record is a key and a JSON value. Entries, lease owners, mappings and GPN
 spaces get one record each, so that the store (nat_app/store.py) writes only
 what an event changed. What a restart must not lose: every entry with its id
 (r1's flow cookies) and the id counter; lease owners (origin, nonce, opcode)
-and definitions; each (global IP, protocol) space's in-use and resting ports
+and client definitions with their owning origins and grace timers (quotas
+per origin, per MAC and per-host port counts are recounted from owners and
+mappings, not saved); each (global IP, protocol) space's in-use and resting ports
 with who rested them; the pool's pairings and mapping user counts; the
 client-ALG paths (group cookies, punts, outbound flows); the ICMP fast pairs
 and slow triples; the neighbour cache (flows are re-derived from it); the
@@ -25,7 +27,7 @@ from nat_app.decide import NatCore
 from nat_app.savi import SaviCore
 from nat_app.table import TableConflict, entry_from_dict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: client definitions carry their owners and grace timer (harden)
 _PREFIXES = ("core:", "client_alg", "neighbours", "table:", "entry:", "pool:", "mapping:", "space:", "leases:",
              "definition:", "owner:")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from nat_app.decide import NatCore
 from nat_app.messages import COOKIE_INFRA, DeleteFlows, PacketOut
 from nat_app.reconcile import ALL_HOSTS, ALL_HOSTS_MAC, ANNOUNCE_COUNT
 from netwire import pcp
+from tests.unit.test_lease_attacks import udp_out
 from tests.unit.test_lease_server import OUT, SRV1, SRV2, Client, esp_payload, mac, server_sends, switch_with
 
 IN = 1
@@ -213,3 +215,107 @@ def test_any_sequence_of_events_saved_by_the_journal_restores_to_the_same_state(
             del held[key]
         assert state.export(state.restore(NatConfig(**CONFIG), json.loads(json.dumps(held)))) == \
             json.loads(json.dumps(state.export(sw.core)))
+
+
+# ------------------------------------------------ what the lease server's hardening holds (issue 9 part 1)
+
+GRE = pcp.GpnDefinition(b"", 47, 0, 0, None, 32, 32, 1, 0xFFFFFFFF, 0)
+
+
+def restart(sw, now: float) -> NatCore:
+    """``restarted`` for a switch of any configuration: export, JSON, restore, reconcile with the same r1."""
+    before = json.loads(json.dumps(state.export(sw.core)))
+    sw.core = state.restore(sw.core.config, before, random.Random(9))
+    sw.apply(sw.core.reconcile([(f.msg.cookie, f.msg.priority) for f in sw.flows], now), now)
+    assert json.loads(json.dumps(state.export(sw.core))) == before
+    return sw.core
+
+
+def test_after_a_restart_a_stranger_still_cannot_use_or_redefine_a_clients_definition():
+    sw = switch_with()
+    owner, stranger = Client(sw, "10.0.0.9"), Client(sw, "10.0.0.1")
+    assert owner.define(GRE, now=T0).result == pcp.Result.SUCCESS
+    restart(sw, T0 + 10)
+    assert stranger.lease(47, now=T0 + 10).result == pcp.Result.PROTOCOL_NOT_DEFINED
+    assert stranger.define(replace(GRE, range_max=5), now=T0 + 10).result == pcp.Result.DEFINITION_CONFLICT
+    assert owner.lease(47, now=T0 + 10).result == pcp.Result.SUCCESS
+
+
+def test_a_definitions_grace_runs_on_across_a_restart():
+    sw = switch_with()
+    owner, other = Client(sw, "10.0.0.9"), Client(sw, "10.0.0.1")
+    owner.define(GRE, now=T0)  # no lease follows: its grace starts now
+    restart(sw, T0 + 30)
+    sw.apply(sw.core.tick(T0 + 59), T0 + 59)
+    assert other.define(replace(GRE, range_max=5), now=T0 + 59).result == pcp.Result.DEFINITION_CONFLICT
+    sw.apply(sw.core.tick(T0 + 60), T0 + 60)  # definition_grace (60 s) after the DEFINE, not after the restart
+    assert other.define(replace(GRE, range_max=5), now=T0 + 60).result == pcp.Result.SUCCESS
+
+
+def test_a_leased_definition_outlives_a_restart_and_idles_when_its_lease_ends():
+    sw = switch_with()
+    owner, other = Client(sw, "10.0.0.9"), Client(sw, "10.0.0.1")
+    owner.define(GRE, now=T0)
+    assert owner.lease(47, lifetime=300, now=T0).result == pcp.Result.SUCCESS
+    restart(sw, T0 + 100)
+    sw.apply(sw.core.tick(T0 + 200), T0 + 200)  # leased: no grace running, the definition stays
+    assert other.define(replace(GRE, range_max=5), now=T0 + 200).result == pcp.Result.DEFINITION_CONFLICT
+    sw.apply(sw.core.tick(T0 + 301), T0 + 301)  # the lease expires, the grace starts
+    sw.apply(sw.core.tick(T0 + 361), T0 + 361)
+    assert other.define(replace(GRE, range_max=5), now=T0 + 361).result == pcp.Result.SUCCESS
+
+
+def test_lease_quotas_per_origin_and_per_mac_still_hold_after_a_restart():
+    sw = switch_with(lease_quota=2, lease_mac_quota=3)
+    client = Client(sw, "10.0.0.1")
+    cycler = Client(sw, "10.0.0.2", src_mac=client.mac)  # the same MAC, another IP
+    assert [client.lease(50, now=T0).result for _ in range(2)] == [pcp.Result.SUCCESS] * 2
+    restart(sw, T0 + 5)
+    assert client.lease(50, now=T0 + 5).result == pcp.Result.USER_EX_QUOTA
+    assert cycler.lease(50, now=T0 + 5).result == pcp.Result.SUCCESS  # third for the MAC
+    assert cycler.lease(50, now=T0 + 5).result == pcp.Result.USER_EX_QUOTA  # the MAC's quota
+
+
+def test_the_definition_quota_still_holds_after_a_restart():
+    sw = switch_with(definition_quota=2)
+    squatter = Client(sw, "10.0.0.9")
+    for protocol in (100, 101):
+        assert squatter.define(replace(GRE, protocol=protocol), now=T0).result == pcp.Result.SUCCESS
+    restart(sw, T0 + 5)
+    assert squatter.define(replace(GRE, protocol=102), now=T0 + 5).result == pcp.Result.USER_EX_QUOTA
+
+
+def test_the_per_host_port_limit_still_holds_after_a_restart():
+    sw = switch_with(napt_ports_per_host=2)
+    hog, honest = Client(sw, "10.0.0.9"), Client(sw, "10.0.0.1")
+    for port in (2000, 2001):
+        assert len(udp_out(sw, hog, port, now=T0)) == 1
+    restart(sw, T0 + 5)
+    assert sw.core.pool.ports_held(17, hog.ip, global_pool(1)[0]) == 2
+    assert udp_out(sw, hog, 2002, now=T0 + 5) == []
+    assert sw.core.counters["drop:port-limit"] == 1
+    assert hog.ask(pcp.Opcode.MAP, pcp.MapInfo(os.urandom(12), 17, 7000, 0, None), now=T0 + 5).result == \
+        pcp.Result.USER_EX_QUOTA
+    assert len(udp_out(sw, honest, 3000, now=T0 + 5)) == 1
+
+
+def _damage_definition(records, **changes) -> None:
+    key = next(k for k in records if k.startswith("definition:"))
+    records[key].update(changes)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda r: _damage_definition(r, definers=[]),
+    lambda r: _damage_definition(r, idle_since=None),  # no lease holds it, yet no grace runs: it would never go
+    lambda r: _damage_definition(r, definition=dict(r[next(k for k in r if k.startswith("definition:"))]
+                                                    ["definition"], port=40000, underlying=17, protocol=17)),
+    lambda r: r.__setitem__("definition:50", {"definition": {}, "definers": [[1, "00:00:00:00:00:09", "10.0.0.9"]],
+                                              "idle_since": None}),
+], ids=["definition-without-owner", "idle-without-grace", "definition-in-napt-space", "nat-definition-saved"])
+def test_inconsistent_definitions_are_refused_whole(damage):
+    sw = switch_with()
+    Client(sw, "10.0.0.9").define(GRE, now=T0)
+    records = json.loads(json.dumps(state.export(sw.core)))
+    damage(records)
+    with pytest.raises(state.StateError):
+        state.restore(sw.core.config, records)
