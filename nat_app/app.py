@@ -31,6 +31,7 @@ from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
 from nat_app.messages import AddFlow, Barrier, DeleteFlows, priority_band
+from nat_app.savi import SaviCore
 from nat_app.store import Store
 from nat_app.table import TableCorrupt
 
@@ -71,12 +72,17 @@ class NatApp(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.config = CONFIG or NatConfig()
         self.core: NatCore = CORE or state.new_core(self.config)
+        if self.core.savi is None:  # a core saved without s1: s1 connects here
+            self.core.savi = SaviCore(self.config)
         self.savi = self.core.savi  # s1, the access switch: source-address validation (RFC 7039)
         self.store = STORE
         self.journal = JOURNAL or state.Journal()
         self.ready = False  # r1 connected and reconciled
         self._reconcile: tuple[int, list] | None = None  # (xid of the flow-stats request, flows seen so far)
         self._ready_xid: int | None = None  # the barrier after the reconciliation
+        self.s1_ready = False  # s1 connected and its bindings reconciled with its flows
+        self._s1_reconcile: tuple[int, list] | None = None
+        self._s1_ready_xid: int | None = None
         self.lock = threading.Lock()
         self.datapath = None
         self.access = None  # s1's datapath
@@ -97,10 +103,10 @@ class NatApp(app_manager.OSKenApp):
     def _switch_features(self, ev) -> None:
         dp = ev.msg.datapath
         if dp.id == self.savi.savi.dpid:
-            LOG.info("s1 (access switch, SAVI) connected: dpid=%016x", dp.id)
+            LOG.info("s1 (access switch, SAVI) connected: dpid=%016x; reading its flows to reconcile", dp.id)
             with self.lock:
-                self.access = dp
-                self._send(self.savi.switch_connected(time.monotonic()), dp)
+                self.access, self.s1_ready = dp, False
+                self._s1_reconcile = (self._request_flows(dp), [])
             return
         if self.config.dpid is not None and dp.id != self.config.dpid:
             LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dp.id, self.config.dpid)
@@ -108,10 +114,15 @@ class NatApp(app_manager.OSKenApp):
         LOG.info("r1 connected: dpid=%016x; reading its flows to reconcile", dp.id)
         with self.lock:
             self.datapath, self.ready = dp, False
-            request = dp.ofproto_parser.OFPFlowStatsRequest(dp)
-            dp.set_xid(request)
-            self._reconcile = (request.xid, [])
-            dp.send_msg(request)
+            self._reconcile = (self._request_flows(dp), [])
+
+    @staticmethod
+    def _request_flows(dp) -> int:
+        """Ask a switch for all its flows (to reconcile with); the request's xid."""
+        request = dp.ofproto_parser.OFPFlowStatsRequest(dp)
+        dp.set_xid(request)
+        dp.send_msg(request)
+        return request.xid
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     @guarded
@@ -119,7 +130,10 @@ class NatApp(app_manager.OSKenApp):
         msg = ev.msg
         if msg.datapath is self.access:
             with self.lock:
-                self._send(self.savi.packet_in(msg.match["in_port"], bytes(msg.data), time.monotonic()), self.access)
+                if self._s1_reconcile is not None:  # bindings not yet agreed with s1 (the host sends again)
+                    self.savi.counters.add("packet_in_before_reconcile")
+                    return
+                self._commit_s1(lambda now: self.savi.packet_in(msg.match["in_port"], bytes(msg.data), now))
             return
         if msg.datapath is not self.datapath:
             return
@@ -136,7 +150,7 @@ class NatApp(app_manager.OSKenApp):
     def _flow_removed(self, ev) -> None:
         if ev.msg.datapath is self.access:
             with self.lock:
-                self._send(self.savi.flow_removed(ev.msg.cookie, time.monotonic(), ev.msg.packet_count), self.access)
+                self._commit_s1(lambda now: self.savi.flow_removed(ev.msg.cookie, now, ev.msg.packet_count))
             return
         if ev.msg.datapath is not self.datapath:
             return
@@ -153,7 +167,7 @@ class NatApp(app_manager.OSKenApp):
             return
         if msg.reason == ofp.OFPPR_DELETE or msg.desc.state & ofp.OFPPS_LINK_DOWN:
             with self.lock:
-                self._send(self.savi.port_gone(msg.desc.port_no, time.monotonic()), self.access)
+                self._commit_s1(lambda now: self.savi.port_gone(msg.desc.port_no, now))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     @guarded
@@ -167,6 +181,14 @@ class NatApp(app_manager.OSKenApp):
                                                       for m in messages)):
             self._save()
         self._send(messages)
+
+    def _commit_s1(self, event) -> None:
+        """Run a SAVI event; if the bindings changed, save them before s1 hears of it (as ``_commit``)."""
+        before = self.savi.generation
+        messages = event(time.monotonic())
+        if self.store is not None and self.savi.generation != before:
+            self._save()
+        self._send(messages, self.access)
 
     def _save(self, full: bool = False) -> None:
         self.store.write(*self.journal.changes(self.core, full=full))
@@ -200,6 +222,10 @@ class NatApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     @guarded
     def _flow_stats(self, ev) -> None:
+        if ev.msg.datapath is self.access and self._s1_reconcile is not None \
+                and ev.msg.xid == self._s1_reconcile[0]:
+            self._s1_reconcile_reply(ev.msg)
+            return
         if ev.msg.datapath is not self.datapath:
             return
         if self._reconcile is not None and ev.msg.xid == self._reconcile[0]:
@@ -229,12 +255,31 @@ class NatApp(app_manager.OSKenApp):
                  {k: v for k, v in self.core.counters.values.items()
                   if k in ("started_empty", "reconciled", "entries_lost_while_away", "stale_flows_deleted")})
 
+    def _s1_reconcile_reply(self, msg) -> None:
+        """s1's flows: keep the bindings they still carry (SaviCore.reconcile), then a barrier."""
+        flows = self._s1_reconcile[1]
+        flows += [(stat.cookie, stat.priority) for stat in msg.body]
+        if msg.flags & self.access.ofproto.OFPMPF_REPLY_MORE:
+            return
+        with self.lock:
+            self._s1_reconcile = None
+            self._commit_s1(lambda now: self.savi.reconcile(flows, now))
+            if self.store is not None:
+                self._save()
+            barrier = self.access.ofproto_parser.OFPBarrierRequest(self.access)
+            self.access.set_xid(barrier)
+            self._s1_ready_xid = barrier.xid
+            self.access.send_msg(barrier)
+        LOG.info("s1 reconciled: %d flows seen; SAVI counters %s", len(flows), self.savi.counters.values)
+
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     @guarded
     def _barrier_reply(self, ev) -> None:
         """r1 applied the reconciliation: the NAT is ready (the testbed waits for this)."""
         if ev.msg.datapath is self.datapath and ev.msg.xid == self._ready_xid:
             self.ready = True
+        if ev.msg.datapath is self.access and ev.msg.xid == self._s1_ready_xid:
+            self.s1_ready = True
 
     def _clock(self) -> None:
         """The one-second clock; a tick that keeps failing ends the controller (expiry must not stop)."""
@@ -293,6 +338,7 @@ class NatApp(app_manager.OSKenApp):
             if op == "table":
                 return {**self.core.snapshot(time.monotonic()), "connected": self.datapath is not None,
                         "ready": self.ready, "state": STATE_NOTE, "s1_connected": self.access is not None,
+                        "s1_ready": self.s1_ready,
                         "switch_packets": dict(sorted(self.fast_path.items()))}
             if op == "check":  # the table's invariants, for the abuse tests
                 try:

@@ -22,7 +22,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from nat_app.config import NatConfig
-from nat_app.messages import AddFlow, Counters, DeleteFlows, Message, Output, PacketOut, ToController
+from nat_app.messages import COOKIE_INFRA, AddFlow, Counters, DeleteFlows, Message, Output, PacketOut, ToController
 from netwire.ethernet import ETH_HEADER_LEN, ETH_TYPE_ARP, ETH_TYPE_IPV4, Arp, EthernetHeader, MalformedPacket
 from netwire.ipv4 import IPv4Header
 
@@ -82,6 +82,7 @@ class SaviCore:
         self.savi = savi or SaviConfig()
         self.counters = Counters()
         self.connected = False
+        self.generation = 0  # counts bindings made and ended: the shell saves when it moves
         self._reset()
 
     def _reset(self) -> None:
@@ -97,9 +98,7 @@ class SaviCore:
         """s1 (re)connected: bindings start afresh (they are re-learned from the next frames)."""
         self._reset()
         self.connected = True
-        return [DeleteFlows(None),
-                AddFlow(PRIO_UPLINK, {"in_port": self.savi.uplink_port}, (Output(PORT_NORMAL),)),
-                AddFlow(PRIO_MISS, {}, (ToController(),))]
+        return [DeleteFlows(None), *self._base_flows()]
 
     def packet_in(self, in_port: int, frame: bytes, now: float) -> list[Message]:
         """An unbound frame from an access port: bind its source, or drop it and say why."""
@@ -187,6 +186,7 @@ class SaviCore:
     def _bind(self, port: int, claim: Claim, now: float) -> Binding:
         binding = Binding(next(self._ids), port, claim.mac, claim.ip, now)
         self._by_ip[claim.ip] = binding
+        self.generation += 1
         self.counters.add("bindings_learned")
         return binding
 
@@ -203,6 +203,7 @@ class SaviCore:
 
     def _unbind(self, binding: Binding) -> list[Message]:
         del self._by_ip[binding.ip]
+        self.generation += 1
         msgs: list[Message] = []
         for kind in (_KIND_IPV4, _KIND_ARP):
             self._by_cookie.pop(binding.cookie(kind), None)
@@ -223,6 +224,65 @@ class SaviCore:
     def _drop(self, reason: str) -> list[Message]:
         self.counters.add(f"drop:{reason}")
         return []
+
+
+    # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+
+    def export(self) -> dict:
+        """The bindings, so a restarted controller validates sources as before: no first-come
+        window for a forger after a restart (RFC 7039 section 3.3: bindings follow the host's
+        attachment, not the controller's life). Refusals are not kept: they are brief and re-made."""
+        n = next(self._ids)
+        self._ids = itertools.count(n)
+        return {"connected": self.connected, "next": n,
+                "bindings": [[b.id, b.port, b.mac, b.ip, b.since, sorted(b.live)]
+                             for b in sorted(self._by_ip.values(), key=lambda b: b.id)]}
+
+    def restore(self, saved: dict) -> None:
+        """Rebuild from ``export()``; KeyError/ValueError/TypeError if malformed or not bindable."""
+        self._reset()
+        self._ids = itertools.count(int(saved["next"]))
+        for binding_id, port, mac, ip, since, live in saved["bindings"]:
+            binding = Binding(int(binding_id), int(port), str(mac), str(ip), float(since), {int(k) for k in live})
+            self._check_restorable(binding, int(saved["next"]))
+            self._by_ip[binding.ip] = binding
+            self._by_cookie.update({binding.cookie(k): (binding, k) for k in binding.live})
+        self.connected = bool(saved["connected"])  # s1 kept its flows (fail mode secure): still validating
+
+    def _check_restorable(self, binding: Binding, next_id: int) -> None:
+        if not 1 <= binding.id < next_id or binding.live - {_KIND_IPV4, _KIND_ARP} or not binding.live:
+            raise ValueError(f"saved SAVI binding {binding} has a bad id or no flow")
+        if binding.port == self.savi.uplink_port or binding.ip in self._by_ip or any(
+                b.id == binding.id or (b.mac == binding.mac and b.port != binding.port)
+                for b in self._by_ip.values()):
+            raise ValueError(f"saved SAVI binding {binding} conflicts with another")
+        if self._refusal(binding.port, Claim(binding.mac, binding.ip, _KIND_IPV4)) not in (None, "port-full"):
+            raise ValueError(f"saved SAVI binding {binding} is not one s1 could have made")
+
+    def reconcile(self, flows_seen: list[tuple[int, int]], now: float) -> list[Message]:
+        """s1 (re)connected with these (cookie, priority) flows: keep each binding whose flows s1
+        still has, forget those whose flows idled out while the controller was away (their
+        FlowRemoved went to nobody), delete flows whose cookie names nothing, re-add the base flows.
+        Unlike ``switch_connected`` nothing is wiped, so a forger gets no first-come window."""
+        cookies = {cookie for cookie, _priority in flows_seen}
+        msgs: list[Message] = []
+        for binding in list(self._by_ip.values()):
+            binding.live = {k for k in (_KIND_IPV4, _KIND_ARP) if binding.cookie(k) in cookies}
+            if not binding.live:
+                self.counters.add("bindings_lost_while_away")
+                msgs += self._unbind(binding)
+        self._by_cookie = {b.cookie(k): (b, k) for b in self._by_ip.values() for k in b.live}
+        for cookie in sorted(cookies - self._by_cookie.keys() - {COOKIE_INFRA}):
+            self.counters.add("stale_flows_deleted")
+            msgs.append(DeleteFlows(cookie))
+        self._refused.clear()
+        self.connected = True
+        self.counters.add("reconciled")
+        return msgs + self._base_flows()
+
+    def _base_flows(self) -> list[Message]:
+        return [AddFlow(PRIO_UPLINK, {"in_port": self.savi.uplink_port}, (Output(PORT_NORMAL),)),
+                AddFlow(PRIO_MISS, {}, (ToController(),))]
 
 
 def claim_of(frame: bytes) -> Claim | None:

@@ -10,7 +10,9 @@ mappings, not saved); each (global IP, protocol) space's in-use and resting port
 with who rested them; the pool's pairings and mapping user counts; the
 client-ALG paths (group cookies, punts, outbound flows); the ICMP fast pairs
 and slow triples; the neighbour cache (flows are re-derived from it); the
-lease server's epoch start (RFC 6887 8.5: the epoch continues).
+lease server's epoch start (RFC 6887 8.5: the epoch continues); s1's SAVI
+bindings (port, MAC, IP), so no forger gets a first-come window after a
+restart (reconciled with s1's flows like r1's: ``SaviCore.reconcile``).
 
 Times are CLOCK_MONOTONIC seconds, system-wide since boot, so they stay valid
 across a controller restart on the same boot; the store refuses a file from
@@ -27,9 +29,9 @@ from nat_app.decide import NatCore
 from nat_app.savi import SaviCore
 from nat_app.table import TableConflict, entry_from_dict
 
-SCHEMA_VERSION = 2  # 2: client definitions carry their owners and grace timer (harden)
+SCHEMA_VERSION = 3  # 2: client definitions carry their owners and grace timer (harden); 3: SAVI bindings
 _PREFIXES = ("core:", "client_alg", "neighbours", "table:", "entry:", "pool:", "mapping:", "space:", "leases:",
-             "definition:", "owner:")
+             "definition:", "owner:", "savi")
 
 
 class StateError(ValueError):
@@ -111,6 +113,8 @@ def _small_records(core: NatCore) -> dict[str, object]:
         "table:next_id": core.table.next_id(),
     }
     records.update(core.leases.export())
+    if core.savi is not None:
+        records["savi"] = core.savi.export()  # s1's bindings: at most MAX_BINDINGS_PER_PORT per access port
     return records
 
 
@@ -133,6 +137,10 @@ def restore(config: NatConfig, records: dict[str, object], rng: random.Random | 
         core.client_alg.restore(records["client_alg"])
         core.neighbours.restore(records["neighbours"])
         _restore_paths(core, records["core:paths"])
+        if "savi" in records:
+            core.savi.restore(records["savi"])
+        else:  # saved by a core without s1 (SAVI off): restore it as it was
+            core.savi = None
         core.table.check_invariants()
     except (KeyError, ValueError, TypeError, AttributeError, AssertionError, RuntimeError, TableConflict) as exc:
         # RuntimeError: check_invariants' own exception type on branches that replace its asserts

@@ -170,7 +170,7 @@ class ControllerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             table = self.ask("table")
-            if table.get("ready") and table.get("s1_connected"):
+            if table.get("ready") and table.get("s1_ready"):
                 return
             time.sleep(0.1)
         raise TestbedError(f"r1 and s1 did not connect to the controller and reconcile within {timeout}s; "
