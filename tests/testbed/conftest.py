@@ -39,12 +39,16 @@ def bridges() -> set[str]:
     return set(out.split())
 
 
-def leftovers(patience: float = 3.0) -> list[str]:
+def leftovers(patience: float = 3.0, lock_held: bool = False) -> list[str]:
     """Bridges and processes of ours still there (exiting processes get a moment).
 
     Checked under the testbed lock, so a testbed another process starts right
     after ours stopped (a developer's second run) is never taken for our leftovers.
+    ``lock_held``: the caller holds it already (a second flock from this process
+    would wait for itself).
     """
+    if lock_held:
+        return _leftovers(patience)
     lock = TestbedLock()
     lock.acquire()
     try:
