@@ -98,3 +98,27 @@ def test_a_binding_ends_when_its_host_leaves_the_port(make_testbed):
         assert time.monotonic() < deadline, f"binding of {h2.IP()} still there: {savi(tb)}"
         time.sleep(0.2)
     assert savi(tb)["counters"]["bindings_port_gone"] == 1
+
+
+def test_after_a_controller_restart_a_forger_still_cannot_claim_a_bound_address(make_testbed):
+    """The bindings survive a SIGKILL of the controller (saved, and reconciled with s1's flows), so no
+    forger gets a first-come window while the controller comes back."""
+    tb = make_testbed(clients=3, servers=1, globals=1)
+    h1, h3 = tb.host("h1"), tb.host("h3")
+    victim_ip, victim_mac = h1.IP(), h1.MAC()
+    assert ask(h1, "DEFINE", **ESP_DEF)["result"] == "SUCCESS"
+    granted = lease(h1, 50, lifetime=300)
+    assert granted["result"] == "SUCCESS", granted
+    nonce, fields = granted["nonce"], {k: v for k, v in granted["info"].items() if k != "nonce"}
+    tb.controller.restart(kill=True)
+
+    poison_arp(h3, victim_ip)
+    become(h3, victim_ip, victim_mac)
+    forged = {"renew": ask(h3, "LEASE", client_ip=victim_ip, nonce=nonce, lifetime=3600, **fields),
+              "release": ask(h3, "LEASE", client_ip=victim_ip, nonce=nonce, lifetime=0, **fields)}
+    assert forged == {k: {"answered": False} for k in forged}, forged
+    table = tb.table()
+    assert {"port": 1, "mac": victim_mac, "ip": victim_ip} in table["savi"]["bindings"]
+    assert table["savi"]["counters"].get("drop:ip-bound-on-other-port", 0) >= 2, table["savi"]
+    assert s1_port_of(victim_mac) == 1
+    assert ask(h1, "READ", nonce=nonce)["result"] == "SUCCESS"  # the owner, pinned to port 1, still reads it
