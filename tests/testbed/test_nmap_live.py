@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -38,7 +37,6 @@ NMAP_SERVICES = Path("/usr/share/nmap/nmap-services")
 MARK_PORT = 9  # discard: where each client sends its end-of-capture marker (to the next client, on s1)
 NAPT_PORT, ECHO_PORT = 40000, 7  # h1's private port of its NAPT mapping to srv1, srv1's echo port
 OPENED_PORT = 8080  # the control's listener on h1
-READY_TIMEOUT_S = 15
 
 
 def base_udp_ports() -> list[int]:
@@ -84,14 +82,6 @@ def from_scanner(pcaps: dict[str, Path]) -> dict[str, int]:
     return seen
 
 
-def wait_ready(agents: list[AgentProcess]) -> None:
-    """Until every agent holds all its leases (the NAT granted each SPI and port)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not all(a.refresh().get("leases", {}).get("ready") for a in agents):
-        assert time.monotonic() < deadline, [a.status().get("leases") for a in agents]
-        time.sleep(0.2)
-
-
 def napt_mapping(tb) -> int:
     """h1 talks UDP to srv1's echo from NAPT_PORT (srv1's answer proves the mapping); its global port."""
     answer = apps.probe(tb.host("h1"), "udp", SRV1, ECHO_PORT, "--sport", NAPT_PORT, "--count", 1, "--wait", 1)
@@ -123,7 +113,7 @@ def test_nmap_from_a_stranger_finds_nothing_open_before_and_after_clients_hold_l
         stack.enter_context(AgentProcess(tb.host("srv1"), peer, tmp_path / "agent-srv1"))
         agents = [stack.enter_context(AgentProcess(tb.host(c.name), c, tmp_path / f"agent-{c.name}"))
                   for c in configs]
-        wait_ready(agents)
+        assert all(a.refresh()["leases"]["ready"] for a in agents)  # an agent runs once its leases are granted
         leased = [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
         assert {e["protocol"] for e in leased} == {50, 6, 17}, leased
         udp_now = sorted({*udp, mapped, *(e["global_gpn"] for e in leased if e["protocol"] == 17)})
