@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -35,8 +36,10 @@ ISAKMP_PORT, NAT_T_PORT = 500, 4500  # RFC 7296 2.23
 TOP_UDP = 100  # nmap's --top-ports for UDP, read from its own nmap-services
 NMAP_SERVICES = Path("/usr/share/nmap/nmap-services")
 MARK_PORT = 9  # discard: where each client sends its end-of-capture marker (to the next client, on s1)
-NAPT_PORT, ECHO_PORT = 40000, 7  # h1's private port of its NAPT mapping to srv1, srv1's echo port
+NAPT_PORT, ECHO_PORT = 40000, 7  # h1's private port of its NAPT mapping to srv1, and srv1's port
 OPENED_PORT = 8080  # the control's listener on h1
+LISTEN_TIMEOUT_S = 10
+SERVICE_S = 120  # the listeners outlive the test; leaving it stops them
 
 
 def base_udp_ports() -> list[int]:
@@ -83,17 +86,37 @@ def from_scanner(pcaps: dict[str, Path]) -> dict[str, int]:
 
 
 def napt_mapping(tb) -> int:
-    """h1 talks UDP to srv1's echo from NAPT_PORT (srv1's answer proves the mapping); its global port."""
-    answer = apps.probe(tb.host("h1"), "udp", SRV1, ECHO_PORT, "--sport", NAPT_PORT, "--count", 1, "--wait", 1)
-    assert answer["replies"] == 1, answer
+    """h1 sends one UDP datagram from NAPT_PORT to srv1: a NAT-ALG mapping (RFC 4787 REQ-1); its global port.
+
+    Its answer is not awaited: right after a scan, r1's datapath still caches a drop for inbound UDP and
+    loses the first answer to a new mapping (see test_first_answer_live.py); :func:`srv1_reaches` shows the
+    mapping works once it is in place.
+    """
+    apps.probe(tb.host("h1"), "udp", SRV1, ECHO_PORT, "--sport", NAPT_PORT, "--count", 1, "--wait", 0.1)
     mapped = [e for e in tb.table()["entries"] if e["kind"] == "NAT-ALG" and e["protocol"] == 17
               and (e["private_ip"], e["private_gpn"]) == (client_ip(1), NAPT_PORT)]
     assert len(mapped) == 1, tb.table()["entries"]
     return mapped[0]["global_gpn"]
 
 
-def probe_service(host, *args: str | int) -> apps.Service:
-    return apps.Service(host, [sys.executable, "-m", "conformance.probes", *map(str, args)], settle=0.5)
+def srv1_reaches(tb, mapped: int) -> None:
+    """srv1, the mapping's foreign host, gets through it to h1's listener and back (address-dependent
+    filtering, RFC 4787 REQ-8, lets srv1 in and no one else)."""
+    answer = apps.probe(tb.host("srv1"), "udp", global_ips(GLOBALS)[0], mapped, "--sport", ECHO_PORT,
+                        "--count", 1, "--wait", 1)
+    assert answer["replies"] == 1, answer
+
+
+def probe_service(host, transport: str, port: int, *args: str | int) -> apps.Service:
+    """A listening probe (udp-echo, tcp-sink) in ``host``, returned once its socket is bound: a probe sent
+    before would meet a closed port (ECONNREFUSED, or a RST that nmap reads as "closed")."""
+    argv = [sys.executable, "-m", "conformance.probes", *map(str, args), "--seconds", str(SERVICE_S)]
+    service = apps.Service(host, argv, settle=0)
+    deadline = time.monotonic() + LISTEN_TIMEOUT_S
+    while not host.cmd(f"ss -Hn{transport[0]}l 'sport = :{port}'").strip():
+        assert service.proc.poll() is None and time.monotonic() < deadline, f"{args} never listened in {host.name}"
+        time.sleep(0.05)
+    return service
 
 
 def test_nmap_from_a_stranger_finds_nothing_open_before_and_after_clients_hold_leases(make_testbed, tmp_path):
@@ -107,9 +130,9 @@ def test_nmap_from_a_stranger_finds_nothing_open_before_and_after_clients_hold_l
     cell = CELLS[0]  # ESP transport to srv1: SPI leases and PEER port blocks
     configs, peer = behind_nat(cell, clients(CLIENTS, GLOBALS))
     with ExitStack() as stack:
-        stack.enter_context(probe_service(tb.host("srv1"), "udp-echo", SRV1, ECHO_PORT, "--seconds", 120))
         mapped = napt_mapping(tb)  # before the agents: afterwards h1's traffic to srv1 is ESP
-        stack.enter_context(probe_service(tb.host("h1"), "udp-echo", client_ip(1), NAPT_PORT, "--seconds", 120))
+        stack.enter_context(probe_service(tb.host("h1"), "udp", NAPT_PORT, "udp-echo", client_ip(1), NAPT_PORT))
+        srv1_reaches(tb, mapped)
         stack.enter_context(AgentProcess(tb.host("srv1"), peer, tmp_path / "agent-srv1"))
         agents = [stack.enter_context(AgentProcess(tb.host(c.name), c, tmp_path / f"agent-{c.name}"))
                   for c in configs]
@@ -124,7 +147,7 @@ def test_nmap_from_a_stranger_finds_nothing_open_before_and_after_clients_hold_l
 
         # The control: a port opened to anyone (PCP MAP, foreign any) with a listener; the same scan finds it.
         opened = map_to_anyone(tb, tmp_path)
-        stack.enter_context(probe_service(tb.host("h1"), "tcp-sink", OPENED_PORT, "--seconds", 120))
+        stack.enter_context(probe_service(tb.host("h1"), "tcp", OPENED_PORT, "tcp-sink", OPENED_PORT))
         with client_wires(tb, tmp_path / "control") as pcaps:
             found = found_open(scan(tb, tmp_path, "control", udp_now))
         assert found == {opened}, f"the control: nmap should find exactly {opened}, found {found}"
