@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from conformance.evidence import captures
 from conformance.matrix import CELLS, behind_nat, clients
 from conformance.portscan import ALL_TCP_PORTS, HostReport, found_open, nmap_argv, read_report, top_udp_ports
 from netwire.pcp import SERVER_PORT
+from tests.testbed.services import probe_service
 from topo.natlab import client_ip, global_ips, server_ip
 
 CLIENTS, GLOBALS = 3, 2
@@ -38,8 +38,6 @@ NMAP_SERVICES = Path("/usr/share/nmap/nmap-services")
 MARK_PORT = 9  # discard: where each client sends its end-of-capture marker (to the next client, on s1)
 NAPT_PORT, ECHO_PORT = 40000, 7  # h1's private port of its NAPT mapping to srv1, and srv1's port
 OPENED_PORT = 8080  # the control's listener on h1
-LISTEN_TIMEOUT_S = 10
-SERVICE_S = 120  # the listeners outlive the test; leaving it stops them
 
 
 def base_udp_ports() -> list[int]:
@@ -105,18 +103,6 @@ def srv1_reaches(tb, mapped: int) -> None:
     answer = apps.probe(tb.host("srv1"), "udp", global_ips(GLOBALS)[0], mapped, "--sport", ECHO_PORT,
                         "--count", 1, "--wait", 1)
     assert answer["replies"] == 1, answer
-
-
-def probe_service(host, transport: str, port: int, *args: str | int) -> apps.Service:
-    """A listening probe (udp-echo, tcp-sink) in ``host``, returned once its socket is bound: a probe sent
-    before would meet a closed port (ECONNREFUSED, or a RST that nmap reads as "closed")."""
-    argv = [sys.executable, "-m", "conformance.probes", *map(str, args), "--seconds", str(SERVICE_S)]
-    service = apps.Service(host, argv, settle=0)
-    deadline = time.monotonic() + LISTEN_TIMEOUT_S
-    while not host.cmd(f"ss -Hn{transport[0]}l 'sport = :{port}'").strip():
-        assert service.proc.poll() is None and time.monotonic() < deadline, f"{args} never listened in {host.name}"
-        time.sleep(0.05)
-    return service
 
 
 def test_nmap_from_a_stranger_finds_nothing_open_before_and_after_clients_hold_leases(make_testbed, tmp_path):
