@@ -30,7 +30,7 @@ from nat_app import state
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
-from nat_app.messages import AddFlow, Barrier, DeleteFlows, priority_band
+from nat_app.messages import AddFlow, Barrier, DeleteFlows, PacketOut, priority_band
 from nat_app.savi import SaviCore
 from nat_app.store import Store
 from nat_app.table import TableCorrupt
@@ -41,6 +41,7 @@ STORE: Store | None = None  # None: an ephemeral controller (--state none)
 JOURNAL: state.Journal | None = None  # what STORE holds
 STATE_NOTE = "ephemeral (--state none)"
 TICK_S = 1.0
+S1_WAIT_S = 3.0  # how long a lost-state ANNOUNCE waits for s1 (SAVI) to be reconciled
 FULL_SAVE_EVERY = 30  # ticks: compare the whole state with the file (a safety net for the journal)
 MAX_CLOCK_FAILURES = 3  # consecutive failed ticks before the controller ends itself
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal error ended the controller
@@ -83,6 +84,7 @@ class NatApp(app_manager.OSKenApp):
         self.s1_ready = False  # s1 connected and its bindings reconciled with its flows
         self._s1_reconcile: tuple[int, list] | None = None
         self._s1_ready_xid: int | None = None
+        self._held_announces: tuple[float, list] | None = None  # (since, PacketOuts) until s1 is reconciled
         self.lock = threading.Lock()
         self.datapath = None
         self.access = None  # s1's datapath
@@ -246,7 +248,11 @@ class NatApp(app_manager.OSKenApp):
             return
         with self.lock:
             self._reconcile = None
-            self._commit(self.core.reconcile(flows, time.monotonic()), durable=True)
+            msgs = self.core.reconcile(flows, time.monotonic())
+            if not self.s1_ready:  # ANNOUNCEs wait for s1's bindings: else the re-leases race its reconciliation
+                self._held_announces = (time.monotonic(), [m for m in msgs if isinstance(m, PacketOut)])
+                msgs = [m for m in msgs if not isinstance(m, PacketOut)]
+            self._commit(msgs, durable=True)
             barrier = self.datapath.ofproto_parser.OFPBarrierRequest(self.datapath)
             self.datapath.set_xid(barrier)
             self._ready_xid = barrier.xid
@@ -279,7 +285,15 @@ class NatApp(app_manager.OSKenApp):
         if ev.msg.datapath is self.datapath and ev.msg.xid == self._ready_xid:
             self.ready = True
         if ev.msg.datapath is self.access and ev.msg.xid == self._s1_ready_xid:
-            self.s1_ready = True
+            with self.lock:
+                self.s1_ready = True
+                self._release_announces()
+
+    def _release_announces(self) -> None:
+        """Send the ANNOUNCEs held back for s1 (RFC 6887 14.1.3), their delays counted from now."""
+        held, self._held_announces = self._held_announces, None
+        if held is not None:
+            self._send(held[1])
 
     def _clock(self) -> None:
         """The one-second clock; a tick that keeps failing ends the controller (expiry must not stop)."""
@@ -298,6 +312,8 @@ class NatApp(app_manager.OSKenApp):
     def _tick(self, n: int) -> None:
         with self.lock:
             self._commit(self.core.tick(time.monotonic()), durable=self.ready)
+            if self._held_announces is not None and time.monotonic() > self._held_announces[0] + S1_WAIT_S:
+                self._release_announces()  # no s1 came: no SAVI in front of r1
             if self.store is not None and self.ready and n % FULL_SAVE_EVERY == 0:
                 self._save(full=True)
             if self.ready and n % FLOW_STATS_EVERY == 0:
