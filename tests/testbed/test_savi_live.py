@@ -49,14 +49,19 @@ def s1_port_of(mac: str) -> int | None:
     return ports[0] if ports else None
 
 
+def victim_lease(h1) -> tuple:
+    """h1 defines ESP and leases an SPI for 300 s: the nonce and the lease's fields a forger would replay."""
+    assert ask(h1, "DEFINE", **ESP_DEF)["result"] == "SUCCESS"
+    granted = lease(h1, 50, lifetime=300)
+    assert granted["result"] == "SUCCESS", granted
+    return granted["nonce"], {k: v for k, v in granted["info"].items() if k != "nonce"}
+
+
 def test_a_forger_with_the_victims_ip_and_mac_cannot_renew_release_read_or_hijack(make_testbed):
     tb = make_testbed(clients=3, servers=1, globals=1)
     h1, h3 = tb.host("h1"), tb.host("h3")
     victim_ip, victim_mac = h1.IP(), h1.MAC()
-    assert ask(h1, "DEFINE", **ESP_DEF)["result"] == "SUCCESS"
-    granted = lease(h1, 50, lifetime=300)
-    assert granted["result"] == "SUCCESS", granted
-    nonce, fields = granted["nonce"], {k: v for k, v in granted["info"].items() if k != "nonce"}
+    nonce, fields = victim_lease(h1)
     (entry,) = [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
     requests = tb.table()["counters"].get("lease_requests", 0)
     ping = h1.popen(["ping", "-n", "-i", "0.2", "-c", "60", SRV1], stdout=subprocess.PIPE, text=True)
@@ -106,10 +111,7 @@ def test_after_a_controller_restart_a_forger_still_cannot_claim_a_bound_address(
     tb = make_testbed(clients=3, servers=1, globals=1)
     h1, h3 = tb.host("h1"), tb.host("h3")
     victim_ip, victim_mac = h1.IP(), h1.MAC()
-    assert ask(h1, "DEFINE", **ESP_DEF)["result"] == "SUCCESS"
-    granted = lease(h1, 50, lifetime=300)
-    assert granted["result"] == "SUCCESS", granted
-    nonce, fields = granted["nonce"], {k: v for k, v in granted["info"].items() if k != "nonce"}
+    nonce, fields = victim_lease(h1)
     tb.controller.restart(kill=True)
 
     poison_arp(h3, victim_ip)
