@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -31,7 +30,6 @@ rp_filter. In its run directory it writes esp_sa (Wireshark key file: use the di
 WIRESHARK_CONFIG_DIR) and status.json (counters, every second and on SIGUSR1).
 Config format: client_agent/agent_config.py; examples: client_agent/examples/."""
 EXIT_CONFIG = 2
-ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 20.0  # more than [nat] lease_timeout: a lease failure is reported by the agent itself
 STOP_TIMEOUT_S = 5.0
 
@@ -114,10 +112,9 @@ class AgentProcess:
     def start(self) -> AgentProcess:
         argv = [sys.executable, "-m", "client_agent.agent_cli", "--config", str(self.config_path),
                 "--run-dir", str(self.run_dir), *self.extra_args]
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         (self.run_dir / "status.json").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
-            self.proc = self.host.popen(argv, cwd=str(ROOT), env=env, stdin=subprocess.DEVNULL,
+            self.proc = self.host.popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

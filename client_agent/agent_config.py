@@ -64,6 +64,7 @@ keys (for tests and benchmarks).
 
 from __future__ import annotations
 
+import importlib.resources
 import ipaddress
 import os
 import tomllib
@@ -185,6 +186,12 @@ def overhead(sa: SecurityAssociation) -> int:
         return outer + 12 + -(-integrity_icv // 4) * 4
     cipher = sa.encryption_algorithm.new  # the cipher class: its sizes are class attributes
     return outer + 8 + cipher.iv_len + cipher.pad_to - 1 + 2 + cipher.icv_len + integrity_icv
+
+
+def examples() -> Path:
+    """The folder of example configs, shipped as package data: found the same way in a checkout and in
+    an installed natlab (``pip install .``), so nothing needs the source tree."""
+    return Path(str(importlib.resources.files("client_agent") / "examples"))
 
 
 def load(path: str | Path) -> AgentConfig:

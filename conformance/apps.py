@@ -8,9 +8,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class Service:
@@ -72,7 +69,7 @@ def ping(host, dst: str, count: int = 3) -> tuple[int, int]:
 def probe(host, *args: str | int) -> dict:
     """Run ``python -m conformance.probes ARGS`` in ``host``; its JSON answer."""
     argv = " ".join(str(a) for a in args)
-    out = host.cmd(f"PYTHONPATH={ROOT} {sys.executable} -m conformance.probes {argv}")
+    out = host.cmd(f"{sys.executable} -m conformance.probes {argv}")
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if not lines:
         raise RuntimeError(f"probe {argv} in {host.name} printed no answer: {out.strip()[-300:]}")

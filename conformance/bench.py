@@ -22,8 +22,6 @@ from conformance.environment import collect
 from topo.natlab import client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=5, help="length of each iperf3 run (default 5)")
@@ -61,8 +59,7 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
                 log(f"  round {r}/{rounds}: NAT {nat[-1] / 1e6:.0f} Mbit/s, plain {plain[-1] / 1e6:.0f} Mbit/s")
         cps = {}
         for mode in ("nat", "plain"):
-            sink = srv1.popen([sys.executable, "-m", "conformance.probes", "tcp-sink", "7000", "--seconds", "6"],
-                              cwd=str(ROOT))
+            sink = srv1.popen([sys.executable, "-m", "conformance.probes", "tcp-sink", "7000", "--seconds", "6"])
             time.sleep(0.5)
             if mode == "plain":
                 with PlainForwarding(tb, h1, srv1):
@@ -89,7 +86,7 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
 def save_result(name: str, result: dict, out: str | Path) -> Path:
     """``<out>/bench-<name>.json``: the figures with the command that made them and the machine they ran on."""
     result.setdefault("command", f"natlab bench {name} " + " ".join(sys.argv[3:]))
-    result["environment"] = collect(ROOT)
+    result["environment"] = collect()
     path = Path(out) / f"bench-{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))

@@ -16,15 +16,12 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 from conformance import apps
 from conformance.bench import save_result
 from conformance.scenarios.leases import ESP_DEF, ask, lease
 from topo.natlab import server_ip
 from topo.testbed import Testbed, TestbedError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,8 +66,7 @@ def bench(seconds: float, log=print) -> dict:
         clients = [tb.host(f"h{i}") for i in (1, 2, 3)]
         ask(clients[0], "DEFINE", **ESP_DEF)
         floods = [h.popen([sys.executable, "-m", "conformance.probes", "lease-flood", h.IP(), "--seconds",
-                           str(seconds)], cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          stdout=-1, text=True) for h in clients]
+                           str(seconds)], stdout=-1, text=True) for h in clients]
         counts = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in floods]
         total = sum(c["operations"] for c in counts)
         result["end_to_end"] = {"hosts": len(clients), "operations": total, "per_second": total / seconds,
@@ -78,8 +74,7 @@ def bench(seconds: float, log=print) -> dict:
         log(f"  end to end, {len(clients)} hosts at once: {total / seconds:.0f} lease operations/s")
         spis = [lease(h, 50)["info"]["global_gpn"] for h in clients[:2]]
         sink = clients[0].popen([sys.executable, "-m", "conformance.probes", "esp-count", "--seconds",
-                                 str(seconds + 1)], cwd=str(ROOT), env={**os.environ, "PYTHONPATH": str(ROOT)},
-                                stdout=-1, text=True)
+                                 str(seconds + 1)], stdout=-1, text=True)
         time.sleep(0.3)
         sent = apps.probe(tb.host("srv1"), "esp-flood", tb.table()["globals"][0], "--spi", spis[0],
                           "--seconds", seconds)

@@ -89,8 +89,13 @@ def hostname() -> str:
         return UNKNOWN
 
 
-def collect(repo_dir: str | Path, argv: Sequence[str] | None = None) -> dict[str, str]:
-    """The report's environment header; `argv` defaults to this process's command line."""
+SOURCE_DIR = Path(__file__).resolve().parent.parent  # a checkout's top (for its commit), or site-packages
+
+
+def collect(repo_dir: str | Path = SOURCE_DIR, argv: Sequence[str] | None = None) -> dict[str, str]:
+    """The report's environment header; `argv` defaults to this process's command line.
+
+    `repo_dir` is only asked for its git commit: an installed natlab outside a checkout says "unknown"."""
     try:
         command = shlex.join(sys.argv if argv is None else argv)
     except Exception:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conformance import marker
-from conformance.apps import ROOT
 
 MARKER_WAIT_S = 5.0  # how long a marker may take to reach its capture file before the capture is not trusted
 MARKER_POLL_S = 0.05
@@ -96,7 +95,7 @@ def _send_markers(hosts_intfs: list[tuple], token: str) -> None:
     for host, intf in hosts_intfs:
         by_host.setdefault(host, []).append(intf)
     for host, intfs in by_host.items():
-        host.cmd(f"PYTHONPATH={ROOT} {sys.executable} -m conformance.probes marker {','.join(intfs)} {token}")
+        host.cmd(f"{sys.executable} -m conformance.probes marker {','.join(intfs)} {token}")
 
 
 def has_marker(path: Path, token: str) -> bool:

@@ -23,7 +23,6 @@ from conformance.results import ResultWriter, ScenarioResult, read_results
 from conformance.scenarios import SCENARIOS
 from topo.testbed import Testbed, TestbedError
 
-ROOT = Path(__file__).resolve().parent.parent
 # NAT-EXPIRE watches a lease run out: allow 1 s leases (RFC 6887's 120 s minimum is a default, not a rule).
 CONTROLLER_ARGS = ["--lease-min-lifetime", "1"]
 
@@ -104,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"natlab demo: {exc}", file=sys.stderr)
         return 1
     registry = registry_mod.load()
-    env = collect(ROOT)
+    env = collect()
     paths = run_dir / "paths.txt"
     env["NAT paths"] = paths.read_text().strip() if paths.exists() else "not measured"
     for folder, base in ((run_dir, ""), (out, str(run_dir.relative_to(out.resolve())) + "/")):

@@ -97,6 +97,12 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
+def natlab_script() -> str:
+    """The installed ``natlab`` console script beside this interpreter (a venv's bin/): what the
+    controller runs as and what the hosts find on their PATH. No source checkout needed."""
+    return str(Path(sys.executable).with_name("natlab"))
+
+
 @dataclass
 class ControllerProcess:
     """A ``natlab controller`` child process with its own log and control socket."""
@@ -129,15 +135,13 @@ class ControllerProcess:
         return os.path.join(os.path.dirname(LOCK_PATH), f"controller-{self.port}.sock")
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "topo.cli", "controller", "--globals", str(self.globals),
+        cmd = [natlab_script(), "controller", "--globals", str(self.globals),
                "--listen-port", str(self.port), "--control-socket", self.control_socket,
                "--log", str(self.log), "--state", str(self.state_path) if self.persistent else "none",
                *self.extra_args]
-        root = Path(__file__).resolve().parent.parent
-        env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         with open(self.workdir / "controller.stderr", "ab") as stderr:  # a restart appends
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                         env=env, start_new_session=True)
+                                         start_new_session=True)
         deadline = time.monotonic() + CONNECT_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -248,7 +252,7 @@ class Testbed:
         from topo.natlab import NatlabHost, NatlabTopo
 
         setLogLevel(self.log_level)
-        venv_bin = str(Path(sys.executable).parent)  # hosts inherit PATH: `h1 natlab lease ...` works
+        venv_bin = str(Path(natlab_script()).parent)  # hosts inherit PATH: `h1 natlab lease ...` works
         if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
         self.lock.acquire()

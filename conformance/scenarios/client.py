@@ -34,7 +34,7 @@ from client_agent.agent_cli import AgentProcess
 from client_agent.agent_config import AgentConfig
 from client_agent.alg import TEST_ALG_PORT
 from client_agent.ipsec.algorithms import integrity
-from conformance.apps import ROOT, Service, probe
+from conformance.apps import Service, probe
 from conformance.context import Context, Record
 from conformance.evidence import captures, save_json, save_text
 from conformance.matrix import CELLS, Cell, Client, behind_nat, clients
@@ -173,7 +173,7 @@ iperf3 -c {target} -p {IPERF_UDP_BASE + index} -t {seconds} -b {RATE} -u -l 1200
 head -c 20000 {folder}/www/marker.txt | nc -N -w 5 {target} {NC_TCP_BASE + index}; echo $? > {out}/nc-tcp.rc
 echo '{alg_text}' | nc -u -w 2 -p {NC_UDP_SPORT} {target} {TEST_ALG_PORT} > {out}/nc-udp.out
 """
-    return host.popen(["bash", "-c", script], cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return host.popen(["bash", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _read_apps(folder: Path, c: Client, marker: bytes) -> dict:

@@ -120,7 +120,7 @@ def leased_traffic(ctx: Context) -> list[ScenarioResult]:
     results = []
     with ctx.recorded("leased-traffic") as rec:
         intfs = [(h, f"{h.name}-eth0") for h in clients] + [(srv1, "srv1-eth0"), (srv2, "srv2-eth0")]
-        reflector = srv1.popen(["env", f"PYTHONPATH={apps.ROOT}", apps.sys.executable, "-m", "conformance.probes",
+        reflector = srv1.popen([apps.sys.executable, "-m", "conformance.probes",
                                 "reflect", "--seconds", str(REFLECT_S)])
         try:
             with captures(intfs, rec.folder) as pcaps:

@@ -61,7 +61,7 @@ def _leftovers(patience: float) -> list[str]:
     deadline = time.monotonic() + patience
     while True:
         found = [f"bridge {b}" for b in bridges() & {"s1", "s2", "r1"}]
-        procs = subprocess.run(["pgrep", "-af", "mininet:|topo.cli controller"], capture_output=True, text=True)
+        procs = subprocess.run(["pgrep", "-af", "mininet:|natlab controller"], capture_output=True, text=True)
         found += [f"process {line}" for line in procs.stdout.splitlines() if "pgrep" not in line]
         if not found or time.monotonic() > deadline:
             return found

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from client_agent.agent_cli import AgentProcess
-from client_agent.agent_config import Peer, load, peer_pair
+from client_agent.agent_config import Peer, examples, load, peer_pair
 from client_agent.ipsec.suites import suite
 from conformance import apps
 from conformance.bench import PlainForwarding
@@ -26,7 +26,7 @@ from conformance.evidence import captures, read_pcap
 from conformance.oracles import tshark_summary, tshark_verdicts
 from topo.natlab import INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, server_ip
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "client_agent" / "examples"
+EXAMPLES = examples()
 H1, SRV1 = client_ip(1), server_ip(1)
 
 

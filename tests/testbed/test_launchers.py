@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,10 +13,10 @@ import pandas as pd
 
 from nat_app.control import ControlError, request
 from tests.testbed.conftest import leftovers
-from topo.testbed import TestbedLock
+from topo.testbed import TestbedLock, natlab_script
 
 ROOT = Path(__file__).resolve().parents[2]
-NATLAB = [sys.executable, "-m", "topo.cli"]
+NATLAB = [natlab_script()]
 
 
 def run(argv, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
@@ -56,7 +55,7 @@ def _mn_custom_line(tmp_path):
                 time.sleep(0.1)
         script = tmp_path / "post"
         script.write_text("h1 ping -c 2 203.0.113.100\nh3 ping -c 2 203.0.113.101\n"
-                          f"sh cd {ROOT} && {' '.join(NATLAB)} table --json --control-socket {sock} > {tmp_path}/t.json\n"
+                          f"sh {natlab_script()} table --json --control-socket {sock} > {tmp_path}/t.json\n"
                           f"sh ovs-vsctl get-fail-mode r1 > {tmp_path}/fail-mode\n")
         out = run(["mn", "--custom", "topo/natlab.py", "--topo", "natlab,clients=3", "--switch", "ovs,datapath=user",
                    "--controller", "remote", "--test", "none", "--post", str(script)])
@@ -72,9 +71,9 @@ def _mn_custom_line(tmp_path):
 
 
 def test_natlab_up_runs_the_cli_and_leaves_nothing_behind(tmp_path):
-    sock_table = f"{sys.executable} -m topo.cli table"
+    sock_table = "natlab table"  # the hosts find the console script on their PATH
     script = tmp_path / "commands"
-    script.write_text(f"h1 ping -c 1 203.0.113.100\nsh cd {ROOT} && {sock_table}\n")
+    script.write_text(f"h1 ping -c 1 203.0.113.100\nsh {sock_table}\n")
     out = run([*NATLAB, "up", "--clients", "2", "--workdir", str(tmp_path), "--script", str(script)])
     assert out.returncode == 0, out.stderr
     assert "1 received" in out.stdout + out.stderr  # Mininet prints command output on stderr

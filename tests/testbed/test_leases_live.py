@@ -19,10 +19,9 @@ def test_three_clients_behind_one_global_get_their_own_esp(make_testbed):
     assert ask(clients[0], "DEFINE", **ESP_DEF)["result"] == "SUCCESS"
     spis = {h.name: lease(h, 50)["info"]["global_gpn"] for h in clients}
     assert len(set(spis.values())) == 3
-    reflector = tb.host("srv1").popen([sys.executable, "-m", "conformance.probes", "reflect", "--seconds", "8"],
-                                      cwd=str(apps.ROOT), env={"PYTHONPATH": str(apps.ROOT)})
-    sinks = {h.name: h.popen([sys.executable, "-m", "conformance.probes", "esp-count", "--seconds", "4"],
-                             cwd=str(apps.ROOT), env={"PYTHONPATH": str(apps.ROOT)}, stdout=-1, text=True)
+    reflector = tb.host("srv1").popen([sys.executable, "-m", "conformance.probes", "reflect", "--seconds", "8"])
+    sinks = {h.name: h.popen([sys.executable, "-m", "conformance.probes", "esp-count", "--seconds", "4"], stdout=-1,
+                             text=True)
              for h in clients}
     try:
         time.sleep(0.5)
@@ -51,7 +50,7 @@ def test_natlab_lease_cli_inside_a_host(make_testbed, tmp_path):
     tb = make_testbed(clients=1, servers=1, globals=1)
     h1 = tb.host("h1")
     state = tmp_path / "leases.json"
-    natlab = f"cd {apps.ROOT} && {sys.executable} -m topo.cli lease"
+    natlab = "natlab lease"  # the console script, on the hosts' PATH
 
     def run(args: str) -> tuple[str, int]:
         out = h1.cmd(f"{natlab} {args} --state {state}; echo EXIT=$?")

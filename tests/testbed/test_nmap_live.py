@@ -17,7 +17,6 @@ find exactly that port, and h1's capture must see srv2: the test can fail.
 from __future__ import annotations
 
 import subprocess
-import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def test_nmap_from_a_stranger_finds_nothing_open_before_and_after_clients_hold_l
 
 def map_to_anyone(tb, tmp_path: Path) -> tuple[str, str, int]:
     """`natlab lease alloc` a PCP MAP (foreign any) of h1's TCP OPENED_PORT; (global IP, "tcp", global port)."""
-    natlab = f"cd {apps.ROOT} && {sys.executable} -m topo.cli lease"
+    natlab = "natlab lease"  # the console script, on the hosts' PATH
     out = tb.host("h1").cmd(f"{natlab} alloc --protocol tcp --private-gpn {OPENED_PORT} --global-gpn {OPENED_PORT}"
                             f" --state {tmp_path / 'map.json'} --json")
     granted = [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == 6

@@ -14,7 +14,7 @@ from client_agent.ipsec.sa import Mode, SAState
 from client_agent.ipsec.spd import Action
 from client_agent.ipsec.suites import all_suites, suite
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "client_agent" / "examples"
+EXAMPLES = agent_config.examples()
 PAIRS = [("esp-transport", "srv1"), ("ah-transport", "srv1"), ("esp-tunnel", "sgw1")]
 
 GOOD = """

@@ -14,16 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
-from client_agent.agent_config import databases, load
+from client_agent.agent_config import databases, examples, load
 from client_agent.datapath import BATCH, SEND_ERROR, Datapath, DropLog
 from client_agent.ipsec.errors import DropReason
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "client_agent" / "examples"
+EXAMPLES = examples()
 MARKER = b"natlab-secret-payload"
 
 

@@ -126,7 +126,7 @@ def test_natlab_controller_refuses_a_foreign_state_file_with_a_clear_message_and
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    done = subprocess.run([sys.executable, "-m", "topo.cli", "controller", "--state", str(notes), "--listen-port",
+    done = subprocess.run([sys.executable, "-m", "natlab", "controller", "--state", str(notes), "--listen-port",
                            str(port), "--control-socket", str(tmp_path / "c.sock")],
                           cwd=root, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr

@@ -1,4 +1,7 @@
-"""The ``natlab`` command: one entry point, subcommands from each package."""
+"""The ``natlab`` command: one entry point, each subcommand registered by the package that implements it.
+
+This is the only place that knows every package (the composition root); the testbed (``topo``) knows
+neither the conformance suite nor this command."""
 
 from __future__ import annotations
 
