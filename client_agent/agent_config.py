@@ -43,7 +43,7 @@ compensates (:mod:`client_agent.traversal`)::
     global_ip = "203.0.113.1"        # the global IP to lease; the peers' configs send to it
     tcp_ports = [20000, 20015]       # global ports leased ahead (PCP PEER), bound to connections on first use;
     udp_ports = [20000, 20015]       #   the peers select this client's SA by this destination port range
-    server = "10.0.0.254"            # optional: the lease server (default: the testbed's gateway)
+    # server = "..."                 # optional: the lease server (default: the gateway, netwire.plan.GATEWAY_IP)
     lifetime = 120                   # optional: requested lease lifetime, s (renewed at 1/2-5/8, RFC 6887 11.2.1)
     lease_timeout = 10               # optional: how long startup waits for every lease, s
     compensate = true                # optional: false is the control (leases, but no compensation)
@@ -78,6 +78,7 @@ from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import ANY_PORT, SPD, Action, Policy, Selector
 from client_agent.ipsec.suites import Suite
 from netwire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from netwire.plan import GATEWAY_IP
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 LINK_MTU = 1500  # Ethernet, as on every testbed link
@@ -94,7 +95,7 @@ _SA_FIELDS = {
     "replay_window",
 }
 _NAT_FIELDS = {"global_ip", "tcp_ports", "udp_ports", "server", "lifetime", "lease_timeout", "compensate", "algs"}
-DEFAULT_LEASE_SERVER = "10.0.0.254"  # the testbed's gateway (topo.natlab.GATEWAY_IP)
+DEFAULT_LEASE_SERVER = GATEWAY_IP  # the testbed's gateway
 KNOWN_ALGS = ("address-text",)
 _POLICY_FIELDS = {"name", "src", "dst", "protocol", "src_ports", "dst_ports", "action", "outbound", "inbound"}
 

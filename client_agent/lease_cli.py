@@ -26,12 +26,14 @@ from collections.abc import Callable
 
 from client_agent.lease_client import Expired, Granted, Lease, LeaseClient, Refused, TimedOut, Transaction
 from netwire import pcp
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from netwire.plan import GATEWAY_IP
 
-DEFAULT_SERVER = "10.0.0.254"
+DEFAULT_SERVER = GATEWAY_IP
 DEFAULT_STATE = "/run/natlab/leases-{client_ip}.json"
 DEFAULT_TIMEOUT = 10.0
 STATE_VERSION = 1
-PROTOCOL_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "esp": 50, "ah": 51}
+PROTOCOL_NAMES = {"icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP, "esp": IPPROTO_ESP, "ah": IPPROTO_AH}
 NUMBERS = {v: k for k, v in PROTOCOL_NAMES.items()}
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_STATE = 0, 1, 2, 3, 4
 
@@ -85,7 +87,7 @@ def _protocol(text: str) -> tuple[int, int]:
     """(IP protocol, underlying UDP port or 0): a name, isakmp (17 over UDP port 500), or 0-255."""
     name = text.lower()
     if name == "isakmp":
-        return pcp.IPPROTO_UDP, 500
+        return IPPROTO_UDP, 500
     if name in PROTOCOL_NAMES:
         return PROTOCOL_NAMES[name], 0
     try:
@@ -259,7 +261,7 @@ def _alloc(args: argparse.Namespace) -> int:
     protocol, port = args.protocol
     port = args.port or port
     nonce = b""
-    if protocol in (pcp.IPPROTO_TCP, pcp.IPPROTO_UDP) and not port:
+    if protocol in (IPPROTO_TCP, IPPROTO_UDP) and not port:
         if args.private_gpn is None:
             return _usage(args, "--private-gpn (the internal port) is required for udp and tcp")
         for option, value in (("--private-gpn", args.private_gpn), ("--global-gpn", args.global_gpn)):
@@ -575,7 +577,7 @@ def _entry_fields(e: pcp.EntryRecord) -> dict:
 
 
 def _protocol_name(protocol: int, port: int) -> str:
-    if protocol == pcp.IPPROTO_UDP and port == 500:
+    if protocol == IPPROTO_UDP and port == 500:
         return "isakmp"
     name = NUMBERS.get(protocol, str(protocol))
     return f"{name}/{port}" if port else name
@@ -584,7 +586,7 @@ def _protocol_name(protocol: int, port: int) -> str:
 def _gpn_text(value: int | None, protocol: int, port: int) -> str:
     if value is None:
         return "-"
-    return str(value) if protocol in (pcp.IPPROTO_TCP, pcp.IPPROTO_UDP) and not port else f"{value:#x}"
+    return str(value) if protocol in (IPPROTO_TCP, IPPROTO_UDP) and not port else f"{value:#x}"
 
 
 def _describe(r: dict) -> str:

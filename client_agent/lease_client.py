@@ -3,8 +3,8 @@
 A :class:`LeaseClient` owns no socket and reads no clock: the caller passes
 ``now`` (seconds, any monotonic origin) and moves the bytes::
 
-    client = LeaseClient("10.0.0.1", "10.0.0.254")
-    tx = client.request(LeaseInfo(b"", 50, None, None, None, "203.0.113.100"), LIFETIME_UNSPECIFIED, now)
+    client = LeaseClient(plan.client_ip(1), plan.GATEWAY_IP)      # netwire.plan: the testbed's addresses
+    tx = client.request(LeaseInfo(b"", 50, None, None, None, plan.server_ip(1)), LIFETIME_UNSPECIFIED, now)
     while not tx.done:
         for datagram in client.datagrams_to_send(now):
             sock.sendto(datagram, (server, SERVER_PORT))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from conformance import apps
 from conformance.environment import collect
-from topo.natlab import client_ip, server_ip
+from netwire.plan import client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
 

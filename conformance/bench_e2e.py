@@ -51,7 +51,7 @@ from conformance.bench_ipsec import agent_costs, cpu_times, median_cpu
 from conformance.matrix import SUITES, Cell, behind_nat, clients
 from netwire.checksum import internet_checksum, ip_bytes, pseudo_header_sum
 from netwire.ipv4 import IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP, build_ipv4_header, build_udp
-from topo.natlab import client_ip, server_ip
+from netwire.plan import client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
 CELL = Cell("esp", "transport")  # suite SUITES["esp"]: esp:AES_GCM_16-128:NONE

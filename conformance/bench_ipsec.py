@@ -34,7 +34,7 @@ from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.suites import suite
 from conformance import apps
 from conformance.bench import PlainForwarding, save_result
-from topo.natlab import client_ip, server_ip
+from netwire.plan import client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
 CLEARTEXT = "cleartext"

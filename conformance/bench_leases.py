@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from conformance import apps
 from conformance.bench import save_result
 from conformance.scenarios.leases import ESP_DEF, ask, lease
-from topo.natlab import server_ip
+from netwire.plan import GATEWAY_IP, R1_INSIDE_MAC, client_ip, server_ip
 from topo.testbed import Testbed, TestbedError
 
 
@@ -40,20 +40,20 @@ def sans_io_rate(seconds: float) -> dict:
     core = NatCore(NatConfig(lease_quota=10**6))
     core.switch_connected(0.0)
 
-    eth = EthernetHeader("02:4e:41:54:00:01", "00:00:00:00:00:01", ETH_TYPE_IPV4).build()
+    eth = EthernetHeader(R1_INSIDE_MAC, "00:00:00:00:00:01", ETH_TYPE_IPV4).build()
 
     def frame(req) -> bytes:
-        return eth + build_udp("10.0.0.1", "10.0.0.254", pcp.CLIENT_PORT, pcp.SERVER_PORT, pcp.encode_request(req))
+        return eth + build_udp(client_ip(1), GATEWAY_IP, pcp.CLIENT_PORT, pcp.SERVER_PORT, pcp.encode_request(req))
 
     define = pcp.GpnDefinition(os.urandom(12), **ESP_DEF)
-    core.packet_in(1, frame(pcp.Request(pcp.Opcode.DEFINE, 600, "10.0.0.1", define)), 0.0)
+    core.packet_in(1, frame(pcp.Request(pcp.Opcode.DEFINE, 600, client_ip(1), define)), 0.0)
     nonce = os.urandom(12)
     ops, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         spi = 0x1000 + ops
         for lifetime in (600, 0):
             info = pcp.LeaseInfo(nonce, 50, spi, spi, None, server_ip(1))
-            core.packet_in(1, frame(pcp.Request(pcp.Opcode.LEASE, lifetime, "10.0.0.1", info)), 1.0)
+            core.packet_in(1, frame(pcp.Request(pcp.Opcode.LEASE, lifetime, client_ip(1), info)), 1.0)
             ops += 1
     elapsed = time.perf_counter() - start
     return {"operations": ops, "seconds": round(elapsed, 2), "per_second": ops / elapsed}

@@ -43,14 +43,14 @@ from nat_app.gpn import UDP_KEYED
 from nat_app.lease_server import Origin
 from nat_app.messages import Output, PacketOut
 from nat_app.table import EntryKind
-from netwire import pcp
+from netwire import pcp, plan
 from netwire.ethernet import ARP_OP_REPLY, ETH_HEADER_LEN, ETH_TYPE_IPV4, Arp, EthernetHeader, arp_frame
 from netwire.ipv4 import IPPROTO_AH, build_ipv4_header, build_udp
 
-SERVERS = ("203.0.113.100", "203.0.113.101")
-BAD_FOREIGN = ("127.0.0.1", "224.0.0.1", "255.255.255.255", "10.0.0.2", "203.0.113.1", "0.0.0.7")
+SERVERS = (plan.server_ip(1), plan.server_ip(2))
+BAD_FOREIGN = ("127.0.0.1", "224.0.0.1", "255.255.255.255", plan.client_ip(2), plan.global_ips(1)[0], "0.0.0.7")
 PROGRESS_EVERY = 10_000
-TUNNEL = {"src": "198.51.100.1", "dst": "203.0.113.200"}  # a security gateway's outer addresses
+TUNNEL = {"src": plan.OFF_PLAN_IP, "dst": plan.SGW_OUTSIDE_IP}  # a security gateway's outer addresses
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,11 @@ class Host:
 
 
 HOSTS = (
-    *(Host(f"10.0.0.{i}", f"00:00:00:00:00:{i:02x}", True) for i in range(1, 5)),
-    Host("10.0.0.1", "00:00:00:00:66:01", False),  # an honest host's IP, another MAC
-    *(Host(f"10.0.0.{i}", "00:00:00:00:66:02", False) for i in (2, 3, 50, 51, 52, 53)),  # one MAC cycling IPs
-    Host("10.0.0.254", "00:00:00:00:66:03", False),  # the gateway's own address
-    Host("10.0.0.255", "00:00:00:00:66:04", False),  # the broadcast address
+    *(Host(plan.client_ip(i), f"00:00:00:00:00:{i:02x}", True) for i in range(1, 5)),
+    Host(plan.client_ip(1), "00:00:00:00:66:01", False),  # an honest host's IP, another MAC
+    *(Host(plan.client_ip(i), "00:00:00:00:66:02", False) for i in (2, 3, 50, 51, 52, 53)),  # one MAC cycling IPs
+    Host(plan.GATEWAY_IP, "00:00:00:00:66:03", False),  # the gateway's own address
+    Host(plan.client_ip(255), "00:00:00:00:66:04", False),  # the inside network's broadcast address
 )
 
 
@@ -210,7 +210,7 @@ class LeaseFuzzer:
         return self.rng.choice((None, *SERVERS, *SERVERS, self.rng.choice(BAD_FOREIGN)))
 
     def _client_ip(self, host: Host) -> str:
-        return host.ip if self.rng.random() < 0.95 else "10.0.0.9"
+        return host.ip if self.rng.random() < 0.95 else plan.client_ip(9)
 
     def _mutate(self, payload: bytes) -> bytes:
         raw = bytearray(payload)
@@ -346,7 +346,7 @@ class IpsecFuzzer:
 
 def _inner(rng: random.Random) -> bytes:
     payload = rng.randbytes(rng.randint(0, 64))
-    return build_udp("10.0.0.1", "203.0.113.100", rng.randint(1, 65535), 9, payload)
+    return build_udp(plan.client_ip(1), plan.server_ip(1), rng.randint(1, 65535), 9, payload)
 
 
 def _truncate(packet: bytes, rng: random.Random) -> bytes:

@@ -22,9 +22,9 @@ from client_agent.ipsec.sa import Mode
 from client_agent.ipsec.spd import ANY_PORT, Action, Selector
 from client_agent.ipsec.suites import Suite, suite
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
-from topo.natlab import GATEWAY_IP, INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, global_ips, server_ip
+from netwire.plan import GATEWAY_IP, INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, global_ips, server_ip
+from netwire.plan import INTRANET_NET as INTRANET
 
-INTRANET = "172.16.0.0/24"
 SUITES = {"esp": "esp:AES_GCM_16-128:NONE", "ah": "ah:HMAC_SHA2_256_128"}  # the seed's ESP and AH, modern keys
 PORT_BLOCK = 16  # global ports leased ahead per client and transport protocol
 FIRST_PORT = 20000  # below Linux's ephemeral range (32768-60999): no local socket of the client uses them

@@ -11,6 +11,8 @@ import json
 import socket
 import struct
 
+from netwire import plan
+
 
 def udp(dst: str, dport: int, sport: int, count: int, wait: float) -> dict:
     """Send ``count`` datagrams and count replies."""
@@ -139,7 +141,7 @@ def lease(opcode: str, fields: str) -> dict:
     from netwire import pcp
 
     args = _json.loads(fields)
-    client_ip, server = args.pop("client_ip"), args.pop("server", "10.0.0.254")
+    client_ip, server = args.pop("client_ip"), args.pop("server", plan.GATEWAY_IP)
     lifetime = args.pop("lifetime", 600)
     nonce = bytes.fromhex(args.pop("nonce")) if "nonce" in args else os.urandom(12)
     kind = {"DEFINE": pcp.GpnDefinition, "LEASE": pcp.LeaseInfo, "MAP": pcp.MapInfo, "PEER": pcp.PeerInfo,
@@ -230,9 +232,8 @@ def lease_flood(client_ip: str, seconds: float) -> dict:
         while time.monotonic() - start < seconds:
             spi = int.from_bytes(os.urandom(4), "big") | 0x100
             for lifetime in (600, 0):
-                info = pcp.LeaseInfo(nonce, 50, spi, spi, None, "203.0.113.100")
-                s.sendto(pcp.encode_request(pcp.Request(pcp.Opcode.LEASE, lifetime, client_ip, info)),
-                         ("10.0.0.254", pcp.SERVER_PORT))
+                info = pcp.LeaseInfo(nonce, 50, spi, spi, None, plan.server_ip(1))
+                s.sendto(pcp.encode_request(pcp.Request(pcp.Opcode.LEASE, lifetime, client_ip, info)), plan.LEASE_SERVER)
                 try:
                     s.recv(2048)
                     ops += 1
@@ -281,7 +282,7 @@ def lease_fuzz(client_ip: str, count: int, seed: int = 7) -> dict:
     from netwire import pcp
 
     rng = random.Random(seed)
-    infos = [pcp.LeaseInfo(bytes(12), 50, None, None, None, "203.0.113.100"),
+    infos = [pcp.LeaseInfo(bytes(12), 50, None, None, None, plan.server_ip(1)),
              pcp.GpnDefinition(bytes(12), 50, 0, 0, None, 0, 32, 256, 0xFFFFFFFF, 0),
              pcp.MapInfo(bytes(12), 17, 7000, 0, None), pcp.ReadInfo(bytes(12), ())]
     opcodes = [pcp.Opcode.LEASE, pcp.Opcode.DEFINE, pcp.Opcode.MAP, pcp.Opcode.READ]
@@ -295,7 +296,7 @@ def lease_fuzz(client_ip: str, count: int, seed: int = 7) -> dict:
             for _ in range(rng.randrange(4)):
                 raw[rng.randrange(len(raw))] = rng.randrange(256)
             raw = raw[: rng.randrange(len(raw) + 1)] + rng.randbytes(rng.randrange(3))
-            s.sendto(bytes(raw), ("10.0.0.254", pcp.SERVER_PORT))
+            s.sendto(bytes(raw), plan.LEASE_SERVER)
             if i % 50 == 0:
                 time.sleep(0.01)  # bounded rate: the test is about input, not load
             try:

@@ -22,7 +22,7 @@ def add_controller_parser(sub) -> None:
     p = sub.add_parser("controller", help="run the NAT app (os-ken) that drives r1",
                        description="Run the extensible NAT as an os-ken app. r1 connects to it over OpenFlow 1.3 "
                                    "on 127.0.0.1; `natlab table` reads its translation table over a unix socket.")
-    p.add_argument("--globals", type=int, default=2, help="size of the global pool 203.0.113.1.. (default 2)")
+    p.add_argument("--globals", type=int, default=2, help=f"size of the global pool {global_pool(1)[0]}.. (default 2)")
     p.add_argument("--listen-port", type=int, default=OPENFLOW_PORT, help="OpenFlow port (default 6653)")
     p.add_argument("--control-socket", default=DEFAULT_CONTROL_SOCKET, help="unix socket for natlab table")
     p.add_argument("--udp-timeout", type=int, help="UDP mapping timeout in s (default 300, RFC 4787 REQ-5)")

@@ -1,6 +1,6 @@
 """The NAT's configuration: addresses, ports of r1, timeouts.
 
-Defaults match the testbed of DESIGN.md; every value is validated at
+Defaults are the testbed's addressing plan (:mod:`netwire.plan`); every value is validated at
 construction and a bad one is reported by field name and value.
 """
 
@@ -10,6 +10,7 @@ import functools
 import ipaddress
 from dataclasses import dataclass, field
 
+from netwire import plan
 from netwire.checksum import ip_bytes
 
 # RFC 4787 REQ-5: UDP mappings live at least 2 min; 5 min recommended.
@@ -44,7 +45,7 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and value."""
 
 
-def global_pool(size: int, first: str = "203.0.113.1") -> tuple[str, ...]:
+def global_pool(size: int, first: str = plan.global_ips(1)[0]) -> tuple[str, ...]:
     """``size`` consecutive global addresses starting at ``first``."""
     start = ipaddress.IPv4Address(first)
     return tuple(str(start + i) for i in range(size))
@@ -52,14 +53,14 @@ def global_pool(size: int, first: str = "203.0.113.1") -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class NatConfig:
-    inside_net: str = "10.0.0.0/24"
-    gateway_ip: str = "10.0.0.254"
-    outside_net: str = "203.0.113.0/24"
+    inside_net: str = plan.INSIDE_NET
+    gateway_ip: str = plan.GATEWAY_IP
+    outside_net: str = plan.OUTSIDE_NET
     globals: tuple[str, ...] = field(default_factory=lambda: global_pool(2))
-    inside_port: int = 1
-    outside_port: int = 2
-    inside_mac: str = "02:4e:41:54:00:01"
-    outside_mac: str = "02:4e:41:54:00:02"
+    inside_port: int = plan.R1_INSIDE_PORT
+    outside_port: int = plan.R1_OUTSIDE_PORT
+    inside_mac: str = plan.R1_INSIDE_MAC
+    outside_mac: str = plan.R1_OUTSIDE_MAC
     dpid: int | None = None
     udp_timeout: int = UDP_MAPPING_TIMEOUT_S
     tcp_timeout: int = TCP_ESTABLISHED_TIMEOUT_S

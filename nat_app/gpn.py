@@ -15,16 +15,13 @@ from dataclasses import dataclass, fields
 
 from nat_app.ports import DYNAMIC_LOW
 from netwire import pcp
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI
+from netwire.pcp import UNDERLYING_IP, UNDERLYING_UDP
 
-UNDERLYING_IP = 0
-UNDERLYING_UDP = IPPROTO_UDP
 UDP_HEADER_LEN = 8
 UDP_KEYED = 0x10000
 # Protocols the NAT translates itself (NAT-ALG): defining them is refused (step 703).
 NAT_ALG_PROTOCOLS = frozenset({IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP})
-# RFC 4303 2.1 / RFC 4302 2.4: SPIs 1-255 are reserved by IANA, 0 is never sent.
-MIN_SPI = 256
 
 
 @dataclass(frozen=True)

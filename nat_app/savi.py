@@ -25,10 +25,9 @@ from nat_app.config import NatConfig
 from nat_app.messages import COOKIE_INFRA, AddFlow, Counters, DeleteFlows, Message, Output, PacketOut, ToController
 from netwire.ethernet import ETH_HEADER_LEN, ETH_TYPE_ARP, ETH_TYPE_IPV4, Arp, EthernetHeader, MalformedPacket
 from netwire.ipv4 import IPv4Header
+from netwire.plan import S1_DPID, S1_UPLINK_PORT
 
 PORT_NORMAL = 0xFFFFFFFA  # OFPP_NORMAL (OpenFlow 1.3 section 7.2.1): the switch's own L2 forwarding
-S1_DPID = 0x11  # topo/natlab.py S1_DPID
-S1_UPLINK_PORT = 100  # topo/natlab.py S1_UPLINK_PORT: s1's port toward r1 (clients take 1..99)
 MAX_BINDINGS_PER_PORT = 4  # RFC 7039 section 5.2.5: bound the state a single attachment can create
 BINDING_IDLE_S = 600  # a binding's flows idle this long: the host has left (RFC 7039 section 3.3)
 DROP_HOLD_S = 10  # a refused source is dropped in s1 this long before the controller sees it again

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from netwire.ethernet import MalformedPacket
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP, MIN_SPI
 
 PCP_VERSION = 2
 SERVER_PORT = 5351  # RFC 6887 19.1
@@ -39,10 +40,6 @@ LIFETIME_UNSPECIFIED = 0xFFFFFFFF  # natlab: "let the NAT choose its default" (s
 NONCE_LEN = 12  # RFC 6887 11.1: the 96-bit mapping nonce
 HEADER_LEN = 24  # RFC 6887 7.1 and 7.2: both common headers are 24 octets
 
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
-IPPROTO_ESP = 50
-IPPROTO_AH = 51
 UNDERLYING_IP = 0
 UNDERLYING_UDP = IPPROTO_UDP
 _U16, _U32, _U64 = 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
@@ -635,10 +632,9 @@ def _need(body: bytes, size: int, what: str) -> None:
 
 # The seed's three examples (description of FIG. 7), with RFC 4303 2.1, RFC 4302 2 and RFC 2408 3.1 positions.
 # Their nonce is b"": the lease client gives each DEFINE its own.
-_SPI_MIN = 256  # RFC 4303 2.1: SPIs 1-255 are reserved by IANA, 0 is never sent
 ISAKMP_DEFINITION = GpnDefinition(b"", IPPROTO_UDP, UNDERLYING_UDP, 500, 0, 0, 64, 1, _U64, 0)
-ESP_DEFINITION = GpnDefinition(b"", IPPROTO_ESP, UNDERLYING_IP, 0, None, 0, 32, _SPI_MIN, _U32, 0)
-AH_DEFINITION = GpnDefinition(b"", IPPROTO_AH, UNDERLYING_IP, 0, None, 32, 32, _SPI_MIN, _U32, 0)
+ESP_DEFINITION = GpnDefinition(b"", IPPROTO_ESP, UNDERLYING_IP, 0, None, 0, 32, MIN_SPI, _U32, 0)
+AH_DEFINITION = GpnDefinition(b"", IPPROTO_AH, UNDERLYING_IP, 0, None, 32, 32, MIN_SPI, _U32, 0)
 DEFINITIONS = {"isakmp": ISAKMP_DEFINITION, "esp": ESP_DEFINITION, "ah": AH_DEFINITION}
 
 

@@ -5,8 +5,9 @@ responses come from it)::
 
     >>> from scapy.all import IP, UDP
     >>> from netwire.pcp_scapy import PCPRequest, PCPLease
-    >>> p = IP(dst="10.0.0.254") / UDP(sport=5350) / PCPRequest(lifetime=600, client_ip="10.0.0.1") / \\
-    ...     PCPLease(nonce=b"n" * 12, protocol=50, foreign_ip="203.0.113.100")
+    >>> from netwire.plan import GATEWAY_IP, client_ip, server_ip
+    >>> p = IP(dst=GATEWAY_IP) / UDP(sport=5350) / PCPRequest(lifetime=600, client_ip=client_ip(1)) / \\
+    ...     PCPLease(nonce=b"n" * 12, protocol=50, foreign_ip=server_ip(1))
 
 Addresses show as dotted quads (they are IPv4-mapped on the wire, RFC 6887 5)
 and as None when unspecified. In LEASE, DEFINE and READ records a field left

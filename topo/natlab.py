@@ -1,7 +1,9 @@
 """The natlab testbed (FIG. 1 of the seed), as a Mininet topology.
 
-    h1..hN 10.0.0.i -- s1 -- [1 inside] r1 [2 outside] -- s2 -- srv1..srvM 203.0.113.100+j
-                                                            `-- sgw1 203.0.113.200 -- ih1 172.16.0.10
+    h1..hN client_ip(i) -- s1 -- [1 inside] r1 [2 outside] -- s2 -- srv1..srvM server_ip(j)
+                                                                `-- sgw1 SGW_OUTSIDE_IP -- ih1 INTRANET_HOST_IP
+
+Every address, MAC, port and datapath id comes from the addressing plan, :mod:`netwire.plan`.
 
 r1 (the NAT) and s1 (the access switch) are OpenFlow switches driven by the
 NAT app; s2 is a standalone L2 bridge. s1 is where each client has a port of
@@ -16,12 +18,13 @@ controller. Everything else is the same, so the same agents and traffic run on
 it: it is the control for what must fail without the extensible NAT. There is
 no controller then, so s1 is a standalone bridge too.
 
-This file imports only Mininet and the standard library, so Debian's ``mn``
-can load it as it is:
+This file imports only Mininet, the standard library and ``netwire.plan``, so
+the ``mn`` of natlab's venv (PyPI's Mininet, beside an installed natlab) can
+load it as it is:
 
-    sudo mn --custom topo/natlab.py --topo natlab,clients=3 \\
+    sudo .venv/bin/mn --custom topo/natlab.py --topo natlab,clients=3 \\
         --switch ovs,datapath=user --controller remote
-    sudo mn --custom topo/natlab.py --topo natlab,nat=classic \\
+    sudo .venv/bin/mn --custom topo/natlab.py --topo natlab,nat=classic \\
         --switch ovs,datapath=user --controller none
 """
 
@@ -31,25 +34,34 @@ from mininet.link import TCLink
 from mininet.node import Host, OVSBridge
 from mininet.topo import Topo
 
-INSIDE_NET = "10.0.0.0/24"
-GATEWAY_IP = "10.0.0.254"
-OUTSIDE_NET = "203.0.113.0/24"
-FIRST_GLOBAL = 1  # 203.0.113.1 .. 203.0.113.k: the NAT's global pool
-FIRST_SERVER = 100  # 203.0.113.100 ..
-SGW_OUTSIDE_IP = "203.0.113.200"
-SGW_INSIDE_IP = "172.16.0.1"
-INTRANET_HOST_IP = "172.16.0.10"
-R1_INSIDE_PORT = 1
-R1_OUTSIDE_PORT = 2
-R1_DPID = "00000000004e4154"  # "NAT"
-S1_DPID = "0000000000000011"  # nat_app.savi.S1_DPID: the app drives s1 as the access switch
-S1_UPLINK_PORT = 100  # nat_app.savi.S1_UPLINK_PORT: s1's port toward r1; clients take 1..99
-R1_INSIDE_MAC = "02:4e:41:54:00:01"  # the extensible NAT's (nat_app.config.NatConfig): the
-R1_OUTSIDE_MAC = "02:4e:41:54:00:02"  # classic r1 answers ARP with the same, so frames built by hand still fit
+from netwire.plan import (  # noqa: F401  (re-exported: the testbed's addresses, as callers knew them)
+    FIRST_GLOBAL,
+    FIRST_SERVER,
+    GATEWAY_IP,
+    INSIDE_NET,
+    INTRANET_HOST_IP,
+    MAX_HOSTS,
+    OUTSIDE_NET,
+    R1_DPID,
+    R1_INSIDE_MAC,
+    R1_INSIDE_PORT,
+    R1_OUTSIDE_MAC,
+    R1_OUTSIDE_PORT,
+    S1_DPID,
+    S1_UPLINK_PORT,
+    S2_DPID,
+    SGW_INSIDE_IP,
+    SGW_OUTSIDE_IP,
+    client_ip,
+    dpid_text,
+    global_ips,
+    server_ip,
+)
+
 NAT_KINDS = ("extensible", "classic")
 NFT_TABLE = "natlab"
 
-LIMITS = {"clients": (1, 99), "servers": (1, 99), "globals": (1, 99)}
+LIMITS = {"clients": (1, MAX_HOSTS), "servers": (1, MAX_HOSTS), "globals": (1, MAX_HOSTS)}
 
 
 class NatlabHost(Host):
@@ -118,18 +130,6 @@ class ClassicNatRouter(NatlabHost):
         return body
 
 
-def server_ip(j: int) -> str:
-    return f"203.0.113.{FIRST_SERVER + j - 1}"
-
-
-def client_ip(i: int) -> str:
-    return f"10.0.0.{i}"
-
-
-def global_ips(k: int) -> list:
-    return [f"203.0.113.{FIRST_GLOBAL + n}" for n in range(k)]
-
-
 class NatlabTopo(Topo):
     """Parameters: clients, servers, globals (pool size), bw (access link Mbit/s, optional),
     nat (``extensible``: r1 is the OpenFlow switch; ``classic``: r1 is a Linux masquerading router)."""
@@ -144,7 +144,7 @@ class NatlabTopo(Topo):
         if nat not in NAT_KINDS:
             raise ValueError(f"natlab topology: nat={nat!r} is not one of {', '.join(NAT_KINDS)}")
         s1 = self._access_switch(nat)
-        s2 = self.addSwitch("s2", cls=OVSBridge, datapath="user", dpid="0000000000000012")
+        s2 = self.addSwitch("s2", cls=OVSBridge, datapath="user", dpid=dpid_text(S2_DPID))
         r1 = self._router(nat, globals)
         for i in range(1, clients + 1):
             h = self.addHost(f"h{i}", cls=NatlabHost, ip=f"{client_ip(i)}/24", defaultRoute=f"via {GATEWAY_IP}")
@@ -163,8 +163,8 @@ class NatlabTopo(Topo):
     def _access_switch(self, nat: str) -> str:
         """s1: OpenFlow 1.3, fail mode secure, driven by the app (SAVI), unless no controller runs (classic)."""
         if nat == "extensible":
-            return self.addSwitch("s1", datapath="user", protocols="OpenFlow13", dpid=S1_DPID, failMode="secure")
-        return self.addSwitch("s1", cls=OVSBridge, datapath="user", dpid=S1_DPID)
+            return self.addSwitch("s1", datapath="user", protocols="OpenFlow13", dpid=dpid_text(S1_DPID), failMode="secure")
+        return self.addSwitch("s1", cls=OVSBridge, datapath="user", dpid=dpid_text(S1_DPID))
 
     def _router(self, nat: str, globals: int) -> str:
         """r1: the OpenFlow switch, or a host whose lowest port (inside) gets the gateway address.
@@ -174,7 +174,7 @@ class NatlabTopo(Topo):
         if nat == "extensible":
             # fail_mode secure (Mininet's default, said here so nothing changes it): while the controller is
             # away r1 keeps its flows and never falls back to L2 switching, which would leak private addresses.
-            return self.addSwitch("r1", datapath="user", protocols="OpenFlow13", dpid=R1_DPID, failMode="secure")
+            return self.addSwitch("r1", datapath="user", protocols="OpenFlow13", dpid=dpid_text(R1_DPID), failMode="secure")
         return self.addHost("r1", cls=ClassicNatRouter, ip=f"{GATEWAY_IP}/24", mac=R1_INSIDE_MAC,
                             outside=f"r1-eth{R1_OUTSIDE_PORT}", pool=tuple(global_ips(globals)))
 

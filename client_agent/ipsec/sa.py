@@ -19,10 +19,8 @@ from enum import IntEnum, StrEnum
 from client_agent.ipsec.algorithms import EncryptionAlgorithm, IntegrityAlgorithm, encryption, integrity
 from client_agent.ipsec.errors import SequenceExhausted
 from client_agent.ipsec.replay import MIN_WINDOW, ReplayWindow
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, MAX_SPI, MIN_SPI
 
-MIN_SPI = 256  # RFC 4303 section 2.1: 1-255 are reserved by IANA, 0 is for local use only
-MAX_SPI = 2**32 - 1
 MAX_SEQ = 2**32 - 1  # 32-bit sequence numbers; no ESN
 
 

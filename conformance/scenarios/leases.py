@@ -20,7 +20,8 @@ from conformance.context import Context
 from conformance.evidence import captures, read_pcap
 from conformance.results import ScenarioResult
 from netwire import pcp
-from topo.natlab import server_ip
+from netwire.ipv4 import MIN_SPI
+from netwire.plan import OFF_PLAN_IP, server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
 def _wire_fields(definition: pcp.GpnDefinition) -> dict:
@@ -60,7 +61,7 @@ def lease_protocol(ctx: Context) -> list[ScenarioResult]:
         bad_range = ask(clients[0], "DEFINE", **{**ESP_DEF, "range_min": 1})  # SPIs 1-255 are reserved
         has_alg = ask(clients[0], "DEFINE", **TCP_DEF)
         chosen = lease(clients[0], 50, lifetime=0xFFFFFFFF)  # everything unspecified
-        outside_pool = lease(clients[0], 50, global_ip="198.51.100.1")
+        outside_pool = lease(clients[0], 50, global_ip=OFF_PLAN_IP)
         shared = [lease(h, 50, global_ip=g1) for h in clients]
         spis = [a["info"]["global_gpn"] for a in shared if _ok(a)]
         taken = lease(clients[1], 50, global_ip=g1, global_gpn=spis[0]) if spis else {}
@@ -84,7 +85,7 @@ def lease_protocol(ctx: Context) -> list[ScenarioResult]:
     results.append(rec.result("NAT-ALLOC", "unspecified", [
         (_ok(chosen), f"LEASE with nothing specified answered {chosen.get('result')}"),
         (info.get("global_ip") in table["globals"], f"the NAT chose global IP {info.get('global_ip')}"),
-        ((info.get("global_gpn") or 0) >= 256, f"and SPI {info.get('global_gpn')} (never 0-255)"),
+        ((info.get("global_gpn") or 0) >= MIN_SPI, f"and SPI {info.get('global_gpn')} (never 0-255)"),
         (info.get("private_gpn") == info.get("global_gpn"), "unspecified private GPN = global GPN"),
         (chosen.get("lifetime") == 3600, f"unspecified lifetime -> default 3600 s ({chosen.get('lifetime')})"),
         (outside_pool.get("result") == "CANNOT_PROVIDE_EXTERNAL",
@@ -106,7 +107,7 @@ def lease_protocol(ctx: Context) -> list[ScenarioResult]:
         (all(all(r.get(k) is not None for k in fig6 if k != "foreign") for r in rows), "every FIG. 6 field set"),
         (bool(rows) and all(r.get("foreign") == SRV1 for r in rows),
          f"foreign per entry {[r.get('foreign') for r in rows]}, asked for {SRV1}"),
-        (not any(r["global_ip"] == "198.51.100.1" for r in rows), "the refused lease made no entry"),
+        (not any(r["global_ip"] == OFF_PLAN_IP for r in rows), "the refused lease made no entry"),
     ], positive="each answer's values stand in natlab table with protocol, private IP/GPN, global IP/GPN, foreign, "
                 "expiry", negative="refused requests left no entry"))
     return results

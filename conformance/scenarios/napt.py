@@ -11,7 +11,7 @@ from conformance import apps
 from conformance.context import Context
 from conformance.evidence import captures, read_pcap
 from conformance.results import ScenarioResult
-from topo.natlab import INSIDE_NET, server_ip
+from netwire.plan import INSIDE_NET, server_ip
 
 PRIVATE = ipaddress.IPv4Network(INSIDE_NET)
 SRV1, SRV2 = server_ip(1), server_ip(2)

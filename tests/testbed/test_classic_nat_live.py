@@ -17,7 +17,7 @@ import pytest
 from conformance import apps
 from conformance.evidence import captures, read_pcap
 from nat_app.config import NatConfig
-from topo.natlab import GATEWAY_IP, client_ip, global_ips, server_ip
+from netwire.plan import GATEWAY_IP, client_ip, global_ips, server_ip
 from topo.testbed import Testbed, TestbedError
 
 SRV1 = server_ip(1)

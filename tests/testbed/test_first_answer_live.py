@@ -19,8 +19,8 @@ from __future__ import annotations
 import pytest
 
 from conformance import apps
+from netwire.plan import global_ips, server_ip
 from tests.testbed.services import probe_service
-from topo.natlab import global_ips, server_ip
 
 SRV1 = server_ip(1)
 STRANGER_PORT, ECHO_PORT, CLIENT_PORT = 9999, 7, 40000

@@ -24,7 +24,7 @@ from conformance import apps
 from conformance.bench import PlainForwarding
 from conformance.evidence import captures, read_pcap
 from conformance.oracles import tshark_summary, tshark_verdicts
-from topo.natlab import INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, server_ip
+from netwire.plan import INTRANET_HOST_IP, SGW_OUTSIDE_IP, client_ip, server_ip
 
 EXAMPLES = examples()
 H1, SRV1 = client_ip(1), server_ip(1)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def run(argv, timeout: float = 300, input: str | None = None) -> subprocess.Comp
 
 
 def test_mn_custom_line_against_natlab_controller(tmp_path):
-    """The README's `sudo mn --custom topo/natlab.py ...` line, with Debian's mn, on port 6653."""
+    """The README's `sudo .venv/bin/mn --custom topo/natlab.py ...` line, on port 6653."""
     lock = TestbedLock()
     lock.acquire()
     try:
@@ -57,12 +58,13 @@ def _mn_custom_line(tmp_path):
         script.write_text("h1 ping -c 2 203.0.113.100\nh3 ping -c 2 203.0.113.101\n"
                           f"sh {natlab_script()} table --json --control-socket {sock} > {tmp_path}/t.json\n"
                           f"sh ovs-vsctl get-fail-mode r1 > {tmp_path}/fail-mode\n")
-        out = run(["mn", "--custom", "topo/natlab.py", "--topo", "natlab,clients=3", "--switch", "ovs,datapath=user",
+        mn = str(Path(sys.executable).with_name("mn"))  # the venv's (PyPI Mininet): it can import netwire.plan
+        out = run([mn, "--custom", "topo/natlab.py", "--topo", "natlab,clients=3", "--switch", "ovs,datapath=user",
                    "--controller", "remote", "--test", "none", "--post", str(script)])
         assert (out.stdout + out.stderr).count("2 received") == 2, out.stdout + out.stderr
         table = json.loads((tmp_path / "t.json").read_text())
         assert {e["private_ip"] for e in table["entries"]} == {"10.0.0.1", "10.0.0.3"}
-        assert (tmp_path / "fail-mode").read_text().strip() == "secure"  # Debian's mn too: r1 never goes L2
+        assert (tmp_path / "fail-mode").read_text().strip() == "secure"  # plain mn too: r1 never goes L2
     finally:
         os.killpg(ctl.pid, signal.SIGTERM)
         ctl.wait(timeout=10)

@@ -8,7 +8,7 @@ import time
 
 from conformance import apps
 from conformance.scenarios.leases import ESP_DEF, ask, lease
-from topo.natlab import server_ip
+from netwire.plan import server_ip
 
 SRV1 = server_ip(1)
 

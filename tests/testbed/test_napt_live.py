@@ -6,7 +6,7 @@ import re
 import time
 
 from conformance import apps
-from topo.natlab import server_ip
+from netwire.plan import server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
 

@@ -26,8 +26,8 @@ from conformance.evidence import captures
 from conformance.matrix import CELLS, behind_nat, clients
 from conformance.portscan import ALL_TCP_PORTS, HostReport, found_open, nmap_argv, read_report, top_udp_ports
 from netwire.pcp import SERVER_PORT
+from netwire.plan import client_ip, global_ips, server_ip
 from tests.testbed.services import probe_service
-from topo.natlab import client_ip, global_ips, server_ip
 
 CLIENTS, GLOBALS = 3, 2
 SRV1, SCANNER_IP = server_ip(1), server_ip(2)

@@ -16,7 +16,7 @@ from pathlib import Path
 from client_agent.agent_cli import AgentProcess
 from conformance import apps
 from conformance.matrix import CELLS, behind_nat, clients
-from topo.natlab import server_ip
+from netwire.plan import server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
 IPERF_S = 12

@@ -11,7 +11,7 @@ import sys
 import time
 
 from conformance.scenarios.leases import ESP_DEF, ask, lease
-from topo.natlab import GATEWAY_IP, R1_INSIDE_MAC, server_ip
+from netwire.plan import GATEWAY_IP, R1_INSIDE_MAC, server_ip
 
 SRV1 = server_ip(1)
 PORT_GONE_WAIT_S = 10.0  # OVS polls a port's carrier; the PortStatus follows within a second or two

@@ -13,6 +13,7 @@ from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import Mode, SAState
 from client_agent.ipsec.spd import Action
 from client_agent.ipsec.suites import all_suites, suite
+from netwire.plan import GATEWAY_IP
 
 EXAMPLES = agent_config.examples()
 PAIRS = [("esp-transport", "srv1"), ("ah-transport", "srv1"), ("esp-tunnel", "sgw1")]
@@ -228,7 +229,7 @@ def test_nat_a_good_table_parses_with_its_defaults_and_render_round_trips() -> N
     nat = config.nat
     assert nat is not None and nat.global_ip == "203.0.113.1"
     assert nat.ports == {6: (20000, 20015), 17: (20000, 20015)}
-    assert (nat.server, nat.lifetime, nat.lease_timeout, nat.compensate, nat.algs) == ("10.0.0.254", 120, 10, True, ())
+    assert (nat.server, nat.lifetime, nat.lease_timeout, nat.compensate, nat.algs) == (GATEWAY_IP, 120, 10, True, ())
     assert parse(agent_config.render(config)) == config
     full = parse(NAT_GOOD + 'server = "10.0.0.253"\nlifetime = 600\nlease_timeout = 3\ncompensate = false\n'
                             'algs = ["address-text"]\n')

@@ -19,6 +19,7 @@ from scapy.layers.l2 import Ether
 
 from nat_app.table import EntryKind, TableCorrupt, TranslationTable
 from netwire import pcp
+from netwire.plan import GATEWAY_IP
 from tests.unit.test_lease_server import IN, OUT, R_IN, R_OUT, SRV1, Client, mac, switch_with
 
 G1 = "203.0.113.1"
@@ -203,7 +204,7 @@ def test_a_host_over_its_limit_gets_one_rate_limited_admin_prohibited_per_second
     errors = [Ether(f) for f in sw.take(IN)]
     assert len(errors) == 1
     (error,) = errors
-    assert error[IP].src == "10.0.0.254" and error[IP].dst == hog.ip and error.dst == hog.mac
+    assert error[IP].src == GATEWAY_IP and error[IP].dst == hog.ip and error.dst == hog.mac
     assert (error[ICMP].type, error[ICMP].code) == (3, 13)  # RFC 5508 REQ-8
     assert error[UDPerror].sport == 2001  # quotes the refused packet (RFC 792)
     udp_out(sw, hog, 2051, now=1.6)
@@ -248,7 +249,7 @@ def test_a_port_with_a_non_udp_protocol_is_malformed():
     assert not list(c.sw.core.table)
 
 
-@pytest.mark.parametrize("foreign", ["10.0.0.254", "10.0.0.2", "127.0.0.1", "224.0.0.1", "255.255.255.255",
+@pytest.mark.parametrize("foreign", [GATEWAY_IP, "10.0.0.2", "127.0.0.1", "224.0.0.1", "255.255.255.255",
                                      "0.1.2.3", "169.254.1.1", "240.0.0.1", G1])
 def test_foreign_and_remote_addresses_are_validated(foreign):
     sw = esp_switch()
@@ -259,7 +260,7 @@ def test_foreign_and_remote_addresses_are_validated(foreign):
     assert not list(sw.core.table)
 
 
-@pytest.mark.parametrize("client", ["10.0.0.254", "10.0.0.0", "10.0.0.255"])
+@pytest.mark.parametrize("client", [GATEWAY_IP, "10.0.0.0", "10.0.0.255"])
 def test_the_gateway_network_and_broadcast_addresses_are_no_clients(client):
     sw = esp_switch()
     assert Client(sw, client).lease(50).result == pcp.Result.ADDRESS_MISMATCH

@@ -30,8 +30,9 @@ from client_agent.lease_client import (
 )
 from netwire import pcp
 from netwire.pcp import Opcode, Result
+from netwire.plan import GATEWAY_IP
 
-A, B, GW, SRV = "10.0.0.1", "10.0.0.2", "10.0.0.254", "203.0.113.100"
+A, B, GW, SRV = "10.0.0.1", "10.0.0.2", GATEWAY_IP, "203.0.113.100"
 ESP_LEASE = pcp.LeaseInfo(b"", 50, None, None, None, SRV)
 
 

@@ -22,11 +22,12 @@ from nat_app.decide import NatCore
 from nat_app.messages import PRIO_PUNT, PRIO_TRANSLATE
 from nat_app.table import DataPath, EntryKind
 from netwire import pcp
+from netwire.plan import GATEWAY_IP
 from tests.unit.fakeswitch import FakeSwitch
 
 IN, OUT = 1, 2
 R_IN, R_OUT = "02:4e:41:54:00:01", "02:4e:41:54:00:02"
-GW, SRV1, SRV2 = "10.0.0.254", "203.0.113.100", "203.0.113.101"
+GW, SRV1, SRV2 = GATEWAY_IP, "203.0.113.100", "203.0.113.101"
 
 
 def mac(ip: str) -> str:

@@ -18,6 +18,7 @@ from nat_app.config import NatConfig, global_pool
 from nat_app.decide import DEMOTION_HOLD_S, NatCore
 from nat_app.messages import PRIO_TRANSLATE
 from nat_app.table import DataPath
+from netwire.plan import GATEWAY_IP
 from tests.unit.fakeswitch import FakeSwitch, checksums_valid
 
 IN, OUT = 1, 2
@@ -51,9 +52,9 @@ def switch() -> FakeSwitch:
 
 def test_arp_answered_for_gateway_inside_and_globals_outside(switch):
     switch.receive(IN, bytes(Ether(src=host_mac("10.0.0.1"), dst="ff:ff:ff:ff:ff:ff") /
-                             ARP(op=1, hwsrc=host_mac("10.0.0.1"), psrc="10.0.0.1", pdst="10.0.0.254")))
+                             ARP(op=1, hwsrc=host_mac("10.0.0.1"), psrc="10.0.0.1", pdst=GATEWAY_IP)))
     reply = Ether(switch.take(IN)[0])
-    assert reply[ARP].op == 2 and reply[ARP].hwsrc == R_IN and reply[ARP].psrc == "10.0.0.254"
+    assert reply[ARP].op == 2 and reply[ARP].hwsrc == R_IN and reply[ARP].psrc == GATEWAY_IP
     switch.receive(OUT, bytes(Ether(src=host_mac(SRV1), dst="ff:ff:ff:ff:ff:ff") /
                               ARP(op=1, hwsrc=host_mac(SRV1), psrc=SRV1, pdst=G2)))
     assert Ether(switch.take(OUT)[0])[ARP].hwsrc == R_OUT

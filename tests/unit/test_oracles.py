@@ -32,6 +32,7 @@ from conformance.oracles import (
     tshark_verdicts,
     verify_capture,
 )
+from netwire.plan import GATEWAY_IP
 
 PRIVATE, GLOBAL, PEER, SGW, IH1 = "10.0.0.1", "203.0.113.1", "203.0.113.100", "203.0.113.200", "172.16.0.10"
 PRIVATE_PORT, GLOBAL_PORT = 40000, 61000
@@ -176,7 +177,7 @@ def test_esp_checksums_before_the_nat_verify_only_as_if_from_the_global_address(
 def test_unknown_spis_and_other_packets_are_skipped_and_counted(tmp_path: Path) -> None:
     mine, theirs = client_sa(ESP_CBC, spi=0x5001), client_sa(ESP_CBC, spi=0x5002)
     frames = [
-        Ether() / ARP(psrc=PRIVATE, pdst="10.0.0.254"),
+        Ether() / ARP(psrc=PRIVATE, pdst=GATEWAY_IP),
         bytes(IP(src=PRIVATE, dst=PEER) / UDP(sport=1, dport=2) / b"clear"),
         encapsulate(inner_packets()[0], SAState(mine)),
         encapsulate(inner_packets()[0], SAState(theirs)),

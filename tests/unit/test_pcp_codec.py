@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netwire import pcp
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 from netwire.pcp import Opcode, PcpError, Result
 
 # ----------------------------------------------------------------------------- strategies (also used by test_pcp_scapy)
@@ -27,7 +28,7 @@ ipv4 = st.integers(1, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
 maybe_ipv4 = st.none() | ipv4
 u16, u32, u64 = st.integers(0, 0xFFFF), st.integers(0, 0xFFFFFFFF), st.integers(0, 2**64 - 1)
 maybe_u64 = st.none() | u64
-PORTLESS = (pcp.IPPROTO_ESP, pcp.IPPROTO_AH)
+PORTLESS = (IPPROTO_ESP, IPPROTO_AH)
 
 
 @st.composite

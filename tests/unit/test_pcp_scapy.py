@@ -17,6 +17,7 @@ from scapy.packet import Packet
 from netwire import pcp
 from netwire.pcp import Opcode
 from netwire.pcp_scapy import BODIES, PCPEntry, PCPOption, PCPRequest, PCPResponse
+from netwire.plan import GATEWAY_IP
 from tests.unit.test_pcp_codec import ALL_OPTIONS, requests, responses
 
 OPCODES = list(Opcode)
@@ -74,7 +75,7 @@ def _with_options(packet: Packet, options) -> Packet:
 def test_a_codec_request_dissects_in_scapy_with_the_same_fields(opcode, data):
     request = data.draw(requests(opcode))
     udp = UDP(sport=pcp.CLIENT_PORT, dport=pcp.SERVER_PORT)
-    frame = IP(bytes(IP(src=request.client_ip, dst="10.0.0.254") / udp / pcp.encode_request(request)))
+    frame = IP(bytes(IP(src=request.client_ip, dst=GATEWAY_IP) / udp / pcp.encode_request(request)))
     header = frame[PCPRequest]
     assert (header.version, header.R, header.opcode, header.lifetime, header.client_ip) == (
         2, 0, opcode, request.lifetime, request.client_ip)
@@ -88,7 +89,7 @@ def test_a_codec_request_dissects_in_scapy_with_the_same_fields(opcode, data):
 def test_a_codec_response_dissects_in_scapy_with_the_same_fields(opcode, data):
     response = data.draw(responses(opcode))
     udp = UDP(sport=pcp.SERVER_PORT, dport=pcp.CLIENT_PORT)
-    frame = IP(bytes(IP(src="10.0.0.254", dst="10.0.0.1") / udp / pcp.encode_response(response)))
+    frame = IP(bytes(IP(src=GATEWAY_IP, dst="10.0.0.1") / udp / pcp.encode_response(response)))
     header = frame[PCPResponse]
     assert (header.version, header.R, header.opcode, header.result, header.lifetime, header.epoch) == (
         2, 1, opcode, response.result, response.lifetime, response.epoch)

@@ -23,6 +23,7 @@ from nat_app.decide import NatCore
 from nat_app.messages import COOKIE_INFRA, DeleteFlows, PacketOut
 from nat_app.reconcile import ALL_HOSTS, ALL_HOSTS_MAC, ANNOUNCE_COUNT
 from netwire import pcp
+from netwire.plan import GATEWAY_IP
 from tests.unit.test_lease_attacks import udp_out
 from tests.unit.test_lease_server import OUT, SRV1, SRV2, Client, esp_payload, mac, server_sends, switch_with
 
@@ -125,7 +126,7 @@ def assert_announces(msgs, now: float, core: NatCore) -> None:
     assert delays[:4] == [0.0, 0.25, 0.75, 1.75]  # RFC 6887 14.1.3: gaps from 250 ms, doubling
     for m in outs:
         frame = Ether(m.data)
-        assert frame[IP].dst == ALL_HOSTS and frame[IP].src == "10.0.0.254" and frame[IP].ttl == 1
+        assert frame[IP].dst == ALL_HOSTS and frame[IP].src == GATEWAY_IP and frame[IP].ttl == 1
         assert frame[UDP].dport == pcp.CLIENT_PORT and frame[UDP].sport == pcp.SERVER_PORT
         response = pcp.decode_response(bytes(frame[UDP].payload))
         assert response.opcode == pcp.Opcode.ANNOUNCE and response.epoch == core.leases.epoch(now + m.delay)

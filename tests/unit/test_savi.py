@@ -26,11 +26,12 @@ from nat_app.savi import (
     SaviCore,
 )
 from netwire import pcp
+from netwire.plan import GATEWAY_IP
 from tests.unit.fakeswitch import FakeSwitch
 
 R1_IN = 1
 R_IN = "02:4e:41:54:00:01"
-GW, SRV1 = "10.0.0.254", "203.0.113.100"
+GW, SRV1 = GATEWAY_IP, "203.0.113.100"
 H1, H2, H3 = ("10.0.0.1", "00:00:00:00:00:01", 1), ("10.0.0.2", "00:00:00:00:00:02", 2), \
     ("10.0.0.3", "00:00:00:00:00:03", 3)
 
@@ -238,11 +239,11 @@ def test_natlab_table_shows_the_bindings_and_the_savi_drops(link):
 
 
 def test_the_topology_puts_s1_where_the_app_expects_it():
-    """One fact, two files that cannot import each other (Debian's mn loads topo/natlab.py alone)."""
+    """One fact, one source (netwire.plan): the topology and the app read the same s1."""
     from nat_app import savi
     from topo import natlab
 
-    assert int(natlab.S1_DPID, 16) == savi.S1_DPID and natlab.S1_UPLINK_PORT == savi.S1_UPLINK_PORT
+    assert natlab.S1_DPID == savi.S1_DPID and natlab.S1_UPLINK_PORT == savi.S1_UPLINK_PORT
     assert natlab.LIMITS["clients"][1] < savi.S1_UPLINK_PORT
 
 
@@ -250,7 +251,7 @@ def test_a_flood_of_junk_costs_one_packet_in_per_source_and_hold_and_every_frame
     _, mac, port = H3
     for _ in range(50):
         link.send(port, bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff", type=0x86DD)) + bytes(40))
-        link.send(port, bytes(Ether(src=mac, dst=R_IN) / IP(src="10.0.0.254", dst=SRV1)))
+        link.send(port, bytes(Ether(src=mac, dst=R_IN) / IP(src=GATEWAY_IP, dst=SRV1)))
     assert link.s1.packet_ins == 2
     for cookie in {f.msg.cookie for f in link.s1.flows if f.msg.cookie & COOKIE_REFUSED == COOKIE_REFUSED}:
         link.s1.expire_flow(cookie, 10.0)

@@ -11,6 +11,7 @@ import pytest
 
 from nat_app import state
 from nat_app.savi import COOKIE_REFUSED, PRIO_BOUND
+from netwire.plan import GATEWAY_IP
 from tests.unit.test_savi import H1, H2, H3, Link, arp_from, pcp_from, ping_from
 
 T0 = 1000.0
@@ -104,7 +105,7 @@ def test_flows_of_s1_that_name_nothing_are_deleted_and_the_base_flows_stay():
 @pytest.mark.parametrize("damage", [
     lambda s: s["bindings"].append([s["next"] - 1, 5, "00:00:00:00:00:05", s["bindings"][0][3], 0.0, [0]]),
     lambda s: s["bindings"].__setitem__(0, [*s["bindings"][0][:1], 100, *s["bindings"][0][2:]]),
-    lambda s: s["bindings"].__setitem__(0, [*s["bindings"][0][:3], "10.0.0.254", *s["bindings"][0][4:]]),
+    lambda s: s["bindings"].__setitem__(0, [*s["bindings"][0][:3], GATEWAY_IP, *s["bindings"][0][4:]]),
     lambda s: s["bindings"].__setitem__(0, [*s["bindings"][0][:5], []]),
     lambda s: s.__setitem__("next", 1),
 ], ids=["ip-bound-twice", "uplink-port", "router-address", "no-flow", "id-counter-behind"])
