@@ -265,19 +265,8 @@ def _nat(table: object, agent: dict[str, Any], sas: tuple[SAConfig, ...]) -> Nat
     if "address" not in agent:
         raise ConfigError(f"{where}: needs [agent] address, the private IP the NAT leases for")
     global_ip = _address(table.get("global_ip"), f"{where} global_ip")
-    ports = {}
-    for key, proto in (("tcp_ports", IPPROTO_TCP), ("udp_ports", IPPROTO_UDP)):
-        if key in table:
-            low, high = _ports(table, key, where)
-            if not 1 <= low <= high <= 65535 or high - low >= 256:
-                raise ConfigError(f"{where} {key}={table[key]!r}: a block of 1..256 ports within 1..65535")
-            ports[proto] = (low, high)
-    for entry in sas:
-        if entry.direction == INBOUND and entry.sa.dst not in (None, global_ip):
-            raise ConfigError(f"{where}: sa {entry.name!r} dst={entry.sa.dst!r}: behind the NAT the peer sends to "
-                              f"the global IP {global_ip} (or leave dst out)")
-        if entry.direction == OUTBOUND and entry.sa.dst is None:
-            raise ConfigError(f"{where}: sa {entry.name!r} needs dst: the leases name the foreign host")
+    ports = _nat_ports(table, where)
+    _check_nat_sas(sas, global_ip, where)
     algs = _list(table, "algs", where, default=[])
     for name in algs:
         if name not in KNOWN_ALGS:
@@ -292,6 +281,28 @@ def _nat(table: object, agent: dict[str, Any], sas: tuple[SAConfig, ...]) -> Nat
         lease_timeout=_int(table, "lease_timeout", where, 1, 3600, default=10),
         compensate=compensate, algs=tuple(algs),
     )
+
+
+def _nat_ports(table: dict, where: str) -> dict[int, tuple[int, int]]:
+    """The blocks of global ports leased ahead, by IP protocol: at most 256 each (the peers' selectors)."""
+    ports = {}
+    for key, proto in (("tcp_ports", IPPROTO_TCP), ("udp_ports", IPPROTO_UDP)):
+        if key in table:
+            low, high = _ports(table, key, where)
+            if not 1 <= low <= high <= 65535 or high - low >= 256:
+                raise ConfigError(f"{where} {key}={table[key]!r}: a block of 1..256 ports within 1..65535")
+            ports[proto] = (low, high)
+    return ports
+
+
+def _check_nat_sas(sas: tuple[SAConfig, ...], global_ip: str, where: str) -> None:
+    """Behind the NAT, inbound SAs are addressed to the global IP (CL-SPI) and outbound ones name their peer."""
+    for entry in sas:
+        if entry.direction == INBOUND and entry.sa.dst not in (None, global_ip):
+            raise ConfigError(f"{where}: sa {entry.name!r} dst={entry.sa.dst!r}: behind the NAT the peer sends to "
+                              f"the global IP {global_ip} (or leave dst out)")
+        if entry.direction == OUTBOUND and entry.sa.dst is None:
+            raise ConfigError(f"{where}: sa {entry.name!r} needs dst: the leases name the foreign host")
 
 
 def databases(config: AgentConfig) -> tuple[SAD, SPD]:

@@ -154,22 +154,11 @@ class LeasePlan:
 
     def _settled(self, event: Granted | Refused | TimedOut, now: float) -> None:
         tx = event.transaction
-        for proto, defining in list(self._defining.items()):
-            if defining is tx:
-                del self._defining[proto]
-                if isinstance(event, Granted):
-                    self.defined.add(proto)
-                else:
-                    self.problems[f"definition of protocol {proto}"] = _why(event)
-                return
+        if self._definition_settled(event):
+            return
         index = next((i for i, pending in self._pending.items() if pending is tx), None)
         if index is None:  # a renewal or release of a lease we hold
-            if tx.purpose == "renew" and isinstance(event, Granted):
-                self.counters["renewed"] += 1
-            elif tx.purpose == "renew" and tx.lease is not None and not tx.lease.alive:
-                index = self._lost(tx.lease.nonce, _why(event))
-                if index is not None and _undefined(event):
-                    self.defined.discard(self.wanted[index].needs_definition)
+            self._renewal_settled(event)
             return
         del self._pending[index]
         want = self.wanted[index]
@@ -193,6 +182,28 @@ class LeasePlan:
         self.problems.pop(want.label, None)
         self._held[index] = event.lease.nonce
         self.counters["granted"] += 1
+
+    def _definition_settled(self, event: Granted | Refused | TimedOut) -> bool:
+        """Was ``event`` the answer to one of our DEFINEs (step 701)? Then note what it defined."""
+        for proto, defining in list(self._defining.items()):
+            if defining is event.transaction:
+                del self._defining[proto]
+                if isinstance(event, Granted):
+                    self.defined.add(proto)
+                else:
+                    self.problems[f"definition of protocol {proto}"] = _why(event)
+                return True
+        return False
+
+    def _renewal_settled(self, event: Granted | Refused | TimedOut) -> None:
+        """A renewal answered (RFC 6887 11.2.1): counted, or its lease lost and asked for again."""
+        tx = event.transaction
+        if tx.purpose == "renew" and isinstance(event, Granted):
+            self.counters["renewed"] += 1
+        elif tx.purpose == "renew" and tx.lease is not None and not tx.lease.alive:
+            index = self._lost(tx.lease.nonce, _why(event))
+            if index is not None and _undefined(event):
+                self.defined.discard(self.wanted[index].needs_definition)
 
     def _lost(self, nonce: bytes, why: str) -> int | None:
         index = next((i for i, held in self._held.items() if held == nonce), None)

@@ -23,6 +23,8 @@ from client_agent.compensate import Binding, NotCompensable
 from netwire.checksum import internet_checksum, ip_bytes, pseudo_header_sum
 from netwire.ipv4 import IPPROTO_UDP
 
+__pure__ = True
+
 TEST_ALG_PORT = 7007  # the service port of :class:`AddressTextAlg` in tests and the conformance suite
 
 

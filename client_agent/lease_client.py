@@ -52,6 +52,8 @@ from netwire.pcp import (
     error_lifetime,
 )
 
+__pure__ = True
+
 # RFC 6887 8.1.1 retransmission parameters.
 IRT = 3.0  # initial retransmission time
 MRT = 1024.0  # maximum retransmission time

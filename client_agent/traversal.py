@@ -35,6 +35,8 @@ from client_agent.ipsec.errors import DropReason, IPsecError
 from client_agent.ipsec.sa import SAState
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 
+__pure__ = True
+
 IDLE_TIMEOUT_S = 300.0  # longer than TCP's TIME-WAIT (2 MSL, RFC 9293 section 3.6.1): a reused port meets no old state
 PORTED = (IPPROTO_TCP, IPPROTO_UDP)
 

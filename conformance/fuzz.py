@@ -47,6 +47,8 @@ from netwire import pcp, plan
 from netwire.ethernet import ARP_OP_REPLY, ETH_HEADER_LEN, ETH_TYPE_IPV4, Arp, EthernetHeader, arp_frame
 from netwire.ipv4 import IPPROTO_AH, build_ipv4_header, build_udp
 
+__pure__ = True
+
 SERVERS = (plan.server_ip(1), plan.server_ip(2))
 BAD_FOREIGN = ("127.0.0.1", "224.0.0.1", "255.255.255.255", plan.client_ip(2), plan.global_ips(1)[0], "0.0.0.7")
 PROGRESS_EVERY = 10_000

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import struct
 
+__pure__ = True
+
 PREFIX = b"natlab-capture-marker:"
 SRC, DST = "0.0.0.0", "255.255.255.255"  # RFC 1122 3.2.1.3 "this host"; RFC 919 limited broadcast
 PORT = 9  # discard (RFC 863)

@@ -15,6 +15,8 @@ from collections import Counter
 from nat_app.ports import PortSpace
 from nat_app.table import TranslationTable
 
+__pure__ = True
+
 
 class PortLimitReached(Exception):
     """The private host already holds its share of a global IP's ports (RFC 6888 REQ-4)."""

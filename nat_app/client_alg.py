@@ -31,6 +31,8 @@ from nat_app.messages import (
 from nat_app.table import DataPath, Entry, TranslationTable
 from netwire.ethernet import ETH_TYPE_IPV4
 
+__pure__ = True
+
 COOKIE_CLIENT_ALG = 1 << 61  # | a counter: flows shared by a group of leased entries
 PRIO_CLIENT_ALG_OUT = PRIO_TRANSLATE + 1  # above NAPT flows of the same UDP port
 

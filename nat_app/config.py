@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from netwire import plan
 from netwire.checksum import ip_bytes
 
+__pure__ = True
+
 # RFC 4787 REQ-5: UDP mappings live at least 2 min; 5 min recommended.
 UDP_MAPPING_TIMEOUT_S = 300
 # RFC 5382 REQ-5: established TCP at least 2 h 4 min (transitory >= 4 min is
@@ -77,6 +79,12 @@ class NatConfig:
     definition_quota: int = DEFINITION_QUOTA
 
     def __post_init__(self) -> None:
+        """Refuse a bad value at construction, naming its field (hostile configs lose nothing)."""
+        self._check_addresses()
+        self._check_ports()
+        self._check_numbers()
+
+    def _check_addresses(self) -> None:
         inside = _net("inside_net", self.inside_net)
         outside = _net("outside_net", self.outside_net)
         if inside.overlaps(outside):
@@ -90,12 +98,16 @@ class NatConfig:
                 raise ConfigError(f"globals: {g!r} is not in outside_net {self.outside_net!r}")
         if len(set(self.globals)) != len(self.globals):
             raise ConfigError(f"globals: duplicate addresses in {list(self.globals)!r}")
+
+    def _check_ports(self) -> None:
         for name in ("inside_port", "outside_port"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value < 0xFFFFFF00:
                 raise ConfigError(f"{name}: {value!r} is not an OpenFlow port number")
         if self.inside_port == self.outside_port:
             raise ConfigError(f"outside_port: {self.outside_port!r} equals inside_port")
+
+    def _check_numbers(self) -> None:
         for name in ("udp_timeout", "tcp_timeout", "icmp_timeout", "port_quarantine"):
             value = getattr(self, name)
             if not isinstance(value, int) or not 0 < value <= 0xFFFF:

@@ -68,10 +68,13 @@ from netwire.ipv4 import (
     IPPROTO_TCP,
     IPPROTO_UDP,
     IPv4Header,
+    Transport,
     build_icmp_error,
     build_udp,
     parse_transport,
 )
+
+__pure__ = True
 
 COOKIE_BYPASS = COOKIE_INFRA | 0xB1
 COOKIE_SLOW_TRIPLE = 1 << 62  # | a counter: punt flows of contended triples
@@ -269,21 +272,27 @@ class NatCore:
         if leased is not None:
             return leased
         if ip.protocol in _PORT_FIELDS or (ip.protocol == IPPROTO_ICMP and transport.icmp_type == ICMP_ECHO_REQUEST):
-            mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
-            if mac is None:
-                return msgs
-            entry = self.table.lookup_out(ip.protocol, ip.src, transport.src_port, ip.dst)
-            if entry is None and ip.protocol == IPPROTO_ICMP:
-                entry = self._icmp_host_pair_entry(ip.src, ip.dst)
-            if entry is None:
-                entry, msgs = self._new_napt_entry(packet, ip, transport.src_port, eth.src, mac, now)
-                if entry is None:
-                    return msgs
-            if entry.path is DataPath.SLOW:
-                demoted = any(isinstance(m, DeleteFlows) for m in msgs)
-                return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
-            return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
+            return self._outbound_napt(frame, eth, packet, ip, transport, now)
         return self._drop("unsupported-protocol")
+
+    def _outbound_napt(self, frame: bytes, eth: EthernetHeader, packet: bytes, ip: IPv4Header,
+                       transport: Transport, now: float) -> list[Message]:
+        """A protocol the NAT translates itself (TCP, UDP, ICMP echo): its entry, or a new one (step 704)."""
+        c = self.config
+        mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
+        if mac is None:
+            return msgs
+        entry = self.table.lookup_out(ip.protocol, ip.src, transport.src_port, ip.dst)
+        if entry is None and ip.protocol == IPPROTO_ICMP:
+            entry = self._icmp_host_pair_entry(ip.src, ip.dst)
+        if entry is None:
+            entry, msgs = self._new_napt_entry(packet, ip, transport.src_port, eth.src, mac, now)
+            if entry is None:
+                return msgs
+        if entry.path is DataPath.SLOW:
+            demoted = any(isinstance(m, DeleteFlows) for m in msgs)
+            return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
+        return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
 
     def _new_napt_entry(self, packet: bytes, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
@@ -420,25 +429,8 @@ class NatCore:
             return self._drop("ttl-expired")
         transport = parse_transport(ip.protocol, packet[ip.header_len:])
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
-            inner, inner_t = self._quoted(packet, ip)
-            entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
-            if entry is None or inner.src != ip.dst:
-                return self._drop("icmp-error-no-entry")
-            mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
-            if mac is None:
-                return msgs
-            self.counters.add("icmp_errors_translated")
-            out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
-                                     inner_src_port=entry.private_gpn)
-            return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
-        definition = self._definition_of(ip, transport.dst_port)
-        if definition is not None:
-            gpn = definition.read(packet, ip.header_len, "dst")
-            entry = self.table.lookup_in(definition.key, ip.dst, gpn, ip.src)
-            if entry is None and ip.protocol != IPPROTO_UDP:
-                return self._drop("no-entry")
-        if definition is None or entry is None:
-            entry = self.table.lookup_in(ip.protocol, ip.dst, transport.dst_port, ip.src)
+            return self._inbound_icmp_error(frame, packet, ip, now)
+        entry = self._inbound_entry(packet, ip, transport)
         if entry is None:
             return self._drop("no-entry")
         mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
@@ -454,6 +446,33 @@ class NatCore:
             self._refresh(entry, now, c.icmp_timeout)
             out = rewrite(packet, dst=entry.private_ip, dst_port=entry.private_gpn)
         return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
+
+    def _inbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
+        """An ICMP error about a translated flow goes back to its private host, inner header too
+        (RFC 5508 REQ-3)."""
+        c = self.config
+        inner, inner_t = self._quoted(packet, ip)
+        entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
+        if entry is None or inner.src != ip.dst:
+            return self._drop("icmp-error-no-entry")
+        mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
+        if mac is None:
+            return msgs
+        self.counters.add("icmp_errors_translated")
+        out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
+                                 inner_src_port=entry.private_gpn)
+        return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
+
+    def _inbound_entry(self, packet: bytes, ip: IPv4Header, transport: Transport) -> Entry | None:
+        """The entry an inbound packet belongs to: a client-ALG lease by its GPN (FIG. 7), else NAPT's
+        (a leased UDP port without a lease falls back to the NAT's own UDP entries)."""
+        definition = self._definition_of(ip, transport.dst_port)
+        if definition is not None:
+            gpn = definition.read(packet, ip.header_len, "dst")
+            entry = self.table.lookup_in(definition.key, ip.dst, gpn, ip.src)
+            if entry is not None or ip.protocol != IPPROTO_UDP:
+                return entry
+        return self.table.lookup_in(ip.protocol, ip.dst, transport.dst_port, ip.src)
 
     # ------------------------------------------------------------- helpers
 

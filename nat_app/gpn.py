@@ -18,6 +18,8 @@ from netwire import pcp
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI
 from netwire.pcp import UNDERLYING_IP, UNDERLYING_UDP
 
+__pure__ = True
+
 UDP_HEADER_LEN = 8
 UDP_KEYED = 0x10000
 # Protocols the NAT translates itself (NAT-ALG): defining them is refused (step 703).

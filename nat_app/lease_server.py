@@ -29,6 +29,8 @@ from nat_app.table import ANY, DataPath, Entry, EntryKind, TableConflict, Transl
 from netwire import pcp
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 
+__pure__ = True
+
 
 @dataclass(frozen=True)
 class Origin:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+__pure__ = True
+
 # Priority bands of r1's single table, highest first.
 PRIO_BYPASS = 60000  # benchmark: r1 as a plain L2 switch, no translation
 PRIO_PUNT = 50000  # ARP and ICMP errors to the controller

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+__pure__ = True
+
 MAX_WAITING_PER_IP = 16
 MAX_WAITING_IPS = 256
 ARP_RETRY_S = 1.0

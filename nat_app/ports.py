@@ -15,6 +15,8 @@ import heapq
 import random
 from dataclasses import dataclass, field
 
+__pure__ = True
+
 DYNAMIC_LOW = 1024
 PORT_HIGH = 65535
 

@@ -32,6 +32,8 @@ from netwire import pcp
 from netwire.ethernet import ETH_TYPE_IPV4, EthernetHeader
 from netwire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, build_udp
 
+__pure__ = True
+
 if TYPE_CHECKING:
     from nat_app.decide import NatCore
 

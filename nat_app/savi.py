@@ -27,6 +27,8 @@ from netwire.ethernet import ETH_HEADER_LEN, ETH_TYPE_ARP, ETH_TYPE_IPV4, Arp, E
 from netwire.ipv4 import IPv4Header
 from netwire.plan import S1_DPID, S1_UPLINK_PORT
 
+__pure__ = True
+
 PORT_NORMAL = 0xFFFFFFFA  # OFPP_NORMAL (OpenFlow 1.3 section 7.2.1): the switch's own L2 forwarding
 MAX_BINDINGS_PER_PORT = 4  # RFC 7039 section 5.2.5: bound the state a single attachment can create
 BINDING_IDLE_S = 600  # a binding's flows idle this long: the host has left (RFC 7039 section 3.3)

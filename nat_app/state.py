@@ -29,6 +29,8 @@ from nat_app.decide import NatCore
 from nat_app.savi import SaviCore
 from nat_app.table import TableConflict, entry_from_dict
 
+__pure__ = True
+
 SCHEMA_VERSION = 3  # 2: client definitions carry their owners and grace timer (harden); 3: SAVI bindings
 _PREFIXES = ("core:", "client_alg", "neighbours", "table:", "entry:", "pool:", "mapping:", "space:", "leases:",
              "definition:", "owner:", "savi")

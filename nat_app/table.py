@@ -18,6 +18,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+__pure__ = True
+
 ANY = None  # foreign address "any" (FIG. 6 field 606 unspecified)
 
 

@@ -21,6 +21,8 @@ from netwire.ipv4 import (
     IPv4Header,
 )
 
+__pure__ = True
+
 _ICMP_ID_OFFSET = 4
 _ICMP_ERROR_HEADER_LEN = 8
 

@@ -15,8 +15,6 @@ import ipaddress
 
 from netwire.pcp import CLIENT_PORT, SERVER_PORT
 
-__pure__ = True
-
 INSIDE_NET = "10.0.0.0/24"  # the private side (seed FIG. 1: the clients' network)
 GATEWAY_IP = "10.0.0.254"  # r1's inside address: the clients' default route and the lease server
 OUTSIDE_NET = "203.0.113.0/24"  # the global side (RFC 5737 TEST-NET-3)

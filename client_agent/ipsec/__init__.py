@@ -20,6 +20,8 @@ from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
 
+__pure__ = True  # sans-IO: the purity test checks it (and, in an __init__, its whole package)
+
 __all__ = [
     "SAD", "SPD", "Action", "Decapsulated", "DropReason", "IPsecError", "Mode", "Policy", "Protocol", "SAState",
     "SecurityAssociation", "Selector", "decapsulate", "encapsulate", "esp_sa_file", "esp_sa_line", "inbound",
