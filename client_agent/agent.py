@@ -138,8 +138,8 @@ class Agent:
 
     def _lease(self) -> None:
         """Steps 801-805: every lease the config needs, before any traffic; released on exit (807)."""
-        nat = self.config.nat
-        plan = LeasePlan(LeaseClient(self.config.address, nat.server), wanted_leases(self.config), nat.lifetime)
+        nat, address = self.config.behind_nat()
+        plan = LeasePlan(LeaseClient(address, nat.server), wanted_leases(self.config), nat.lifetime)
         self.leases = leases = LeaseSocket(plan, nat.server)
         self._stack.callback(leases.close)
         self._stack.callback(self._release)
@@ -188,10 +188,11 @@ class Agent:
         self.write_status()
         datapath = self.datapath
 
-        extra = {}
-        if self.leases is not None:
-            for fd in self.leases.filenos():
-                extra[fd] = lambda: self.leases.pump(time.monotonic())
+        extra: dict[int, Callable[[], object]] = {}
+        leases = self.leases
+        if leases is not None:
+            for fd in leases.filenos():
+                extra[fd] = lambda: leases.pump(time.monotonic())
 
         def loop() -> None:
             datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self._on_tick, extra=extra)
@@ -246,11 +247,11 @@ class Agent:
 
 def traversal_of(config: AgentConfig) -> Traversal:
     """Module 109 as the agent runs it for ``config``'s ``[nat]``: its global IP, port blocks and ALGs."""
-    nat = config.nat
+    nat, address = config.behind_nat()
     algs = AlgRegistry()
     if "address-text" in nat.algs:
         algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
-    return Traversal(config.address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+    return Traversal(address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
 
 
 def _sa_status(state: SAState, direction: str) -> dict[str, Any]:

@@ -71,9 +71,9 @@ import tomllib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from client_agent.ipsec.sa import Mode, Protocol, SecurityAssociation
+from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import ANY_PORT, SPD, Action, Policy, Selector
 from client_agent.ipsec.suites import Suite
@@ -156,6 +156,12 @@ class AgentConfig:
     run_dir: str | None = None
     nat: NatSettings | None = None
     verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
+
+    def behind_nat(self) -> tuple[NatSettings, str]:
+        """The ``[nat]`` settings and the private address they lease for (load() requires both together)."""
+        if self.nat is None or self.address is None:
+            raise ConfigError(f"agent {self.name}: no [nat] table with an [agent] address")
+        return self.nat, self.address
 
     @property
     def run_directory(self) -> Path:
@@ -316,7 +322,7 @@ def databases(config: AgentConfig) -> tuple[SAD, SPD]:
         except ValueError as err:
             raise ConfigError(f"sa {entry.name!r}: {err}") from None
     policies = [
-        Policy(p.selector, p.action, states.get(p.outbound), states.get(p.inbound), name=p.name)
+        Policy(p.selector, p.action, _state(states, p.outbound), _state(states, p.inbound), name=p.name)
         for p in config.policies
     ]
     return sad, SPD(policies, default=config.default)
@@ -405,13 +411,21 @@ def _str(table: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _list(table: dict[str, Any], key: str, where: str, default: list) -> list:
+def _state(states: dict[str, SAState], name: str | None) -> SAState | None:
+    return None if name is None else states.get(name)
+
+
+def _list(table: dict[str, Any], key: str, where: str, default: list[Any]) -> list[Any]:
     value = table.get(key, default)
     if not isinstance(value, list):
         raise ConfigError(f"{where} {key}={value!r}: must be a list")
     return value
 
 
+@overload
+def _int(table: dict[str, Any], key: str, where: str, low: int, high: int, default: int) -> int: ...
+@overload
+def _int(table: dict[str, Any], key: str, where: str, low: int, high: int, default: None) -> int | None: ...
 def _int(table: dict[str, Any], key: str, where: str, low: int, high: int, default: int | None) -> int | None:
     value = table.get(key, default)
     if value is None and default is None:

@@ -57,33 +57,33 @@ class Wanted:
 
     def granted_as_asked(self, got: Info) -> str | None:
         """Why the NAT's answer is not what the config needs (manual keys name the values), or None."""
-        if isinstance(got, LeaseInfo):
-            if (got.global_ip, got.global_gpn) != (self.info.global_ip, self.info.global_gpn):
+        asked = self.info
+        if isinstance(got, LeaseInfo) and isinstance(asked, LeaseInfo):
+            if (got.global_ip, got.global_gpn) != (asked.global_ip, asked.global_gpn):
                 return f"granted {got.global_ip} GPN {got.global_gpn}"
-        elif isinstance(got, PeerInfo) and (got.external_ip, got.external_port) != (
-                self.info.external_ip, self.info.external_port):
+        elif isinstance(got, PeerInfo) and isinstance(asked, PeerInfo) and (got.external_ip, got.external_port) != (
+                asked.external_ip, asked.external_port):
             return f"granted {got.external_ip}:{got.external_port}"
         return None
 
 
 def wanted_leases(config: AgentConfig) -> list[Wanted]:
     """Every lease ``config`` needs, SPIs first (FIG. 8 order: 802, then 803-805)."""
-    nat = config.nat
-    assert nat is not None, "only an agent with [nat] leases"
+    nat, _ = config.behind_nat()  # only an agent with [nat] leases
     wanted = []
     for entry in config.sas:
         if entry.direction == INBOUND:
             sa = entry.sa
             proto = int(sa.protocol)
-            info = LeaseInfo(b"", proto, sa.spi, sa.spi, nat.global_ip, sa.src)
-            wanted.append(Wanted(f"{sa.protocol.name} SPI 0x{sa.spi:08x}", info, proto))
+            spi = LeaseInfo(b"", proto, sa.spi, sa.spi, nat.global_ip, sa.src)
+            wanted.append(Wanted(f"{sa.protocol.name} SPI 0x{sa.spi:08x}", spi, proto))
     peers = sorted({e.sa.dst for e in config.sas if e.direction == OUTBOUND and e.sa.dst})
     for proto, (low, high) in sorted(nat.ports.items()):
         name = {6: "TCP", 17: "UDP"}[proto]
         for peer in peers:
             for port in range(low, high + 1):
-                info = PeerInfo(b"", proto, port, port, nat.global_ip, 0, peer)
-                wanted.append(Wanted(f"{name} port {port} for {peer}", info))
+                lease = PeerInfo(b"", proto, port, port, nat.global_ip, 0, peer)
+                wanted.append(Wanted(f"{name} port {port} for {peer}", lease))
     return wanted
 
 

@@ -27,6 +27,7 @@ TUN device and raw sockets.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import select
@@ -200,9 +201,9 @@ class Datapath:
         drained when readable, so that a signal ends the wait at once.
         ``extra`` maps more descriptors to what reads them (the lease socket).
         """
-        pumps: dict[int, Callable[[], int]] = {self.tun.fileno(): self.pump_outbound}
+        pumps: dict[int, Callable[[], object]] = {self.tun.fileno(): self.pump_outbound}
         for receiver in self.receivers:
-            pumps[receiver.fileno()] = lambda r=receiver: self.pump_inbound(r)
+            pumps[receiver.fileno()] = functools.partial(self.pump_inbound, receiver)
         if wakeup_fd is not None:
             pumps[wakeup_fd] = lambda: len(_drain(wakeup_fd))
         pumps.update(extra or {})

@@ -261,6 +261,7 @@ def _alloc(args: argparse.Namespace) -> int:
     protocol, port = args.protocol
     port = args.port or port
     nonce = b""
+    info: pcp.Info
     if protocol in (IPPROTO_TCP, IPPROTO_UDP) and not port:
         if args.private_gpn is None:
             return _usage(args, "--private-gpn (the internal port) is required for udp and tcp")
@@ -341,6 +342,8 @@ def _show(args: argparse.Namespace) -> int:
                     entries = None
                     break
                 page = event.response.info
+                if not isinstance(page, pcp.ReadInfo):  # a READ's answer without its entries: nothing to list
+                    break
                 entries += page.entries
                 start += len(page.entries)
                 if not page.entries or start >= (page.total or 0):
@@ -454,7 +457,7 @@ class _Session:
         if everything:
             chosen = list(self.leases.values())
         else:
-            key = lease_id.lower()
+            key = (lease_id or "").lower()
             chosen = [le for le in self.leases.values() if le.id.startswith(key)] if len(key) >= 4 else []
             if len(chosen) != 1:
                 why = "matches several leases" if chosen else "names no lease"
@@ -556,10 +559,10 @@ def _route_source(server: tuple[str, int]) -> str:
 def _fields(opcode, info, client_ip: str) -> dict:
     """Every FIG. 6 field of a granted MAP/PEER/LEASE, or a DEFINE's fields."""
     if isinstance(info, pcp.MapInfo | pcp.PeerInfo):
-        peer = isinstance(info, pcp.PeerInfo)
+        peer = info if isinstance(info, pcp.PeerInfo) else None
         return {"kind": "CLIENT-ALG", "protocol": info.protocol, "port": 0, "private_ip": client_ip,
                 "private_gpn": info.internal_port, "global_ip": info.external_ip, "global_gpn": info.external_port,
-                "foreign_ip": info.remote_ip if peer else None, "foreign_port": info.remote_port if peer else None}
+                "foreign_ip": peer.remote_ip if peer else None, "foreign_port": peer.remote_port if peer else None}
     if isinstance(info, pcp.LeaseInfo):
         return {"kind": "CLIENT-ALG", "protocol": info.protocol, "port": info.port, "private_ip": client_ip,
                 "private_gpn": info.private_gpn, "global_ip": info.global_ip, "global_gpn": info.global_gpn,
@@ -621,7 +624,10 @@ def _lease_from_json(item: dict, mono_offset: float) -> Lease:
     opcode = pcp.Opcode[item["opcode"]]
     fields = dict(item["info"])
     fields["nonce"] = bytes.fromhex(fields["nonce"])
-    info = pcp.INFO_TYPES[opcode](**fields)
+    kind = pcp.INFO_TYPES[opcode]
+    if kind is None:
+        raise ValueError(f"a saved {opcode.name} lease: that opcode leases nothing")
+    info = kind(**fields)
     return Lease(opcode, info, int(item["requested_lifetime"]), int(item["lifetime"]),
                  float(item["granted_at"]) + mono_offset)
 

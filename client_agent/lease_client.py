@@ -41,6 +41,7 @@ from netwire.pcp import (
     LeaseInfo,
     MapInfo,
     Opcode,
+    Option,
     PcpError,
     PeerInfo,
     ReadInfo,
@@ -65,7 +66,7 @@ LEASABLE = frozenset({Opcode.MAP, Opcode.PEER, Opcode.LEASE, Opcode.DEFINE})
 
 RETRANSMIT = "retransmit"  # RFC 6887 8.1.1 schedule
 RENEWAL = "renewal"  # RFC 6887 11.2.1 schedule
-_OPCODE_OF = {kind: opcode for opcode, kind in INFO_TYPES.items() if kind is not None}
+_OPCODE_OF = {kind: Opcode(opcode) for opcode, kind in INFO_TYPES.items() if kind is not None}
 
 
 @dataclass(eq=False)
@@ -194,7 +195,7 @@ class LeaseClient:
         return self._rng.randbytes(12)
 
     def request(self, info: Info | None, lifetime: int, now: float, *, give_up_after: float | None = None,
-                options: tuple = ()) -> Transaction:
+                options: tuple[Option, ...] = ()) -> Transaction:
         """Queue a request; ``info=None`` is an ANNOUNCE. An empty nonce gets a fresh random one.
 
         Naming an existing lease's nonce renews that lease when granted.
@@ -300,7 +301,7 @@ class LeaseClient:
         events: list[Event] = []
         for tx in list(self.transactions):
             if tx.give_up_at is not None and now >= tx.give_up_at and (tx.sent or tx.next_send is None):
-                events.append(self._retire(tx, TimedOut(tx)))
+                events.append(self._finish(tx, TimedOut(tx)))
         for lease in list(self.leases.values()):
             if now >= lease.expires:
                 self._drop(lease)
@@ -331,6 +332,11 @@ class LeaseClient:
             tx.lease.transaction = None
         return outcome
 
+    def _finish(self, tx: Transaction, outcome: Event) -> Event:
+        """Retire ``tx`` with the event that ends it, and return that event."""
+        self._retire(tx, outcome)
+        return outcome
+
     def _drop(self, lease: Lease) -> None:
         lease.alive = False
         if lease.transaction is not None:
@@ -343,7 +349,7 @@ class LeaseClient:
         return Request(lease.opcode, lease.requested_lifetime, self.client_ip, lease.info)
 
     def _next_send(self, tx: Transaction, now: float) -> float | None:
-        if tx.schedule == RENEWAL:
+        if tx.schedule == RENEWAL and tx.lease is not None:  # a renewal always has its lease
             return self._next_renewal(tx.lease, now)
         rand = self._rng.uniform(-RAND, RAND)
         rt = (1 + rand) * IRT if tx.sent == 1 else (2 + rand) * tx.rt  # RFC 6887 8.1.1
@@ -383,18 +389,19 @@ class LeaseClient:
                 else:
                     retry = now + max(response.lifetime, MIN_RENEWAL_SPACING)
                     lease.renew_at = retry if retry < lease.expires else None
-            return self._retire(tx, Refused(tx, response.result, response.lifetime, response))
-        return self._retire(tx, Granted(tx, response, self._granted(tx, response, now)))
+            return self._finish(tx, Refused(tx, response.result, response.lifetime, response))
+        return self._finish(tx, Granted(tx, response, self._granted(tx, response, now)))
 
     def _granted(self, tx: Transaction, response: Response, now: float) -> Lease | None:
         lease = tx.lease
-        if tx.purpose == "release" or response.opcode not in LEASABLE or response.lifetime == 0:
+        info = response.info
+        if tx.purpose == "release" or response.opcode not in LEASABLE or response.lifetime == 0 or info is None:
             if lease is not None:
                 self._drop(lease)
             return lease
         if lease is None:
-            lease = Lease(response.opcode, response.info, tx.request.lifetime, response.lifetime, now)
-        lease.info, lease.lifetime, lease.granted_at = response.info, response.lifetime, now
+            lease = Lease(Opcode(response.opcode), info, tx.request.lifetime, response.lifetime, now)
+        lease.info, lease.lifetime, lease.granted_at = info, response.lifetime, now
         lease.requested_lifetime = tx.request.lifetime
         lease.alive, lease.attempts, lease.transaction = True, 0, None
         lease.renew_at = now + response.lifetime * self._rng.uniform(1 / 2, 5 / 8)
@@ -407,16 +414,16 @@ def _answers(request: Request, response: Response) -> bool:
     ask, got = request.info, response.info
     if response.opcode != request.opcode or got is None or ask is None or got.nonce != ask.nonce:
         return False
-    if isinstance(ask, PeerInfo):
+    if isinstance(ask, PeerInfo) and isinstance(got, PeerInfo):
         return (ask.protocol, ask.internal_port, ask.remote_port, ask.remote_ip) == (
             got.protocol, got.internal_port, got.remote_port, got.remote_ip)
-    if isinstance(ask, MapInfo):
+    if isinstance(ask, MapInfo) and isinstance(got, MapInfo):
         return (ask.protocol, ask.internal_port) == (got.protocol, got.internal_port)
-    if isinstance(ask, LeaseInfo):
+    if isinstance(ask, LeaseInfo) and isinstance(got, LeaseInfo):
         return ((ask.protocol, ask.port, ask.foreign_ip) == (got.protocol, got.port, got.foreign_ip)
                 and ask.private_gpn in (None, got.private_gpn))
-    if isinstance(ask, GpnDefinition):
+    if isinstance(ask, GpnDefinition) and isinstance(got, GpnDefinition):
         return (ask.protocol, ask.underlying, ask.port) == (got.protocol, got.underlying, got.port)
-    if isinstance(ask, ReadInfo):
+    if isinstance(ask, ReadInfo) and isinstance(got, ReadInfo):
         return ask.start == got.start
     return False

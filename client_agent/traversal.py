@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from client_agent.alg import AlgRegistry
 from client_agent.compensate import Binding, NotCompensable, incoming, outgoing
@@ -59,6 +60,13 @@ class Uncompensable(IPsecError):
     reason = DropReason.NOT_COMPENSABLE
 
 
+def _port(port: int | None) -> int:
+    """A port of a block's binding: PortBlock makes them with both ports, never None."""
+    if port is None:
+        raise NotCompensable("a port block's binding without its port")
+    return port
+
+
 class PortBlock:
     """The global ports ``low..high`` of one transport protocol, bound to private ports on first use."""
 
@@ -83,7 +91,7 @@ class PortBlock:
         binding = self._by_private.get(private_port)
         if binding is None:
             binding = self._new(private_port, now)
-        self._last_used[binding.global_port] = now
+        self._last_used[_port(binding.global_port)] = now
         return binding
 
     def lookup(self, global_port: int, now: float) -> Binding | None:
@@ -94,7 +102,7 @@ class PortBlock:
         return binding
 
     def bindings(self) -> list[Binding]:
-        return sorted(self._by_global.values(), key=lambda b: b.global_port)
+        return sorted(self._by_global.values(), key=lambda b: _port(b.global_port))
 
     def _new(self, private_port: int, now: float) -> Binding:
         if not self._free:
@@ -109,7 +117,7 @@ class PortBlock:
         if now - self._last_used[global_port] < self.idle_timeout:
             raise NoGlobalPort(f"all {len(self)} global ports {self.low}..{self.high} are in use")
         old = self._by_global.pop(global_port)
-        del self._by_private[old.private_port], self._last_used[global_port]
+        del self._by_private[_port(old.private_port)], self._last_used[global_port]
         self._free.append(global_port)
         self.reclaimed += 1
 
@@ -165,9 +173,10 @@ class Traversal:
             binding = self._address_only
         else:
             global_port = int.from_bytes(packet[ihl + 2:ihl + 4], "big")
-            binding = block.lookup(global_port, self.clock())
-            if binding is None:
+            bound = block.lookup(global_port, self.clock())
+            if bound is None:
                 raise NoBinding(f"{protocol}/{global_port}: no connection is bound to this global port")
+            binding = bound
         try:
             if self.algs and protocol in PORTED:
                 packet = self.algs.incoming(packet, protocol, int.from_bytes(packet[ihl:ihl + 2], "big"), binding)
@@ -186,7 +195,7 @@ class Traversal:
             raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
         return protocol, ihl, block
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """For status.json: the global IP, each block and its bindings, the counters."""
         return {
             "global_ip": self.global_ip, "compensate": self.compensate, "counters": dict(self.counters),

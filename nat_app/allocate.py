@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from typing import Any
 
 from nat_app.ports import PortSpace
 from nat_app.table import TranslationTable
@@ -31,7 +32,7 @@ class Pool:
         self._ports_per_host = ports_per_host
         self._paired: dict[str, str] = {}
         self._spaces: dict[tuple[str, int], PortSpace] = {}
-        self._mappings: dict[tuple[int, str, int], list] = {}  # key -> [global IP, global port, users]
+        self._mappings: dict[tuple[int, str, int], list[Any]] = {}  # key -> [global IP, global port, users]
         self._held: Counter[tuple[int, str, str]] = Counter()  # (protocol, private IP, global IP) -> ports
 
     def largest_share(self) -> int:
@@ -121,19 +122,19 @@ class Pool:
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
-    def export(self, mappings: set | None = None, spaces: set | None = None) -> dict[str, object]:
+    def export(self, mappings: set[tuple[int, str, int]] | None = None, spaces: set[tuple[str, int]] | None = None) -> dict[str, Any]:
         """Generic records: the paired map, each mapping with its user count, each GPN space; only the
         ``mappings`` keys (protocol, private IP, port) and ``spaces`` keys (global IP, protocol) given,
         if given (a record absent from the answer no longer exists)."""
-        records: dict[str, object] = {"pool:paired": dict(sorted(self._paired.items()))}
+        records: dict[str, Any] = {"pool:paired": dict(sorted(self._paired.items()))}
         for key in self._mappings if mappings is None else mappings & self._mappings.keys():
             gip, gport, users = self._mappings[key]
             records["mapping:{}:{}:{}".format(*key)] = [*key, gip, gport, users]
-        for key in self._spaces if spaces is None else spaces & self._spaces.keys():
-            records["space:{}:{}".format(*key)] = [*key, self._spaces[key].export()]
+        for skey in self._spaces if spaces is None else spaces & self._spaces.keys():
+            records["space:{}:{}".format(*skey)] = [*skey, self._spaces[skey].export()]
         return records
 
-    def restore(self, records: dict[str, object]) -> None:
+    def restore(self, records: dict[str, Any]) -> None:
         """Rebuild an empty pool from ``export()``'s records, the per-host port counts (RFC 6888 REQ-4)
         derived from the mappings; KeyError/ValueError/TypeError if malformed."""
         paired = records.get("pool:paired", {})

@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -86,8 +87,8 @@ class NatApp(app_manager.OSKenApp):
         self._s1_ready_xid: int | None = None
         self._held_announces: tuple[float, list] | None = None  # (since, PacketOuts) until s1 is reconciled
         self.lock = threading.Lock()
-        self.datapath = None
-        self.access = None  # s1's datapath
+        self.datapath: Any = None  # r1's os-ken Datapath (os-ken is untyped)
+        self.access: Any = None  # s1's datapath
         self.fast_path: dict[str, int] = {}  # packets counted by r1's flows, by priority band
         self._server = _bind_control_socket(self.config.control_socket)
         self.threads.append(hub.spawn(self._clock))
@@ -193,6 +194,8 @@ class NatApp(app_manager.OSKenApp):
         self._send(messages, self.access)
 
     def _save(self, full: bool = False) -> None:
+        if self.store is None:  # an ephemeral controller (--state none) saves nothing
+            return
         self.store.write(*self.journal.changes(self.core, full=full))
 
     def crashed(self, where: str) -> None:
@@ -242,6 +245,8 @@ class NatApp(app_manager.OSKenApp):
 
     def _reconcile_reply(self, msg) -> None:
         """r1's flows, possibly in several parts; the last part lets the core reconcile (nat_app/reconcile.py)."""
+        if self._reconcile is None:  # a reply nobody asked for (a stale xid): nothing to reconcile
+            return
         flows = self._reconcile[1]
         flows += [(stat.cookie, stat.priority) for stat in msg.body]
         if msg.flags & self.datapath.ofproto.OFPMPF_REPLY_MORE:
@@ -263,6 +268,8 @@ class NatApp(app_manager.OSKenApp):
 
     def _s1_reconcile_reply(self, msg) -> None:
         """s1's flows: keep the bindings they still carry (SaviCore.reconcile), then a barrier."""
+        if self._s1_reconcile is None:
+            return
         flows = self._s1_reconcile[1]
         flows += [(stat.cookie, stat.priority) for stat in msg.body]
         if msg.flags & self.access.ofproto.OFPMPF_REPLY_MORE:

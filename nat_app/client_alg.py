@@ -13,12 +13,14 @@ host, foreign host) gets one flow on its first packet.
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from nat_app.config import NatConfig
-from nat_app.gpn import UNDERLYING_UDP, Definition
+from nat_app.gpn import Definition
 from nat_app.messages import (
     PRIO_SLOW_PATH,
     PRIO_TRANSLATE,
+    Action,
     AddFlow,
     Barrier,
     DecTtl,
@@ -30,6 +32,7 @@ from nat_app.messages import (
 )
 from nat_app.table import DataPath, Entry, TranslationTable
 from netwire.ethernet import ETH_TYPE_IPV4
+from netwire.pcp import UNDERLYING_UDP
 
 __pure__ = True
 
@@ -42,9 +45,9 @@ class ClientAlgPaths:
         self.config = config
         self.table = table
         self._cookies = itertools.count(1)
-        self._inbound: dict[tuple, list] = {}  # (key, global IP, foreign) -> [cookie, entries]
-        self._punts: dict[tuple, int] = {}  # (key, global IP) -> cookie of the punt flow
-        self._outbound: dict[tuple, dict[str, int]] = {}  # (key, private IP) -> {foreign: cookie}
+        self._inbound: dict[tuple[int, str, str | None], list[Any]] = {}  # (key, global IP, foreign) -> [cookie, entries]
+        self._punts: dict[tuple[int, str], int] = {}  # (key, global IP) -> cookie of the punt flow
+        self._outbound: dict[tuple[int, str], dict[str, int]] = {}  # (key, private IP) -> {foreign: cookie}
 
     def is_slow(self, key: int, global_ip: str) -> bool:
         return (key, global_ip) in self._punts
@@ -70,7 +73,7 @@ class ClientAlgPaths:
                             actions, cookie=cookie)], False
         return self._demote(group, definition), True
 
-    def _demote(self, group: tuple, definition: Definition) -> list[Message]:
+    def _demote(self, group: tuple[int, str], definition: Definition) -> list[Message]:
         """A second host on (protocol, global IP): the controller demultiplexes from now on."""
         msgs: list[Message] = []
         for key in [k for k in self._inbound if k[:2] == group]:
@@ -103,7 +106,7 @@ class ClientAlgPaths:
                 msgs.append(DeleteFlows(cookie))
         return msgs
 
-    def outbound(self, entry: Entry, definition: Definition, foreign: str, foreign_mac: str) -> tuple[list, tuple]:
+    def outbound(self, entry: Entry, definition: Definition, foreign: str, foreign_mac: str) -> tuple[list[Message], tuple[Action, ...]]:
         """The flow for (protocol, private host, foreign host), and the actions for its first packet."""
         c = self.config
         actions = (SetField("ipv4_src", entry.global_ip), SetField("eth_src", c.outside_mac),
@@ -118,7 +121,7 @@ class ClientAlgPaths:
         cookie = flows[foreign] = self._cookie()
         return [AddFlow(PRIO_CLIENT_ALG_OUT, match, actions, cookie=cookie)], actions
 
-    def _inbound_match(self, definition: Definition, global_ip: str, foreign: str | None) -> dict:
+    def _inbound_match(self, definition: Definition, global_ip: str, foreign: str | None) -> dict[str, Any]:
         match = {"in_port": self.config.outside_port, "eth_type": ETH_TYPE_IPV4,
                  "ip_proto": definition.ip_protocol, "ipv4_dst": global_ip}
         if definition.underlying == UNDERLYING_UDP:
@@ -132,7 +135,7 @@ class ClientAlgPaths:
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
-    def export(self) -> dict:
+    def export(self) -> dict[str, Any]:
         """Cookies of the shared flows, so a restarted controller recognises them in r1."""
         n = next(self._cookies)
         self._cookies = itertools.count(n)
@@ -140,7 +143,7 @@ class ClientAlgPaths:
                 "punts": [[*k, c] for k, c in self._punts.items()],
                 "outbound": [[*k, f, c] for k, flows in self._outbound.items() for f, c in flows.items()]}
 
-    def restore(self, saved: dict) -> None:
+    def restore(self, saved: dict[str, Any]) -> None:
         """Rebuild from ``export()``; KeyError/ValueError/TypeError if malformed."""
         self._cookies = itertools.count(int(saved["next"]))
         self._inbound = {(int(k), g, f): [int(c), int(n)] for k, g, f, c, n in saved["inbound"]}

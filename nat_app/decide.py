@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.client_alg import ClientAlgPaths
@@ -30,6 +31,7 @@ from nat_app.messages import (
     PRIO_SLOW_PATH,
     PRIO_TABLE_MISS,
     PRIO_TRANSLATE,
+    Action,
     AddFlow,
     Barrier,
     Counters,
@@ -43,7 +45,7 @@ from nat_app.messages import (
 )
 from nat_app.neighbours import NeighbourCache
 from nat_app.savi import SaviCore
-from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
+from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable, Triple
 from nat_app.translate import rewrite, rewrite_icmp_error
 from netwire import pcp
 from netwire.ethernet import (
@@ -106,7 +108,7 @@ class NatCore:
                          ports_per_host=self.config.napt_ports_per_host)
         self.leases = LeaseServer(self.config, self.table, self.pool, self.counters, now)
         self.client_alg = ClientAlgPaths(self.config, self.table)
-        self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
+        self._slow_triples: dict[Triple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
         self._prohibited_sent: dict[str, float] = {}  # private host -> when it was last told it is over its limit
@@ -185,7 +187,7 @@ class NatCore:
         return [AddFlow(PRIO_BYPASS, {"in_port": a}, (Output(b),), cookie=COOKIE_BYPASS)
                 for a, b in ((c.inside_port, c.outside_port), (c.outside_port, c.inside_port))]
 
-    def snapshot(self, now: float) -> dict:
+    def snapshot(self, now: float) -> dict[str, Any]:
         """The live table and counters, for ``natlab table`` and the report."""
         entries = []
         for entry in sorted(self.table, key=lambda e: e.id):
@@ -279,6 +281,8 @@ class NatCore:
                        transport: Transport, now: float) -> list[Message]:
         """A protocol the NAT translates itself (TCP, UDP, ICMP echo): its entry, or a new one (step 704)."""
         c = self.config
+        if transport.src_port is None:  # parse_transport sets it for TCP, UDP and echo; never trust it
+            return self._drop("malformed")
         mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
         if mac is None:
             return msgs
@@ -360,6 +364,7 @@ class NatCore:
         triple = (IPPROTO_ICMP, global_ip, ip.dst)
         ids = self.pool.space(global_ip, IPPROTO_ICMP)
         msgs: list[Message] = []
+        global_id: int | None
         fast = not sharers and triple not in self._slow_triples and ids.is_free(ident, now, any_range=True)
         if fast:
             ids.claim(ident, now)
@@ -489,14 +494,14 @@ class NatCore:
         else:
             out_match["icmpv4_type"] = ICMP_ECHO_REQUEST
             in_match["icmpv4_type"] = ICMP_ECHO_REPLY
-        common = {"cookie": entry.id, "notify_removal": True}
         return [
-            AddFlow(PRIO_TRANSLATE, out_match, self._out_actions(entry, foreign_mac),
-                    idle_timeout=entry.idle_timeout or 0, **common),
-            AddFlow(PRIO_TRANSLATE, in_match, self._in_actions(entry, private_mac), **common),
+            AddFlow(PRIO_TRANSLATE, out_match, self._out_actions(entry, foreign_mac), cookie=entry.id,
+                    idle_timeout=entry.idle_timeout or 0, notify_removal=True),
+            AddFlow(PRIO_TRANSLATE, in_match, self._in_actions(entry, private_mac), cookie=entry.id,
+                    notify_removal=True),
         ]
 
-    def _out_actions(self, entry: Entry, foreign_mac: str) -> tuple:
+    def _out_actions(self, entry: Entry, foreign_mac: str) -> tuple[Action, ...]:
         c = self.config
         actions = [SetField("ipv4_src", entry.global_ip)]
         if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
@@ -504,7 +509,7 @@ class NatCore:
         return (*actions, SetField("eth_src", c.outside_mac), SetField("eth_dst", foreign_mac), DecTtl(),
                 Output(c.outside_port))
 
-    def _in_actions(self, entry: Entry, private_mac: str) -> tuple:
+    def _in_actions(self, entry: Entry, private_mac: str) -> tuple[Action, ...]:
         c = self.config
         actions = [SetField("ipv4_dst", entry.private_ip)]
         if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
@@ -517,12 +522,13 @@ class NatCore:
         if not removed:
             self.table.remove(entry.id)
         msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
-        if entry.protocol in _PORT_FIELDS:
+        if entry.protocol in _PORT_FIELDS and entry.private_gpn is not None:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
                                       leased=entry.kind is EntryKind.CLIENT_ALG)
         elif entry.global_gpn is not None:
-            if entry.protocol == IPPROTO_ICMP and self._icmp_pairs.get((entry.private_ip, entry.foreign)) is entry:
-                del self._icmp_pairs[(entry.private_ip, entry.foreign)]
+            pair = (entry.private_ip, entry.foreign or "")
+            if entry.protocol == IPPROTO_ICMP and self._icmp_pairs.get(pair) is entry:
+                del self._icmp_pairs[pair]
             self.pool.space(entry.global_ip, entry.protocol).release(
                 entry.global_gpn, now, owner=entry.private_ip if entry.kind is EntryKind.CLIENT_ALG else None)
         triple = (entry.protocol, entry.global_ip, entry.foreign)
@@ -582,7 +588,7 @@ class NatCore:
             return self.leases.definitions.get(UDP_KEYED | udp_port) if udp_port is not None else None
         return self.leases.definitions.get(ip.protocol)
 
-    def _leased_outbound(self, frame: bytes, ip: IPv4Header, transport, now: float) -> list[Message] | None:
+    def _leased_outbound(self, frame: bytes, ip: IPv4Header, transport: Transport, now: float) -> list[Message] | None:
         """Steps 706-707 for leased protocols: source IP to the global IP, GPN untouched.
         None when the packet is not of a leased protocol (the NAT's own ALGs take it)."""
         definition = self._definition_of(ip, transport.src_port)
@@ -603,7 +609,7 @@ class NatCore:
         if entry.expires is not None and entry.expires < now + timeout - 1:  # at most one heap push a second
             self.table.set_expiry(entry.id, now + timeout)
 
-    def _quoted(self, packet: bytes, ip: IPv4Header):
+    def _quoted(self, packet: bytes, ip: IPv4Header) -> tuple[IPv4Header, Transport]:
         at = ip.header_len + _ICMP_ERROR_HEADER_LEN
         inner = IPv4Header.parse(packet[at:], truncated_ok=True)
         return inner, parse_transport(inner.protocol, packet[at + inner.header_len:])

@@ -19,15 +19,18 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any, TypeVar
 
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.config import NatConfig
-from nat_app.gpn import NAT_DEFINITIONS, UDP_KEYED, UNDERLYING_UDP, Definition
+from nat_app.gpn import NAT_DEFINITIONS, UDP_KEYED, Definition
 from nat_app.messages import Counters
 from nat_app.table import ANY, DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from netwire import pcp
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from netwire.pcp import UNDERLYING_UDP
 
 __pure__ = True
 
@@ -36,7 +39,7 @@ __pure__ = True
 class Origin:
     """Where a request came from on the shared link."""
 
-    in_port: int
+    in_port: int | None  # None: a source SAVI has not bound (it owns nothing then)
     mac: str
     ip: str
 
@@ -54,6 +57,11 @@ class _Owner:
     nonce: bytes
     opcode: int
     key: int  # the entry's protocol value, for the definition it keeps alive
+
+
+_Body = TypeVar("_Body", pcp.MapInfo, pcp.PeerInfo, pcp.GpnDefinition, pcp.LeaseInfo, pcp.ReadInfo)
+Handled = tuple[Outcome, "pcp.Info | None", int]  # the outcome, the response's body, its lifetime
+Render = Callable[[Any, Entry], "pcp.Info"]  # a response body from the request's and the entry
 
 
 class Refused(Exception):
@@ -154,13 +162,13 @@ class LeaseServer:
 
     # ------------------------------------------------------------------ DEFINE
 
-    def _define(self, request, origin: Origin, now: float):
+    def _define(self, request: pcp.Request, origin: Origin, now: float) -> Handled:
         """Step 701-703: accept a GPN definition the NAT can honour without harm to anyone else.
 
         The NAT's own definitions are matched exactly; a client's is refused if the
         NAT has an ALG for it (its NAPT owns UDP ports from DYNAMIC_LOW up), and is
         owned by its origin and whoever defines it identically."""
-        definition = Definition.from_wire(request.info)
+        definition = Definition.from_wire(_body(request, pcp.GpnDefinition))
         self._check_definable(definition)
         key = definition.key
         known = NAT_DEFINITIONS.get(key) or self.definitions.get(key)
@@ -193,7 +201,7 @@ class LeaseServer:
         if mine >= self.config.definition_quota:
             raise Refused(pcp.Result.USER_EX_QUOTA, f"{origin.ip} has {mine} definitions")
 
-    def _definition_for(self, info, origin: Origin) -> Definition:
+    def _definition_for(self, info: pcp.LeaseInfo, origin: Origin) -> Definition:
         """The definition a LEASE names: the NAT's own, or one this origin defined."""
         if info.port and info.protocol != IPPROTO_UDP:
             raise Refused(pcp.Result.MALFORMED_REQUEST, f"an underlying port needs protocol 17, not {info.protocol}")
@@ -205,12 +213,12 @@ class LeaseServer:
 
     # ------------------------------------------------------------------ LEASE
 
-    def _lease(self, request, origin: Origin, now: float):
+    def _lease(self, request: pcp.Request, origin: Origin, now: float) -> Handled:
         """Step 704-705 for a client-ALG entry; renewal and release (NAT-RENEW, NAT-DEALLOC)."""
-        info = request.info
+        info = _body(request, pcp.LeaseInfo)
         definition = self._definition_for(info, origin)
         self._check_foreign(info.foreign_ip)
-        existing = self._existing(definition.key, request, origin)
+        existing = self._existing(definition.key, request, info, origin)
         if existing is not None:
             return self._renew_or_release(existing, request, origin, now, self._lease_info)
         if request.lifetime == 0:
@@ -222,10 +230,9 @@ class LeaseServer:
         self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._lease_info(info, entry), lifetime
 
-    def _existing(self, key: int, request, origin: Origin) -> Entry | None:
+    def _existing(self, key: int, request: pcp.Request, info: pcp.LeaseInfo, origin: Origin) -> Entry | None:
         """The entry a LEASE names, if the requester's IP holds it. Another host's entry is
         refused, and the answer does not depend on the nonce sent (a guess proves nothing)."""
-        info = request.info
         existing = self._find(key, origin.ip, info.private_gpn, info.global_ip, info.global_gpn, info.foreign_ip)
         if existing is None or existing.private_ip == origin.ip:
             return existing
@@ -233,7 +240,7 @@ class LeaseServer:
             raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {existing.id} belongs to another client")
         raise Refused(pcp.Result.GPN_IN_USE, f"global GPN {info.global_gpn} is in use on {info.global_ip}")
 
-    def _add_lease(self, definition: Definition, info, origin: Origin, now: float, lifetime: int) -> Entry:
+    def _add_lease(self, definition: Definition, info: pcp.LeaseInfo, origin: Origin, now: float, lifetime: int) -> Entry:
         """Choose the global IP and GPN (step 704) and insert the entry (NAT-UNIQ)."""
         key = definition.key
         global_ip = self._global_ip_for(key, info, origin)
@@ -248,7 +255,7 @@ class LeaseServer:
             raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
 
     @staticmethod
-    def _check_gpns(definition: Definition, info) -> None:
+    def _check_gpns(definition: Definition, info: pcp.LeaseInfo) -> None:
         for name, value in (("private", info.private_gpn), ("global", info.global_gpn)):
             if value is not None and not definition.range_min <= value <= definition.range_max:
                 raise Refused(pcp.Result.GPN_UNAVAILABLE, f"{name} GPN {value} outside {definition.range_min}-"
@@ -258,14 +265,14 @@ class LeaseServer:
             # The NAT never touches what ESP/AH protect: the SPI cannot be rewritten.
             raise Refused(pcp.Result.GPN_UNAVAILABLE, "private and global GPN must be equal for this protocol")
 
-    def _global_ip_for(self, key: int, info, origin: Origin) -> str:
+    def _global_ip_for(self, key: int, info: pcp.LeaseInfo, origin: Origin) -> str:
         keep = next((e.global_ip for e in self.table.entries_of(key, origin.ip)), None)
         if info.global_ip is not None and (info.global_ip not in self.config.globals
                                            or keep not in (None, info.global_ip)):
             raise Refused(pcp.Result.CANNOT_PROVIDE_EXTERNAL, f"global IP {info.global_ip} cannot be given")
         return info.global_ip or self.pool.for_client_alg(origin.ip, key, self.table, keep=keep)
 
-    def _take_gpn(self, definition: Definition, global_ip: str, info, origin: Origin, now: float) -> int:
+    def _take_gpn(self, definition: Definition, global_ip: str, info: pcp.LeaseInfo, origin: Origin, now: float) -> int:
         """The global GPN: the one asked for, or (over IP, where private must equal global)
         the private one, or a free one the NAT picks."""
         space = self.pool.space(global_ip, definition.key, definition.range_min, definition.range_max)
@@ -283,14 +290,15 @@ class LeaseServer:
 
     # ------------------------------------------------------------------ MAP, PEER, READ
 
-    def _map(self, request, origin: Origin, now: float):
+    def _map(self, request: pcp.Request, origin: Origin, now: float) -> Handled:
         """PCP MAP and PEER (RFC 6887 11, 12): a 16-bit port lease, foreign any or one peer."""
-        info = request.info
+        info: pcp.MapInfo | pcp.PeerInfo = (_body(request, pcp.PeerInfo) if request.opcode == pcp.Opcode.PEER
+                                             else _body(request, pcp.MapInfo))
         if info.protocol not in (IPPROTO_TCP, IPPROTO_UDP):
             raise Refused(pcp.Result.UNSUPP_PROTOCOL, f"protocol {info.protocol}: MAP and PEER lease TCP/UDP ports")
         if info.internal_port == 0:
             raise Refused(pcp.Result.MALFORMED_REQUEST, "internal port 0 (all ports) is not leased")
-        foreign = getattr(info, "remote_ip", None) if request.opcode == pcp.Opcode.PEER else ANY
+        foreign = info.remote_ip if isinstance(info, pcp.PeerInfo) else ANY
         self._check_foreign(foreign)
         existing = self.table.lookup_out(info.protocol, origin.ip, info.internal_port, foreign)
         if existing is not None and existing.kind is EntryKind.CLIENT_ALG and existing.foreign == foreign:
@@ -310,7 +318,7 @@ class LeaseServer:
         self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime
 
-    def _acquire_port(self, info, origin: Origin, now: float) -> tuple[str, int]:
+    def _acquire_port(self, info: pcp.MapInfo | pcp.PeerInfo, origin: Origin, now: float) -> tuple[str, int]:
         """A global port from the NAPT space, within the host's share (RFC 6888 REQ-4)."""
         try:
             mapping = self.pool.acquire_mapping(info.protocol, origin.ip, info.internal_port, now,
@@ -322,10 +330,11 @@ class LeaseServer:
             raise Refused(pcp.Result.NO_RESOURCES, "no free port")
         return mapping
 
-    def _read(self, request, origin: Origin, now: float):
+    def _read(self, request: pcp.Request, origin: Origin, now: float) -> Handled:
         """The client's own entries, proven by a nonce of one of them (never anyone else's)."""
+        info = _body(request, pcp.ReadInfo)
         mine = [(eid, o) for eid, o in self._owners.items() if o.origin == origin]
-        if not any(o.nonce == request.info.nonce for _, o in mine):
+        if not any(o.nonce == info.nonce for _, o in mine):
             raise Refused(pcp.Result.NOT_AUTHORIZED, "the nonce names none of this client's entries")
         records = []
         for entry_id, _ in sorted(mine):
@@ -334,13 +343,14 @@ class LeaseServer:
                 protocol, port = (IPPROTO_UDP, e.protocol & 0xFFFF) if e.protocol & UDP_KEYED else (e.protocol, 0)
                 records.append(pcp.EntryRecord(e.kind.value, protocol, e.private_ip, e.private_gpn, e.global_ip,
                                                e.global_gpn, e.foreign, max(0, int((e.expires or now) - now)), port))
-        return Outcome(None), replace(request.info, entries=tuple(records)), request.lifetime
+        return Outcome(None), replace(info, entries=tuple(records)), request.lifetime
 
     # ------------------------------------------------------------------ helpers
 
-    def _renew_or_release(self, entry: Entry, request, origin: Origin, now: float, render):
+    def _renew_or_release(self, entry: Entry, request: pcp.Request, origin: Origin, now: float,
+                          render: Render) -> Handled:
         owner = self._owners.get(entry.id)
-        if owner is None or owner.origin != origin or owner.nonce != request.info.nonce:
+        if owner is None or request.info is None or owner.origin != origin or owner.nonce != request.info.nonce:
             raise Refused(pcp.Result.NOT_AUTHORIZED, f"entry {entry.id} belongs to another client or nonce")
         if request.lifetime == 0:
             self.table.remove(entry.id)
@@ -352,7 +362,8 @@ class LeaseServer:
         self.counters.add("leases_renewed")
         return Outcome(None), render(request.info, entry), lifetime
 
-    def _find(self, key, private_ip, private_gpn, global_ip, global_gpn, foreign) -> Entry | None:
+    def _find(self, key: int, private_ip: str, private_gpn: int | None, global_ip: str | None,
+              global_gpn: int | None, foreign: str | None) -> Entry | None:
         if global_ip is not None and global_gpn is not None:
             entry = self.table.lookup_in(key, global_ip, global_gpn, foreign)
             if entry is not None and entry.foreign == foreign:
@@ -391,13 +402,13 @@ class LeaseServer:
         return max(c.lease_min_lifetime, min(c.lease_max_lifetime, requested))
 
     @staticmethod
-    def _lease_info(info, entry: Entry):
+    def _lease_info(info: pcp.LeaseInfo, entry: Entry) -> pcp.LeaseInfo:
         return replace(info, private_gpn=entry.private_gpn, global_gpn=entry.global_gpn, global_ip=entry.global_ip,
                        foreign_ip=entry.foreign)
 
     @staticmethod
-    def _map_info(info, entry: Entry):
-        return replace(info, external_port=entry.global_gpn, external_ip=entry.global_ip)
+    def _map_info(info: pcp.MapInfo | pcp.PeerInfo, entry: Entry) -> pcp.MapInfo | pcp.PeerInfo:
+        return replace(info, external_port=entry.global_gpn or 0, external_ip=entry.global_ip)
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
@@ -416,7 +427,7 @@ class LeaseServer:
                                             o.opcode]
         return records
 
-    def restore(self, records: dict[str, object]) -> None:
+    def restore(self, records: dict[str, Any]) -> None:
         """Rebuild from ``export()``'s records after the table; the epoch continues (RFC 6887 8.5).
         Quotas are recounted from the owners, so they hold as before. KeyError/ValueError/TypeError
         if malformed, if an owner names no leased entry or a lease no definition its owner may use."""
@@ -433,7 +444,7 @@ class LeaseServer:
                 self._own(entry, Origin(int(in_port), str(mac), str(ip)), bytes.fromhex(nonce), int(opcode))
         self._check_restored()
 
-    def _restore_definition(self, value: dict) -> None:
+    def _restore_definition(self, value: dict[str, Any]) -> None:
         """One client definition, checked as a DEFINE would be, with its owners and grace."""
         definition = Definition(**value["definition"])
         if definition.key in NAT_DEFINITIONS or definition.has_nat_alg or definition.in_napt_space \
@@ -458,7 +469,15 @@ class LeaseServer:
                 raise ValueError(f"saved definition of protocol {key}: grace timer disagrees with its leases")
 
 
-def _uncount(counter: Counter, key) -> None:
+def _body(request: pcp.Request, kind: type[_Body]) -> _Body:
+    """The request's body as its opcode's type. decode_request guarantees it; a hand-made request
+    without it is refused like any malformed one, never trusted."""
+    if not isinstance(request.info, kind):
+        raise Refused(pcp.Result.MALFORMED_REQUEST, f"opcode {request.opcode} without its {kind.__name__}")
+    return request.info
+
+
+def _uncount(counter: Counter[Any], key: object) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]

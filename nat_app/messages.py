@@ -7,6 +7,7 @@ switch. Match fields use OpenFlow 1.3 OXM names (``ipv4_src``, ``tcp_dst``...).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __pure__ = True
 
@@ -57,7 +58,7 @@ Action = SetField | Output | DecTtl | ToController
 @dataclass(frozen=True)
 class AddFlow:
     priority: int
-    match: dict
+    match: dict[str, Any]
     actions: tuple[Action, ...]
     cookie: int = COOKIE_INFRA
     idle_timeout: int = 0

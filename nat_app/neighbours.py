@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 __pure__ = True
 
@@ -15,7 +16,7 @@ ARP_RETRY_S = 1.0
 
 @dataclass
 class _Waiting:
-    frames: deque = field(default_factory=lambda: deque(maxlen=MAX_WAITING_PER_IP))
+    frames: deque[Any] = field(default_factory=lambda: deque(maxlen=MAX_WAITING_PER_IP))
     last_request: float = float("-inf")
 
 
@@ -24,7 +25,7 @@ class NeighbourCache:
         self._macs: dict[str, str] = {}
         self._waiting: dict[str, _Waiting] = {}
 
-    def learn(self, ip: str, mac: str) -> list:
+    def learn(self, ip: str, mac: str) -> list[Any]:
         """Record ``ip`` at ``mac``; return the items that were waiting for it."""
         self._macs[ip] = mac
         waiting = self._waiting.pop(ip, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 __pure__ = True
 
@@ -104,13 +105,13 @@ class PortSpace:
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
-    def export(self) -> dict:
+    def export(self) -> dict[str, Any]:
         """In-use and resting ports with who rested them: what a restarted controller must not hand out."""
         return {"low": self.low, "high": self.high, "in_use": sorted(self._in_use),
                 "resting": [[p, until, self._rested_by.get(p)] for p, until in sorted(self._resting.items())]}
 
     @classmethod
-    def restored(cls, saved: dict, quarantine: float, rng: random.Random) -> PortSpace:
+    def restored(cls, saved: dict[str, Any], quarantine: float, rng: random.Random) -> PortSpace:
         """A space rebuilt from ``export()``; KeyError/ValueError/TypeError if ``saved`` is not one."""
         space = cls(int(saved["low"]), int(saved["high"]), quarantine, rng)
         space._in_use = {int(p) for p in saved["in_use"]}

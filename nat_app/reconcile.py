@@ -27,7 +27,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from nat_app.messages import COOKIE_INFRA, DeleteFlows, Message, Output, PacketOut
-from nat_app.table import DataPath, EntryKind
+from nat_app.table import DataPath, Entry, EntryKind
 from netwire import pcp
 from netwire.ethernet import ETH_TYPE_IPV4, EthernetHeader
 from netwire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, build_udp
@@ -92,7 +92,7 @@ def announcements(core: NatCore, now: float) -> list[PacketOut]:
     return msgs
 
 
-def _lost_its_flows(entry, cookies: Counter) -> bool:
+def _lost_its_flows(entry: Entry, cookies: Counter[int]) -> bool:
     """A fast-path entry with flows of its own (cookie = its id) that r1 no longer has in full."""
     if entry.path is not DataPath.FAST:
         return False

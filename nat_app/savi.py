@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 from nat_app.config import NatConfig
 from nat_app.messages import COOKIE_INFRA, AddFlow, Counters, DeleteFlows, Message, Output, PacketOut, ToController
@@ -155,7 +156,7 @@ class SaviCore:
         binding = self._by_ip.get(ip)
         return binding.port if binding is not None and binding.mac == mac else None
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """Bindings and counters, for ``natlab table``."""
         return {"connected": self.connected,
                 "bindings": [{"port": b.port, "mac": b.mac, "ip": b.ip}
@@ -211,7 +212,7 @@ class SaviCore:
             msgs.append(DeleteFlows(binding.cookie(kind)))
         return msgs
 
-    def _refuse(self, reason: str, match: dict) -> list[Message]:
+    def _refuse(self, reason: str, match: dict[str, Any]) -> list[Message]:
         """Drop and count; keep dropping what ``match`` names in s1 for a while (flood guard:
         one packet-in per refused source and hold; a binding's own flows rank above it)."""
         msgs = self._drop(reason)
@@ -229,7 +230,7 @@ class SaviCore:
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
-    def export(self) -> dict:
+    def export(self) -> dict[str, Any]:
         """The bindings, so a restarted controller validates sources as before: no first-come
         window for a forger after a restart (RFC 7039 section 3.3: bindings follow the host's
         attachment, not the controller's life). Refusals are not kept: they are brief and re-made."""
@@ -239,7 +240,7 @@ class SaviCore:
                 "bindings": [[b.id, b.port, b.mac, b.ip, b.since, sorted(b.live)]
                              for b in sorted(self._by_ip.values(), key=lambda b: b.id)]}
 
-    def restore(self, saved: dict) -> None:
+    def restore(self, saved: dict[str, Any]) -> None:
         """Rebuild from ``export()``; KeyError/ValueError/TypeError if malformed or not bindable."""
         self._reset()
         self._ids = itertools.count(int(saved["next"]))
@@ -300,7 +301,7 @@ def claim_of(frame: bytes) -> Claim | None:
     return None
 
 
-def _match(port: int, claim: Claim) -> dict:
+def _match(port: int, claim: Claim) -> dict[str, Any]:
     if claim.kind == _KIND_IPV4:
         return {"in_port": port, "eth_src": claim.mac, "eth_type": ETH_TYPE_IPV4, "ipv4_src": claim.ip}
     return {"in_port": port, "eth_src": claim.mac, "eth_type": ETH_TYPE_ARP, "arp_spa": claim.ip,

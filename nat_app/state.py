@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import itertools
 import random
+from typing import Any
 
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.savi import SaviCore
-from nat_app.table import TableConflict, entry_from_dict
+from nat_app.table import Entry, TableConflict, entry_from_dict
 
 __pure__ = True
 
@@ -40,7 +41,7 @@ class StateError(ValueError):
     """Saved records that do not make a consistent core: nothing of them is used."""
 
 
-def export(core: NatCore) -> dict[str, object]:
+def export(core: NatCore) -> dict[str, Any]:
     """Every record of ``core``'s state (see the module docstring)."""
     records = _small_records(core)
     records.update({f"entry:{e.id}": _entry_record(e) for e in core.table})
@@ -54,12 +55,12 @@ class Journal:
     90 ms per event with 5,000 entries). Entries are compared by their mutable fields; mappings
     and spaces are looked at only where a changed entry lives; the small records always."""
 
-    def __init__(self, saved: dict[str, object] | None = None) -> None:
-        self._last: dict[str, object] = dict(saved or {})  # as the store holds them
-        self._signatures: dict[int, tuple] | None = None  # None: nothing compared yet, the first call is full
+    def __init__(self, saved: dict[str, Any] | None = None) -> None:
+        self._last: dict[str, Any] = dict(saved or {})  # as the store holds them
+        self._signatures: dict[int, tuple[Any, ...]] | None = None  # None: nothing compared yet, the first call is full
         self._small: set[str] = set()  # keys of the last small records (owners, definitions come and go)
 
-    def changes(self, core: NatCore, full: bool = False) -> tuple[dict[str, object], set[str]]:
+    def changes(self, core: NatCore, full: bool = False) -> tuple[dict[str, Any], set[str]]:
         """(records to write, keys to delete); ``full`` compares everything (a safety net, and the start)."""
         signatures = {e.id: (e.expires, e.path, e.slow_packets) for e in core.table}
         if full or self._signatures is None:
@@ -77,7 +78,7 @@ class Journal:
             del self._last[key]
         return upserts, deletes
 
-    def _partial(self, core: NatCore, dirty: set[int]) -> tuple[dict[str, object], set[str]]:
+    def _partial(self, core: NatCore, dirty: set[int]) -> tuple[dict[str, Any], set[str]]:
         records = _small_records(core)
         looked_at = self._small | records.keys()
         self._small = set(records)
@@ -100,9 +101,9 @@ class Journal:
 _ABSENT = object()
 
 
-def _small_records(core: NatCore) -> dict[str, object]:
+def _small_records(core: NatCore) -> dict[str, Any]:
     """Records whose size does not grow with the table's (lease owners grow with the quota at most)."""
-    records: dict[str, object] = {
+    records: dict[str, Any] = {
         "core:config": _fingerprint(core.config),
         "core:paths": {
             "slow_triples": [[*t, c] for t, c in core._slow_triples.items()],
@@ -125,7 +126,7 @@ def new_core(config: NatConfig, rng: random.Random | None = None) -> NatCore:
     return NatCore(config, rng, savi=SaviCore(config))
 
 
-def restore(config: NatConfig, records: dict[str, object], rng: random.Random | None = None) -> NatCore:
+def restore(config: NatConfig, records: dict[str, Any], rng: random.Random | None = None) -> NatCore:
     """A new core holding exactly ``records``, or StateError: never a half-built one."""
     try:
         core = new_core(config, rng)
@@ -139,7 +140,7 @@ def restore(config: NatConfig, records: dict[str, object], rng: random.Random | 
         core.client_alg.restore(records["client_alg"])
         core.neighbours.restore(records["neighbours"])
         _restore_paths(core, records["core:paths"])
-        if "savi" in records:
+        if "savi" in records and core.savi is not None:
             core.savi.restore(records["savi"])
         else:  # saved by a core without s1 (SAVI off): restore it as it was
             core.savi = None
@@ -151,14 +152,14 @@ def restore(config: NatConfig, records: dict[str, object], rng: random.Random | 
     return core
 
 
-def _entry_record(entry) -> dict:
+def _entry_record(entry: Entry) -> dict[str, Any]:
     """``Entry.as_dict()``'s value, made without dataclasses.asdict's deep copy (this runs per event)."""
     record = dict(entry.__dict__)
     record["kind"], record["path"] = entry.kind.value, entry.path.value
     return record
 
 
-def _restore_paths(core: NatCore, paths: dict) -> None:
+def _restore_paths(core: NatCore, paths: dict[str, Any]) -> None:
     core._slow_triples = {(int(p), g, f): int(c) for p, g, f, c in paths["slow_triples"]}
     for private, foreign, entry_id in paths["icmp_pairs"]:
         entry = core.table.get(int(entry_id))
@@ -169,7 +170,7 @@ def _restore_paths(core: NatCore, paths: dict) -> None:
     core.bypass = bool(paths["bypass"])
 
 
-def _check_keys(records: dict[str, object], config: NatConfig) -> None:
+def _check_keys(records: dict[str, Any], config: NatConfig) -> None:
     unknown = [k for k in records if not k.startswith(_PREFIXES)]
     if unknown:
         raise ValueError(f"unknown records {unknown[:3]}")
@@ -177,7 +178,7 @@ def _check_keys(records: dict[str, object], config: NatConfig) -> None:
         raise ValueError(f"saved for another NAT configuration: {records['core:config']}")
 
 
-def _fingerprint(config: NatConfig) -> dict:
+def _fingerprint(config: NatConfig) -> dict[str, Any]:
     """What a saved state depends on: the networks, the pool and r1's ports."""
     return {"inside_net": config.inside_net, "outside_net": config.outside_net, "gateway_ip": config.gateway_ip,
             "globals": list(config.globals), "ports": [config.inside_port, config.outside_port]}
@@ -185,6 +186,6 @@ def _fingerprint(config: NatConfig) -> dict:
 
 def _peek(core: NatCore, name: str) -> int:
     """The next value of one of the core's cookie counters, without using it up."""
-    n = next(getattr(core, name))
+    n: int = next(getattr(core, name))
     setattr(core, name, itertools.count(n))
     return n

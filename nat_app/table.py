@@ -17,10 +17,13 @@ import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 __pure__ = True
 
 ANY = None  # foreign address "any" (FIG. 6 field 606 unspecified)
+Key = tuple[int, str, "int | None", "str | None"]  # (protocol, IP, GPN, foreign): one side of an entry
+Triple = tuple[int, str, "str | None"]  # (protocol, global IP, foreign)
 
 
 class EntryKind(enum.Enum):
@@ -60,14 +63,14 @@ class Entry:
     slow_packets: int = 0
 
     @property
-    def out_key(self) -> tuple:
+    def out_key(self) -> Key:
         return (self.protocol, self.private_ip, self.private_gpn, self.foreign)
 
     @property
-    def in_key(self) -> tuple:
+    def in_key(self) -> Key:
         return (self.protocol, self.global_ip, self.global_gpn, self.foreign)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind"] = self.kind.value
         d["path"] = self.path.value
@@ -78,12 +81,12 @@ class TranslationTable:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._by_id: dict[int, Entry] = {}
-        self._out: dict[tuple, Entry] = {}
-        self._in: dict[tuple, Entry] = {}
+        self._out: dict[Key, Entry] = {}
+        self._in: dict[Key, Entry] = {}
         self._expiry: list[tuple[float, int]] = []
-        self._triples: dict[tuple, Counter[str]] = defaultdict(Counter)
-        self._by_global: dict[tuple, Counter[str]] = defaultdict(Counter)  # (protocol, global IP) -> hosts
-        self._by_private: dict[tuple, set[int]] = defaultdict(set)  # (protocol, private IP) -> entry ids
+        self._triples: dict[Triple, Counter[str]] = defaultdict(Counter)
+        self._by_global: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)  # (protocol, global IP) -> hosts
+        self._by_private: dict[tuple[int, str], set[int]] = defaultdict(set)  # (protocol, private IP) -> entry ids
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -130,12 +133,14 @@ class TranslationTable:
             del self._by_private[(entry.protocol, entry.private_ip)]
         return entry
 
-    def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None, foreign: str) -> Entry | None:
+    def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None,
+                   foreign: str | None) -> Entry | None:
         """Step 706: the entry for an outgoing packet, exact foreign first, then any."""
         return self._out.get((protocol, private_ip, private_gpn, foreign)) or self._out.get(
             (protocol, private_ip, private_gpn, ANY))
 
-    def lookup_in(self, protocol: int, global_ip: str, global_gpn: int | None, foreign: str) -> Entry | None:
+    def lookup_in(self, protocol: int, global_ip: str, global_gpn: int | None,
+                  foreign: str | None) -> Entry | None:
         """Step 708: the entry for an incoming packet, exact foreign first, then any."""
         return self._in.get((protocol, global_ip, global_gpn, foreign)) or self._in.get(
             (protocol, global_ip, global_gpn, ANY))
@@ -153,7 +158,8 @@ class TranslationTable:
             when, entry_id = heapq.heappop(self._expiry)
             entry = self._by_id.get(entry_id)
             if entry is not None and entry.expires == when:  # else stale heap item
-                gone.append(self.remove(entry_id))
+                self.remove(entry_id)
+                gone.append(entry)
         return gone
 
     def next_expiry(self) -> float | None:
@@ -186,7 +192,7 @@ class TranslationTable:
         protocol, private_ip = entry.protocol, entry.private_ip
         return (self._out.get((protocol, private_ip, entry.private_gpn, entry.foreign)) is entry
                 and self._in.get((protocol, entry.global_ip, entry.global_gpn, entry.foreign)) is entry
-                and self._triples.get((protocol, entry.global_ip, entry.foreign), {}).get(private_ip, 0) > 0
+                and self._triples.get((protocol, entry.global_ip, entry.foreign), Counter())[private_ip] > 0
                 and entry.id in self._by_private.get((protocol, private_ip), ()))
 
     def check_invariants(self) -> None:
@@ -233,7 +239,7 @@ def _require(condition: bool, what: str) -> None:
         raise TableCorrupt(what)
 
 
-def entry_from_dict(d: dict) -> Entry:
+def entry_from_dict(d: dict[str, Any]) -> Entry:
     """The inverse of ``Entry.as_dict`` (a saved entry); KeyError/ValueError/TypeError if it is not one."""
     fields = dict(d, kind=EntryKind(d["kind"]), path=DataPath(d["path"]))
     entry = Entry(**fields)
@@ -242,7 +248,7 @@ def entry_from_dict(d: dict) -> Entry:
     return entry
 
 
-def _uncount(index: dict[tuple, Counter[str]], key: tuple, host: str) -> None:
+def _uncount(index: dict[Any, Counter[str]], key: tuple[Any, ...], host: str) -> None:
     hosts = index[key]
     hosts[host] -= 1
     if hosts[host] <= 0:

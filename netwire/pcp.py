@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any, TypeVar
 
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP, MIN_SPI
@@ -42,6 +44,7 @@ HEADER_LEN = 24  # RFC 6887 7.1 and 7.2: both common headers are 24 octets
 
 UNDERLYING_IP = 0
 UNDERLYING_UDP = IPPROTO_UDP
+_T = TypeVar("_T")
 _U16, _U32, _U64 = 0xFFFF, 0xFFFFFFFF, (1 << 64) - 1
 
 
@@ -444,7 +447,7 @@ class LeaseInfo:
         _need(body, cls.SIZE, "LEASE")
         nonce, protocol, flags, port, private, global_, global_ip, foreign = cls._S.unpack_from(body)
         _require_zero(flags & 0x0F, "LEASE reserved flag bits")
-        values = []
+        values: list[Any] = []
         for bit, raw, what in ((cls.FLAG_PRIVATE_GPN, private, "private GPN"),
                                (cls.FLAG_GLOBAL_GPN, global_, "global GPN"),
                                (cls.FLAG_GLOBAL_IP, global_ip, "global IP"),
@@ -458,7 +461,8 @@ class LeaseInfo:
             elif raw is None:
                 raise PcpError(Result.MALFORMED_REQUEST, f"LEASE {what} flag is set on the all-zeros address")
             values.append(raw)
-        return cls(nonce, protocol, *values, port=port), cls.SIZE
+        private_gpn, global_gpn, global_ip, foreign_ip = values
+        return cls(nonce, protocol, private_gpn, global_gpn, global_ip, foreign_ip, port=port), cls.SIZE
 
 
 ENTRY_KINDS = ("NAT-ALG", "CLIENT-ALG")  # FIG. 6: made by the NAT, or leased by a client
@@ -619,7 +623,8 @@ class ReadInfo:
 READ_PAGE_ENTRIES = (MAX_MESSAGE - HEADER_LEN - ReadInfo.FIXED) // EntryRecord.SIZE
 
 Info = MapInfo | PeerInfo | GpnDefinition | LeaseInfo | ReadInfo
-INFO_TYPES: dict[Opcode, type | None] = {
+InfoType = type[MapInfo] | type[PeerInfo] | type[GpnDefinition] | type[LeaseInfo] | type[ReadInfo]
+INFO_TYPES: dict[int, InfoType | None] = {
     Opcode.ANNOUNCE: None, Opcode.MAP: MapInfo, Opcode.PEER: PeerInfo, Opcode.DEFINE: GpnDefinition,
     Opcode.LEASE: LeaseInfo, Opcode.READ: ReadInfo,
 }
@@ -730,7 +735,7 @@ class Response:
         _check_uint(self.lifetime, _U32, "lifetime")
         _check_uint(self.epoch, _U32, "epoch")
         if self.opcode in INFO_TYPES:
-            _check_info(self.opcode, self.info, required=self.result is Result.SUCCESS)
+            _check_info(Opcode(self.opcode), self.info, required=self.result is Result.SUCCESS)
         object.__setattr__(self, "options", _check_options(self.options))
         if self.options and self.info is None and INFO_TYPES.get(self.opcode) is not None:
             raise ValueError("options follow the opcode body: a response without its body cannot carry them")
@@ -748,7 +753,7 @@ def _check_info(opcode: Opcode, info: Info | None, *, required: bool) -> None:
         raise ValueError(f"{opcode.name} carries a {expected.__name__}, not a {type(info).__name__}")
 
 
-def _check_options(options) -> tuple[Option, ...]:
+def _check_options(options: Iterable[Option]) -> tuple[Option, ...]:
     checked = []
     for option in options:
         code, data = option
@@ -885,7 +890,10 @@ def _client_address(raw: bytes) -> str:
 
 def _decode_body(opcode: Opcode, rest: bytes, *, response: bool) -> tuple[Info | None, tuple[Option, ...]]:
     kind = INFO_TYPES[opcode]
-    info, used = (None, 0) if kind is None else _guard(kind.unpack, rest, response=response)
+    if kind is None:
+        return None, _decode_options(rest)
+    unpack: Callable[..., tuple[Info, int]] = kind.unpack
+    info, used = _guard(unpack, rest, response=response)
     return info, _decode_options(rest[used:])
 
 
@@ -904,7 +912,7 @@ def _decode_options(data: bytes) -> tuple[Option, ...]:
     return tuple(options)
 
 
-def _guard(function, *args, **kwargs):
+def _guard(function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Run a parser or constructor; a ValueError from field validation becomes MALFORMED_REQUEST."""
     try:
         return function(*args, **kwargs)
@@ -914,7 +922,7 @@ def _guard(function, *args, **kwargs):
         raise PcpError(Result.MALFORMED_REQUEST, str(exc)) from None
 
 
-def _build(cls, *args):
+def _build(cls: Callable[..., _T], *args: Any) -> _T:
     return _guard(cls, *args)
 
 

@@ -20,6 +20,7 @@ module is the independent second reading the codec's tests compare against.
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from scapy.fields import (
     BitEnumField,
@@ -128,8 +129,7 @@ class PCPOption(Packet):
         return PCPOption if payload else Raw  # options follow one another to the end of the message
 
 
-@classmethod
-def _by_r_bit(cls, _pkt: bytes | None = None, *args, **kargs):
+def _by_r_bit(cls: type[Packet], _pkt: bytes | None = None, *args: Any, **kargs: Any) -> type[Packet]:
     """Requests and responses share UDP port 5351; the R bit decides (RFC 6887 7)."""
     if _pkt and len(_pkt) >= 2:
         return PCPResponse if _pkt[1] & 0x80 else PCPRequest
@@ -148,7 +148,7 @@ class PCPRequest(_Header):
     """RFC 6887 7.1 request header (24 octets)."""
 
     name = "PCP request"
-    dispatch_hook = _by_r_bit  # scapy looks for it in the class's own namespace
+    dispatch_hook = classmethod(_by_r_bit)  # scapy looks for it in the class's own namespace
     fields_desc = [
         ByteField("version", 2),
         BitField("R", 0, 1),
@@ -163,7 +163,7 @@ class PCPResponse(_Header):
     """RFC 6887 7.2 response header (24 octets)."""
 
     name = "PCP response"
-    dispatch_hook = _by_r_bit
+    dispatch_hook = classmethod(_by_r_bit)
     fields_desc = [
         ByteField("version", 2),
         BitField("R", 1, 1),

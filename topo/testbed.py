@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from nat_app.control import ControlError, request
 
@@ -231,7 +232,7 @@ class Testbed:
         if nat == "extensible":
             self.controller = ControllerProcess(self.workdir, globals=globals, port=free_tcp_port(),
                                                 extra_args=controller_args or [], socket_path=control_socket)
-        self.net = None
+        self.net: Any = None  # a Mininet network while up (Mininet is untyped)
         self.lock = TestbedLock(wait_for_lock)
         self.log_level = log_level  # Mininet's; the CLI prints command output at "output" or below
 
@@ -271,13 +272,14 @@ class Testbed:
                 # controller gets r1 back at once.
                 subprocess.run(["ovs-vsctl", "--timeout=5", "set", "controller", "r1", "max_backoff=1000"],
                                check=True, capture_output=True)
-                self._wait_connected()
+                self._wait_connected(self.controller)
         except BaseException:
             self.stop()
             raise
 
-    def _wait_connected(self) -> None:
-        self.controller.wait_ready()
+    @staticmethod
+    def _wait_connected(controller: ControllerProcess) -> None:
+        controller.wait_ready()
 
     def stop(self) -> None:
         try:

@@ -54,7 +54,7 @@ def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_d
     if state.tunnel:
         seq = state.next_seq()
         payload, next_header = packet[:total_len], NEXT_HEADER_IPV4
-        header = ipheader.tunnel_header(state.src_bytes, state.dst_bytes, IPPROTO_AH, ah_len + total_len, packet, seq)
+        header = ipheader.tunnel_header(*state.endpoints(), IPPROTO_AH, ah_len + total_len, packet, seq)
     elif ipheader.is_fragment(packet):
         raise Fragment("transport mode protects whole datagrams only (section 3.1.1)")
     else:
@@ -62,7 +62,7 @@ def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_d
         payload, next_header = packet[header_len:total_len], packet[ipheader.PROTOCOL_OFFSET]
         header = ipheader.rewrite(packet[:header_len], IPPROTO_AH, total_len + ah_len)
     fixed = _FIXED.pack(next_header, ah_len // 4 - 2, 0, state.sa.spi, seq)
-    icv = _icv(state.mac, header, fixed, field_len, payload, _address(icv_src), _address(icv_dst))
+    icv = _icv(_mac(state), header, fixed, field_len, payload, _address(icv_src), _address(icv_dst))
     state.count(total_len)
     return b"".join((header, fixed, icv, _ZEROS[: field_len - len(icv)], payload))
 
@@ -86,7 +86,7 @@ def decapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_d
     icv_start = header_len + _FIXED.size
     payload = view[header_len + ah_len : total_len]
     computed = _icv(
-        state.mac, view[:header_len], view[header_len:icv_start], ah_len - _FIXED.size, payload,
+        _mac(state), view[:header_len], view[header_len:icv_start], ah_len - _FIXED.size, payload,
         _address(icv_src), _address(icv_dst),
     )
     if state.verify_icv and not hmac.compare_digest(computed, view[icv_start : icv_start + len(computed)]):
@@ -112,14 +112,21 @@ def compute_icv(packet: bytes, state: SAState, *, src: Address = None, dst: Addr
     _, _, ah_len = _parse(view, header_len, total_len, state)
     icv_start = header_len + _FIXED.size
     return _icv(
-        state.mac, view[:header_len], view[header_len:icv_start], ah_len - _FIXED.size,
+        _mac(state), view[:header_len], view[header_len:icv_start], ah_len - _FIXED.size,
         view[header_len + ah_len : total_len], _address(src), _address(dst),
     )
 
 
 def icv_field_length(state: SAState) -> int:
     """The ICV plus its padding to a multiple of 32 bits for IPv4 (section 3.3.3.2.1)."""
-    return -(-state.mac.icv_len // 4) * 4
+    return -(-_mac(state).icv_len // 4) * 4
+
+
+def _mac(state: SAState) -> Hmac:
+    """An AH SA's integrity algorithm (SecurityAssociation refuses an AH SA without one)."""
+    if state.mac is None:
+        raise NoSA(f"AH SA 0x{state.sa.spi:08x} has no integrity algorithm")
+    return state.mac
 
 
 def immutable_header(header: bytes | memoryview, src: bytes | None = None, dst: bytes | None = None) -> bytearray:

@@ -9,7 +9,6 @@ tables. ``wireshark`` is the label Wireshark/tshark 4.0 expects in its
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -25,9 +24,10 @@ class EspCipher(Protocol):
     iv_len: int
     icv_len: int
 
+    def __init__(self, key: bytes) -> None: ...
     def new_iv(self, seq: int) -> bytes: ...
     def encrypt(self, aad: bytes, iv: bytes, plaintext: bytes) -> bytes: ...
-    def decrypt(self, aad: bytes, iv: bytes, ciphertext: bytes | memoryview) -> bytes: ...
+    def decrypt(self, aad: bytes | memoryview, iv: bytes | memoryview, ciphertext: bytes | memoryview) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class EncryptionAlgorithm:
     combined_mode: bool
     rfc: str
     wireshark: str
-    new: Callable[[bytes], EspCipher]
+    new: type[EspCipher]  # the cipher class: keyed by calling it, its sizes are class attributes
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,8 @@ def packets_per_second(
     and cleartext Mbit/s each way.
     """
     chosen = suite(KINDS.get(sa_kind, sa_kind))
-    mode = Mode(mode)
-    sa = chosen.sa(0x1000, mode, **({"src": "192.0.2.1", "dst": "192.0.2.2"} if mode is Mode.TUNNEL else {}))
+    tunnel = Mode(mode) is Mode.TUNNEL
+    sa = chosen.sa(0x1000, Mode(mode), src="192.0.2.1" if tunnel else None, dst="192.0.2.2" if tunnel else None)
     packet, sender = _udp_packet(size), SAState(sa)
 
     def protect_batch() -> None:

@@ -36,7 +36,7 @@ class NullCipher:
     def encrypt(self, aad: bytes, iv: bytes, plaintext: bytes) -> bytes:
         return plaintext
 
-    def decrypt(self, aad: bytes, iv: bytes, ciphertext: bytes | memoryview) -> bytes:
+    def decrypt(self, aad: bytes | memoryview, iv: bytes | memoryview, ciphertext: bytes | memoryview) -> bytes:
         return bytes(ciphertext)
 
 
@@ -76,7 +76,7 @@ class AesCbc:
         self._encrypted_last = int.from_bytes(ciphertext[-16:], "big")
         return ciphertext
 
-    def decrypt(self, aad: bytes, iv: bytes, ciphertext: bytes | memoryview) -> bytes:
+    def decrypt(self, aad: bytes | memoryview, iv: bytes | memoryview, ciphertext: bytes | memoryview) -> bytes:
         if not ciphertext or len(ciphertext) % 16:
             raise Malformed(f"AES-CBC ciphertext of {len(ciphertext)} bytes is not a whole number of blocks")
         plaintext = self._decryptor.update(ciphertext)
@@ -111,7 +111,7 @@ class AesGcm:
     def encrypt(self, aad: bytes, iv: bytes, plaintext: bytes) -> bytes:
         return self._aead.encrypt(self._salt + iv, plaintext, aad)
 
-    def decrypt(self, aad: bytes, iv: bytes, ciphertext: bytes | memoryview) -> bytes:
+    def decrypt(self, aad: bytes | memoryview, iv: bytes | memoryview, ciphertext: bytes | memoryview) -> bytes:
         if len(ciphertext) < self.icv_len:
             raise Malformed("AES-GCM payload shorter than its ICV")
         try:
@@ -130,7 +130,7 @@ class Hmac:
         self._keyed = hmac.HMAC(key, hash_algorithm())
         self.icv_len = icv_len
 
-    def icv(self, *parts: bytes | memoryview) -> bytes:
+    def icv(self, *parts: bytes | bytearray | memoryview) -> bytes:
         """The truncated HMAC of the concatenation of ``parts``."""
         mac = self._keyed.copy()
         for part in parts:

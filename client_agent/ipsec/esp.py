@@ -38,7 +38,7 @@ def encapsulate(packet: bytes, state: SAState, *, iv: bytes | None = None) -> by
     if state.tunnel:
         seq = state.next_seq()
         esp = seal(state, seq, packet[:total_len], NEXT_HEADER_IPV4, iv=iv)
-        header = ipheader.tunnel_header(state.src_bytes, state.dst_bytes, IPPROTO_ESP, len(esp), packet, seq)
+        header = ipheader.tunnel_header(*state.endpoints(), IPPROTO_ESP, len(esp), packet, seq)
     elif ipheader.is_fragment(packet):
         raise Fragment("transport mode protects whole datagrams only (section 3.1.1)")
     else:

@@ -13,14 +13,17 @@ functions take an ``SAState``; its ``sa`` attribute holds the parameters.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
+from typing import TypeVar
 
 from client_agent.ipsec.algorithms import EncryptionAlgorithm, IntegrityAlgorithm, encryption, integrity
-from client_agent.ipsec.errors import SequenceExhausted
+from client_agent.ipsec.errors import NoSA, SequenceExhausted
 from client_agent.ipsec.replay import MIN_WINDOW, ReplayWindow
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, MAX_SPI, MIN_SPI
 
+_Algorithm = TypeVar("_Algorithm", EncryptionAlgorithm, IntegrityAlgorithm)
 MAX_SEQ = 2**32 - 1  # 32-bit sequence numbers; no ESN
 
 
@@ -38,8 +41,8 @@ class Mode(StrEnum):
     TUNNEL = "tunnel"
 
 
-_PROTOCOLS = {**{p: p for p in Protocol}, "esp": Protocol.ESP, "ah": Protocol.AH}
-_MODES = {m.value: m for m in Mode}
+_PROTOCOLS: dict[object, Protocol] = {**{p: p for p in Protocol}, "esp": Protocol.ESP, "ah": Protocol.AH}
+_MODES: dict[object, Mode] = {m.value: m for m in Mode}
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class SecurityAssociation:
     def integrity_algorithm(self) -> IntegrityAlgorithm:
         return integrity(self.integrity)
 
-    def _normalise(self, name: str, spellings: dict) -> None:
+    def _normalise(self, name: str, spellings: dict[object, Protocol] | dict[object, Mode]) -> None:
         value = getattr(self, name)
         try:
             normal = spellings.get(value.lower() if isinstance(value, str) else value)
@@ -103,16 +106,17 @@ class SecurityAssociation:
         object.__setattr__(self, name, normal)
 
     def _algorithms(self) -> tuple[EncryptionAlgorithm, IntegrityAlgorithm]:
-        algorithms = []
-        for name, lookup in (("encryption", encryption), ("integrity", integrity)):
-            value = getattr(self, name)
-            try:
-                algorithm = lookup(value)
-            except (ValueError, AttributeError) as err:
-                raise ValueError(f"{name}={value!r}: {err}") from None
-            object.__setattr__(self, name, algorithm.name)
-            algorithms.append(algorithm)
-        return algorithms[0], algorithms[1]
+        return self._algorithm("encryption", encryption), self._algorithm("integrity", integrity)
+
+    def _algorithm(self, name: str, lookup: Callable[[str], _Algorithm]) -> _Algorithm:
+        """The algorithm a field names, the field normalised to its IANA name; ValueError names the field."""
+        value = getattr(self, name)
+        try:
+            algorithm = lookup(value)
+        except (ValueError, AttributeError) as err:
+            raise ValueError(f"{name}={value!r}: {err}") from None
+        object.__setattr__(self, name, algorithm.name)
+        return algorithm
 
     @staticmethod
     def _check_key(name: str, key: object, lengths: tuple[int, ...], algorithm: str) -> None:
@@ -175,6 +179,12 @@ class SAState:
         self.packets = 0
         self.octets = 0
         self.verify_icv = True  # False only in a conformance fault control (CTRL-NOVERIFY): AH accepts any ICV
+
+    def endpoints(self) -> tuple[bytes, bytes]:
+        """A tunnel-mode SA's outer addresses (RFC 4301 5.1.2.1; SecurityAssociation requires them)."""
+        if self.src_bytes is None or self.dst_bytes is None:
+            raise NoSA(f"tunnel-mode SA 0x{self.sa.spi:08x} has no endpoints")
+        return self.src_bytes, self.dst_bytes
 
     def next_seq(self) -> int:
         if self.seq >= MAX_SEQ:

@@ -74,7 +74,7 @@ class Selector:
             return False
         if self.protocol is not None and protocol != self.protocol:
             return False
-        if src_port is None:
+        if src_port is None or dst_port is None:
             return self.src_ports == ANY_PORT and self.dst_ports == ANY_PORT
         return (
             self.src_ports[0] <= src_port <= self.src_ports[1] and self.dst_ports[0] <= dst_port <= self.dst_ports[1]

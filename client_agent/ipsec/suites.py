@@ -39,7 +39,7 @@ class Suite:
     ) -> SecurityAssociation:
         """An SA of this suite with keys drawn from ``random``."""
         return SecurityAssociation(
-            spi=spi, protocol=self.protocol, mode=mode, src=src, dst=dst,
+            spi=spi, protocol=self.protocol, mode=mode if isinstance(mode, Mode) else Mode(mode.lower()), src=src, dst=dst,
             encryption=self.encryption, enc_key=random(self.keymat_length),
             integrity=self.integrity, auth_key=random(INTEGRITY[self.integrity].key_length),
         )
