@@ -39,8 +39,7 @@ ovs:
 	    { cat $(SETUP_LOG); echo "natlab: Open vSwitch did not start"; exit 1; }; \
 	fi
 
-test: setup
-	$(VENV)/bin/ruff check .
+test: setup lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -54,6 +53,7 @@ bench: setup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports/runs

@@ -66,7 +66,7 @@ def ping(host, dst: str, count: int = 3) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (count, 0)
 
 
-def probe(host, *args: str | int) -> dict:
+def probe(host, *args: str | int | float) -> dict:
     """Run ``python -m conformance.probes ARGS`` in ``host``; its JSON answer."""
     argv = " ".join(str(a) for a in args)
     out = host.cmd(f"{sys.executable} -m conformance.probes {argv}")

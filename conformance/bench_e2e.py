@@ -253,7 +253,8 @@ def core_figures(protocol: int, size: int = CORE_SIZE, *, budget: float = 0.05) 
     traversal: Traversal = traversal_of(client)  # as the agent builds it: the configured ALGs registered
     sent, received = SAState(_sa(client, OUTBOUND)), SAState(_sa(client, INBOUND))
     inbound_sa, peer_sends = received.sa, SAState(_sa(peer, OUTBOUND))
-    private_ip, global_ip = client.address, client.nat.global_ip
+    nat, private_ip = client.behind_nat()
+    global_ip = nat.global_ip
     private = transport_packet(protocol, private_ip, server_ip(1), PRIVATE_PORT, IPERF_PORT, size)
     compensated = traversal.before_protect(private, sent)  # binds PRIVATE_PORT to the first leased port
     global_port = int.from_bytes(compensated[20:22], "big")

@@ -26,6 +26,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from client_agent.agent_cli import AgentProcess
 from client_agent.agent_config import Peer, peer_pair
@@ -109,13 +110,16 @@ def bench_ipsec(seconds: float, rounds: int, core_seconds: float, *, profile: bo
 def _agents(tb: Testbed, variant: str, work: Path, profile: bool = False) -> tuple[AgentProcess, AgentProcess]:
     """Agents in h1 and srv1 with fresh keys for ``variant``; ``profile`` runs each under cProfile (SIDE.prof)."""
     kind, mtu = VARIANTS[variant]
-    left, right = peer_pair(suite(KINDS[kind]), Peer("h1", client_ip(1)), Peer("srv1", server_ip(1)),
-                            **({"mtu": mtu} if mtu else {}))
-    return tuple(
+    if kind is None:
+        raise ValueError(f"variant {variant!r} runs no agents")
+    extra: dict[str, Any] = {"mtu": mtu} if mtu else {}
+    left, right = peer_pair(suite(KINDS[kind]), Peer("h1", client_ip(1)), Peer("srv1", server_ip(1)), **extra)
+    first, second = (
         AgentProcess(tb.host(config.name), config, work / config.name,
                      *(["--profile", str(work / f"{config.name}.prof")] if profile else []))
         for config in (left, right)
     )
+    return first, second
 
 
 def _iperf3_run(tb: Testbed, variant: str, seconds: float, work: Path) -> dict:
@@ -144,6 +148,8 @@ def agent_costs(agents: tuple[AgentProcess, AgentProcess], before: list[dict], a
 
 def cpu_times(agent: AgentProcess) -> dict[str, float]:
     """User and system CPU seconds the agent process has used (proc(5), fields 14 and 15)."""
+    if agent.proc is None:
+        raise RuntimeError(f"agent in {agent.host.name} is not running")
     fields = Path(f"/proc/{agent.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return {"user": int(fields[11]) / TICKS, "system": int(fields[12]) / TICKS}
 
@@ -163,8 +169,11 @@ def _profiled_run(tb: Testbed, seconds: float, work: Path) -> dict:
 
 def _profile_summary(path: Path, top: int = 8) -> dict:
     """Busy time (all but waiting in poll) split into crypto, system calls and Python, and the top functions."""
-    stats = pstats.Stats(str(path)).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
-    rows = [(pstats.func_std_string(func), tottime) for func, (_, _, tottime, _, _) in stats.items()]
+    # Stats.stats and func_std_string are pstats' own (not in typeshed):
+    # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
+    stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    name_of = pstats.func_std_string  # type: ignore[attr-defined]
+    rows = [(name_of(func), tottime) for func, (_, _, tottime, _, _) in stats.items()]
     busy = sum(t for name, t in rows if "'poll' of" not in name)
     crypto = sum(t for name, t in rows if any(c in name for c in CRYPTO_CALLS))
     syscalls = sum(t for name, t in rows if any(c in name for c in SYSCALLS))
@@ -179,7 +188,7 @@ def _profile_summary(path: Path, top: int = 8) -> dict:
 
 def _core_figures(kind: str, size: int, seconds: float) -> dict:
     """Core packets per second, and the same packet size through the crypto primitives alone."""
-    figures = packets_per_second(kind, size, seconds)
+    figures: dict[str, Any] = packets_per_second(kind, size, seconds)
     figures["kind"] = kind
     figures["crypto_only_pps"] = round(_crypto_only_pps(kind, size, seconds))
     figures["crypto_share"] = round(figures["encapsulate_pps"] / figures["crypto_only_pps"], 3)  # of the time

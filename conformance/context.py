@@ -4,7 +4,7 @@ book-keeping every scenario repeats (flow dumps and the table before/after)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,7 +65,7 @@ class Record:
         return self.table_after.get("counters", {}).get(name, 0) - self.table_before.get("counters", {}).get(name, 0)
 
     def result(self, behaviour: str, name: str, checks: list[tuple[bool, str]], positive: str, negative: str,
-               cell: dict | None = None, extra_evidence: list[Path] = ()) -> ScenarioResult:
+               cell: dict | None = None, extra_evidence: Sequence[Path] = ()) -> ScenarioResult:
         """A verdict from named checks: pass only if every check holds; the failed ones are the reason."""
         failed = [text for ok, text in checks if not ok]
         return ScenarioResult(

@@ -140,7 +140,7 @@ def read_pcap(path: Path) -> list[Packet]:
     packets = []
     for line in out.splitlines():
         v = dict(zip(_FIELDS, line.split("\t"), strict=False))
-        if not v.get("ip.src") or marker.is_marker_fields(v["ip.dst"], v.get("ip.proto"), v.get("udp.dstport")):
+        if not v.get("ip.src") or marker.is_marker_fields(v["ip.dst"], v.get("ip.proto", ""), v.get("udp.dstport")):
             continue
         sport = v.get("tcp.srcport") or v.get("udp.srcport")
         dport = v.get("tcp.dstport") or v.get("udp.dstport")

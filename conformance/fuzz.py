@@ -151,7 +151,7 @@ class LeaseFuzzer:
         response = self._response(messages)
         self._judge(host, before, response)
         self.results[(label, _result_name(response, by_opcode=label == "valid"))] += 1
-        if label == "valid" and response is not None and response.result == pcp.Result.SUCCESS \
+        if label == "valid" and request is not None and response is not None and response.result == pcp.Result.SUCCESS \
                 and request.opcode in (pcp.Opcode.LEASE, pcp.Opcode.MAP, pcp.Opcode.PEER) and request.lifetime:
             self.granted.append(Granted(host, request))
             del self.granted[:-200]
@@ -189,10 +189,10 @@ class LeaseFuzzer:
         protocol, port = self.rng.choice((6, 17)), self.rng.choice((500, 7000, 7001, self.rng.randint(1, 65535)))
         nonce, suggested = self.rng.randbytes(12), self.rng.choice((0, port, 40000))
         if self.rng.random() < 0.5:
-            info = pcp.MapInfo(nonce, protocol, port, suggested, self.rng.choice((None, *self.config.globals)))
-            return pcp.Request(pcp.Opcode.MAP, self._lifetime(), host.ip, info)
-        info = pcp.PeerInfo(nonce, protocol, port, suggested, None, 9, self._foreign())
-        return pcp.Request(pcp.Opcode.PEER, self._lifetime(), host.ip, info)
+            mapped = pcp.MapInfo(nonce, protocol, port, suggested, self.rng.choice((None, *self.config.globals)))
+            return pcp.Request(pcp.Opcode.MAP, self._lifetime(), host.ip, mapped)
+        peer = pcp.PeerInfo(nonce, protocol, port, suggested, None, 9, self._foreign())
+        return pcp.Request(pcp.Opcode.PEER, self._lifetime(), host.ip, peer)
 
     def _again(self, host: Host) -> pcp.Request | None:
         """Renew or release a granted lease: by its owner, or by a stranger with the sniffed nonce."""
@@ -204,7 +204,7 @@ class LeaseFuzzer:
         return pcp.Request(old.request.opcode, self.rng.choice((0, 600)), host.ip, old.request.info)
 
     def _read(self, host: Host) -> pcp.Request:
-        nonces = [g.request.info.nonce for g in self.granted]
+        nonces = [g.request.info.nonce for g in self.granted if g.request.info is not None]
         nonce = self.rng.choice(nonces) if nonces and self.rng.random() < 0.8 else self.rng.randbytes(12)
         return pcp.Request(pcp.Opcode.READ, 0, host.ip, pcp.ReadInfo(nonce, ()))
 
@@ -248,12 +248,13 @@ class LeaseFuzzer:
         after, me = self._leased(), self._origin(host)
         for entry_id in before.keys() | after.keys():
             old, new = before.get(entry_id), after.get(entry_id)
-            if old != new and (old or new)[1] != me:
+            owner = (old or new or (None, None))[1]
+            if old != new and owner != me:
                 raise InvariantBroken(f"a frame of {me} changed entry {entry_id}: {old} -> {new}")
-        if response is not None and response.opcode == pcp.Opcode.READ and response.result == pcp.Result.SUCCESS:
+        if response is not None and isinstance(response.info, pcp.ReadInfo) and response.result == pcp.Result.SUCCESS:
             for record in response.info.entries:
                 key = UDP_KEYED | record.port if record.port else record.protocol
-                entry = self.core.table.lookup_in(key, record.global_ip, record.global_gpn, record.foreign_ip)
+                entry = self.core.table.lookup_in(key, record.global_ip or "", record.global_gpn, record.foreign_ip)
                 if record.private_ip != host.ip or (entry and self.core.leases.owner_of(entry.id) != me):
                     raise InvariantBroken(f"READ by {me} showed {record}")
 

@@ -107,7 +107,7 @@ def behind_nat(
         out_name, in_name = f"{c.name}-{cell.peer}", f"{cell.peer}-{c.name}"
         send = cell.suite.sa(c.spi_out, mode, src=c.private_ip, dst=peer_ip, random=random)
         receive = cell.suite.sa(c.spi_in, mode, src=peer_ip, dst=c.global_ip, random=random)
-        nat = NatSettings(global_ip=c.global_ip, ports={IPPROTO_TCP: c.ports, IPPROTO_UDP: c.ports},
+        nat: NatSettings | None = NatSettings(global_ip=c.global_ip, ports={IPPROTO_TCP: c.ports, IPPROTO_UDP: c.ports},
                           server=GATEWAY_IP, lifetime=lifetime, compensate=compensate, algs=algs)
         if classic:
             nat, receive = None, replace(receive, dst=c.private_ip)

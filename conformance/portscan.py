@@ -21,6 +21,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 __pure__ = True
 
@@ -93,7 +94,8 @@ def read_report(xml_text: str) -> list[HostReport]:
 def _host(host: ET.Element) -> HostReport:
     """One <host>: its IPv4 address, listed ports, and the per-protocol port count including extraports."""
     address = next((a.get("addr", "") for a in host.findall("address") if a.get("addrtype") == "ipv4"), "")
-    ports, counted = [], {}
+    ports: list[Any] = []
+    counted: dict[Any, Any] = {}
     for p in host.findall("ports/port"):
         state = p.find("state")
         ports.append(Port(address, p.get("protocol", ""), int(p.get("portid", "0")),

@@ -282,7 +282,7 @@ def lease_fuzz(client_ip: str, count: int, seed: int = 7) -> dict:
     from netwire import pcp
 
     rng = random.Random(seed)
-    infos = [pcp.LeaseInfo(bytes(12), 50, None, None, None, plan.server_ip(1)),
+    infos: list[pcp.Info] = [pcp.LeaseInfo(bytes(12), 50, None, None, None, plan.server_ip(1)),
              pcp.GpnDefinition(bytes(12), 50, 0, 0, None, 0, 32, 256, 0xFFFFFFFF, 0),
              pcp.MapInfo(bytes(12), 17, 7000, 0, None), pcp.ReadInfo(bytes(12), ())]
     opcodes = [pcp.Opcode.LEASE, pcp.Opcode.DEFINE, pcp.Opcode.MAP, pcp.Opcode.READ]

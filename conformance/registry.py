@@ -90,7 +90,8 @@ class Registry:
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
-        for entry in (*self.behaviours, *self.controls):
+        entries: tuple[Behaviour | Control, ...] = (*self.behaviours, *self.controls)
+        for entry in entries:
             if entry.id in seen:
                 kind = "control" if isinstance(entry, Control) else "behaviour"
                 raise RegistryError(f"{kind} {entry.id}: field 'id': duplicate id")

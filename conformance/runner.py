@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,26 +21,29 @@ from conformance.context import Context
 from conformance.environment import collect
 from conformance.report import summary_table, write_report
 from conformance.results import ResultWriter, ScenarioResult, read_results
-from conformance.scenarios import SCENARIOS
+from conformance.scenario import ScenarioRecord, check, registered
 from topo.testbed import Testbed, TestbedError
 
+Log = Callable[[str], None]
 # NAT-EXPIRE watches a lease run out: allow 1 s leases (RFC 6887's 120 s minimum is a default, not a rule).
 CONTROLLER_ARGS = ["--lease-min-lifetime", "1"]
 
 
-def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, scenarios=None,
-              log=print) -> tuple[Path, list[ScenarioResult]]:
-    """Run the scenarios on a fresh testbed; return the run folder and the results.
+def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2,
+              scenarios: Sequence[ScenarioRecord] | None = None, log: Log = print) -> tuple[Path, list[ScenarioResult]]:
+    """Run the registered scenarios (or ``scenarios``) on a fresh testbed; return the run folder and the results.
 
-    Scenarios marked ``classic_nat`` (the CTRL-CLASSIC control) run afterwards
-    on a second testbed whose r1 is a classic Linux NAT (one testbed at a time).
+    Records are checked against behaviours.toml before any testbed starts. Those
+    whose testbed is ``classic`` (the CTRL-CLASSIC control) run afterwards on a
+    second testbed whose r1 is a classic Linux NAT (one testbed at a time).
     """
+    records = tuple(scenarios) if scenarios is not None else registered()
+    check(records, registry_mod.load())
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run_dir = (out / "runs" / stamp).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    scenarios = scenarios or SCENARIOS
-    extensible = [s for s in scenarios if not getattr(s, "classic_nat", False)]
-    classic = [s for s in scenarios if getattr(s, "classic_nat", False)]
+    extensible = [r for r in records if r.testbed == "extensible"]
+    classic = [r for r in records if r.testbed == "classic"]
     results_path = run_dir / "results.jsonl"
     log(f"natlab: run folder {run_dir}")
     done = 0
@@ -48,35 +52,37 @@ def run_suite(out: Path, clients: int = 3, servers: int = 2, globals: int = 2, s
             with Testbed(clients=clients, servers=servers, globals=globals, workdir=run_dir / "testbed",
                          controller_args=CONTROLLER_ARGS) as testbed:
                 log(f"natlab: testbed up ({clients} clients, {servers} servers, {globals} global addresses)")
-                done = _run_all(Context(testbed, run_dir), extensible, writer, done, len(scenarios), log)
+                done = _run_all(Context(testbed, run_dir), extensible, writer, done, len(records), log)
                 time.sleep(2.5)  # one more reading of r1's flow counters
                 paths = path_summary(testbed.table())
-                problems = testbed.controller.problems()
-                shutil.copy(testbed.controller.log, run_dir / "controller.log")
+                problems = testbed.controller.problems() if testbed.controller else []
+                if testbed.controller:
+                    shutil.copy(testbed.controller.log, run_dir / "controller.log")
             if problems:
                 log("natlab: the controller logged problems:\n  " + "\n  ".join(problems))
             (run_dir / "paths.txt").write_text(paths + "\n")
         if classic:
             with Testbed(clients=1, servers=1, globals=1, workdir=run_dir / "testbed-classic", nat="classic") as tb:
                 log("natlab: classic-NAT testbed up (r1 masquerades with Linux conntrack)")
-                _run_all(Context(tb, run_dir), classic, writer, done, len(scenarios), log)
+                _run_all(Context(tb, run_dir), classic, writer, done, len(records), log)
     return run_dir, read_results(results_path)
 
 
-def _run_all(ctx: Context, scenarios, writer: ResultWriter, done: int, total: int, log) -> int:
-    """Run ``scenarios`` in order, writing each result as it comes; returns how many have run in all."""
-    for scenario in scenarios:
+def _run_all(ctx: Context, records: Sequence[ScenarioRecord], writer: ResultWriter, done: int, total: int,
+             log: Log) -> int:
+    """Run ``records`` in order, writing each result as it comes; returns how many have run in all."""
+    for record in records:
         done += 1
-        name = scenario.__name__.replace("_", "-")
+        name = record.name
         log(f"[{done}/{total}] {name} ...")
         t0 = time.monotonic()
         try:
-            batch = scenario(ctx)
+            batch = record.run(ctx)
         except Exception as exc:  # a broken scenario is an error verdict, never a silent pass
             batch = [ScenarioResult(behaviour=behaviour, scenario=name, verdict="error",
                                     reason=f"{type(exc).__name__}: {exc}"[:500], control=behaviour.startswith("CTRL-"),
                                     started=datetime.now(UTC).isoformat(timespec="seconds"))
-                     for behaviour in scenario.covers]
+                     for behaviour in record.covers]
             (ctx.run_dir / f"{name}-traceback.txt").write_text(traceback.format_exc())
         for result in batch:
             writer.write(result)

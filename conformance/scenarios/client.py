@@ -26,6 +26,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +41,7 @@ from conformance.evidence import captures, save_json, save_text
 from conformance.matrix import CELLS, Cell, Client, behind_nat, clients
 from conformance.oracles import TsharkSummary, check_cleartext_capture, tshark_summary, tshark_verdicts, verify_capture
 from conformance.results import ScenarioResult
+from conformance.scenario import scenario
 
 HTTP_PORT, IPERF_TCP_BASE, IPERF_UDP_BASE, NC_TCP_BASE = 8000, 5201, 5301, 7101  # one server per client and test
 TRANSPORTS = {"TCP": 6, "UDP": 17}
@@ -48,6 +50,8 @@ RATE = "20M"  # enough to fill many segments, few enough for scapy to read every
 NC_UDP_SPORT = 40001  # the private port nc sends from; the ALG text names it
 FORGED_COUNT, FORGED_SEQ = 3, 2**31  # AH packets with a zero ICV to h1; far ahead of any real sequence number
 FORGED_TEXT = "natlab-forged-ah"
+# The cells the controls run: the seed predicts no failure for ESP tunnel mode (CLAIMS.md "Controls").
+CONTROL_CELLS = tuple(c for c in CELLS if not (c.protocol == "esp" and c.mode == "tunnel"))
 
 
 @dataclass
@@ -98,28 +102,12 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
         agents = [stack.enter_context(AgentProcess(tb.host(c.name), cfg, folder / f"agent-{c.name}"))
                   for c, cfg in zip(members, configs, strict=True)]
         run.table = {} if classic else tb.table()
-        services = [[sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", target_ip, "--directory", str(www)],
-                    [sys.executable, "-m", "conformance.probes", "udp-echo", target_ip, str(TEST_ALG_PORT),
-                     "--seconds", "120", "--log", str(echo_log)]]
-        services += [["iperf3", "-s", "-p", str(base + i)] for i in range(len(members))
-                     for base in (IPERF_TCP_BASE, IPERF_UDP_BASE)]
-        # exec: the Service's SIGTERM must reach nc itself. A listener that never got its connection (a
-        # control) otherwise outlives the run and, sharing the port, takes the next run's connection.
-        services += [["bash", "-c", f"exec nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
-                     for i, c in enumerate(members)]
-        for argv in services:
+        for argv in _services(target_ip, www, echo_log, members, folder):
             stack.enter_context(Service(target, argv, settle=0.0))
         time.sleep(1.0)
         csum_before = {h.name: _csum_errors(h) for h in (target, h1)}
         pcaps = stack.enter_context(captures(intfs + [(h1, "ipsec0")], folder / "pcap"))
-        procs = {c.name: _start_apps(tb.host(c.name), c, i, target_ip, folder, seconds)
-                 for i, c in enumerate(members)}
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _wait_all([_start_apps(tb.host(c.name), c, i, target_ip, folder, seconds) for i, c in enumerate(members)])
         if cell.protocol == "ah":
             run.forged = _forge_ah(peer_host, peer, cell, members[0], configs[0])
         time.sleep(0.5)
@@ -136,6 +124,31 @@ def run_cell(ctx: Context, cell: Cell, members: list[Client], folder: Path, *, c
     if run.peer_run_dir is not None:
         run.evidence.append(run.peer_run_dir / "esp_sa")
     return run
+
+
+def _services(target_ip: str, www: Path, echo_log: Path, members: list[Client], folder: Path) -> list[list[str]]:
+    """What the target serves during a cell: HTTP, the UDP echo (the test ALG's far end), an iperf3 pair
+    and an nc listener per client."""
+    services = [[sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", target_ip, "--directory", str(www)],
+                [sys.executable, "-m", "conformance.probes", "udp-echo", target_ip, str(TEST_ALG_PORT),
+                 "--seconds", "120", "--log", str(echo_log)]]
+    services += [["iperf3", "-s", "-p", str(base + i)] for i in range(len(members))
+                 for base in (IPERF_TCP_BASE, IPERF_UDP_BASE)]
+    # exec: the Service's SIGTERM must reach nc itself. A listener that never got its connection (a
+    # control) otherwise outlives the run and, sharing the port, takes the next run's connection.
+    services += [["bash", "-c", f"exec nc -l {NC_TCP_BASE + i} > {folder / f'nc-tcp-{c.name}.txt'}"]
+                 for i, c in enumerate(members)]
+    return services
+
+
+def _wait_all(procs: list[subprocess.Popen]) -> None:
+    """Every client's applications to their end (60 s at most each: a hung one is killed, and fails)."""
+    for proc in procs:
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _forge_ah(peer_host, peer: AgentConfig, cell: Cell, c: Client, config: AgentConfig) -> int:
@@ -257,10 +270,17 @@ def read_views(run: CellRun) -> Views:
         h1_out=_pick(h1_wire_seen, sends[h1.name]),
         h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})) if ah else [],
         tun=check_cleartext_capture(run.pcaps["ipsec0"]),
-        tshark=None if ah else tshark_summary(sent_by(tshark_verdicts(peer_wire, run.peer_run_dir), sources)),
+        tshark=None if ah else tshark_summary(sent_by(tshark_verdicts(peer_wire, _keys(run)), sources)),
         intranet=check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"]) if run.cell.mode == "tunnel" else [],
         peer_unjudged=_unjudged(peer_seen.skipped), h1_unjudged=_unjudged(h1_seen.skipped),
     )
+
+
+def _keys(run: CellRun) -> Path:
+    """The peer agent's run folder, where its esp_sa key file is (tshark decrypts with it)."""
+    if run.peer_run_dir is None:
+        raise RuntimeError(f"cell {run.cell.name}: the peer's agent never started")
+    return run.peer_run_dir
 
 
 def sent_by(rows, sources: set[str]) -> list[dict]:
@@ -304,140 +324,271 @@ def _in_block(port: int | None, c: Client) -> bool:
 # ----------------------------------------------------------------------------- judges
 
 
+Check = tuple[bool, str]  # a verdict and the sentence that says why it fails
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One behaviour's verdict on one transport of a cell: its checks, and what passing and the absence of
+    the forbidden outcome looked like (the report's positive and negative evidence)."""
+
+    checks: list[Check]
+    positive: str
+    negative: str
+
+
+@dataclass
+class Facts:
+    """What the judges of one transport of a cell read, derived once from the run and the oracles' views."""
+
+    run: CellRun
+    views: Views
+    transport: str
+    proto: int
+    failed_apps: str  # the clients whose applications failed, as a sentence ("" if none)
+    peer_inner: dict[str, list]  # client -> its inner packets of this transport at the peer
+    all_inner: list
+    bad_auth: list  # every client packet at the peer that failed its ICV or decryption
+    csum_bad: list  # inner checksums wrong, or not verifiable: both count
+    counts: str
+    h1_in: list  # the peer's packets on h1's wire (as if to the global IP for AH)
+    tun_in: list  # what h1's stack got from the target, forgeries excluded (IN-AH judges those)
+    delivered: dict[str, int]
+    drops: dict[str, dict]
+    in_global: list  # h1_in with ports
+
+    @property
+    def cell(self) -> Cell:
+        return self.run.cell
+
+    @property
+    def h1(self) -> Client:
+        return self.run.members[0]
+
+    @property
+    def name(self) -> str:
+        return f"{self.cell.name}-{self.transport.lower()}"
+
+    @property
+    def label(self) -> dict:
+        return {"ipsec": self.cell.protocol.upper(), "mode": self.cell.mode, "transport": self.transport}
+
+
+def facts(run: CellRun, views: Views, transport: str, proto: int) -> Facts:
+    """The derived observations every judge of ``transport`` in the cell shares."""
+    failing = {c.name: [a for a in APPS[transport] if not app_ok(a, run.apps[c.name][a])] for c in run.members}
+    peer_inner = {c.name: _of(views.at_peer[c.name], proto) for c in run.members}
+    all_inner = [v for vs in peer_inner.values() for v in vs]
+    h1_in = _of(views.h1_in_as_global if run.cell.protocol == "ah" else views.h1_in, proto)
+    statuses = {c.name: run.statuses.get(c.name, {}).get("counters", {}) for c in run.members}
+    return Facts(
+        run=run, views=views, transport=transport, proto=proto,
+        failed_apps="; ".join(f"{c}: {', '.join(a)} failed" for c, a in failing.items() if a),
+        peer_inner=peer_inner, all_inner=all_inner,
+        # Every client packet at the peer, whatever it carries: one that fails its ICV has no inner protocol.
+        bad_auth=[v for c in run.members for v in views.at_peer[c.name] if not (v.icv_ok and v.decrypted)],
+        csum_bad=[v for v in all_inner if v.checksum_ok is not True],
+        counts=", ".join(f"{c}: {len(vs)}" for c, vs in peer_inner.items()),
+        h1_in=h1_in,
+        tun_in=[p for p in views.tun if p.protocol == proto and p.src == run.cell.target[1]
+                and FORGED_TEXT.encode() not in p.payload],
+        delivered={n: s.get("delivered", 0) for n, s in statuses.items()},
+        drops={n: s.get("drops", {}) for n, s in statuses.items()},
+        in_global=[v for v in h1_in if v.sport is not None],
+    )
+
+
+def judge_out_send(f: Facts) -> Judgement:
+    """OUT-SEND: every client's applications worked, and the peer got IPsec from the global IP only."""
+    members, peer = f.run.members, f.cell.peer
+    return Judgement([
+        (not f.failed_apps, f.failed_apps or "applications"),
+        (not f.bad_auth and not f.views.peer_unjudged, f"{len(f.bad_auth)} packets at {peer} failed verification; "
+                                                       f"not judged: {f.views.peer_unjudged}"),
+        (all(f.peer_inner.values()), f"no {f.transport} inside the IPsec packets at {peer} from some client "
+                                     f"({f.counts})"),
+        (all(v.src == c.global_ip for c in members for v in f.peer_inner[c.name]),
+         "a packet reached the peer from an address that is not the client's global IP"),
+    ], f"{f.transport} apps of all {len(members)} clients succeeded; {peer} got {f.counts} packets from "
+       f"the global IP", f"no packet from a private address reached {peer}")
+
+
+def judge_out_port(f: Facts) -> Judgement:
+    """OUT-PORT (transport mode): every inner source port at the peer is in its client's leased block."""
+    outside = [v for c in f.run.members for v in f.peer_inner[c.name] if not _in_block(v.sport, c)]
+    tun_ports = {p.sport for p in f.views.tun if p.protocol == f.proto and p.src == f.h1.private_ip}
+    peer = f.cell.peer
+    return Judgement([
+        (bool(f.all_inner) and not outside, f"{len(outside)} inner packets at {peer} with a source port "
+                                            f"outside their client's leased block"),
+        (bool(tun_ports) and not any(_in_block(p, f.h1) for p in tun_ports),
+         f"h1's own stack used ports {sorted(tun_ports)[:5]}: nothing to replace"),
+    ], f"{len(f.all_inner)} inner packets at {peer}, every source port in its client's leased block; "
+       f"h1's stack sent from {sorted(tun_ports)[:3]}", "no private source port reached the peer")
+
+
+def judge_out_tunaddr(f: Facts) -> Judgement:
+    """OUT-TUNADDR (tunnel mode): inner sources are (global IP, leased port); no private address on the intranet."""
+    cell, members = f.cell, f.run.members
+    wrong = [v for c in members for v in f.peer_inner[c.name]
+             if v.inner_src != c.global_ip or not _in_block(v.sport, c)]
+    reached = [p for p in f.views.intranet if p.protocol == f.proto and p.src == cell.target[1]
+               and p.dst in {c.global_ip for c in members}]
+    leaked = [p for p in f.views.intranet if p.src.startswith("10.") or p.dst.startswith("10.")]
+    return Judgement([
+        (bool(f.all_inner) and not wrong, f"{len(wrong)} inner packets whose source is not (global IP, leased "
+                                          f"port)"),
+        (not leaked, f"{len(leaked)} packets on the intranet carry a private address"),
+        (bool(reached), f"{len(reached)} packets from {cell.target[1]} on the intranet"),
+    ], f"{len(f.all_inner)} decapsulated packets at {cell.peer} from (global IP, leased port); "
+       f"{len(reached)} packets from {cell.target[1]} to global addresses on the intranet",
+       "no private address on the intranet")
+
+
+def judge_out_csum(f: Facts) -> Judgement:
+    """OUT-CSUM: scapy, tshark with the peer's keys, and the target's kernel find the inner checksums right."""
+    cell, run, transport = f.cell, f.run, f.transport
+    ts = f.views.tshark
+    ts_good = getattr(ts, f"{transport.lower()}_checksum_good", 0)
+    ts_bad = (getattr(ts, f"{transport.lower()}_checksum_bad", 0) + getattr(ts, "esp_icv_bad", 0)
+              + getattr(ts, "esp_unverified", 0) + getattr(ts, "checksum_unverified", 0))
+    tshark_check = [] if ts is None else [(ts_good > 0 and ts_bad == 0, f"tshark on the clients' packets: {ts}")]
+    return Judgement([
+        (bool(f.all_inner) and not f.csum_bad, f"scapy: {len(f.csum_bad)} of {len(f.all_inner)} inner checksums "
+                                               "wrong or unverifiable"),
+        (not f.bad_auth, f"{len(f.bad_auth)} packets failed authentication/decryption at the peer"),
+        *tshark_check,
+        (run.csum_errors[cell.target[0]].get(transport) == 0,
+         f"{cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]]} checksum errors"),
+        (not f.failed_apps, f.failed_apps or "applications"),
+    ], f"scapy recomputed {len(f.all_inner)} inner {transport} checksums at {cell.peer}, {len(f.csum_bad)} not right"
+       + (f"; tshark with the peer's keys, clients' packets only: {ts_good} good, {ts_bad} bad or unverified"
+          if ts is not None else ""),
+       f"{cell.target[0]}'s kernel: 0 checksum errors")
+
+
+def judge_out_ah(f: Facts) -> Judgement:
+    """OUT-AH: the ICV verifies at the peer and, on h1's wire, as if from the global IP (not the private one)."""
+    out_raw = _of(f.views.h1_out, f.proto)
+    out_global = _of(f.views.h1_out_as_global, f.proto)
+    return Judgement([
+        (bool(f.all_inner) and all(v.icv_ok for v in f.all_inner), "an AH ICV failed at the peer"),
+        (bool(out_global) and all(v.icv_ok for v in out_global),
+         "h1's packets before the NAT do not verify as if from the global IP"),
+        (bool(out_raw) and not any(v.icv_ok for v in out_raw),
+         "h1's packets verify with their private source: not computed over the global IP"),
+    ], f"scapy verified {len(f.all_inner)} AH ICVs at {f.cell.peer} and {len(out_global)} on h1's wire as if from "
+       f"{f.h1.global_ip}", f"none of {len(out_raw)} verifies with h1's private source")
+
+
+def judge_in_recv(f: Facts) -> Judgement:
+    """IN-RECV: every agent delivered, and the peer's packets reached h1 translated to its private IP."""
+    h1 = f.h1
+    return Judgement([
+        (all(f.delivered.values()), f"some client's agent delivered nothing: {f.delivered}"),
+        (bool(f.h1_in) and all(v.dst == h1.private_ip for v in f.h1_in),
+         "the peer's packets did not reach h1 translated to its private IP"),
+        (not f.failed_apps, f.failed_apps or "applications"),
+    ], f"h1's wire: {len(f.h1_in)} {f.transport} packets from {f.cell.peer} to {h1.private_ip}; agents delivered "
+       f"{f.delivered}", f"drops: {f.drops}")
+
+
+def judge_in_ah(f: Facts) -> Judgement:
+    """IN-AH: incoming AH verifies as if to the global IP, and h1's agent drops exactly the forged packets."""
+    h1, views = f.h1, f.views
+    raw = _of(views.h1_in, f.proto)
+    return Judgement([
+        (bool(f.h1_in) and all(v.icv_ok for v in f.h1_in), "an incoming AH packet does not verify as if to the "
+                                                           "global IP"),
+        (bool(raw) and not any(v.icv_ok for v in raw), "incoming AH verifies with the private destination"),
+        *_forged_checks(f.run, views, f.drops),
+    ], f"scapy verified {len(f.h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}; h1's agent dropped "
+       f"{f.drops.get(h1.name, {}).get('bad_icv', 0)} of {len(views.h1_forged)} forged packets for their ICV",
+       f"none of {len(raw)} verifies with the private destination; no forged payload on h1's TUN")
+
+
+def judge_in_port(f: Facts) -> Judgement:
+    """IN-PORT (transport mode): packets arrive for leased ports and reach h1's stack on its own ports."""
+    h1, in_global, tun_in = f.h1, f.in_global, f.tun_in
+    return Judgement([
+        (bool(in_global) and all(_in_block(v.dport, h1) for v in in_global),
+         "incoming packets before the agent are not addressed to the leased global ports"),
+        (bool(tun_in) and all(p.dst == h1.private_ip and not _in_block(p.dport, h1) for p in tun_in),
+         "a packet reached h1's stack on a global address or port"),
+    ], f"{len(in_global)} packets arrived for leased ports {sorted({v.dport for v in in_global})[:3]}; "
+       f"h1's stack got {len(tun_in)} on its own ports {sorted({p.dport for p in tun_in})[:3]}",
+       "none reached h1's stack on a global port")
+
+
+def judge_in_tunaddr(f: Facts) -> Judgement:
+    """IN-TUNADDR (tunnel mode): decapsulated packets go to (global IP, leased port); h1's stack gets its own."""
+    h1, in_global, tun_in = f.h1, f.in_global, f.tun_in
+    return Judgement([
+        (bool(in_global) and all(v.inner_dst == h1.global_ip and _in_block(v.dport, h1) for v in in_global),
+         "decapsulated packets are not addressed to (global IP, leased port)"),
+        (bool(tun_in) and all(p.dst == h1.private_ip and not _in_block(p.dport, h1) for p in tun_in),
+         "a packet reached h1's stack with the global address or port"),
+    ], f"{len(in_global)} tunnelled packets to ({h1.global_ip}, leased port); h1's stack got {len(tun_in)} "
+       f"to ({h1.private_ip}, its own port)", "none reached h1's stack with a global address")
+
+
+def judge_in_csum(f: Facts) -> Judgement:
+    """IN-CSUM: what h1's stack got has right checksums (scapy) and h1's kernel counted no checksum error."""
+    h1, run, transport, tun_in = f.h1, f.run, f.transport, f.tun_in
+    tun_bad = [p for p in tun_in if p.checksum_ok is not True]  # a UDP checksum of 0 verifies nothing: it counts
+    return Judgement([
+        (bool(tun_in) and not tun_bad, f"scapy: {len(tun_bad)} of {len(tun_in)} checksums wrong or absent on h1's "
+                                       "TUN"),
+        (run.csum_errors[h1.name].get(transport) == 0, f"h1's kernel counted {run.csum_errors[h1.name]} "
+                                                       "checksum errors"),
+        (not f.failed_apps, f.failed_apps or "applications"),
+    ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, {len(tun_bad)} not right",
+       f"h1's kernel: {run.csum_errors[h1.name].get(transport)} {transport} checksum errors")
+
+
+def _always(cell: Cell) -> bool:
+    return True
+
+
+def _transport_mode(cell: Cell) -> bool:
+    return cell.mode == "transport"
+
+
+def _tunnel_mode(cell: Cell) -> bool:
+    return cell.mode != "transport"
+
+
+def _is_ah(cell: Cell) -> bool:
+    return cell.protocol == "ah"
+
+
+# The matrix judges, in report order: (behaviour, which cells it applies to, the judge). One verdict each.
+CELL_JUDGES: tuple[tuple[str, Callable[[Cell], bool], Callable[[Facts], Judgement]], ...] = (
+    ("OUT-SEND", _always, judge_out_send),
+    ("OUT-PORT", _transport_mode, judge_out_port),
+    ("OUT-TUNADDR", _tunnel_mode, judge_out_tunaddr),
+    ("OUT-CSUM", _always, judge_out_csum),
+    ("OUT-AH", _is_ah, judge_out_ah),
+    ("IN-RECV", _always, judge_in_recv),
+    ("IN-AH", _is_ah, judge_in_ah),
+    ("IN-PORT", _transport_mode, judge_in_port),
+    ("IN-TUNADDR", _tunnel_mode, judge_in_tunaddr),
+    ("IN-CSUM", _always, judge_in_csum),
+)
+
+
 def judge_cell(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
     """OUT-*, IN-* for each transport of the cell, plus CL-SPI and CL-UNIQ, from ``run`` and ``views``."""
     results = []
-    cell = run.cell
-    h1 = run.members[0]
-    evidence = run.evidence
     for transport, proto in TRANSPORTS.items():
-        label = {"ipsec": cell.protocol.upper(), "mode": cell.mode, "transport": transport}
-        name = f"{cell.name}-{transport.lower()}"
-        apps_ok = {c.name: [a for a in APPS[transport] if not app_ok(a, run.apps[c.name][a])] for c in run.members}
-        failed_apps = "; ".join(f"{c}: {', '.join(a)} failed" for c, a in apps_ok.items() if a)
-        peer_inner = {c.name: _of(run_v, proto) for c, run_v in ((c, views.at_peer[c.name]) for c in run.members)}
-        all_inner = [v for vs in peer_inner.values() for v in vs]
-        # Every client packet at the peer, whatever it carries: one that fails its ICV has no inner protocol.
-        bad_auth = [v for c in run.members for v in views.at_peer[c.name] if not (v.icv_ok and v.decrypted)]
-        csum_bad = [v for v in all_inner if v.checksum_ok is not True]  # wrong, or not verifiable: both count
-        counts = ", ".join(f"{c}: {len(vs)}" for c, vs in peer_inner.items())
-
-        def result(behaviour, checks, positive, negative, name=name, label=label):
-            return rec.result(behaviour, name, checks, positive, negative, cell=label, extra_evidence=evidence)
-
-        results.append(result("OUT-SEND", [
-            (not failed_apps, failed_apps or "applications"),
-            (not bad_auth and not views.peer_unjudged, f"{len(bad_auth)} packets at {cell.peer} failed verification; "
-                                                       f"not judged: {views.peer_unjudged}"),
-            (all(peer_inner.values()), f"no {transport} inside the IPsec packets at {cell.peer} from some client ({counts})"),
-            (all(v.src == c.global_ip for c in run.members for v in peer_inner[c.name]),
-             "a packet reached the peer from an address that is not the client's global IP"),
-        ], f"{transport} apps of all {len(run.members)} clients succeeded; {cell.peer} got {counts} packets from "
-           f"the global IP", f"no packet from a private address reached {cell.peer}"))
-        if cell.mode == "transport":
-            outside = [v for c in run.members for v in peer_inner[c.name] if not _in_block(v.sport, c)]
-            tun_ports = {p.sport for p in views.tun if p.protocol == proto and p.src == h1.private_ip}
-            results.append(result("OUT-PORT", [
-                (bool(all_inner) and not outside, f"{len(outside)} inner packets at {cell.peer} with a source port "
-                                                  f"outside their client's leased block"),
-                (bool(tun_ports) and not any(_in_block(p, h1) for p in tun_ports),
-                 f"h1's own stack used ports {sorted(tun_ports)[:5]}: nothing to replace"),
-            ], f"{len(all_inner)} inner packets at {cell.peer}, every source port in its client's leased block; "
-               f"h1's stack sent from {sorted(tun_ports)[:3]}", "no private source port reached the peer"))
-        else:
-            wrong = [v for c in run.members for v in peer_inner[c.name]
-                     if v.inner_src != c.global_ip or not _in_block(v.sport, c)]
-            reached = [p for p in views.intranet if p.protocol == proto and p.src == cell.target[1]
-                       and p.dst in {c.global_ip for c in run.members}]
-            leaked = [p for p in views.intranet if p.src.startswith("10.") or p.dst.startswith("10.")]
-            results.append(result("OUT-TUNADDR", [
-                (bool(all_inner) and not wrong, f"{len(wrong)} inner packets whose source is not (global IP, leased "
-                                                f"port)"),
-                (not leaked, f"{len(leaked)} packets on the intranet carry a private address"),
-                (bool(reached), f"{len(reached)} packets from {cell.target[1]} on the intranet"),
-            ], f"{len(all_inner)} decapsulated packets at {cell.peer} from (global IP, leased port); "
-               f"{len(reached)} packets from {cell.target[1]} to global addresses on the intranet",
-               "no private address on the intranet"))
-        ts = views.tshark
-        ts_good = getattr(ts, f"{transport.lower()}_checksum_good", 0)
-        ts_bad = (getattr(ts, f"{transport.lower()}_checksum_bad", 0) + getattr(ts, "esp_icv_bad", 0)
-                  + getattr(ts, "esp_unverified", 0) + getattr(ts, "checksum_unverified", 0))
-        tshark_check = [] if ts is None else [(ts_good > 0 and ts_bad == 0, f"tshark on the clients' packets: {ts}")]
-        results.append(result("OUT-CSUM", [
-            (bool(all_inner) and not csum_bad, f"scapy: {len(csum_bad)} of {len(all_inner)} inner checksums wrong or "
-                                               "unverifiable"),
-            (not bad_auth, f"{len(bad_auth)} packets failed authentication/decryption at the peer"),
-            *tshark_check,
-            (run.csum_errors[cell.target[0]].get(transport) == 0,
-             f"{cell.target[0]}'s kernel counted {run.csum_errors[cell.target[0]]} checksum errors"),
-            (not failed_apps, failed_apps or "applications"),
-        ], f"scapy recomputed {len(all_inner)} inner {transport} checksums at {cell.peer}, {len(csum_bad)} not right"
-           + (f"; tshark with the peer's keys, clients' packets only: {ts_good} good, {ts_bad} bad or unverified"
-              if ts is not None else ""),
-           f"{cell.target[0]}'s kernel: 0 checksum errors"))
-        if cell.protocol == "ah":
-            out_raw = _of(views.h1_out, proto)
-            out_global = _of(views.h1_out_as_global, proto)
-            results.append(result("OUT-AH", [
-                (bool(all_inner) and all(v.icv_ok for v in all_inner), "an AH ICV failed at the peer"),
-                (bool(out_global) and all(v.icv_ok for v in out_global),
-                 "h1's packets before the NAT do not verify as if from the global IP"),
-                (bool(out_raw) and not any(v.icv_ok for v in out_raw),
-                 "h1's packets verify with their private source: not computed over the global IP"),
-            ], f"scapy verified {len(all_inner)} AH ICVs at {cell.peer} and {len(out_global)} on h1's wire as if from "
-               f"{h1.global_ip}", f"none of {len(out_raw)} verifies with h1's private source"))
-        # incoming
-        h1_in = _of(views.h1_in_as_global if cell.protocol == "ah" else views.h1_in, proto)
-        tun_in = [p for p in views.tun if p.protocol == proto and p.src == cell.target[1]  # what h1's stack got
-                  and FORGED_TEXT.encode() not in p.payload]  # forgeries are IN-AH's to judge
-        delivered = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("delivered", 0) for c in run.members}
-        drops = {c.name: run.statuses.get(c.name, {}).get("counters", {}).get("drops", {}) for c in run.members}
-        results.append(result("IN-RECV", [
-            (all(delivered.values()), f"some client's agent delivered nothing: {delivered}"),
-            (bool(h1_in) and all(v.dst == h1.private_ip for v in h1_in),
-             "the peer's packets did not reach h1 translated to its private IP"),
-            (not failed_apps, failed_apps or "applications"),
-        ], f"h1's wire: {len(h1_in)} {transport} packets from {cell.peer} to {h1.private_ip}; agents delivered "
-           f"{delivered}", f"drops: {drops}"))
-        if cell.protocol == "ah":
-            raw = _of(views.h1_in, proto)
-            results.append(result("IN-AH", [
-                (bool(h1_in) and all(v.icv_ok for v in h1_in), "an incoming AH packet does not verify as if to the "
-                                                               "global IP"),
-                (bool(raw) and not any(v.icv_ok for v in raw), "incoming AH verifies with the private destination"),
-                *_forged_checks(run, views, drops),
-            ], f"scapy verified {len(h1_in)} AH ICVs on h1's wire as if to {h1.global_ip}; h1's agent dropped "
-               f"{drops.get(h1.name, {}).get('bad_icv', 0)} of {len(views.h1_forged)} forged packets for their ICV",
-               f"none of {len(raw)} verifies with the private destination; no forged payload on h1's TUN"))
-        in_global = [v for v in h1_in if v.sport is not None]
-        if cell.mode == "transport":
-            results.append(result("IN-PORT", [
-                (bool(in_global) and all(_in_block(v.dport, h1) for v in in_global),
-                 "incoming packets before the agent are not addressed to the leased global ports"),
-                (bool(tun_in) and all(p.dst == h1.private_ip and not _in_block(p.dport, h1) for p in tun_in),
-                 "a packet reached h1's stack on a global address or port"),
-            ], f"{len(in_global)} packets arrived for leased ports {sorted({v.dport for v in in_global})[:3]}; "
-               f"h1's stack got {len(tun_in)} on its own ports {sorted({p.dport for p in tun_in})[:3]}",
-               "none reached h1's stack on a global port"))
-        else:
-            results.append(result("IN-TUNADDR", [
-                (bool(in_global) and all(v.inner_dst == h1.global_ip and _in_block(v.dport, h1) for v in in_global),
-                 "decapsulated packets are not addressed to (global IP, leased port)"),
-                (bool(tun_in) and all(p.dst == h1.private_ip and not _in_block(p.dport, h1) for p in tun_in),
-                 "a packet reached h1's stack with the global address or port"),
-            ], f"{len(in_global)} tunnelled packets to ({h1.global_ip}, leased port); h1's stack got {len(tun_in)} "
-               f"to ({h1.private_ip}, its own port)", "none reached h1's stack with a global address"))
-        tun_bad = [p for p in tun_in if p.checksum_ok is not True]  # a UDP checksum of 0 verifies nothing: it counts
-        results.append(result("IN-CSUM", [
-            (bool(tun_in) and not tun_bad, f"scapy: {len(tun_bad)} of {len(tun_in)} checksums wrong or absent on h1's "
-                                           "TUN"),
-            (run.csum_errors[h1.name].get(transport) == 0, f"h1's kernel counted {run.csum_errors[h1.name]} "
-                                                           "checksum errors"),
-            (not failed_apps, failed_apps or "applications"),
-        ], f"scapy recomputed {len(tun_in)} checksums of what h1's stack got, {len(tun_bad)} not right",
-           f"h1's kernel: {run.csum_errors[h1.name].get(transport)} {transport} checksum errors"))
+        f = facts(run, views, transport, proto)
+        for behaviour, applies, judge in CELL_JUDGES:
+            if applies(run.cell):
+                j = judge(f)
+                results.append(rec.result(behaviour, f.name, j.checks, j.positive, j.negative, cell=f.label,
+                                          extra_evidence=run.evidence))
         if transport == "UDP":
-            results += _judge_alg(rec, run, views, name, label)
+            results += _judge_alg(rec, run, views, f.name, f.label)
     results += _judge_leases(rec, run, views)
     return results
 
@@ -593,6 +744,9 @@ def judge_control(rec: Record, run: CellRun, views: Views, control: str) -> list
 # ----------------------------------------------------------------------------- scenarios
 
 
+@scenario(covers=("OUT-SEND", "OUT-PORT", "OUT-TUNADDR", "OUT-CSUM", "OUT-AH", "OUT-ALG", "IN-RECV", "IN-AH",
+                  "IN-PORT", "IN-TUNADDR", "IN-CSUM", "IN-ALG", "CL-SPI", "CL-UNIQ"),
+          order=30, cells=tuple(c.name for c in CELLS))
 def client_matrix(ctx: Context) -> list[ScenarioResult]:
     """Every cell: three clients behind one global IP, all at once; OUT-*, IN-*, CL-SPI, CL-UNIQ."""
     results = []
@@ -606,26 +760,24 @@ def client_matrix(ctx: Context) -> list[ScenarioResult]:
     return results
 
 
+@scenario(covers=("CTRL-NOCOMP",), order=50, cells=tuple(c.name for c in CONTROL_CELLS))
 def client_controls(ctx: Context) -> list[ScenarioResult]:
     """CTRL-NOCOMP: the cells the seed predicts a failure for, with the agent's compensation off."""
     return _controls(ctx, "CTRL-NOCOMP", "control-nocomp")
 
 
+# The classic testbed (r1 a Linux masquerade, no controller) comes up after the extensible one.
+@scenario(covers=("CTRL-CLASSIC",), order=100, testbed="classic", cells=tuple(c.name for c in CONTROL_CELLS))
 def client_classic(ctx: Context) -> list[ScenarioResult]:
     """CTRL-CLASSIC: plain IPsec hosts through a Linux conntrack masquerade router instead of r1."""
     return _controls(ctx, "CTRL-CLASSIC", "control-classic")
-
-
-client_classic.classic_nat = True  # the runner gives it a testbed whose r1 is a classic NAT
 
 
 def _controls(ctx: Context, control: str, prefix: str) -> list[ScenarioResult]:
     """One client alone on its global IP, without compensation, in each cell with a predicted failure."""
     results = []
     members = clients(1, 1)
-    for cell in CELLS:
-        if cell.protocol == "esp" and cell.mode == "tunnel":
-            continue  # the seed predicts nothing here (CLAIMS.md "Controls")
+    for cell in CONTROL_CELLS:
         with ctx.recorded(f"{prefix}-{cell.name}") as rec:
             run = run_cell(ctx, cell, members, rec.folder, compensate=False)
         results += judge_control(rec, run, read_views(run), control)
@@ -636,6 +788,7 @@ NOALG_FAILS = frozenset({"OUT-ALG", "IN-ALG"})  # what a client without its ALG 
 NOVERIFY_FAILS = frozenset({"IN-AH"})  # what a client that accepts any AH ICV lacks
 
 
+@scenario(covers=("CTRL-NOVERIFY",), order=70, cells=("ah-transport",))
 def client_noverify(ctx: Context) -> list[ScenarioResult]:
     """CTRL-NOVERIFY: the matrix's AH transport cell with the clients' ICV verification off (the
     agent's ``verify_icv = false`` fault switch): the matrix judges must fail exactly IN-AH."""
@@ -646,6 +799,7 @@ def client_noverify(ctx: Context) -> list[ScenarioResult]:
                         cell={"ipsec": "AH", "mode": "transport", "transport": "UDP"})]
 
 
+@scenario(covers=("CTRL-NOALG",), order=60, cells=("esp-transport",))
 def client_noalg(ctx: Context) -> list[ScenarioResult]:
     """CTRL-NOALG: the matrix's ESP transport cell with the clients' ALG off (an empty ``algs`` list).
 
@@ -684,6 +838,7 @@ RENEW_LIFETIME_S = 4  # the NAT grants it (the runner allows 1 s leases): renewa
 RENEW_RUN_S = 12
 
 
+@scenario(covers=("CL-RENEW",), order=40, cells=("esp-transport",))
 def client_renew(ctx: Context) -> list[ScenarioResult]:
     """CL-RENEW: with 4 s leases, 12 s of traffic needs every lease renewed several times, in place."""
     tb = ctx.testbed

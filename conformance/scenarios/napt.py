@@ -6,11 +6,14 @@ inside the hosts on both sides of r1."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from typing import Any
 
 from conformance import apps
 from conformance.context import Context
 from conformance.evidence import captures, read_pcap
 from conformance.results import ScenarioResult
+from conformance.scenario import scenario
 from netwire.plan import INSIDE_NET, server_ip
 
 PRIVATE = ipaddress.IPv4Network(INSIDE_NET)
@@ -22,6 +25,7 @@ def _private(ip: str) -> bool:
     return ipaddress.IPv4Address(ip) in PRIVATE
 
 
+@scenario(covers=("NAT-AUTO",), order=10)
 def nat_auto(ctx: Context) -> list[ScenarioResult]:
     """Unmodified curl, iperf3 (TCP and UDP) and ping from every client at once."""
     tb, clients = ctx.testbed, ctx.clients()
@@ -84,6 +88,7 @@ def nat_auto(ctx: Context) -> list[ScenarioResult]:
     return results
 
 
+@scenario(covers=("NAT-DROP",), order=20)
 def nat_drop(ctx: Context) -> list[ScenarioResult]:
     """Unsolicited inbound traffic and outbound ESP/AH without an entry go nowhere."""
     tb, clients = ctx.testbed, ctx.clients()
@@ -118,13 +123,19 @@ def unsolicited_expected(globals_: list[str], target: tuple[str, int]) -> dict[s
         "srv2-eth0", lambda p: p.proto == 17 and p.src == SRV2 and (p.dst, p.dport) == target, 2)}
     for g in globals_:
         for port in (80, 22):
-            want[f"srv2 SYN to {g}:{port}"] = ("srv2-eth0", lambda p, g=g, port=port: p.src == SRV2 and p.dst == g
-                                               and p.tcp_syn_only and p.dport == port, 1)
-        want[f"srv2 UDP to {g}:53"] = ("srv2-eth0", lambda p, g=g: p.src == SRV2 and p.dst == g and p.proto == 17
-                                       and p.dport == 53, 2)
-        want[f"srv1 SYN to {g}:8080"] = ("srv1-eth0", lambda p, g=g: p.src == SRV1 and p.dst == g and p.tcp_syn_only
-                                         and p.dport == 8080, 1)
+            want[f"srv2 SYN to {g}:{port}"] = ("srv2-eth0", _syn(SRV2, g, port), 1)
+        want[f"srv2 UDP to {g}:53"] = ("srv2-eth0", _udp(SRV2, g, 53), 2)
+        want[f"srv1 SYN to {g}:8080"] = ("srv1-eth0", _syn(SRV1, g, 8080), 1)
     return want
+
+
+def _syn(src: str, dst: str, dport: int) -> Callable[[Any], bool]:
+    """A bare SYN from ``src`` to ``dst``:``dport`` (a packet of conformance.evidence.read_pcap)."""
+    return lambda p: p.src == src and p.dst == dst and p.tcp_syn_only and p.dport == dport
+
+
+def _udp(src: str, dst: str, dport: int) -> Callable[[Any], bool]:
+    return lambda p: p.src == src and p.dst == dst and p.proto == 17 and p.dport == dport
 
 
 def _judge_inbound(rec, caps: dict, clients: list, globals_: list[str], target: tuple[str, int], mapped: list,

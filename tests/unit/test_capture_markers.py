@@ -13,6 +13,7 @@ from conformance import evidence, marker
 from conformance.oracles import check_cleartext_capture, verify_capture
 from conformance.results import ScenarioResult
 from conformance.runner import _run_all
+from conformance.scenario import ScenarioRecord
 
 
 def test_marker_datagram_is_valid_ipv4_udp_to_the_discard_port():
@@ -101,7 +102,7 @@ def test_capture_without_its_begin_marker_raises_before_the_block(tmp_path, quic
 def test_an_incomplete_capture_makes_error_verdicts_never_pass_or_fail(tmp_path):
     def scenario(ctx):
         raise evidence.CaptureIncomplete("capture without its end marker: ['h1-eth0']")
-    scenario.covers = ("NAT-DROP",)
+    record = ScenarioRecord("incomplete", scenario, ("NAT-DROP",), order=1)
 
     class Writer:
         got: list[ScenarioResult] = []
@@ -113,7 +114,7 @@ def test_an_incomplete_capture_makes_error_verdicts_never_pass_or_fail(tmp_path)
         run_dir = tmp_path
 
     writer = Writer()
-    _run_all(Ctx(), [scenario], writer, 0, 1, lambda _: None)
+    _run_all(Ctx(), [record], writer, 0, 1, lambda _: None)
     assert [(r.behaviour, r.verdict) for r in writer.got] == [("NAT-DROP", "error")]
     assert "end marker" in writer.got[0].reason
 
