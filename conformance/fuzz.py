@@ -39,7 +39,7 @@ from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.suites import all_suites
 from nat_app.config import NatConfig, global_pool
 from nat_app.decide import NatCore
-from nat_app.gpn import UDP_KEYED
+from nat_app.gpn import GpnSpace
 from nat_app.lease_server import Origin
 from nat_app.messages import Output, PacketOut
 from nat_app.table import EntryKind
@@ -253,7 +253,7 @@ class LeaseFuzzer:
                 raise InvariantBroken(f"a frame of {me} changed entry {entry_id}: {old} -> {new}")
         if response is not None and isinstance(response.info, pcp.ReadInfo) and response.result == pcp.Result.SUCCESS:
             for record in response.info.entries:
-                key = UDP_KEYED | record.port if record.port else record.protocol
+                key = GpnSpace.udp(record.port) if record.port else GpnSpace.ip(record.protocol)
                 entry = self.core.table.lookup_in(key, record.global_ip or "", record.global_gpn, record.foreign_ip)
                 if record.private_ip != host.ip or (entry and self.core.leases.owner_of(entry.id) != me):
                     raise InvariantBroken(f"READ by {me} showed {record}")

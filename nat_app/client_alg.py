@@ -16,7 +16,7 @@ import itertools
 from typing import Any
 
 from nat_app.config import NatConfig
-from nat_app.gpn import Definition
+from nat_app.gpn import Definition, GpnSpace
 from nat_app.messages import (
     PRIO_SLOW_PATH,
     PRIO_TRANSLATE,
@@ -45,22 +45,22 @@ class ClientAlgPaths:
         self.config = config
         self.table = table
         self._cookies = itertools.count(1)
-        self._inbound: dict[tuple[int, str, str | None], list[Any]] = {}  # (key, global IP, foreign) -> [cookie, entries]
-        self._punts: dict[tuple[int, str], int] = {}  # (key, global IP) -> cookie of the punt flow
-        self._outbound: dict[tuple[int, str], dict[str, int]] = {}  # (key, private IP) -> {foreign: cookie}
+        self._inbound: dict[tuple[GpnSpace, str, str | None], list[Any]] = {}  # (key, global IP, foreign) -> [cookie, entries]
+        self._punts: dict[tuple[GpnSpace, str], int] = {}  # (key, global IP) -> cookie of the punt flow
+        self._outbound: dict[tuple[GpnSpace, str], dict[str, int]] = {}  # (key, private IP) -> {foreign: cookie}
 
-    def is_slow(self, key: int, global_ip: str) -> bool:
+    def is_slow(self, key: GpnSpace, global_ip: str) -> bool:
         return (key, global_ip) in self._punts
 
     def added(self, entry: Entry, definition: Definition, private_mac: str) -> tuple[list[Message], bool]:
         """Flows for a new leased entry; True when its lease answer must wait for a demotion to settle."""
-        group = (entry.protocol, entry.global_ip)
+        group = (entry.space, entry.global_ip)
         if group in self._punts:
             entry.path = DataPath.SLOW
             return [], False
         if self.table.hosts_on(*group) == {entry.private_ip}:
             entry.path = DataPath.FAST
-            key = (entry.protocol, entry.global_ip, entry.foreign)
+            key = (entry.space, entry.global_ip, entry.foreign)
             if key in self._inbound:
                 self._inbound[key][1] += 1
                 return [], False
@@ -73,7 +73,7 @@ class ClientAlgPaths:
                             actions, cookie=cookie)], False
         return self._demote(group, definition), True
 
-    def _demote(self, group: tuple[int, str], definition: Definition) -> list[Message]:
+    def _demote(self, group: tuple[GpnSpace, str], definition: Definition) -> list[Message]:
         """A second host on (protocol, global IP): the controller demultiplexes from now on."""
         msgs: list[Message] = []
         for key in [k for k in self._inbound if k[:2] == group]:
@@ -90,19 +90,19 @@ class ClientAlgPaths:
     def removed(self, entry: Entry) -> list[Message]:
         """Flows no entry needs any more once ``entry`` is gone (it is out of the table already)."""
         msgs: list[Message] = []
-        group = (entry.protocol, entry.global_ip)
+        group = (entry.space, entry.global_ip)
         if group in self._punts:
             if not self.table.hosts_on(*group):
                 msgs.append(DeleteFlows(self._punts.pop(group)))
         else:
-            key = (entry.protocol, entry.global_ip, entry.foreign)
+            key = (entry.space, entry.global_ip, entry.foreign)
             held = self._inbound.get(key)
             if held is not None:
                 held[1] -= 1
                 if held[1] <= 0:
                     msgs.append(DeleteFlows(self._inbound.pop(key)[0]))
-        if not self.table.entries_of(entry.protocol, entry.private_ip):
-            for cookie in self._outbound.pop((entry.protocol, entry.private_ip), {}).values():
+        if not self.table.entries_of(entry.space, entry.private_ip):
+            for cookie in self._outbound.pop((entry.space, entry.private_ip), {}).values():
                 msgs.append(DeleteFlows(cookie))
         return msgs
 
@@ -111,7 +111,7 @@ class ClientAlgPaths:
         c = self.config
         actions = (SetField("ipv4_src", entry.global_ip), SetField("eth_src", c.outside_mac),
                    SetField("eth_dst", foreign_mac), DecTtl(), Output(c.outside_port))
-        flows = self._outbound.setdefault((entry.protocol, entry.private_ip), {})
+        flows = self._outbound.setdefault((entry.space, entry.private_ip), {})
         if foreign in flows:
             return [], actions
         match = {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": definition.ip_protocol,
@@ -146,10 +146,10 @@ class ClientAlgPaths:
     def restore(self, saved: dict[str, Any]) -> None:
         """Rebuild from ``export()``; KeyError/ValueError/TypeError if malformed."""
         self._cookies = itertools.count(int(saved["next"]))
-        self._inbound = {(int(k), g, f): [int(c), int(n)] for k, g, f, c, n in saved["inbound"]}
-        self._punts = {(int(k), g): int(c) for k, g, c in saved["punts"]}
+        self._inbound = {(GpnSpace(int(k)), g, f): [int(c), int(n)] for k, g, f, c, n in saved["inbound"]}
+        self._punts = {(GpnSpace(int(k)), g): int(c) for k, g, c in saved["punts"]}
         for k, private, foreign, cookie in saved["outbound"]:
-            self._outbound.setdefault((int(k), private), {})[foreign] = int(cookie)
+            self._outbound.setdefault((GpnSpace(int(k)), private), {})[foreign] = int(cookie)
 
     def cookies(self) -> set[int]:
         """Every flow cookie these paths own in r1."""

@@ -21,7 +21,7 @@ from typing import Any
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
-from nat_app.gpn import UDP_KEYED, Definition
+from nat_app.gpn import Definition, GpnSpace
 from nat_app.lease_server import LeaseServer, Origin
 from nat_app.messages import (
     COOKIE_INFRA,
@@ -580,13 +580,13 @@ class NatCore:
             if entry.foreign is not None:
                 match["ipv4_src"] = entry.foreign
             return [AddFlow(PRIO_TRANSLATE, match, self._in_actions(entry, private_mac), cookie=entry.id)], False
-        return self.client_alg.added(entry, self.leases.definitions[entry.protocol], private_mac)
+        return self.client_alg.added(entry, self.leases.definitions[entry.space], private_mac)
 
     def _definition_of(self, ip: IPv4Header, udp_port: int | None) -> Definition | None:
         """The GPN definition that governs a packet: by IP protocol, or by UDP port."""
         if ip.protocol == IPPROTO_UDP:
-            return self.leases.definitions.get(UDP_KEYED | udp_port) if udp_port is not None else None
-        return self.leases.definitions.get(ip.protocol)
+            return self.leases.definitions.get(GpnSpace.udp(udp_port)) if udp_port else None
+        return self.leases.definitions.get(GpnSpace.ip(ip.protocol))
 
     def _leased_outbound(self, frame: bytes, ip: IPv4Header, transport: Transport, now: float) -> list[Message] | None:
         """Steps 706-707 for leased protocols: source IP to the global IP, GPN untouched.

@@ -4,9 +4,10 @@ generalized port numbers, and how to read them from a packet.
 A definition names the underlying protocol (IP, or UDP with a port), the
 source and destination offsets in bits from the end of the underlying header
 (the source may be absent: an outgoing ESP packet carries the peer's SPI, not
-the client's), the length in bits and the value range. The table keys a
-definition over UDP port p as ``UDP_KEYED | p`` so that it never collides with
-an IP protocol number (0-255) or with the NAT's own UDP entries.
+the client's), the length in bits and the value range. The table keys entries by
+:class:`GpnSpace`: an IP protocol's own space (ESP's SPIs), or a UDP port's
+(ISAKMP's cookies on UDP 500), which never collides with an IP protocol number
+(0-255) nor with the NAT's own UDP entries.
 """
 
 from __future__ import annotations
@@ -21,7 +22,46 @@ from netwire.pcp import UNDERLYING_IP, UNDERLYING_UDP
 __pure__ = True
 
 UDP_HEADER_LEN = 8
-UDP_KEYED = 0x10000
+_UDP_KEYED = 0x10000  # GpnSpace's encoding bit: above every IP protocol number
+
+
+class GpnSpace(int):
+    """Where a GPN lives (FIG. 7): the space of an IP protocol (``GpnSpace.ip(50)``: ESP's SPIs), or of a
+    UDP port (``GpnSpace.udp(500)``: ISAKMP's cookies). The table, the port spaces and the saved state key
+    by it. It is the int they always held (an IP protocol, or 0x10000 | port), so flows, saved state and
+    ``natlab table`` are unchanged, but nothing outside this class reads or builds that encoding."""
+
+    @classmethod
+    def ip(cls, protocol: int) -> GpnSpace:
+        if not 0 <= protocol <= 0xFF:
+            raise ValueError(f"IP protocol {protocol} is not 0-255")
+        return cls(protocol)
+
+    @classmethod
+    def udp(cls, port: int) -> GpnSpace:
+        if not 0 < port <= 0xFFFF:
+            raise ValueError(f"UDP port {port} is not 1-65535")
+        return cls(_UDP_KEYED | port)
+
+    @property
+    def over_udp(self) -> bool:
+        return bool(self & _UDP_KEYED)
+
+    @property
+    def protocol(self) -> int:
+        """The IP protocol the GPN's packets carry (UDP for a UDP port's space)."""
+        return IPPROTO_UDP if self.over_udp else int(self)
+
+    @property
+    def port(self) -> int:
+        """The underlying UDP port, 0 for an IP protocol's own space."""
+        return int(self) & 0xFFFF if self.over_udp else 0
+
+    def __repr__(self) -> str:
+        return f"GpnSpace.udp({self.port})" if self.over_udp else f"GpnSpace.ip({int(self)})"
+
+    def __str__(self) -> str:  # the int's: saved record names and messages are unchanged
+        return int.__repr__(self)
 # Protocols the NAT translates itself (NAT-ALG): defining them is refused (step 703).
 NAT_ALG_PROTOCOLS = frozenset({IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP})
 
@@ -44,9 +84,9 @@ class Definition:
         return cls(**{f.name: getattr(d, f.name) for f in fields(cls)})
 
     @property
-    def key(self) -> int:
-        """The translation table's protocol value for entries of this definition."""
-        return UDP_KEYED | self.port if self.underlying == UNDERLYING_UDP else self.protocol
+    def key(self) -> GpnSpace:
+        """The GPN space of this definition: the translation table's key for its entries."""
+        return GpnSpace.udp(self.port) if self.underlying == UNDERLYING_UDP else GpnSpace.ip(self.protocol)
 
     @property
     def ip_protocol(self) -> int:

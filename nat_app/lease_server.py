@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.config import NatConfig
-from nat_app.gpn import NAT_DEFINITIONS, UDP_KEYED, Definition
+from nat_app.gpn import NAT_DEFINITIONS, Definition, GpnSpace
 from nat_app.messages import Counters
 from nat_app.table import ANY, DataPath, Entry, EntryKind, TableConflict, TranslationTable
 from netwire import pcp
@@ -56,7 +56,7 @@ class _Owner:
     origin: Origin
     nonce: bytes
     opcode: int
-    key: int  # the entry's protocol value, for the definition it keeps alive
+    key: GpnSpace  # the entry's GPN space: the definition it keeps alive
 
 
 _Body = TypeVar("_Body", pcp.MapInfo, pcp.PeerInfo, pcp.GpnDefinition, pcp.LeaseInfo, pcp.ReadInfo)
@@ -78,10 +78,10 @@ class LeaseServer:
         self.pool = pool
         self.counters = counters
         self.started = now
-        self.definitions: dict[int, Definition] = dict(NAT_DEFINITIONS)
-        self._definers: dict[int, set[Origin]] = {}  # client definitions -> origins that defined them
-        self._idle_since: dict[int, float] = {}  # client definitions no lease holds -> since when
-        self._leases_of: Counter[int] = Counter()  # live leases per definition key
+        self.definitions: dict[GpnSpace, Definition] = dict(NAT_DEFINITIONS)
+        self._definers: dict[GpnSpace, set[Origin]] = {}  # client definitions -> origins that defined them
+        self._idle_since: dict[GpnSpace, float] = {}  # client definitions no lease holds -> since when
+        self._leases_of: Counter[GpnSpace] = Counter()  # live leases per definition
         self._owners: dict[int, _Owner] = {}
         self._held: Counter[Origin] = Counter()  # leases per origin, for the quota
         self._held_by_mac: Counter[str] = Counter()  # leases per MAC, so IP cycling gains nothing
@@ -117,11 +117,11 @@ class LeaseServer:
         return max(Counter(o for owners in self._definers.values() for o in owners).values(), default=0)
 
     def _own(self, entry: Entry, origin: Origin, nonce: bytes, opcode: int) -> None:
-        self._owners[entry.id] = _Owner(origin, nonce, opcode, entry.protocol)
+        self._owners[entry.id] = _Owner(origin, nonce, opcode, entry.space)
         self._held[origin] += 1
         self._held_by_mac[origin.mac] += 1
-        self._leases_of[entry.protocol] += 1
-        self._idle_since.pop(entry.protocol, None)
+        self._leases_of[entry.space] += 1
+        self._idle_since.pop(entry.space, None)
 
     # ------------------------------------------------------------------ requests
 
@@ -205,7 +205,7 @@ class LeaseServer:
         """The definition a LEASE names: the NAT's own, or one this origin defined."""
         if info.port and info.protocol != IPPROTO_UDP:
             raise Refused(pcp.Result.MALFORMED_REQUEST, f"an underlying port needs protocol 17, not {info.protocol}")
-        key = UDP_KEYED | info.port if info.port else info.protocol
+        key = GpnSpace.udp(info.port) if info.port else GpnSpace.ip(info.protocol)
         definition = self.definitions.get(key)
         if definition is None or (key not in NAT_DEFINITIONS and origin not in self._definers[key]):
             raise Refused(pcp.Result.PROTOCOL_NOT_DEFINED, f"protocol {key} has no GPN definition of this client")
@@ -340,9 +340,9 @@ class LeaseServer:
         for entry_id, _ in sorted(mine):
             e = self.table.get(entry_id)
             if e is not None:
-                protocol, port = (IPPROTO_UDP, e.protocol & 0xFFFF) if e.protocol & UDP_KEYED else (e.protocol, 0)
-                records.append(pcp.EntryRecord(e.kind.value, protocol, e.private_ip, e.private_gpn, e.global_ip,
-                                               e.global_gpn, e.foreign, max(0, int((e.expires or now) - now)), port))
+                space = GpnSpace(e.protocol)
+                records.append(pcp.EntryRecord(e.kind.value, space.protocol, e.private_ip, e.private_gpn, e.global_ip,
+                                               e.global_gpn, e.foreign, max(0, int((e.expires or now) - now)), space.port))
         return Outcome(None), replace(info, entries=tuple(records)), request.lifetime
 
     # ------------------------------------------------------------------ helpers

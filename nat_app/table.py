@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nat_app.gpn import GpnSpace
+
 __pure__ = True
 
 ANY = None  # foreign address "any" (FIG. 6 field 606 unspecified)
@@ -61,6 +63,11 @@ class Entry:
     path: DataPath
     created: float
     slow_packets: int = 0
+
+    @property
+    def space(self) -> GpnSpace:
+        """The GPN space ``protocol`` holds: an IP protocol's, or a UDP port's for a leased UDP-borne protocol."""
+        return GpnSpace(self.protocol)
 
     @property
     def out_key(self) -> Key:

@@ -36,6 +36,8 @@ SUN_PATH_MAX = 107  # bytes of a unix socket path (sockaddr_un.sun_path is 108 w
 
 
 class TestbedError(RuntimeError):
+    """The testbed could not come up, or a request needs what this testbed has not (a controller)."""
+
     __test__ = False  # not a pytest class, despite the name
 
 
@@ -56,13 +58,13 @@ def require_root() -> None:
 
 
 class TestbedLock:
-    __test__ = False
-
     """One testbed per machine: switch and interface names (s1, r1, h1-eth0) are global.
 
     ``wait`` seconds to wait for another testbed to finish; default
     $NATLAB_TESTBED_WAIT, else 0 (fail at once with a clear message).
     """
+
+    __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, wait: float | None = None) -> None:
         self.wait = float(os.environ.get("NATLAB_TESTBED_WAIT", 0)) if wait is None else wait
@@ -210,14 +212,14 @@ class ControllerProcess:
 
 
 class Testbed:
-    __test__ = False
-
     """The whole testbed. Parameters as the topology: clients, servers, globals, bw, nat.
 
     ``nat="extensible"`` (the default): r1 is the OpenFlow switch driven by a
     ``natlab controller`` process. ``nat="classic"``: r1 is a masquerading Linux
     router, ``controller`` is None, and ``table()`` / ``dump_flows()`` raise.
     """
+
+    __test__ = False  # not a pytest class, despite the name
 
     def __init__(self, clients: int = 3, servers: int = 2, globals: int = 2, bw: float | None = None,
                  workdir: str | Path | None = None, controller_args: list[str] | None = None,

@@ -42,6 +42,8 @@ from conformance.matrix import CELLS, Cell, Client, behind_nat, clients
 from conformance.oracles import TsharkSummary, check_cleartext_capture, tshark_summary, tshark_verdicts, verify_capture
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
+from nat_app.gpn import GpnSpace
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP
 
 HTTP_PORT, IPERF_TCP_BASE, IPERF_UDP_BASE, NC_TCP_BASE = 8000, 5201, 5301, 7101  # one server per client and test
 TRANSPORTS = {"TCP": 6, "UDP": 17}
@@ -653,13 +655,22 @@ def _alg_in_at_h1(run: CellRun, views: Views) -> list[tuple[bool, str]]:
     ]
 
 
+SPI_SPACES = frozenset({GpnSpace.ip(IPPROTO_ESP), GpnSpace.ip(IPPROTO_AH)})  # the clients' SPI leases (CL-SPI)
+PORT_SPACES = frozenset({GpnSpace.ip(IPPROTO_TCP), GpnSpace.ip(IPPROTO_UDP)})  # their port leases (PCP PEER)
+
+
+def _space(entry: dict) -> GpnSpace:
+    """The GPN space of an entry of ``natlab table`` (its ``protocol`` field is the space's key)."""
+    return GpnSpace(entry["protocol"])
+
+
 def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
     """CL-SPI and CL-UNIQ for the cell (non-matrix behaviours, one result per cell)."""
     entries = run.table.get("entries", [])
     spi_checks, uniq_checks = [], []
     for c in run.members:
-        spi = [e for e in entries if e["protocol"] in (50, 51) and e["private_ip"] == c.private_ip]
-        ports = {e["global_ip"] for e in entries if e["protocol"] in (6, 17) and e["private_ip"] == c.private_ip
+        spi = [e for e in entries if _space(e) in SPI_SPACES and e["private_ip"] == c.private_ip]
+        ports = {e["global_ip"] for e in entries if _space(e) in PORT_SPACES and e["private_ip"] == c.private_ip
                  and e["kind"] == "CLIENT-ALG"}  # its NAPT mappings may sit on its paired global IP
         spi_checks.append((any(e["global_gpn"] == c.spi_in and e["global_ip"] == c.global_ip for e in spi),
                            f"{c.name}: no lease of SPI 0x{c.spi_in:08x} on {c.global_ip}"))
@@ -678,7 +689,7 @@ def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResul
             shared = endpoints[a] & endpoints[b]
             uniq_checks.append((not shared, f"{a} and {b} both appeared as {sorted(shared)[:2]}"))
     leased = {c.name: {(e["protocol"], e["global_ip"], e["global_gpn"]) for e in entries
-                       if e["protocol"] in (50, 51) and e["private_ip"] == c.private_ip} for c in run.members}
+                       if _space(e) in SPI_SPACES and e["private_ip"] == c.private_ip} for c in run.members}
     held = [k for ks in leased.values() for k in ks]
     uniq_checks.append((all(leased.values()) and len(set(held)) == len(held),
                         f"SPI leases in the NAT's table per client: {leased}"))
