@@ -30,10 +30,12 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 
 from client_agent.alg import AlgRegistry
-from client_agent.compensate import Binding, NotCompensable, incoming, outgoing
+from client_agent.compensate import Binding, NotCompensable, compensate
 from client_agent.ipsec.errors import DropReason, IPsecError
 from client_agent.ipsec.sa import SAState
+from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from netwire.view import IPv4View
 
 IDLE_TIMEOUT_S = 300.0  # longer than TCP's TIME-WAIT (2 MSL, RFC 9293 section 3.6.1): a reused port meets no old state
 PORTED = (IPPROTO_TCP, IPPROTO_UDP)
@@ -140,15 +142,12 @@ class Traversal:
         """Steps 810-813 on a packet the SPD chose to protect under ``state``."""
         if not self.compensate:
             return packet
-        protocol, ihl, block = self._parse(packet)
-        if block is None:
-            binding = self._address_only
-        else:
-            binding = block.bind(int.from_bytes(packet[ihl:ihl + 2], "big"), self.clock())
+        view, block, ports = self._parse(packet)
+        binding = self._address_only if block is None else block.bind(ports[0], self.clock())
         try:
-            packet = outgoing(packet, binding, tunnel=state.tunnel)
-            if self.algs and protocol in PORTED:
-                packet = self.algs.outgoing(packet, protocol, int.from_bytes(packet[ihl + 2:ihl + 4], "big"), binding)
+            packet = compensate(view, binding.out, tunnel=state.tunnel)
+            if ports is not None and self.algs:
+                packet = self.algs.outgoing(packet, view.protocol, ports[1], binding)
         except NotCompensable as err:
             raise Uncompensable(str(err)) from None
         self.counters["compensated_out"] += 1
@@ -158,31 +157,38 @@ class Traversal:
         """Steps 822-826 on a packet verified and decrypted under ``state``."""
         if not self.compensate:
             return packet
-        protocol, ihl, block = self._parse(packet)
+        view, block, ports = self._parse(packet)
         if block is None:
             binding = self._address_only
         else:
-            global_port = int.from_bytes(packet[ihl + 2:ihl + 4], "big")
-            binding = block.lookup(global_port, self.clock())
+            binding = block.lookup(ports[1], self.clock())
             if binding is None:
-                raise NoBinding(f"{protocol}/{global_port}: no connection is bound to this global port")
+                raise NoBinding(f"{view.protocol}/{ports[1]}: no connection is bound to this global port")
         try:
-            if self.algs and protocol in PORTED:
-                packet = self.algs.incoming(packet, protocol, int.from_bytes(packet[ihl:ihl + 2], "big"), binding)
-            packet = incoming(packet, binding, tunnel=state.tunnel)
-        except NotCompensable as err:
+            if ports is not None and self.algs:
+                changed = self.algs.incoming(packet, view.protocol, ports[0], binding)
+                if changed is not packet:  # an ALG may have changed the lengths
+                    packet, view = changed, IPv4View(changed)
+            packet = compensate(view, binding.into, tunnel=state.tunnel)
+        except (NotCompensable, MalformedPacket) as err:
             raise Uncompensable(str(err)) from None
         self.counters["compensated_in"] += 1
         return packet
 
-    def _parse(self, packet: bytes) -> tuple[int, int, PortBlock | None]:
-        """The protocol, header length and port block of ``packet``; a packet without ports to read is refused
-        before any port is bound."""
-        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
-        block = self.blocks.get(protocol)
-        if block is not None and (len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]):
+    def _parse(self, packet: bytes) -> tuple[IPv4View, PortBlock | None, tuple[int, int] | None]:
+        """The view, port block and ports of ``packet``, read once; a packet of a ported protocol without
+        ports to read (a fragment, a truncated header) is refused before any port is bound."""
+        try:
+            view = IPv4View(packet)
+        except MalformedPacket as err:
+            raise Uncompensable(str(err)) from None
+        block = self.blocks.get(view.protocol)
+        if block is None:  # no leased block: addresses only, ports (if any) for the ALGs
+            return view, None, view.ports() if view.protocol in PORTED else None
+        ports = view.ports()
+        if ports is None or view.is_fragment:
             raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
-        return protocol, ihl, block
+        return view, block, ports
 
     def status(self) -> dict:
         """For status.json: the global IP, each block and its bindings, the counters."""
