@@ -29,8 +29,16 @@ from typing import NamedTuple
 
 from netwire.checksum import difference, ip_bytes
 from netwire.ethernet import MalformedPacket
-from netwire.ipv4 import IPPROTO_UDP
-from netwire.view import CHECKSUM_OFFSET, DST_OFFSET, SRC_OFFSET, IPv4View
+from netwire.ipv4 import UDP_CHECKSUM_OFFSET
+from netwire.view import (
+    CHECKSUM_OFFSET,
+    DST_OFFSET,
+    MF_AND_OFFSET_HIGH,
+    PROTOCOL_OFFSET,
+    SRC_OFFSET,
+    TRANSPORT_CHECKSUM_OFFSET,
+    IPv4View,
+)
 
 
 class NotCompensable(ValueError):
@@ -50,8 +58,8 @@ class Direction(NamedTuple):
     old_ip: bytes
     new_ip: bytes
     port_at: int
-    old_port: bytes | None
-    new_port: bytes | None
+    old_port: int | None
+    new_port: int | None
     l4_difference: int
     ip_difference: int
 
@@ -91,9 +99,9 @@ def _direction(binding: Binding, *, outgoing: bool) -> Direction:
         old_port = new_port = None
         old_l4, new_l4 = old_ip, new_ip
     else:
-        ports = binding.private_port.to_bytes(2, "big"), binding.global_port.to_bytes(2, "big")
+        ports = binding.private_port, binding.global_port
         old_port, new_port = ports if outgoing else ports[::-1]
-        old_l4, new_l4 = old_ip + old_port, new_ip + new_port
+        old_l4, new_l4 = old_ip + old_port.to_bytes(2, "big"), new_ip + new_port.to_bytes(2, "big")
     return Direction(SRC_OFFSET if outgoing else DST_OFFSET, old_ip, new_ip, 0 if outgoing else 2,
                      old_port, new_port, difference(old_l4, new_l4), difference(old_ip, new_ip))
 
@@ -118,33 +126,36 @@ def _view(packet: bytes) -> IPv4View:
 def compensate(view: IPv4View, way: Direction, *, tunnel: bool) -> bytes:
     """The packet of ``view`` with ``way``'s port (and in tunnel mode address) written and its checksums updated.
 
-    One copy of the packet, one checksum addition per header: the
-    differences are the binding's (:class:`Direction`), not this packet's.
+    One copy of the packet (a ``bytearray``, handed on as it is: ESP/AH copy
+    it again anyway), one checksum addition per header, no other object made
+    per packet: the differences are the binding's (:class:`Direction`).
     """
-    if view.is_fragment:
+    packet, header_len, total_len = view.buf, view.header_len, view.total_len
+    if packet[6] & MF_AND_OFFSET_HIGH or packet[7]:
         raise NotCompensable("fragments carry no ports to compensate")
-    buf = bytearray(view.buf[:view.total_len])
+    relative = TRANSPORT_CHECKSUM_OFFSET.get(packet[PROTOCOL_OFFSET])
+    checksum_at = None if relative is None else header_len + relative
+    if checksum_at is not None and total_len < checksum_at + 2:
+        raise NotCompensable("transport header truncated")
+    buf = bytearray(packet if total_len == len(packet) else packet[:total_len])
     if tunnel:  # 811 / 825: the encapsulated address itself changes, and its header checksum with it
         _rewrite_address(buf, way)
-    try:
-        checksum_at = view.transport_checksum_at()
-    except MalformedPacket as err:
-        raise NotCompensable(str(err)) from None
     if checksum_at is None:
-        return bytes(buf)
+        return buf
     if way.old_port is not None:  # 810 / 824
-        port_at = view.header_len + way.port_at
-        if buf[port_at:port_at + 2] != way.old_port:
-            raise NotCompensable(f"{'source' if way.port_at == 0 else 'destination'} port is not "
-                                 f"{int.from_bytes(way.old_port, 'big')}")
-        buf[port_at:port_at + 2] = way.new_port
+        port_at = header_len + way.port_at
+        if buf[port_at] << 8 | buf[port_at + 1] != way.old_port:
+            raise NotCompensable(f"{'source' if way.port_at == 0 else 'destination'} port is not {way.old_port}")
+        buf[port_at], buf[port_at + 1] = way.new_port >> 8, way.new_port & 0xFF
     checksum = buf[checksum_at] << 8 | buf[checksum_at + 1]
-    if checksum or buf[9] != IPPROTO_UDP:  # UDP's 0 is "no checksum" and stays so
-        checksum = _add(checksum, way.l4_difference)  # 812 / 826
-        if not checksum and buf[9] == IPPROTO_UDP:
+    udp = relative == UDP_CHECKSUM_OFFSET
+    if checksum or not udp:  # UDP's 0 is "no checksum" and stays so
+        total = (~checksum & 0xFFFF) + way.l4_difference  # 812 / 826: RFC 1624 eq. 3, ~(~HC + D)
+        checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+        if udp and not checksum:
             checksum = 0xFFFF
         buf[checksum_at], buf[checksum_at + 1] = checksum >> 8, checksum & 0xFF
-    return bytes(buf)
+    return buf
 
 
 def _rewrite_address(buf: bytearray, way: Direction) -> None:
@@ -152,14 +163,9 @@ def _rewrite_address(buf: bytearray, way: Direction) -> None:
     if buf[at:at + 4] != way.old_ip:
         raise NotCompensable(f"{'source' if at == SRC_OFFSET else 'destination'} is not {_dotted(way.old_ip)}")
     buf[at:at + 4] = way.new_ip
-    checksum = _add(buf[CHECKSUM_OFFSET] << 8 | buf[CHECKSUM_OFFSET + 1], way.ip_difference)
+    total = (~(buf[CHECKSUM_OFFSET] << 8 | buf[CHECKSUM_OFFSET + 1]) & 0xFFFF) + way.ip_difference
+    checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF  # RFC 1624 eq. 3, one fold for two 16-bit addends
     buf[CHECKSUM_OFFSET], buf[CHECKSUM_OFFSET + 1] = checksum >> 8, checksum & 0xFF
-
-
-def _add(checksum: int, diff: int) -> int:
-    """RFC 1624 equation 3 with a precomputed difference: ``~(~HC + D)``; two 16-bit addends fold once."""
-    total = (~checksum & 0xFFFF) + diff
-    return ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
 
 
 def _dotted(raw: bytes) -> str:

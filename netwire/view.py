@@ -18,6 +18,8 @@ IndexError.
 
 from __future__ import annotations
 
+import struct
+
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import (
     ICMP_QUERY_TYPES,
@@ -38,8 +40,9 @@ CHECKSUM_OFFSET = 10  # the IPv4 header checksum
 SRC_OFFSET, DST_OFFSET = 12, 16
 SPI_OFFSET = {IPPROTO_ESP: 0, IPPROTO_AH: 4}  # from the start of the ESP/AH header
 TRANSPORT_CHECKSUM_OFFSET = {IPPROTO_TCP: TCP_CHECKSUM_OFFSET, IPPROTO_UDP: UDP_CHECKSUM_OFFSET}
-_MF_AND_OFFSET_HIGH = 0x3F  # byte 6: more-fragments and the high bits of the fragment offset
+MF_AND_OFFSET_HIGH = 0x3F  # byte 6: more-fragments and the high bits of the fragment offset
 _OFFSET_HIGH = 0x1F
+_PORTS = struct.Struct("!HH")
 
 
 class IPv4View:
@@ -78,7 +81,7 @@ class IPv4View:
     @property
     def is_fragment(self) -> bool:
         """More-fragments set or a non-zero offset: a part of a datagram (RFC 791 section 3.2)."""
-        return bool(self.buf[6] & _MF_AND_OFFSET_HIGH or self.buf[7])
+        return bool(self.buf[6] & MF_AND_OFFSET_HIGH or self.buf[7])
 
     @property
     def is_first_fragment(self) -> bool:
@@ -92,17 +95,18 @@ class IPv4View:
     def ports(self) -> tuple[int, int] | None:
         """(source, destination) port of TCP/UDP/SCTP; None for other protocols, later fragments, a clipped header."""
         at, buf = self.header_len, self.buf
-        if buf[PROTOCOL_OFFSET] not in PORTED or not self.is_first_fragment or self.total_len < at + 4:
+        if buf[PROTOCOL_OFFSET] not in PORTED or buf[6] & _OFFSET_HIGH or buf[7] or self.total_len < at + 4:
             return None
-        return buf[at] << 8 | buf[at + 1], buf[at + 2] << 8 | buf[at + 3]
+        return _PORTS.unpack_from(buf, at)
 
     def transport_checksum_at(self) -> int | None:
         """Where the TCP/UDP checksum sits in ``buf`` (None: another protocol); a whole datagram's only."""
-        relative = TRANSPORT_CHECKSUM_OFFSET.get(self.buf[PROTOCOL_OFFSET])
+        buf = self.buf
+        relative = TRANSPORT_CHECKSUM_OFFSET.get(buf[PROTOCOL_OFFSET])
         if relative is None:
             return None
         at = self.header_len + relative
-        if self.is_fragment or self.total_len < at + 2:
+        if buf[6] & MF_AND_OFFSET_HIGH or buf[7] or self.total_len < at + 2:
             raise MalformedPacket("no whole transport header: a fragment, or a truncated header")
         return at
 
