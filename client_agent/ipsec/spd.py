@@ -14,14 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from client_agent.ipsec import ipheader
+from client_agent.ipsec.errors import Malformed
 from client_agent.ipsec.sa import SAState
-from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from netwire.ethernet import MalformedPacket
+from netwire.view import IPPROTO_SCTP, PROTOCOL_OFFSET, SRC_OFFSET, IPv4View
 
-IPPROTO_SCTP = 132
+__all__ = ["IPPROTO_SCTP", "ANY_PORT", "Action", "Selector", "Policy", "SPD", "packet_selectors"]
 ANY_PORT = (0, 65535)
-_PORTED = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
-_PORTS = struct.Struct("!HH")
+_ADDRESSES = struct.Struct("!II")  # source and destination, as integers for prefix matching
 
 
 class Action(StrEnum):
@@ -124,12 +124,12 @@ class SPD:
 
 def packet_selectors(packet: bytes) -> tuple[int, int, int, int | None, int | None]:
     """``(src, dst, protocol, src_port, dst_port)`` of an IPv4 packet; ports None when it has none."""
-    header_len, total_len = ipheader.lengths(packet)
-    src = int.from_bytes(packet[12:16], "big")
-    dst = int.from_bytes(packet[16:20], "big")
-    protocol = packet[ipheader.PROTOCOL_OFFSET]
-    first_fragment = not (packet[6] & 0x1F or packet[7])
-    if protocol in _PORTED and first_fragment and total_len >= header_len + 4:
-        src_port, dst_port = _PORTS.unpack_from(packet, header_len)
-        return src, dst, protocol, src_port, dst_port
-    return src, dst, protocol, None, None
+    try:
+        view = IPv4View(packet)
+    except MalformedPacket as err:
+        raise Malformed(str(err)) from None
+    ports = view.ports()
+    src, dst = _ADDRESSES.unpack_from(packet, SRC_OFFSET)
+    if ports is None:
+        return src, dst, packet[PROTOCOL_OFFSET], None, None
+    return src, dst, packet[PROTOCOL_OFFSET], ports[0], ports[1]
