@@ -44,12 +44,14 @@ class AlgRegistry:
     def __init__(self) -> None:
         self._algs: dict[tuple[int, int], ClientAlg] = {}
         self.counters: Counter[str] = Counter()
+        self.active = False  # any ALG registered: read per packet, so an attribute rather than __bool__
 
     def register(self, protocol: int, port: int, alg: ClientAlg) -> None:
         key = (protocol, port)
         if key in self._algs:
             raise ValueError(f"protocol {protocol} port {port}: ALG {self._algs[key].name!r} is registered already")
         self._algs[key] = alg
+        self.active = True
 
     def __bool__(self) -> bool:
         return bool(self._algs)
