@@ -35,7 +35,7 @@ from client_agent.ipsec.errors import DropReason, IPsecError
 from client_agent.ipsec.sa import SAState
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
-from netwire.view import IPv4View
+from netwire.view import PROTOCOL_OFFSET, IPv4View
 
 IDLE_TIMEOUT_S = 300.0  # longer than TCP's TIME-WAIT (2 MSL, RFC 9293 section 3.6.1): a reused port meets no old state
 PORTED = (IPPROTO_TCP, IPPROTO_UDP)
@@ -182,11 +182,12 @@ class Traversal:
             view = IPv4View(packet)
         except MalformedPacket as err:
             raise Uncompensable(str(err)) from None
-        block = self.blocks.get(view.protocol)
+        protocol = packet[PROTOCOL_OFFSET]
+        block = self.blocks.get(protocol)
         if block is None:  # no leased block: addresses only, ports (if any) for the ALGs
-            return view, None, view.ports() if view.protocol in PORTED else None
-        ports = view.ports()
-        if ports is None or view.is_fragment:
+            return view, None, view.ports() if protocol in PORTED else None
+        ports = view.whole_ports()
+        if ports is None:
             raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
         return view, block, ports
 

@@ -100,6 +100,13 @@ class IPv4View:
             return None
         return _PORTS.unpack_from(buf, at)
 
+    def whole_ports(self) -> tuple[int, int] | None:
+        """The ports of a whole (unfragmented) TCP/UDP/SCTP datagram; None otherwise: what may be translated."""
+        at, buf = self.header_len, self.buf
+        if buf[PROTOCOL_OFFSET] not in PORTED or buf[6] & MF_AND_OFFSET_HIGH or buf[7] or self.total_len < at + 4:
+            return None
+        return _PORTS.unpack_from(buf, at)
+
     def transport_checksum_at(self) -> int | None:
         """Where the TCP/UDP checksum sits in ``buf`` (None: another protocol); a whole datagram's only."""
         buf = self.buf

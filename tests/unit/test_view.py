@@ -84,3 +84,10 @@ def test_random_bytes_raise_nothing_but_malformed_packet(raw):
     for question in (view.ports, view.transport_checksum_at, view.icmp, view.spi):
         with contextlib.suppress(MalformedPacket):
             question()
+
+
+def test_whole_ports_are_those_of_an_unfragmented_datagram_only():
+    assert IPv4View(bytes(IP() / UDP(sport=7, dport=9))).whole_ports() == (7, 9)
+    assert IPv4View(bytes(IP(flags="MF") / UDP(sport=7, dport=9) / b"abcdefgh")).whole_ports() is None
+    assert IPv4View(bytes(IP(proto=17) / b"\x00\x07")).whole_ports() is None
+    assert IPv4View(bytes(IP() / ICMP())).whole_ports() is None
