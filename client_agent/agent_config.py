@@ -11,7 +11,8 @@ in hex), and its SPD (``[[policy]]``, section 4.4.1, first match wins)::
     # optional: tun = "ipsec0", link_mtu = 1500, mtu (default link_mtu - the largest SA overhead; more means
     #           the agent fragments ESP/AH after protection), default = "discard" | "bypass",
     #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1",
-    #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only)
+    #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only),
+    #           coalesce = false (true: inbound TCP reaches the TUN as super-segments, IFF_VNET_HDR)
 
     [[sa]]
     name = "h1-srv1"
@@ -86,7 +87,7 @@ PROTOCOL_NAMES = {"any": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": 
 
 _AGENT_FIELDS = {
     "name", "tun", "address", "routes", "mtu", "link_mtu", "default", "mark", "table", "rule_priority", "run_dir",
-    "verify_icv",
+    "verify_icv", "coalesce",
 }
 _SA_FIELDS = {
     "name", "direction", "spi", "protocol", "mode", "encryption", "enc_key", "integrity", "auth_key", "src", "dst",
@@ -154,6 +155,7 @@ class AgentConfig:
     run_dir: str | None = None
     nat: NatSettings | None = None
     verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
+    coalesce: bool = False  # inbound TCP written to the TUN as super-segments (IFF_VNET_HDR; client_agent.coalesce)
 
     @property
     def run_directory(self) -> Path:
@@ -239,6 +241,7 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         run_dir=_str(agent, "run_dir", where) if "run_dir" in agent else None,
         nat=nat,
         verify_icv=_flag(agent, "verify_icv", where),
+        coalesce=_flag(agent, "coalesce", where, default=False),
     )
 
 
@@ -518,6 +521,7 @@ def render(config: AgentConfig) -> str:
     agent |= {"link_mtu": config.link_mtu, "default": str(config.default), "mark": config.mark, "table": config.table,
               "rule_priority": config.rule_priority}
     agent |= {} if config.verify_icv else {"verify_icv": False}
+    agent |= {"coalesce": True} if config.coalesce else {}
     lines = ["[agent]", *_assignments(agent)]
     for entry in config.sas:
         sa = entry.sa

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from client_agent.coalesce import VNET_HDR_LEN, frames
 from client_agent.ipsec.errors import IPsecError
 from client_agent.ipsec.processing import inbound, outbound
 from client_agent.ipsec.sad import SAD
@@ -122,10 +123,11 @@ class Datapath:
     def __init__(
         self, tun: PacketSource, deliver: PacketSink, receivers: Sequence[PacketSource], send: PacketSink,
         sad: SAD, spd: SPD, *, drop_log: Callable[[str, str, object], None] | None = None,
-        traversal: Traversal | None = None,
+        traversal: Traversal | None = None, deliver_frame: PacketSink | None = None,
     ) -> None:
         self.tun = tun
         self.deliver = deliver
+        self.deliver_frame = deliver_frame  # set: inbound TCP is coalesced (client_agent.coalesce) and written here
         self.receivers = list(receivers)
         self.send = send
         self.sad = sad
@@ -166,9 +168,14 @@ class Datapath:
         return taken
 
     def pump_inbound(self, receiver: PacketSource) -> int:
-        """Verify, unprotect and deliver up to :data:`BATCH` packets from ``receiver``; returns how many were read."""
+        """Verify, unprotect and deliver up to :data:`BATCH` packets from ``receiver``; returns how many were read.
+
+        With ``deliver_frame`` the batch's packets are written at its end as
+        frames, consecutive TCP segments of a connection as one super-segment.
+        """
         read, deliver, sad, spd, count = receiver.read, self.deliver, self.sad, self.spd, self.counters
         hooks = self._in_hooks
+        ready: list[bytes] | None = None if self.deliver_frame is None else []
         taken = 0
         while taken < BATCH:
             packet = read()
@@ -179,6 +186,9 @@ class Datapath:
             count.received_octets += len(packet)
             try:
                 inner = inbound(packet, sad, spd, **hooks)
+                if ready is not None:
+                    ready.append(inner)
+                    continue
                 deliver(inner)
             except IPsecError as err:
                 self._drop(err.reason, "inbound", err)
@@ -187,7 +197,23 @@ class Datapath:
             else:
                 count.delivered += 1
                 count.delivered_octets += len(inner)
+        if ready:
+            self._deliver_frames(ready)
         return taken
+
+    def _deliver_frames(self, packets: list[bytes]) -> None:
+        """Write ``packets`` as coalesced frames; a refused frame drops every packet in it."""
+        count, write = self.counters, self.deliver_frame
+        assert write is not None
+        for frame, n in frames(packets):
+            try:
+                write(frame)
+            except OSError as err:
+                for _ in range(n):
+                    self._drop(TUN_ERROR, "inbound", err)
+            else:
+                count.delivered += n  # octets as they were before merging: each segment had its own headers
+                count.delivered_octets += len(frame) - VNET_HDR_LEN + (n - 1) * (frame[2] | frame[3] << 8)
 
     def run(
         self, should_stop: Callable[[], bool], *, wakeup_fd: int | None = None,
