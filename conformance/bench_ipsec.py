@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,7 +47,9 @@ VARIANTS: dict[str, tuple[str | None, int | None]] = {
     "esp-aes-cbc-sha1": ("esp-aes-cbc-sha1", None),
     "ah-sha256": ("ah-sha256", None),
     f"esp-aes-gcm-mtu{JUMBO_MTU}": ("esp-aes-gcm", JUMBO_MTU),
+    "esp-aes-gcm-coalesce": ("esp-aes-gcm", None),
 }
+COALESCED = frozenset({"esp-aes-gcm-coalesce"})  # agents write inbound TCP as super-segments (client_agent.coalesce)
 CORE_KINDS = ("esp-aes-gcm", "esp-aes-cbc-sha1", "ah-sha256")
 CORE_SIZES = (64, 1400)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -121,6 +124,8 @@ def _agents(tb: Testbed, variant: str, work: Path, profile: bool = False) -> tup
     kind, mtu = VARIANTS[variant]
     left, right = peer_pair(suite(KINDS[kind]), Peer("h1", client_ip(1)), Peer("srv1", server_ip(1)),
                             **({"mtu": mtu} if mtu else {}))
+    if variant in COALESCED:
+        left, right = replace(left, coalesce=True), replace(right, coalesce=True)
     return tuple(
         AgentProcess(tb.host(config.name), config, work / config.name,
                      *(["--profile", str(work / f"{config.name}.prof")] if profile else []))
