@@ -108,7 +108,7 @@ class Agent:
         _write_private(self.keyfile, esp_sa_file(self.sad))
         for name in _rp_filter_on():
             self._set_sysctl(CONF / name / "rp_filter", "0")
-        tun = Tun(config.tun, config.tun_mtu(), vnet_hdr=config.coalesce)
+        tun = Tun(config.tun, config.tun_mtu(), vnet_hdr=config.coalesce, txqueuelen=config.txqueuelen)
         self._stack.callback(tun.close)
         self._set_sysctl(CONF / config.tun / "rp_filter", "0", restore=False)
         table = str(config.table)

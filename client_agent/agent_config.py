@@ -12,7 +12,8 @@ in hex), and its SPD (``[[policy]]``, section 4.4.1, first match wins)::
     #           the agent fragments ESP/AH after protection), default = "discard" | "bypass",
     #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1",
     #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only),
-    #           coalesce = false (true: inbound TCP reaches the TUN as super-segments, IFF_VNET_HDR)
+    #           coalesce = false (true: inbound TCP reaches the TUN as super-segments, IFF_VNET_HDR),
+    #           txqueuelen = 500 (packets the kernel queues for the agent to read from the TUN)
 
     [[sa]]
     name = "h1-srv1"
@@ -81,13 +82,14 @@ from netwire.ipv4 import IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 LINK_MTU = 1500  # Ethernet, as on every testbed link
+TXQUEUELEN = 500  # Linux's default queue of a TUN device (tun.c)
 IFNAMSIZ = 16
 RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
 PROTOCOL_NAMES = {"any": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 
 _AGENT_FIELDS = {
     "name", "tun", "address", "routes", "mtu", "link_mtu", "default", "mark", "table", "rule_priority", "run_dir",
-    "verify_icv", "coalesce",
+    "verify_icv", "coalesce", "txqueuelen",
 }
 _SA_FIELDS = {
     "name", "direction", "spi", "protocol", "mode", "encryption", "enc_key", "integrity", "auth_key", "src", "dst",
@@ -156,6 +158,7 @@ class AgentConfig:
     nat: NatSettings | None = None
     verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
     coalesce: bool = False  # inbound TCP written to the TUN as super-segments (IFF_VNET_HDR; client_agent.coalesce)
+    txqueuelen: int = TXQUEUELEN  # the TUN's queue toward the agent; beyond it the kernel drops (TCP retransmits)
 
     @property
     def run_directory(self) -> Path:
@@ -242,6 +245,7 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         nat=nat,
         verify_icv=_flag(agent, "verify_icv", where),
         coalesce=_flag(agent, "coalesce", where, default=False),
+        txqueuelen=_int(agent, "txqueuelen", where, 1, 1_000_000, default=TXQUEUELEN),
     )
 
 
@@ -522,6 +526,7 @@ def render(config: AgentConfig) -> str:
               "rule_priority": config.rule_priority}
     agent |= {} if config.verify_icv else {"verify_icv": False}
     agent |= {"coalesce": True} if config.coalesce else {}
+    agent |= {} if config.txqueuelen == TXQUEUELEN else {"txqueuelen": config.txqueuelen}
     lines = ["[agent]", *_assignments(agent)]
     for entry in config.sas:
         sa = entry.sa

@@ -40,7 +40,7 @@ class Tun:
     :meth:`close` (or the process ending) removes it with its addresses and routes.
     """
 
-    def __init__(self, name: str, mtu: int, *, vnet_hdr: bool = False) -> None:
+    def __init__(self, name: str, mtu: int, *, vnet_hdr: bool = False, txqueuelen: int | None = None) -> None:
         if not 0 < len(name.encode()) < IFNAMSIZ:
             raise ValueError(f"tun={name!r}: an interface name has 1..{IFNAMSIZ - 1} bytes")
         self.name = name
@@ -52,7 +52,9 @@ class Tun:
         try:
             fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)))
             _disable_ipv6(name)
-            subprocess.run(["ip", "link", "set", "dev", name, "mtu", str(mtu), "up"], check=True, capture_output=True)
+            queue = ["txqueuelen", str(txqueuelen)] if txqueuelen else []
+            subprocess.run(["ip", "link", "set", "dev", name, "mtu", str(mtu), *queue, "up"], check=True,
+                           capture_output=True)
         except BaseException:
             os.close(self.fd)
             raise

@@ -48,8 +48,12 @@ VARIANTS: dict[str, tuple[str | None, int | None]] = {
     "ah-sha256": ("ah-sha256", None),
     f"esp-aes-gcm-mtu{JUMBO_MTU}": ("esp-aes-gcm", JUMBO_MTU),
     "esp-aes-gcm-coalesce": ("esp-aes-gcm", None),
+    "esp-aes-gcm-txq4096": ("esp-aes-gcm", None),
 }
-COALESCED = frozenset({"esp-aes-gcm-coalesce"})  # agents write inbound TCP as super-segments (client_agent.coalesce)
+OPTIONS = {  # agent settings of a variant (AgentConfig fields), both agents
+    "esp-aes-gcm-coalesce": {"coalesce": True},  # inbound TCP written as super-segments (client_agent.coalesce)
+    "esp-aes-gcm-txq4096": {"txqueuelen": 4096},  # the TUN's queue toward the agent, 8 times Linux's default
+}
 CORE_KINDS = ("esp-aes-gcm", "esp-aes-cbc-sha1", "ah-sha256")
 CORE_SIZES = (64, 1400)
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -124,8 +128,8 @@ def _agents(tb: Testbed, variant: str, work: Path, profile: bool = False) -> tup
     kind, mtu = VARIANTS[variant]
     left, right = peer_pair(suite(KINDS[kind]), Peer("h1", client_ip(1)), Peer("srv1", server_ip(1)),
                             **({"mtu": mtu} if mtu else {}))
-    if variant in COALESCED:
-        left, right = replace(left, coalesce=True), replace(right, coalesce=True)
+    options = OPTIONS.get(variant, {})
+    left, right = replace(left, **options), replace(right, **options)
     return tuple(
         AgentProcess(tb.host(config.name), config, work / config.name,
                      *(["--profile", str(work / f"{config.name}.prof")] if profile else []))
@@ -146,6 +150,11 @@ def _iperf3_run(tb: Testbed, variant: str, seconds: float, work: Path) -> dict:
         kernel_before = {"h1": snmp(h1), "srv1": snmp(srv1)}
         tcp = apps.iperf3(h1, server_ip(1), seconds=seconds)
         kernel = {side: _delta(kernel_before[side], snmp(host)) for side, host in (("h1", h1), ("srv1", srv1))}
+        for side, host, agent in (("h1", h1, sender), ("srv1", srv1, receiver)):  # the TUN's own drops
+            tun = agent.config.tun if agent.config else "ipsec0"
+            dropped = host.cmd(f"cat /sys/class/net/{tun}/statistics/tx_dropped").strip()
+            if dropped.isdigit() and int(dropped):
+                kernel[side]["tun_tx_dropped"] = int(dropped)
         after = [cpu_times(a) for a in (sender, receiver)]
     return {"bps": tcp["bps"], **({"error": tcp["error"]} if "error" in tcp else {}), "kernel": kernel,
             **agent_costs((sender, receiver), before, after)}
