@@ -279,3 +279,4 @@ def test_inbound_tcp_burst_reaches_the_tun_as_one_super_segment_with_coalescing(
     assert IP(bytes(probe))[TCP].chksum == inner[TCP].chksum
     counters = srv1.datapath.counters
     assert counters.delivered == 5 and counters.delivered_octets == sum(len(p) for p in burst)
+    assert counters.tun_writes == 1
