@@ -108,7 +108,7 @@ class Agent:
         _write_private(self.keyfile, esp_sa_file(self.sad))
         for name in _rp_filter_on():
             self._set_sysctl(CONF / name / "rp_filter", "0")
-        tun = Tun(config.tun, config.tun_mtu())
+        tun = Tun(config.tun, config.tun_mtu(), vnet_hdr=config.coalesce, txqueuelen=config.txqueuelen)
         self._stack.callback(tun.close)
         self._set_sysctl(CONF / config.tun / "rp_filter", "0", restore=False)
         table = str(config.table)
@@ -130,7 +130,8 @@ class Agent:
         if config.nat is not None:
             self._lease()
             self.traversal = traversal_of(config)
-        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal)
+        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal,
+                                 deliver_frame=tun.write_frame if config.coalesce else None)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),

@@ -92,6 +92,7 @@ class AgentProcess:
         self.host = host
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = config if isinstance(config, AgentConfig) else None
         if isinstance(config, AgentConfig):
             self.config_path = self.run_dir / "agent.toml"
             self.config_path.write_text(render(config))

@@ -11,7 +11,9 @@ in hex), and its SPD (``[[policy]]``, section 4.4.1, first match wins)::
     # optional: tun = "ipsec0", link_mtu = 1500, mtu (default link_mtu - the largest SA overhead; more means
     #           the agent fragments ESP/AH after protection), default = "discard" | "bypass",
     #           mark = 1, table = 100, rule_priority = 100, run_dir = "/run/natlab/agent-h1",
-    #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only)
+    #           verify_icv = true (false is a fault for the conformance control CTRL-NOVERIFY only),
+    #           coalesce = false (true: inbound TCP reaches the TUN as super-segments, IFF_VNET_HDR),
+    #           txqueuelen = 500 (packets the kernel queues for the agent to read from the TUN)
 
     [[sa]]
     name = "h1-srv1"
@@ -82,13 +84,14 @@ from netwire.plan import GATEWAY_IP
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 LINK_MTU = 1500  # Ethernet, as on every testbed link
+TXQUEUELEN = 500  # Linux's default queue of a TUN device (tun.c)
 IFNAMSIZ = 16
 RESERVED_TABLES = {0, 253, 254, 255}  # unspec, default, main, local
 PROTOCOL_NAMES = {"any": None, "icmp": IPPROTO_ICMP, "tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}
 
 _AGENT_FIELDS = {
     "name", "tun", "address", "routes", "mtu", "link_mtu", "default", "mark", "table", "rule_priority", "run_dir",
-    "verify_icv",
+    "verify_icv", "coalesce", "txqueuelen",
 }
 _SA_FIELDS = {
     "name", "direction", "spi", "protocol", "mode", "encryption", "enc_key", "integrity", "auth_key", "src", "dst",
@@ -156,6 +159,8 @@ class AgentConfig:
     run_dir: str | None = None
     nat: NatSettings | None = None
     verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
+    coalesce: bool = False  # inbound TCP written to the TUN as super-segments (IFF_VNET_HDR; client_agent.coalesce)
+    txqueuelen: int = TXQUEUELEN  # the TUN's queue toward the agent; beyond it the kernel drops (TCP retransmits)
 
     def behind_nat(self) -> tuple[NatSettings, str]:
         """The ``[nat]`` settings and the private address they lease for (load() requires both together)."""
@@ -253,6 +258,8 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         run_dir=_str(agent, "run_dir", where) if "run_dir" in agent else None,
         nat=nat,
         verify_icv=_flag(agent, "verify_icv", where),
+        coalesce=_flag(agent, "coalesce", where, default=False),
+        txqueuelen=_int(agent, "txqueuelen", where, 1, 1_000_000, default=TXQUEUELEN),
     )
 
 
@@ -551,6 +558,8 @@ def render(config: AgentConfig) -> str:
     agent |= {"link_mtu": config.link_mtu, "default": str(config.default), "mark": config.mark, "table": config.table,
               "rule_priority": config.rule_priority}
     agent |= {} if config.verify_icv else {"verify_icv": False}
+    agent |= {"coalesce": True} if config.coalesce else {}
+    agent |= {} if config.txqueuelen == TXQUEUELEN else {"txqueuelen": config.txqueuelen}
     lines = ["[agent]", *_assignments(agent)]
     for entry in config.sas:
         sa = entry.sa

@@ -21,7 +21,9 @@ from typing import Protocol
 
 from client_agent.compensate import Binding, NotCompensable
 from netwire.checksum import internet_checksum, ip_bytes, pseudo_header_sum
+from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_UDP
+from netwire.view import IPv4View
 
 __pure__ = True
 
@@ -44,12 +46,14 @@ class AlgRegistry:
     def __init__(self) -> None:
         self._algs: dict[tuple[int, int], ClientAlg] = {}
         self.counters: Counter[str] = Counter()
+        self.active = False  # any ALG registered: read per packet, so an attribute rather than __bool__
 
     def register(self, protocol: int, port: int, alg: ClientAlg) -> None:
         key = (protocol, port)
         if key in self._algs:
             raise ValueError(f"protocol {protocol} port {port}: ALG {self._algs[key].name!r} is registered already")
         self._algs[key] = alg
+        self.active = True
 
     def __bool__(self) -> bool:
         return bool(self._algs)
@@ -103,10 +107,14 @@ def _text(ip: str, port: int | None) -> bytes:
 
 
 def _replace_text(packet: bytes, old: bytes, new: bytes, binding: Binding, *, outgoing: bool) -> bytes:
-    ihl = (packet[0] & 0x0F) * 4
-    if packet[9] != IPPROTO_UDP or len(packet) < ihl + 8:
+    try:
+        view = IPv4View(packet)
+    except MalformedPacket as err:
+        raise NotCompensable(str(err)) from None
+    ihl = view.header_len
+    if view.protocol != IPPROTO_UDP or view.is_fragment or view.total_len < ihl + 8:
         return packet
-    payload = packet[ihl + 8:]
+    payload = packet[ihl + 8:view.total_len]
     if old not in payload:
         return packet
     # the whole address only: not 10.0.0.1:40001 for 10.0.0.1:4000, nor 110.0.0.1:4000
@@ -116,7 +124,7 @@ def _replace_text(packet: bytes, old: bytes, new: bytes, binding: Binding, *, ou
     udp_len = 8 + len(payload)
     if ihl + udp_len > 0xFFFF:
         raise NotCompensable("the rewritten datagram would exceed 65535 octets")
-    src, dst = packet[12:16], packet[16:20]
+    src, dst = view.src, view.dst
     ours = ip_bytes(binding.global_ip)
     pseudo_src, pseudo_dst = (ours, dst) if outgoing else (src, ours)
     header = bytearray(packet[:ihl])

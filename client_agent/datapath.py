@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from client_agent.coalesce import VNET_HDR_LEN, frames
 from client_agent.ipsec.errors import IPsecError
 from client_agent.ipsec.processing import inbound, outbound
 from client_agent.ipsec.sad import SAD
@@ -79,13 +80,15 @@ class Counters:
     received_octets: int = 0
     delivered: int = 0
     delivered_octets: int = 0
+    tun_writes: int = 0  # frames written with coalescing (one per super-segment): delivered / tun_writes = merged
     drops: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, int | dict[str, int]]:
         return {
             "protected": self.protected, "protected_octets": self.protected_octets, "sent_octets": self.sent_octets,
             "bypassed": self.bypassed, "received": self.received, "received_octets": self.received_octets,
-            "delivered": self.delivered, "delivered_octets": self.delivered_octets, "drops": dict(self.drops),
+            "delivered": self.delivered, "delivered_octets": self.delivered_octets, "tun_writes": self.tun_writes,
+            "drops": dict(self.drops),
         }
 
 
@@ -123,10 +126,11 @@ class Datapath:
     def __init__(
         self, tun: PacketSource, deliver: PacketSink, receivers: Sequence[PacketSource], send: PacketSink,
         sad: SAD, spd: SPD, *, drop_log: Callable[[str, str, object], None] | None = None,
-        traversal: Traversal | None = None,
+        traversal: Traversal | None = None, deliver_frame: PacketSink | None = None,
     ) -> None:
         self.tun = tun
         self.deliver = deliver
+        self.deliver_frame = deliver_frame  # set: inbound TCP is coalesced (client_agent.coalesce) and written here
         self.receivers = list(receivers)
         self.send = send
         self.sad = sad
@@ -167,9 +171,14 @@ class Datapath:
         return taken
 
     def pump_inbound(self, receiver: PacketSource) -> int:
-        """Verify, unprotect and deliver up to :data:`BATCH` packets from ``receiver``; returns how many were read."""
+        """Verify, unprotect and deliver up to :data:`BATCH` packets from ``receiver``; returns how many were read.
+
+        With ``deliver_frame`` the batch's packets are written at its end as
+        frames, consecutive TCP segments of a connection as one super-segment.
+        """
         read, deliver, sad, spd, count = receiver.read, self.deliver, self.sad, self.spd, self.counters
         hooks = self._in_hooks
+        ready: list[bytes] | None = None if self.deliver_frame is None else []
         taken = 0
         while taken < BATCH:
             packet = read()
@@ -180,6 +189,9 @@ class Datapath:
             count.received_octets += len(packet)
             try:
                 inner = inbound(packet, sad, spd, **hooks)
+                if ready is not None:
+                    ready.append(inner)
+                    continue
                 deliver(inner)
             except IPsecError as err:
                 self._drop(err.reason, "inbound", err)
@@ -188,7 +200,24 @@ class Datapath:
             else:
                 count.delivered += 1
                 count.delivered_octets += len(inner)
+        if ready:
+            self._deliver_frames(ready)
         return taken
+
+    def _deliver_frames(self, packets: list[bytes]) -> None:
+        """Write ``packets`` as coalesced frames; a refused frame drops every packet in it."""
+        count, write = self.counters, self.deliver_frame
+        assert write is not None
+        for frame, n in frames(packets):
+            try:
+                write(frame)
+            except OSError as err:
+                for _ in range(n):
+                    self._drop(TUN_ERROR, "inbound", err)
+            else:
+                count.tun_writes += 1
+                count.delivered += n  # octets as they were before merging: each segment had its own headers
+                count.delivered_octets += len(frame) - VNET_HDR_LEN + (n - 1) * (frame[2] | frame[3] << 8)
 
     def run(
         self, should_stop: Callable[[], bool], *, wakeup_fd: int | None = None,

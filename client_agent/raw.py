@@ -21,6 +21,7 @@ takes the ordinary route to the peer instead of coming back into the TUN
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections.abc import Iterator
 
@@ -57,7 +58,9 @@ class RawSender:
         self.link_mtu = link_mtu
         self._sendto = self.sock.sendto
         self._ntoa = socket.inet_ntoa
-        self._ident = itertools.count(1)
+        # RFC 6864 4.1: unique per (source, destination, protocol) while fragments may live (30 s in Linux's
+        # reassembly); a restarted agent starting again at 1 met the last one's incomplete datagrams.
+        self._ident = itertools.count(int.from_bytes(os.urandom(2), "big"))
 
     def send(self, packet: bytes) -> None:
         """Send ``packet`` (blocking while the socket buffer is full); OSError when the kernel refuses it."""

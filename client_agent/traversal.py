@@ -31,10 +31,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from client_agent.alg import AlgRegistry
-from client_agent.compensate import Binding, NotCompensable, incoming, outgoing
+from client_agent.compensate import Binding, NotCompensable, compensate
 from client_agent.ipsec.errors import DropReason, IPsecError
 from client_agent.ipsec.sa import SAState
+from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from netwire.view import PROTOCOL_OFFSET, IPv4View
 
 __pure__ = True
 
@@ -144,56 +146,65 @@ class Traversal:
         # 815 / 820: the addresses AH is computed over (None: the packet's own)
         self.icv_src = global_ip if compensate else None
         self.icv_dst = global_ip if compensate else None
-        self.counters: Counter[str] = Counter()
+        self.compensated_out = self.compensated_in = 0  # plain ints: a Counter costs a lookup per packet
 
     def before_protect(self, packet: bytes, state: SAState) -> bytes:
         """Steps 810-813 on a packet the SPD chose to protect under ``state``."""
         if not self.compensate:
             return packet
-        protocol, ihl, block = self._parse(packet)
-        if block is None:
-            binding = self._address_only
-        else:
-            binding = block.bind(int.from_bytes(packet[ihl:ihl + 2], "big"), self.clock())
+        view, block, ports = self._parse(packet)
+        binding = self._address_only if block is None else block.bind(ports[0], self.clock())
         try:
-            packet = outgoing(packet, binding, tunnel=state.tunnel)
-            if self.algs and protocol in PORTED:
-                packet = self.algs.outgoing(packet, protocol, int.from_bytes(packet[ihl + 2:ihl + 4], "big"), binding)
+            packet = compensate(view, binding.out, tunnel=state.tunnel)
+            if ports is not None and self.algs.active:
+                packet = self.algs.outgoing(packet, view.protocol, ports[1], binding)
         except NotCompensable as err:
             raise Uncompensable(str(err)) from None
-        self.counters["compensated_out"] += 1
+        self.compensated_out += 1
         return packet
 
     def after_unprotect(self, packet: bytes, state: SAState) -> bytes:
         """Steps 822-826 on a packet verified and decrypted under ``state``."""
         if not self.compensate:
             return packet
-        protocol, ihl, block = self._parse(packet)
+        view, block, ports = self._parse(packet)
         if block is None:
             binding = self._address_only
         else:
-            global_port = int.from_bytes(packet[ihl + 2:ihl + 4], "big")
-            bound = block.lookup(global_port, self.clock())
-            if bound is None:
-                raise NoBinding(f"{protocol}/{global_port}: no connection is bound to this global port")
-            binding = bound
+            binding = block.lookup(ports[1], self.clock())
+            if binding is None:
+                raise NoBinding(f"{view.protocol}/{ports[1]}: no connection is bound to this global port")
         try:
-            if self.algs and protocol in PORTED:
-                packet = self.algs.incoming(packet, protocol, int.from_bytes(packet[ihl:ihl + 2], "big"), binding)
-            packet = incoming(packet, binding, tunnel=state.tunnel)
-        except NotCompensable as err:
+            if ports is not None and self.algs.active:
+                changed = self.algs.incoming(packet, view.protocol, ports[0], binding)
+                if changed is not packet:  # an ALG may have changed the lengths
+                    packet, view = changed, IPv4View(changed)
+            packet = compensate(view, binding.into, tunnel=state.tunnel)
+        except (NotCompensable, MalformedPacket) as err:
             raise Uncompensable(str(err)) from None
-        self.counters["compensated_in"] += 1
+        self.compensated_in += 1
         return packet
 
-    def _parse(self, packet: bytes) -> tuple[int, int, PortBlock | None]:
-        """The protocol, header length and port block of ``packet``; a packet without ports to read is refused
-        before any port is bound."""
-        protocol, ihl = packet[9], (packet[0] & 0x0F) * 4
+    def _parse(self, packet: bytes) -> tuple[IPv4View, PortBlock | None, tuple[int, int] | None]:
+        """The view, port block and ports of ``packet``, read once; a packet of a ported protocol without
+        ports to read (a fragment, a truncated header) is refused before any port is bound."""
+        try:
+            view = IPv4View(packet)
+        except MalformedPacket as err:
+            raise Uncompensable(str(err)) from None
+        protocol = packet[PROTOCOL_OFFSET]
         block = self.blocks.get(protocol)
-        if block is not None and (len(packet) < ihl + 4 or packet[6] & 0x3F or packet[7]):
+        if block is None:  # no leased block: addresses only, ports (if any) for the ALGs
+            return view, None, view.ports() if protocol in PORTED else None
+        ports = view.whole_ports()
+        if ports is None:
             raise Uncompensable("a fragment, or a truncated transport header: no ports to compensate")
-        return protocol, ihl, block
+        return view, block, ports
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Packets compensated each way."""
+        return Counter(compensated_out=self.compensated_out, compensated_in=self.compensated_in)
 
     def status(self) -> dict[str, Any]:
         """For status.json: the global IP, each block and its bindings, the counters."""

@@ -8,7 +8,10 @@ prefix: the bytes are the IPv4 packet itself.
 
 TUN has no checksum or segmentation offload unless asked (``TUNSETOFFLOAD``),
 so what the agent reads carries finished checksums and is never larger than
-the device MTU.
+the device MTU. With ``vnet_hdr`` (``IFF_VNET_HDR``) every frame starts with a
+virtio-net header (:mod:`client_agent.coalesce`): reads get an all-zero one
+(no offload asked, so nothing arrives coalesced), and writes may hand the
+kernel a TCP super-segment that it takes up its stack as one packet.
 """
 
 from __future__ import annotations
@@ -19,10 +22,13 @@ import struct
 import subprocess
 from pathlib import Path
 
+from client_agent.coalesce import PLAIN, VNET_HDR_LEN
+
 TUN_DEVICE = "/dev/net/tun"
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 IFNAMSIZ = 16  # including the terminating NUL
 READ_SIZE = 65535  # an IPv4 packet is never longer
 
@@ -34,16 +40,21 @@ class Tun:
     :meth:`close` (or the process ending) removes it with its addresses and routes.
     """
 
-    def __init__(self, name: str, mtu: int) -> None:
+    def __init__(self, name: str, mtu: int, *, vnet_hdr: bool = False, txqueuelen: int | None = None) -> None:
         if not 0 < len(name.encode()) < IFNAMSIZ:
             raise ValueError(f"tun={name!r}: an interface name has 1..{IFNAMSIZ - 1} bytes")
         self.name = name
         self.mtu = mtu
+        self.vnet_hdr = vnet_hdr
+        if vnet_hdr:
+            self.read, self.write = self._read_vnet, self._write_vnet  # type: ignore[method-assign]
         self.fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI))
+            fcntl.ioctl(self.fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)))
             _disable_ipv6(name)
-            subprocess.run(["ip", "link", "set", "dev", name, "mtu", str(mtu), "up"], check=True, capture_output=True)
+            queue = ["txqueuelen", str(txqueuelen)] if txqueuelen else []
+            subprocess.run(["ip", "link", "set", "dev", name, "mtu", str(mtu), *queue, "up"], check=True,
+                           capture_output=True)
         except BaseException:
             os.close(self.fd)
             raise
@@ -61,6 +72,19 @@ class Tun:
     def write(self, packet: bytes) -> None:
         """Hand ``packet`` to the kernel as received on this device."""
         os.write(self.fd, packet)
+
+    def write_frame(self, frame: bytes) -> None:
+        """Hand the kernel a frame that starts with its virtio-net header (``vnet_hdr`` devices only)."""
+        os.write(self.fd, frame)
+
+    def _read_vnet(self) -> bytes | None:
+        try:
+            return os.read(self.fd, READ_SIZE + VNET_HDR_LEN)[VNET_HDR_LEN:]
+        except BlockingIOError:
+            return None
+
+    def _write_vnet(self, packet: bytes) -> None:
+        os.write(self.fd, PLAIN + packet)
 
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the device."""

@@ -24,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ VARIANTS: dict[str, tuple[str | None, int | None]] = {
     "esp-aes-cbc-sha1": ("esp-aes-cbc-sha1", None),
     "ah-sha256": ("ah-sha256", None),
     f"esp-aes-gcm-mtu{JUMBO_MTU}": ("esp-aes-gcm", JUMBO_MTU),
+    "esp-aes-gcm-coalesce": ("esp-aes-gcm", None),
+    "esp-aes-gcm-txq4096": ("esp-aes-gcm", None),
+}
+OPTIONS = {  # agent settings of a variant (AgentConfig fields), both agents
+    "esp-aes-gcm-coalesce": {"coalesce": True},  # inbound TCP written as super-segments (client_agent.coalesce)
+    "esp-aes-gcm-txq4096": {"txqueuelen": 4096},  # the TUN's queue toward the agent, 8 times Linux's default
 }
 CORE_KINDS = ("esp-aes-gcm", "esp-aes-cbc-sha1", "ah-sha256")
 CORE_SIZES = (64, 1400)
@@ -61,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="rounds over the variants (default 3)")
     p.add_argument("--core-seconds", type=float, default=1, help="timing of each core figure (default 1)")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled AES-GCM run")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help=f"comma-separated subset of {', '.join(VARIANTS)} (default all; cleartext is always run)")
     p.add_argument("--out", default="reports", help="where bench-ipsec.json goes (default reports/)")
 
 
@@ -68,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"natlab bench ipsec: {args.rounds} rounds of {args.seconds:.0f} s iperf3 TCP h1 -> srv1 per variant, "
           "transport mode, plain forwarding")
     try:
-        result = bench_ipsec(args.seconds, args.rounds, args.core_seconds, profile=not args.no_profile)
+        chosen = [CLEARTEXT, *(v for v in args.variants.split(",") if v in VARIANTS and v != CLEARTEXT)]
+        result = bench_ipsec(args.seconds, args.rounds, args.core_seconds, profile=not args.no_profile,
+                             variants=chosen)
     except (TestbedError, RuntimeError) as exc:
         print(f"natlab bench ipsec: {exc}", file=sys.stderr)
         return 1
@@ -78,8 +89,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_ipsec(seconds: float, rounds: int, core_seconds: float, *, profile: bool = True, log=print) -> dict:
-    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+def bench_ipsec(seconds: float, rounds: int, core_seconds: float, *, profile: bool = True, log=print,
+                variants: list[str] | None = None) -> dict:
+    chosen = list(variants or VARIANTS)
+    runs: dict[str, list[dict]] = {v: [] for v in chosen}
     with tempfile.TemporaryDirectory(prefix="natlab-bench-ipsec-") as tmp, \
             Testbed(clients=1, servers=1, globals=1) as tb:
         work = Path(tmp)
@@ -87,12 +100,16 @@ def bench_ipsec(seconds: float, rounds: int, core_seconds: float, *, profile: bo
         with PlainForwarding(tb, h1, srv1), apps.iperf3_server(srv1):
             apps.ping(h1, server_ip(1), count=1)  # ARP both ways before the first timed run
             for r in range(1, rounds + 1):
-                for variant in VARIANTS:
+                for variant in chosen:
                     runs[variant].append(_iperf3_run(tb, variant, seconds, work / f"r{r}-{variant}"))
                 log(f"  round {r}/{rounds}: " + ", ".join(
-                    f"{v} {runs[v][-1]['bps'] / 1e6:.0f}" for v in VARIANTS) + " Mbit/s")
+                    f"{v} {runs[v][-1]['bps'] / 1e6:.0f}" for v in chosen) + " Mbit/s")
+                for v in chosen:
+                    if runs[v][-1].get("error") or runs[v][-1].get("drops"):
+                        log(f"    {v}: {runs[v][-1].get('error', '')} drops {runs[v][-1].get('drops')} "
+                            f"kernel {runs[v][-1].get('kernel')}")
             profiled = _profiled_run(tb, seconds, work / "profile") if profile else None
-    throughput = {v: statistics.median(x["bps"] for x in runs[v]) for v in VARIANTS}
+    throughput = {v: statistics.median(x["bps"] for x in runs[v]) for v in chosen}
     log("  timing the sans-IO core ...")
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -100,8 +117,8 @@ def bench_ipsec(seconds: float, rounds: int, core_seconds: float, *, profile: bo
                 "one agent per host, transport mode",
         "iperf3_tcp": runs,
         "median_bps": throughput,
-        "ratio_to_cleartext": {v: throughput[v] / throughput[CLEARTEXT] for v in VARIANTS},
-        "agent_cpu_us_per_packet": {v: median_cpu(runs[v]) for v in VARIANTS if v != CLEARTEXT},
+        "ratio_to_cleartext": {v: throughput[v] / throughput[CLEARTEXT] for v in chosen},
+        "agent_cpu_us_per_packet": {v: median_cpu(runs[v]) for v in chosen if v != CLEARTEXT},
         "core": [_core_figures(kind, size, core_seconds) for kind in CORE_KINDS for size in CORE_SIZES],
         "profile": profiled,
     }
@@ -114,6 +131,8 @@ def _agents(tb: Testbed, variant: str, work: Path, profile: bool = False) -> tup
         raise ValueError(f"variant {variant!r} runs no agents")
     extra: dict[str, Any] = {"mtu": mtu} if mtu else {}
     left, right = peer_pair(suite(KINDS[kind]), Peer("h1", client_ip(1)), Peer("srv1", server_ip(1)), **extra)
+    options = OPTIONS.get(variant, {})
+    left, right = replace(left, **options), replace(right, **options)
     first, second = (
         AgentProcess(tb.host(config.name), config, work / config.name,
                      *(["--profile", str(work / f"{config.name}.prof")] if profile else []))
@@ -123,15 +142,46 @@ def _agents(tb: Testbed, variant: str, work: Path, profile: bool = False) -> tup
 
 
 def _iperf3_run(tb: Testbed, variant: str, seconds: float, work: Path) -> dict:
-    h1 = tb.host("h1")
+    """One iperf3 run of ``variant``: its rate, iperf3's error if it failed, the agents' costs and drops, and the
+    kernels' reassembly and retransmission counters over the run (what a stalled jumbo run needs explained)."""
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
     if variant == CLEARTEXT:
-        return {"bps": apps.iperf3(h1, server_ip(1), seconds=seconds)["bps"]}
+        tcp = apps.iperf3(h1, server_ip(1), seconds=seconds)
+        return {"bps": tcp["bps"], **({"error": tcp["error"]} if "error" in tcp else {})}
     sender, receiver = _agents(tb, variant, work)
     with sender, receiver:
         before = [cpu_times(a) for a in (sender, receiver)]
+        kernel_before = {"h1": snmp(h1), "srv1": snmp(srv1)}
         tcp = apps.iperf3(h1, server_ip(1), seconds=seconds)
+        kernel = {side: _delta(kernel_before[side], snmp(host)) for side, host in (("h1", h1), ("srv1", srv1))}
+        for side, host, agent in (("h1", h1, sender), ("srv1", srv1, receiver)):  # the TUN's own drops
+            tun = agent.config.tun if agent.config else "ipsec0"
+            dropped = host.cmd(f"cat /sys/class/net/{tun}/statistics/tx_dropped").strip()
+            if dropped.isdigit() and int(dropped):
+                kernel[side]["tun_tx_dropped"] = int(dropped)
         after = [cpu_times(a) for a in (sender, receiver)]
-    return {"bps": tcp["bps"], **agent_costs((sender, receiver), before, after)}
+    return {"bps": tcp["bps"], **({"error": tcp["error"]} if "error" in tcp else {}), "kernel": kernel,
+            **agent_costs((sender, receiver), before, after)}
+
+
+SNMP_FIELDS = ("Ip:ReasmReqds", "Ip:ReasmOKs", "Ip:ReasmFails", "Ip:ReasmTimeout", "Ip:FragCreates",
+               "Tcp:RetransSegs", "Tcp:InErrs", "Tcp:InCsumErrors")
+
+
+def snmp(host) -> dict[str, int]:
+    """The host's /proc/net/snmp counters named in :data:`SNMP_FIELDS` (its own namespace's)."""
+    lines = host.cmd("cat /proc/net/snmp").splitlines()
+    values: dict[str, int] = {}
+    for names, numbers in zip(lines[::2], lines[1::2], strict=False):
+        group, *keys = names.split()
+        for key, value in zip(keys, numbers.split()[1:], strict=False):
+            if f"{group}{key}" in SNMP_FIELDS and value.lstrip("-").isdigit():
+                values[f"{group}{key}"] = int(value)
+    return values
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
 
 
 def agent_costs(agents: tuple[AgentProcess, AgentProcess], before: list[dict], after: list[dict]) -> dict:

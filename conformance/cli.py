@@ -11,6 +11,8 @@ BENCHMARKS = {
     "leases": ("conformance.bench_leases", "lease operations/s (sans-IO and end to end); slow-path demux pps"),
     "ipsec": ("conformance.bench_ipsec", "iperf3 cleartext vs ESP/AH; sans-IO encrypt/decrypt pps"),
     "e2e": ("conformance.bench_e2e", "iperf3 over ESP through the extensible NAT vs no NAT; compensation us/packet"),
+    "core": ("conformance.bench_core", "the agent's per-packet sans-IO core, us/packet (--baseline REV: side by side)"),
+    "nat-core": ("conformance.bench_nat_core", "the controller's steps per new NAPT connection, sans-IO, as the table grows"),
 }
 
 

@@ -8,33 +8,28 @@ building strings for the addresses.
 from __future__ import annotations
 
 from client_agent.ipsec.errors import Malformed
+from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPV4_MIN_HEADER_LEN, build_ipv4_header
+from netwire.view import MF_AND_OFFSET_HIGH, PROTOCOL_OFFSET, ipv4_lengths
 
-PROTOCOL_OFFSET = 9
 TUNNEL_TTL = 64
 _DF = 0x40  # in byte 6
-_MF_AND_OFFSET_HIGH = 0x3F  # in byte 6; byte 7 holds the rest of the fragment offset
 
 
 def lengths(packet: bytes | memoryview) -> tuple[int, int]:
-    """``(header_len, total_len)`` of an IPv4 packet, checked against the bytes at hand.
+    """``(header_len, total_len)`` of an IPv4 packet, checked against the bytes at hand (:func:`netwire.view.ipv4_lengths`).
 
     Bytes after ``total_len`` (link-layer padding) are not part of the packet.
     """
-    if len(packet) < IPV4_MIN_HEADER_LEN:
-        raise Malformed(f"IPv4 packet of {len(packet)} bytes is shorter than its header")
-    if packet[0] >> 4 != 4:
-        raise Malformed(f"IP version {packet[0] >> 4} is not 4")
-    header_len = (packet[0] & 0x0F) * 4
-    total_len = packet[2] << 8 | packet[3]
-    if header_len < IPV4_MIN_HEADER_LEN or not header_len <= total_len <= len(packet):
-        raise Malformed(f"IPv4 header length {header_len}, total length {total_len}, {len(packet)} bytes at hand")
-    return header_len, total_len
+    try:
+        return ipv4_lengths(packet)
+    except MalformedPacket as err:
+        raise Malformed(str(err)) from None
 
 
 def is_fragment(packet: bytes | memoryview) -> bool:
     """More-fragments set or a non-zero fragment offset."""
-    return bool(packet[6] & _MF_AND_OFFSET_HIGH or packet[7])
+    return bool(packet[6] & MF_AND_OFFSET_HIGH or packet[7])
 
 
 def rewrite(header: bytes | memoryview, protocol: int, total_len: int) -> bytes:

@@ -31,9 +31,10 @@ from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action
 from netwire.checksum import ip_bytes
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
+from netwire.ethernet import MalformedPacket
+from netwire.ipv4 import IPPROTO_ESP
+from netwire.view import PROTOCOL_OFFSET, SPI_OFFSET, IPv4View
 
-_SPI_OFFSET = {IPPROTO_ESP: 0, IPPROTO_AH: 4}  # where the SPI sits in each header
 Hook = Callable[[bytes, SAState], bytes]
 
 
@@ -53,16 +54,13 @@ def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_d
 
 def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Address = None) -> Decapsulated:
     """Find the inbound SA of a received ESP/AH ``packet`` and unprotect it (RFC 4301 section 5.2)."""
-    header_len, total_len = ipheader.lengths(packet)
-    protocol = packet[ipheader.PROTOCOL_OFFSET]
-    spi_at = _SPI_OFFSET.get(protocol)
-    if spi_at is None:
-        raise Malformed(f"IP protocol {protocol} is neither ESP nor AH")
-    spi_at += header_len
-    if total_len < spi_at + 4:
-        raise Malformed("packet too short for an SPI")
-    spi = int.from_bytes(packet[spi_at : spi_at + 4], "big")
-    dst = bytes(packet[16:20]) if icv_dst is None else ip_bytes(icv_dst)
+    try:
+        view = IPv4View(packet)
+        spi = view.spi()
+    except MalformedPacket as err:
+        raise Malformed(str(err)) from None
+    protocol = packet[PROTOCOL_OFFSET]
+    dst = view.dst if icv_dst is None else ip_bytes(icv_dst)
     state = sad.lookup(protocol, spi, dst)
     if protocol == IPPROTO_ESP:
         return Decapsulated(esp.decapsulate(packet, state), state)
@@ -91,7 +89,7 @@ def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_d
     selected by a BYPASS policy.
     """
     ipheader.lengths(packet)
-    if packet[ipheader.PROTOCOL_OFFSET] in _SPI_OFFSET:
+    if packet[PROTOCOL_OFFSET] in SPI_OFFSET:
         inner, state = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
         if after is not None:
             inner = after(inner, state)

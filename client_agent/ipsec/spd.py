@@ -14,14 +14,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from client_agent.ipsec import ipheader
+from client_agent.ipsec.errors import Malformed
 from client_agent.ipsec.sa import SAState
-from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from netwire.ethernet import MalformedPacket
+from netwire.view import IPPROTO_SCTP, PROTOCOL_OFFSET, SRC_OFFSET, IPv4View
 
-IPPROTO_SCTP = 132
+__all__ = ["IPPROTO_SCTP", "ANY_PORT", "CACHE_SIZE", "Action", "Selector", "Policy", "SPD", "packet_selectors"]
 ANY_PORT = (0, 65535)
-_PORTED = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
-_PORTS = struct.Struct("!HH")
+CACHE_SIZE = 4096  # cached decisions per direction
+_ADDRESSES = struct.Struct("!II")  # source and destination, as integers for prefix matching
 
 
 class Action(StrEnum):
@@ -101,19 +102,39 @@ class Policy:
 
 
 class SPD:
-    """Ordered policies; a packet no policy selects gets ``default`` (DISCARD unless told otherwise)."""
+    """Ordered policies; a packet no policy selects gets ``default`` (DISCARD unless told otherwise).
+
+    Lookups go through a cache of decisions by the packet's selector values
+    (RFC 4301 section 4.4.1.2's SPD caches; the ordered list stays the
+    authority): a connection's packets all carry the same five values, so only
+    its first packet walks the list. The cache holds at most
+    :data:`CACHE_SIZE` decisions per direction and starts over when full, so a
+    flood of distinct ports costs list walks, never memory; :meth:`add` empties it.
+    """
 
     def __init__(self, policies: Iterable[Policy] = (), *, default: Action = Action.DISCARD) -> None:
-        self.policies = list(policies)
+        self.policies: tuple[Policy, ...] = tuple(policies)
         self.default = Policy(Selector(), default, name="default")
+        self._cache: tuple[dict, dict] = ({}, {})  # outbound, inbound
 
     def add(self, policy: Policy) -> None:
         """Append ``policy`` after the existing ones (it matches only what they leave)."""
-        self.policies.append(policy)
+        self.policies = (*self.policies, policy)
+        self._cache = ({}, {})
 
     def lookup(self, packet: bytes, *, inbound: bool = False) -> Policy:
         """The first policy selecting ``packet``; ``inbound`` matches it mirrored."""
-        src, dst, protocol, src_port, dst_port = packet_selectors(packet)
+        key = packet_selectors(packet)
+        cache = self._cache[inbound]
+        policy = cache.get(key)
+        if policy is None:
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            policy = cache[key] = self._walk(key, inbound)
+        return policy
+
+    def _walk(self, key: tuple[int, int, int, int | None, int | None], inbound: bool) -> Policy:
+        src, dst, protocol, src_port, dst_port = key
         if inbound:
             src, dst, src_port, dst_port = dst, src, dst_port, src_port
         for policy in self.policies:
@@ -124,12 +145,12 @@ class SPD:
 
 def packet_selectors(packet: bytes) -> tuple[int, int, int, int | None, int | None]:
     """``(src, dst, protocol, src_port, dst_port)`` of an IPv4 packet; ports None when it has none."""
-    header_len, total_len = ipheader.lengths(packet)
-    src = int.from_bytes(packet[12:16], "big")
-    dst = int.from_bytes(packet[16:20], "big")
-    protocol = packet[ipheader.PROTOCOL_OFFSET]
-    first_fragment = not (packet[6] & 0x1F or packet[7])
-    if protocol in _PORTED and first_fragment and total_len >= header_len + 4:
-        src_port, dst_port = _PORTS.unpack_from(packet, header_len)
-        return src, dst, protocol, src_port, dst_port
-    return src, dst, protocol, None, None
+    try:
+        view = IPv4View(packet)
+    except MalformedPacket as err:
+        raise Malformed(str(err)) from None
+    ports = view.ports()
+    src, dst = _ADDRESSES.unpack_from(packet, SRC_OFFSET)
+    if ports is None:
+        return src, dst, packet[PROTOCOL_OFFSET], None, None
+    return src, dst, packet[PROTOCOL_OFFSET], ports[0], ports[1]

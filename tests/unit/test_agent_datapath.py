@@ -251,3 +251,31 @@ def test_fragments_get_this_hosts_own_ids_except_under_ah() -> None:
     first, second = fragment_ident(esp, counter), fragment_ident(esp, counter)
     assert first != second and 0 not in (first, second)  # 0xFFFF, then 0x10000 & 0xFFFF == 0 is skipped
     assert fragment_ident(ah, counter) == 0x1234
+
+
+def test_inbound_tcp_burst_reaches_the_tun_as_one_super_segment_with_coalescing():
+    """``coalesce``: srv1's datapath writes a burst of h1's TCP segments as one frame whose checksum verifies."""
+    from client_agent.coalesce import GSO_TCPV4, VNET_HDR_LEN
+
+    h1_wire, srv1_wire = pair(), pair()
+    h1, srv1 = host("esp-transport-h1.toml", h1_wire), host("esp-transport-srv1.toml", srv1_wire)
+    written: list[bytes] = []
+    srv1.datapath.deliver_frame = written.append
+    payload, seq = bytes(range(200)) * 7, 1000
+    burst = [bytes(IP(src="10.0.0.1", dst="203.0.113.100", flags="DF") / TCP(sport=40000, dport=5201, flags="A",
+                                                                          seq=seq + i * 1400) / payload)
+             for i in range(5)]
+    for packet in burst:
+        h1.kernel.write(packet)
+    h1.datapath.pump_outbound()
+    relay(h1.wire, srv1.wire)
+    srv1.datapath.pump_inbound(srv1.datapath.receivers[0])
+    [frame] = written
+    inner = IP(frame[VNET_HDR_LEN:])
+    assert frame[1] == GSO_TCPV4 and inner[TCP].load == payload * 5 and inner[TCP].seq == seq
+    probe = inner.copy()
+    del probe[TCP].chksum
+    assert IP(bytes(probe))[TCP].chksum == inner[TCP].chksum
+    counters = srv1.datapath.counters
+    assert counters.delivered == 5 and counters.delivered_octets == sum(len(p) for p in burst)
+    assert counters.tun_writes == 1
