@@ -37,9 +37,12 @@ MODP_2048_PRIME = int(
     "83655D23DCA3AD961C62F356208552BB9ED529077096966D670C354E4ABC9804F1746C08CA18217C32905E462E36CE3B"
     "E39E772C180E86039B2783A2EC07A28FB5C55DF06F4C52C9DE2BCBF6955817183995497CEA956AE515D2261898FA0510"
     "15728E5A8AACAA68FFFFFFFFFFFFFFFF", 16)
-# cryptography 50 deprecates finite-field DH; group 14 is still what the seed's era and RFC 8247 (SHOULD) use.
-warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning, message="Diffie-Hellman over finite fields")
-_MODP_2048 = dh.DHParameterNumbers(MODP_2048_PRIME, 2).parameters()
+
+
+# cryptography 50 deprecates finite-field DH; group 14 is still RFC 8247's SHOULD and the seed era's group.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+    _MODP_2048 = dh.DHParameterNumbers(MODP_2048_PRIME, 2).parameters()
 
 # ---------------------------------------------------------------- key exchange
 
@@ -57,15 +60,19 @@ class ModpKeyExchange(KeyExchange):
     """Group 14: public value and shared secret padded to the prime's 256 bytes (sections 3.4 and 2.14)."""
 
     def __init__(self) -> None:
-        self._key = _MODP_2048.generate_private_key()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+            self._key = _MODP_2048.generate_private_key()
         self.public = self._key.public_key().public_numbers().y.to_bytes(256, "big")
 
     def shared(self, peer: bytes) -> bytes:
         y = int.from_bytes(peer, "big")
         if len(peer) != 256 or not 1 < y < MODP_2048_PRIME - 1:
             raise Malformed("bad_ke_value", "MODP-2048 public value out of range")
-        peer_key = dh.DHPublicNumbers(y, _MODP_2048.parameter_numbers()).public_key()
-        return self._key.exchange(peer_key).rjust(256, b"\0")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
+            peer_key = dh.DHPublicNumbers(y, _MODP_2048.parameter_numbers()).public_key()
+            return self._key.exchange(peer_key).rjust(256, b"\0")
 
 
 class EcpKeyExchange(KeyExchange):
