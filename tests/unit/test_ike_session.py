@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from tests.unit.ike_pair import H1, SRV, Pair, configs
 from scapy.layers.inet import IP, TCP
 
 from client_agent.ike.codec import NotifyPayload, decode_message, encode_message
@@ -22,6 +21,7 @@ from client_agent.ike.session import State
 from client_agent.ipsec.processing import decapsulate, encapsulate
 from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.sad import SAD
+from tests.unit.ike_pair import H1, SRV, Pair, configs
 
 IKE_SUITES = [
     "-".join(c) for c in itertools.product(("aes128", "aes256"), ("sha1", "sha256"), ("modp2048", "ecp256", "x25519"))
