@@ -6,6 +6,7 @@ datagrams only ever move a drop counter; an established SA keeps working.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -102,19 +103,15 @@ def test_ipv6_selectors_are_skipped_not_refused():
 @HYPOTHESIS
 @given(st.binary(max_size=600))
 def test_decoder_raises_only_malformed(data):
-    try:
+    with contextlib.suppress(Malformed):
         decode_message(data)
-    except Malformed:
-        pass
 
 
 @HYPOTHESIS
 @given(st.integers(0, 255), st.binary(max_size=300))
 def test_chain_decoder_raises_only_malformed(first, data):
-    try:
+    with contextlib.suppress(Malformed):
         decode_chain(first, data)
-    except Malformed:
-        pass
 
 
 @HYPOTHESIS
@@ -199,7 +196,7 @@ def test_unknown_spi_is_counted():
 
 
 def test_modp_2048_prime_is_rfc_3526_as_scapy_has_it():
-    assert crypto.MODP_2048_PRIME == modp2048.m
+    assert modp2048.m == crypto.MODP_2048_PRIME
 
 
 @pytest.mark.parametrize("group", sorted(crypto.KEY_EXCHANGES))
