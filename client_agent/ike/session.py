@@ -249,10 +249,18 @@ class IkeSession:
             raise Malformed("no_ike_sa_keys")
         inner = self._open(data, payloads)
         self._last_heard = now
+        self._follow(remote)
         if header.is_response:
             self._on_response(header, inner, now)
         else:
-            self._on_request(header, inner, now)
+            self._on_request(header, inner, remote, now)
+
+    def _follow(self, remote: Address) -> None:
+        """Section 2.23: behind a NAT, an authenticated message from a new address moves the peer there
+        (strongSwan's libipsec fakes a NAT and moves IKE to port 4500)."""
+        if remote != self.remote and (self.nat_local or self.nat_peer):
+            self.counters["peer_address_updated"] += 1
+            self.remote = remote
 
     def _open(self, data: bytes, payloads: list[Payload]) -> list[Payload]:
         """The inner payloads of the SK payload, authenticated first (section 3.14)."""
@@ -271,10 +279,10 @@ class IkeSession:
         pending.handler(header, payloads, now)
         self._run_queue(now)
 
-    def _on_request(self, header: Header, payloads: list[Payload], now: float) -> None:
+    def _on_request(self, header: Header, payloads: list[Payload], remote: Address, now: float) -> None:
         if header.message_id == self._peer_mid - 1 and self._last_response is not None:
             self.counters["retransmitted_request"] += 1
-            self._out.append((self._last_response[1], self.remote))
+            self._out.append((self._last_response[1], remote))
             return
         if header.message_id != self._peer_mid:
             raise Malformed("out_of_window", f"message id {header.message_id}, expected {self._peer_mid}")
@@ -284,13 +292,14 @@ class IkeSession:
         if handler is None or (self.state is not State.ESTABLISHED and header.exchange != ExchangeType.IKE_AUTH):
             raise Malformed("unexpected_exchange", ExchangeType(header.exchange).name)
         response = handler(payloads, now)
-        self._respond(header, response)
+        self._respond(header, response, remote)
 
-    def _respond(self, header: Header, payloads: list[Payload]) -> None:
+    def _respond(self, header: Header, payloads: list[Payload], remote: Address) -> None:
+        """Section 2.11: a response goes to the address and port the request came from."""
         data = self._seal(ExchangeType(header.exchange), header.message_id, True, payloads)
         self._last_response = (header.message_id, data)
         self._peer_mid += 1
-        self._out.append((data, self.remote))
+        self._out.append((data, remote))
 
     # ------------------------------------------------------------ IKE_SA_INIT
 
