@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from client_agent.agent_config import OUTBOUND, AgentConfig, databases
+from client_agent.agent_ike_shell import IkeShell
 from client_agent.agent_leases import LeasePlan, LeaseSocket, wanted_leases
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
@@ -55,7 +56,7 @@ from client_agent.lease_client import LeaseClient
 from client_agent.raw import RawReceiver, RawSender
 from client_agent.traversal import Traversal
 from client_agent.tun import Tun
-from netwire.ipv4 import IPPROTO_UDP
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 
 STATUS_NAME = "status.json"
 CONF = Path("/proc/sys/net/ipv4/conf")
@@ -75,6 +76,7 @@ class Agent:
         self.datapath: Datapath | None = None
         self.leases: LeaseSocket | None = None
         self.traversal: Traversal | None = None
+        self.ike: IkeShell | None = None
         self.state = "starting"
         self._stack = ExitStack()
         self._stop = False
@@ -123,7 +125,7 @@ class Agent:
         sender = RawSender(config.mark, config.link_mtu)
         self._stack.callback(sender.close)
         receivers = []
-        for protocol in sorted({state.protocol for state in self.sad.inbound}):
+        for protocol in sorted({state.protocol for state in self.sad.inbound} | _ike_protocols(config)):
             receiver = RawReceiver(protocol, config.mark)
             self._stack.callback(receiver.close)
             receivers.append(receiver)
@@ -131,6 +133,9 @@ class Agent:
             self._lease()
             self.traversal = traversal_of(config)
         self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal)
+        if config.ike is not None:  # keyed by IKEv2: SAs arrive as they are negotiated
+            self.ike = IkeShell(config.ike, config.address or "0.0.0.0", self.sad, self.spd, self.run_dir, config.mark)
+            self._stack.callback(self.ike.close)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
@@ -192,6 +197,8 @@ class Agent:
         if self.leases is not None:
             for fd in self.leases.filenos():
                 extra[fd] = lambda: self.leases.pump(time.monotonic())
+        if self.ike is not None:
+            extra[self.ike.fileno()] = self.ike.pump
 
         def loop() -> None:
             datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self._on_tick, extra=extra)
@@ -211,6 +218,8 @@ class Agent:
     def _on_tick(self) -> None:
         if self.leases is not None:
             self.leases.tick(time.monotonic())
+        if self.ike is not None:
+            self.ike.tick()
         self.write_status()
 
     def _on_stop(self, signum: int, _frame: object) -> None:
@@ -231,6 +240,7 @@ class Agent:
             + [_sa_status(s, "inbound") for s in self.sad.inbound],
             "nat": None if self.traversal is None else self.traversal.status(),
             "leases": None if self.leases is None else self.leases.plan.status(),
+            "ike": None if self.ike is None else self.ike.status(),
         }
 
     def write_status(self) -> dict[str, Any]:
@@ -251,6 +261,13 @@ def traversal_of(config: AgentConfig) -> Traversal:
     if "address-text" in nat.algs:
         algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
     return Traversal(config.address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+
+
+def _ike_protocols(config: AgentConfig) -> set[int]:
+    """The IP protocols an ``[ike]`` agent may receive under (raw sockets are opened before any SA exists)."""
+    if config.ike is None:
+        return set()
+    return ({IPPROTO_ESP} if config.ike.esp else set()) | ({IPPROTO_AH} if config.ike.ah else set())
 
 
 def _sa_status(state: SAState, direction: str) -> dict[str, Any]:

@@ -72,6 +72,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client_agent.agent_ike import IkeConfigError, IkeTable, parse_ike
 from client_agent.ipsec.sa import Mode, Protocol, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import ANY_PORT, SPD, Action, Policy, Selector
@@ -154,6 +155,7 @@ class AgentConfig:
     run_dir: str | None = None
     nat: NatSettings | None = None
     verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
+    ike: IkeTable | None = None  # keys by IKEv2 ([ike], client_agent.agent_ike) instead of [[sa]]
 
     @property
     def run_directory(self) -> Path:
@@ -170,6 +172,8 @@ class AgentConfig:
         if self.mtu is not None:
             return self.mtu
         overheads = [overhead(s.sa) for s in self.sas if s.direction == OUTBOUND]
+        if self.ike is not None:
+            overheads.append(self.ike.largest_overhead(overhead))
         return self.link_mtu - max(overheads, default=0)
 
 
@@ -211,7 +215,7 @@ def parse(text: str, *, source: str = "<config>") -> AgentConfig:
 
 def from_dict(data: dict[str, Any]) -> AgentConfig:
     """Validate an already-parsed configuration."""
-    _only(data, {"agent", "sa", "policy", "nat"}, "top level")
+    _only(data, {"agent", "sa", "policy", "nat", "ike"}, "top level")
     agent = data.get("agent")
     if not isinstance(agent, dict):
         raise ConfigError("[agent]: missing (it names the agent and its routes)")
@@ -223,6 +227,7 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
     _unique((p.name for p in policies), "policy")
     where = "[agent]"
     nat = _nat(data["nat"], agent, sas) if "nat" in data else None
+    ike = _ike(data["ike"], sas, nat, agent) if "ike" in data else None
     return AgentConfig(
         name=_str(agent, "name", where),
         routes=tuple(_prefix(route, f"{where} routes") for route in _list(agent, "routes", where, default=[])),
@@ -239,7 +244,22 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         run_dir=_str(agent, "run_dir", where) if "run_dir" in agent else None,
         nat=nat,
         verify_icv=_flag(agent, "verify_icv", where),
+        ike=ike,
     )
+
+
+def _ike(table: object, sas: tuple[SAConfig, ...], nat: NatSettings | None, agent: dict[str, Any]) -> IkeTable:
+    """``[ike]`` (client_agent.agent_ike): keys negotiated by IKEv2 instead of ``[[sa]]`` tables."""
+    if "address" not in agent:
+        raise ConfigError("[ike]: needs [agent] address, the address IKE and the SAs use")
+    if sas:
+        raise ConfigError("[ike]: an agent keyed by IKE takes no [[sa]] tables (manual keys are another config)")
+    if nat is not None:
+        raise ConfigError("[ike]: with [nat] not implemented yet (leased SPIi and CHILD SPIs: issue 12, step 3)")
+    try:
+        return parse_ike(table)
+    except IkeConfigError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _flag(table: dict[str, Any], key: str, where: str, default: bool = True) -> bool:

@@ -13,7 +13,7 @@ PURE = [*sorted((ROOT / "netwire").glob("*.py")),
                                         "allocate.py", "gpn.py", "client_alg.py", "state.py", "reconcile.py")),
         *(ROOT / "conformance" / n for n in ("fuzz.py", "marker.py", "portscan.py")),
         *sorted((ROOT / "client_agent" / "ipsec").glob("*.py")),
-        *sorted((ROOT / "client_agent" / "ike").glob("*.py"))]
+        *sorted((ROOT / "client_agent" / "ike").glob("*.py")), ROOT / "client_agent" / "agent_ike.py"]
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))

@@ -1,0 +1,103 @@
+"""The agent's IKE shell: a UDP socket on port 500 (marked, so it bypasses the TUN), the endpoint, key files.
+
+Owned by :class:`client_agent.agent.Agent` when its config has ``[ike]``. The
+socket carries the agent's fwmark, so IKE to the peer is routed by the main
+table and never into the TUN that the peer's address routes to. Events go
+through :class:`client_agent.agent_ike.IkeKeying` into the datapath's SAD/SPD;
+``esp_sa`` and ``ikev2_decryption_table`` are rewritten on every change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from client_agent.agent_ike import IkeKeying, IkeTable
+from client_agent.ike.endpoint import IkeEndpoint
+from client_agent.ike.events import ChildEstablished, IkeClosed, IkeEstablished
+from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
+from client_agent.ike.registry import IKE_PORT
+from client_agent.ipsec.keyfile import FILENAME as ESP_KEYFILE
+from client_agent.ipsec.sad import SAD
+from client_agent.ipsec.spd import SPD
+
+log = logging.getLogger("natlab.agent.ike")
+
+
+class IkeShell:
+    def __init__(self, table: IkeTable, address: str, sad: SAD, spd: SPD, run_dir: Path, mark: int) -> None:
+        self.table, self.run_dir = table, run_dir
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        self.sock.setblocking(False)
+        self.sock.bind((address, IKE_PORT))
+        config = table.config()
+        self.endpoint = IkeEndpoint(config if table.role == "responder" else None, (address, IKE_PORT))
+        self.keying = IkeKeying(sad, spd, address, table.peer or "0.0.0.0")
+        self.counts: Counter[str] = Counter()
+        self.session = None
+        if table.role == "initiator":
+            self.session = self.endpoint.initiate(config, (table.peer, IKE_PORT), time.monotonic())
+        self.flush()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def pump(self) -> None:
+        """Read every waiting datagram, then send and apply what came of it."""
+        while True:
+            try:
+                data, addr = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                break
+            self.endpoint.receive_datagram(data, addr, time.monotonic())
+        self.flush()
+
+    def tick(self) -> None:
+        self.endpoint.handle_timer(time.monotonic())
+        self.flush()
+
+    def flush(self) -> None:
+        for data, addr in self.endpoint.datagrams_to_send():
+            self.sock.sendto(data, addr)
+        changed = False
+        for session, event in self.endpoint.next_events():
+            if self.table.role == "responder":
+                self.keying.remote = session.remote[0]
+            log.info("ike: %s", event if not isinstance(event, IkeEstablished) else
+                     f"IKE SA {event.spi_i.hex()}/{event.spi_r.hex()} with {event.peer_id}")
+            self.counts[type(event).__name__] += 1
+            changed |= self.keying.apply(event)
+        if changed:
+            _write_private(self.run_dir / IKE_KEYFILE, self.keying.ikev2_table())
+            _write_private(self.run_dir / ESP_KEYFILE, self.keying.esp_sa())
+
+    def close(self) -> None:
+        """Delete our IKE SA (best effort, one datagram) and close the socket."""
+        for session in list(self.endpoint.sessions.values()):
+            session.close(time.monotonic())
+        try:
+            for data, addr in self.endpoint.datagrams_to_send():
+                self.sock.sendto(data, addr)
+        except OSError as err:
+            log.warning("ike: cannot send the Delete: %s", err)
+        self.sock.close()
+
+    def status(self) -> dict[str, Any]:
+        drops = Counter(self.endpoint.counters)
+        for session in self.endpoint.sessions.values():
+            drops.update(session.counters)
+        return {"role": self.table.role, "events": dict(self.counts),
+                "children": self.counts[ChildEstablished.__name__] - self.counts["ChildDeleted"],
+                "closed": self.counts[IkeClosed.__name__], "counters": dict(drops)}
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
