@@ -34,6 +34,7 @@ import cProfile
 import json
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -45,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from client_agent.agent_config import OUTBOUND, AgentConfig, databases
-from client_agent.agent_ike_shell import IkeShell
-from client_agent.agent_leases import LeasePlan, LeaseSocket, wanted_leases
+from client_agent.agent_ike_shell import IkeShell, LeasedIke
+from client_agent.agent_leases import IKE_CHILD_SPIS, LeasePlan, LeaseSocket, ike_leases, wanted_leases
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
 from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
@@ -129,22 +130,32 @@ class Agent:
             receiver = RawReceiver(protocol, config.mark)
             self._stack.callback(receiver.close)
             receivers.append(receiver)
+        leased = self._ike_leases() if config.nat is not None and config.ike is not None else None
         if config.nat is not None:
-            self._lease()
+            self._lease(ike_leases(config, leased.spi_i, leased.child_spis) if leased else [])
             self.traversal = traversal_of(config)
         self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal)
         if config.ike is not None:  # keyed by IKEv2: SAs arrive as they are negotiated
-            self.ike = IkeShell(config.ike, config.address or "0.0.0.0", self.sad, self.spd, self.run_dir, config.mark)
+            self.ike = IkeShell(config.ike, config.address or "0.0.0.0", self.sad, self.spd, self.run_dir, config.mark,
+                                leased)
             self._stack.callback(self.ike.close)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
                  self.run_dir)
 
-    def _lease(self) -> None:
+    def _ike_leases(self) -> LeasedIke:
+        """The IKE SPI and CHILD SPIs to lease (steps 801-802): drawn at random, the NAT refuses any in use."""
+        ike, nat = self.config.ike, self.config.nat
+        protocols = ([IPPROTO_ESP] if ike.esp else []) + ([IPPROTO_AH] if ike.ah else [])
+        children = [(p, 256 + secrets.randbelow(2**32 - 256)) for p in protocols for _ in range(IKE_CHILD_SPIS)]
+        return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global)
+
+    def _lease(self, extra: list | None = None) -> None:
         """Steps 801-805: every lease the config needs, before any traffic; released on exit (807)."""
         nat = self.config.nat
-        plan = LeasePlan(LeaseClient(self.config.address, nat.server), wanted_leases(self.config), nat.lifetime)
+        wanted = (extra or []) + wanted_leases(self.config)
+        plan = LeasePlan(LeaseClient(self.config.address, nat.server), wanted, nat.lifetime)
         self.leases = leases = LeaseSocket(plan, nat.server)
         self._stack.callback(leases.close)
         self._stack.callback(self._release)

@@ -254,12 +254,13 @@ def _ike(table: object, sas: tuple[SAConfig, ...], nat: NatSettings | None, agen
         raise ConfigError("[ike]: needs [agent] address, the address IKE and the SAs use")
     if sas:
         raise ConfigError("[ike]: an agent keyed by IKE takes no [[sa]] tables (manual keys are another config)")
-    if nat is not None:
-        raise ConfigError("[ike]: with [nat] not implemented yet (leased SPIi and CHILD SPIs: issue 12, step 3)")
     try:
-        return parse_ike(table)
+        ike = parse_ike(table)
     except IkeConfigError as err:
         raise ConfigError(str(err)) from None
+    if nat is not None and ike.role != "initiator":
+        raise ConfigError("[ike] role: behind the NAT ([nat]) the client initiates (FIG. 8 step 801)")
+    return ike
 
 
 def _flag(table: dict[str, Any], key: str, where: str, default: bool = True) -> bool:

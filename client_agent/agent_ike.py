@@ -18,6 +18,12 @@ with IKEv2 (:mod:`client_agent.ike`) and installs them as they come::
     child_rekey = 3600               # optional: seconds before the initiator rekeys the CHILD_SA
     liveness = 30                    # optional: seconds of silence before an empty INFORMATIONAL
     natd = true                      # optional: send NAT detection payloads
+    natd_global = true               # optional, with [nat]: NAT-D over the leased global address (claim 8's
+                                     #   pre-compensation, for IKE); false computes it over the private one
+
+With ``[nat]`` the agent leases its IKE SPI (the seed's cookie, FIG. 8 step
+801) and a pool of inbound CHILD SPIs (step 802) on the global IP before
+IKE_SA_INIT; ``local_ts`` then names the global IP, what the peer sees.
 
 A mistake raises :class:`~client_agent.agent_config.ConfigError` naming the
 field and its value. :class:`IkeKeying` turns IKE events into SAD entries and
@@ -26,6 +32,7 @@ SPD policies (one per pair of selector prefixes) and back out again.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,7 +52,7 @@ from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
 
 IKE_FIELDS = {"role", "peer", "local_id", "remote_id", "psk", "psk_file", "proposals", "esp", "ah", "mode",
-              "local_ts", "remote_ts", "child_rekey", "liveness", "natd"}
+              "local_ts", "remote_ts", "child_rekey", "liveness", "natd", "natd_global"}
 ROLES = ("initiator", "responder")
 
 
@@ -71,6 +78,7 @@ class IkeTable:
     child_rekey: float | None = None
     liveness: float | None = None
     natd: bool = True
+    natd_global: bool = True  # with [nat]: NAT-D over the global address (false: the private one, a control)
 
     def config(self, natd_source: tuple[str, int] | None = None) -> IkeConfig:
         return IkeConfig.build(local_id=self.local_id, remote_id=self.remote_id, psk=self.psk, ike=self.proposals,
@@ -106,7 +114,7 @@ def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(
         mode=_choice(table, "mode", ("transport", "tunnel"), "transport"),
         local_ts=_strings(table, "local_ts", None), remote_ts=_strings(table, "remote_ts", None),
         child_rekey=_seconds(table, "child_rekey"), liveness=_seconds(table, "liveness"),
-        natd=_bool(table, "natd", True),
+        natd=_bool(table, "natd", True), natd_global=_bool(table, "natd_global", True),
     )
     _check_proposals(parsed)
     return parsed
@@ -227,8 +235,9 @@ class _Installed:
 class IkeKeying:
     """Installs negotiated CHILD_SAs in the agent's SAD and SPD and removes them again; key-file text."""
 
-    def __init__(self, sad: SAD, spd: SPD, local: str, remote: str) -> None:
+    def __init__(self, sad: SAD, spd: SPD, local: str, remote: str, global_ip: str | None = None) -> None:
         self.sad, self.spd, self.local, self.remote = sad, spd, local, remote
+        self.global_ip = global_ip  # behind the extensible NAT: what the peer sees and sends to
         self.ike_lines: list[str] = []
         self.installed: dict[int, _Installed] = {}
 
@@ -247,11 +256,22 @@ class IkeKeying:
 
     def _install(self, child: ChildSa) -> None:
         inbound, outbound = security_associations(child, self.local, self.remote)
+        if self.global_ip is not None:  # the peer sends to the global IP ([nat]: inbound dst is the global IP)
+            inbound = dataclasses.replace(inbound, dst=self.global_ip)
         states = self.sad.add_inbound(inbound), self.sad.add_outbound(outbound)
+        local_ts = tuple(self._private(ts) for ts in child.local_ts)
         policies = [Policy(selector, Action.PROTECT, states[1], states[0], name=f"ike-{child.inbound_spi:08x}")
-                    for selector in selectors(child.local_ts, child.remote_ts)]
+                    for selector in selectors(local_ts, child.remote_ts)]
         self.spd.policies[0:0] = policies  # the newest SA wins: after a rekey, traffic moves at once
         self.installed[child.inbound_spi] = _Installed(states[0], states[1], policies)
+
+    def _private(self, ts: TrafficSelector) -> TrafficSelector:
+        """The SPD sees packets before pre-compensation: the global IP in a selector stands for our own."""
+        glob = self.global_ip
+        if glob is None or not (ts.start == ts.end == ipaddress.IPv4Address(glob)):
+            return ts
+        private = ipaddress.IPv4Address(self.local)
+        return dataclasses.replace(ts, start=private, end=private)
 
     def _remove(self, child: ChildSa) -> None:
         entry = self.installed.pop(child.inbound_spi, None)

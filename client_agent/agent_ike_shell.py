@@ -14,35 +14,77 @@ import os
 import socket
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from client_agent.agent_ike import IkeKeying, IkeTable
 from client_agent.ike.endpoint import IkeEndpoint
-from client_agent.ike.events import ChildEstablished, IkeClosed, IkeEstablished
+from client_agent.ike.events import ChildEstablished, IkeClosed, IkeEstablished, SpiReleased
 from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
-from client_agent.ike.registry import IKE_PORT
+from client_agent.ike.registry import IKE_PORT, ProtocolId
+from client_agent.ike.session import random_child_spi
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYFILE
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("natlab.agent.ike")
+IP_PROTOCOL = {ProtocolId.ESP: IPPROTO_ESP, ProtocolId.AH: IPPROTO_AH}
+
+
+@dataclass
+class LeasedIke:
+    """What the agent leased for IKE behind the extensible NAT: SPIi (step 801) and CHILD SPIs (step 802).
+
+    The CHILD SPIs are a pool leased ahead; a SPI IKE no longer uses goes back
+    to the pool (its lease is released when the agent stops). ``natd_global``
+    False is the control: NAT detection over the private address.
+    """
+
+    global_ip: str
+    spi_i: int
+    child_spis: list[tuple[int, int]]
+    natd_global: bool = True
+    free: list[tuple[int, int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.free = list(self.child_spis)
+
+    def take(self, protocol: ProtocolId) -> int:
+        """A leased SPI of ``protocol`` (IKE's ESP/AH id mapped to the IP protocol the lease is for)."""
+        ip_protocol = IP_PROTOCOL[protocol]
+        for entry in self.free:
+            if entry[0] == ip_protocol:
+                self.free.remove(entry)
+                return entry[1]
+        raise RuntimeError(f"every leased {protocol.name} CHILD SPI is in use")
+
+    def give_back(self, spi: int) -> None:
+        for entry in self.child_spis:
+            if entry[1] == spi and entry not in self.free:
+                self.free.append(entry)
 
 
 class IkeShell:
-    def __init__(self, table: IkeTable, address: str, sad: SAD, spd: SPD, run_dir: Path, mark: int) -> None:
-        self.table, self.run_dir = table, run_dir
+    def __init__(self, table: IkeTable, address: str, sad: SAD, spd: SPD, run_dir: Path, mark: int,
+                 leased: LeasedIke | None = None) -> None:
+        self.table, self.run_dir, self.leased = table, run_dir, leased
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         self.sock.setblocking(False)
         self.sock.bind((address, IKE_PORT))
-        config = table.config()
-        self.endpoint = IkeEndpoint(config if table.role == "responder" else None, (address, IKE_PORT))
-        self.keying = IkeKeying(sad, spd, address, table.peer or "0.0.0.0")
+        global_ip = leased.global_ip if leased else None
+        config = table.config(natd_source=(global_ip, IKE_PORT) if global_ip and leased.natd_global else None)
+        child_spi = leased.take if leased else random_child_spi
+        self.endpoint = IkeEndpoint(config if table.role == "responder" else None, (address, IKE_PORT),
+                                    child_spi=child_spi)
+        self.keying = IkeKeying(sad, spd, address, table.peer or "0.0.0.0", global_ip)
         self.counts: Counter[str] = Counter()
         self.session = None
         if table.role == "initiator":
-            self.session = self.endpoint.initiate(config, (table.peer, IKE_PORT), time.monotonic())
+            spi = leased.spi_i.to_bytes(8, "big") if leased else None
+            self.session = self.endpoint.initiate(config, (table.peer, IKE_PORT), time.monotonic(), spi)
         self.flush()
 
     def fileno(self) -> int:
@@ -72,6 +114,8 @@ class IkeShell:
             log.info("ike: %s", event if not isinstance(event, IkeEstablished) else
                      f"IKE SA {event.spi_i.hex()}/{event.spi_r.hex()} with {event.peer_id}")
             self.counts[type(event).__name__] += 1
+            if isinstance(event, SpiReleased) and self.leased is not None:
+                self.leased.give_back(event.spi)
             changed |= self.keying.apply(event)
         if changed:
             _write_private(self.run_dir / IKE_KEYFILE, self.keying.ikev2_table())

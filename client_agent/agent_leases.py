@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig
 from client_agent.ipsec.sa import Protocol
 from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
+from netwire.ipv4 import IPPROTO_UDP
 from netwire.pcp import (
     AH_DEFINITION,
     CLIENT_PORT,
     ESP_DEFINITION,
+    ISAKMP_DEFINITION,
     SERVER_PORT,
     SHORT_ERROR_LIFETIME,
     Info,
@@ -44,7 +46,8 @@ from netwire.pcp import (
 )
 
 log = logging.getLogger("natlab.agent")
-DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION}
+DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION, IPPROTO_UDP: ISAKMP_DEFINITION}
+IKE_CHILD_SPIS = 4  # CHILD SPIs leased ahead per IKE peering: the first CHILD_SA and its rekeys (step 802)
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,27 @@ def wanted_leases(config: AgentConfig) -> list[Wanted]:
             proto = int(sa.protocol)
             info = LeaseInfo(b"", proto, sa.spi, sa.spi, nat.global_ip, sa.src)
             wanted.append(Wanted(f"{sa.protocol.name} SPI 0x{sa.spi:08x}", info, proto))
-    peers = sorted({e.sa.dst for e in config.sas if e.direction == OUTBOUND and e.sa.dst})
+    peers = sorted({e.sa.dst for e in config.sas if e.direction == OUTBOUND and e.sa.dst}
+                   | ({config.ike.peer} if config.ike is not None and config.ike.peer else set()))
     for proto, (low, high) in sorted(nat.ports.items()):
         name = {6: "TCP", 17: "UDP"}[proto]
         for peer in peers:
             for port in range(low, high + 1):
                 info = PeerInfo(b"", proto, port, port, nat.global_ip, 0, peer)
                 wanted.append(Wanted(f"{name} port {port} for {peer}", info))
+    return wanted
+
+
+def ike_leases(config: AgentConfig, spi_i: int, child_spis: list[tuple[int, int]]) -> list[Wanted]:
+    """FIG. 8 step 801 for IKE: the initiator SPI (ISAKMP's GPN: UDP 500, 64 bits at 0) and, step 802, the
+    inbound CHILD SPIs IKE will propose, each leased on the global IP with the peer as the foreign host."""
+    nat, ike = config.nat, config.ike
+    assert nat is not None and ike is not None and ike.peer is not None
+    wanted = [Wanted(f"IKE SPI 0x{spi_i:016x}", LeaseInfo(b"", IPPROTO_UDP, spi_i, spi_i, nat.global_ip, ike.peer,
+                                                           port=ISAKMP_DEFINITION.port), IPPROTO_UDP)]
+    for proto, spi in child_spis:
+        wanted.append(Wanted(f"{Protocol(proto).name} CHILD SPI 0x{spi:08x}",
+                             LeaseInfo(b"", proto, spi, spi, nat.global_ip, ike.peer), proto))
     return wanted
 
 

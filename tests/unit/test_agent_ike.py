@@ -123,3 +123,60 @@ def test_rekey_moves_traffic_to_the_new_sa_and_delete_removes_the_old():
     assert len(second) == 1 and second != first
     assert len(sides["h1"][1]) == 2 and len(sides["srv1"][1]) == 2  # one pair left on each side
     carry(sides)
+
+
+NAT_H1, NAT_SRV1 = EXAMPLES / "ike-esp-transport-nat-h1.toml", EXAMPLES / "ike-esp-transport-nat-srv1.toml"
+
+
+def test_behind_the_nat_the_ike_spi_and_child_spis_are_leased_first():
+    """FIG. 8 steps 801-802: ISAKMP's GPN (UDP 500, 64 bits) = SPIi, then the CHILD SPIs, all on the global IP."""
+    from client_agent.agent_leases import ike_leases
+
+    config = load(NAT_H1)
+    wanted = ike_leases(config, 0x1122334455667788, [(50, 0x1234), (50, 0x5678)])
+    ike, *children = [w.info for w in wanted]
+    assert (ike.protocol, ike.port, ike.private_gpn, ike.global_gpn) == (17, 500, 0x1122334455667788,
+                                                                         0x1122334455667788)
+    assert (ike.global_ip, ike.foreign_ip) == ("203.0.113.1", "203.0.113.100")
+    assert [(c.protocol, c.global_gpn, c.global_ip, c.foreign_ip) for c in children] == [
+        (50, 0x1234, "203.0.113.1", "203.0.113.100"), (50, 0x5678, "203.0.113.1", "203.0.113.100")]
+    assert wanted[0].needs_definition == 17
+
+
+def test_responder_on_the_server_side_is_refused_behind_the_nat():
+    text = NAT_H1.read_text().replace('role = "initiator"', 'role = "responder"')
+    with pytest.raises(ConfigError, match="client initiates"):
+        parse(text)
+
+
+def test_keys_through_the_nat_use_the_leased_spis_and_the_global_address():
+    """h1's IKE crosses a NAT that rewrites 10.0.0.1 to 203.0.113.1; NAT-D over the global address hides it."""
+    from client_agent.agent_ike_shell import LeasedIke
+
+    h1, srv1 = load(NAT_H1), load(NAT_SRV1)
+    leased = LeasedIke("203.0.113.1", 0xABCDEF0123456789, [(50, 0x7001), (50, 0x7002)])
+    h1_sad, h1_spd = databases(h1)
+    srv_sad, srv_spd = databases(srv1)
+    h1_keys = IkeKeying(h1_sad, h1_spd, "10.0.0.1", "203.0.113.100", "203.0.113.1")
+    srv_keys = IkeKeying(srv_sad, srv_spd, "203.0.113.100", "203.0.113.1")
+    a = IkeEndpoint(None, ("10.0.0.1", 500), child_spi=leased.take)
+    b = IkeEndpoint(srv1.ike.config(), ("203.0.113.100", 500))
+    session = a.initiate(h1.ike.config(natd_source=("203.0.113.1", 500)), ("203.0.113.100", 500), 0.0,
+                         leased.spi_i.to_bytes(8, "big"))
+    for _ in range(10):
+        for data, _ in a.datagrams_to_send():
+            b.receive_datagram(data, ("203.0.113.1", 500), 0.0)  # what the NAT does to the source
+        for data, _ in b.datagrams_to_send():
+            a.receive_datagram(data, ("203.0.113.100", 500), 0.0)
+        for keys, ep in ((h1_keys, a), (srv_keys, b)):
+            for _, event in ep.next_events():
+                keys.apply(event)
+                if type(event).__name__ == "IkeEstablished" and keys is srv_keys:
+                    assert not event.nat_detected_peer  # srv1 sees no NAT
+    assert session.spi_i == bytes.fromhex("abcdef0123456789")
+    (inbound_state,) = h1_sad.inbound
+    assert (inbound_state.sa.spi, inbound_state.sa.dst) == (0x7001, "203.0.113.1")
+    (policy,) = h1_spd.policies
+    assert (policy.selector.src, policy.selector.dst) == ("10.0.0.1/32", "203.0.113.100/32")
+    (srv_policy,) = srv_spd.policies
+    assert (srv_policy.selector.src, srv_policy.selector.dst) == ("203.0.113.100/32", "203.0.113.1/32")
