@@ -73,3 +73,45 @@ def test_two_agents_keyed_by_ike_carry_curl_over_esp(make_testbed, tmp_path: Pat
     assert "ID_FQDN: h1.natlab" in ike.stdout and "ID_FQDN: srv1.natlab" in ike.stdout
     checks = re.findall(r"Integrity Checksum Data: .*\[(correct|incorrect)", ike.stdout)
     assert checks and set(checks) == {"correct"}, checks
+
+
+def test_agents_keyed_by_ike_through_the_extensible_nat(make_testbed, tmp_path: Path) -> None:
+    """FIG. 8 801-802 in the agent: SPIi and CHILD SPI leased before use; curl across the NAT over that ESP."""
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    www, marker = web_root(tmp_path)
+    with ExitStack() as stack:
+        with captures([(srv1, "srv1-eth0")], tmp_path / "pcap") as pcaps:
+            responder = stack.enter_context(AgentProcess(srv1, EXAMPLES / "ike-esp-transport-nat-srv1.toml",
+                                                         tmp_path / "agent-srv1"))
+            initiator = stack.enter_context(AgentProcess(h1, EXAMPLES / "ike-esp-transport-nat-h1.toml",
+                                                         tmp_path / "agent-h1"))
+            status = wait_for_child(initiator)
+            wait_for_child(responder)
+            table = tb.table()
+            serve = srv1.popen(["python3", "-m", "http.server", "8000", "--bind", SRV1, "--directory", str(www)])
+            try:
+                time.sleep(0.8)
+                body = h1.cmd(f"curl -s --max-time 10 http://{SRV1}:8000/secret.txt")
+            finally:
+                serve.terminate()
+                serve.wait()
+        for agent in (initiator, responder):
+            assert agent.stop() == 0, agent.log_tail()
+    assert body.encode().strip() == marker * 200, initiator.log_tail()
+    inbound = [s for s in status["sas"] if s["direction"] == "inbound"]
+    entries = [e for e in table["entries"] if e["kind"] == "CLIENT-ALG"]
+    leased_spis = {e["global_gpn"] for e in entries if e["protocol"] == 50}
+    assert inbound and all(int(s["spi"], 16) in leased_spis for s in inbound), (status["sas"], entries)
+    ike_entries = [e for e in entries if e["protocol"] == 17 and e.get("global_gpn", 0) > 0xFFFF]
+    assert ike_entries, entries  # the cookie lease (ISAKMP GPN) stands in the NAT's table
+    wire = read_pcap(pcaps["srv1-eth0"])
+    assert not [p for p in wire if p.src.startswith("10.")], "a private address reached srv1"
+    assert marker not in pcaps["srv1-eth0"].read_bytes()
+    summary = tshark_summary(tshark_verdicts(pcaps["srv1-eth0"], responder.run_dir))
+    assert summary.esp_icv_good > 5 and not summary.esp_icv_bad, summary
+    ike = subprocess.run(["tshark", "-n", "-r", str(pcaps["srv1-eth0"]), "-T", "fields", "-e", "isakmp.ispi",
+                          "-e", "ip.src", "-e", "udp.srcport", "-Y", "isakmp and ip.dst == " + SRV1],
+                         capture_output=True, text=True).stdout.split()
+    assert ike and ike[1] == "203.0.113.1" and ike[2] == "500", ike[:6]
+    assert int(ike[0], 16) in {e["global_gpn"] for e in ike_entries}, (ike[:3], ike_entries)
