@@ -11,6 +11,7 @@ BENCHMARKS = {
     "leases": ("conformance.bench_leases", "lease operations/s (sans-IO and end to end); slow-path demux pps"),
     "ipsec": ("conformance.bench_ipsec", "iperf3 cleartext vs ESP/AH; sans-IO encrypt/decrypt pps"),
     "e2e": ("conformance.bench_e2e", "iperf3 over ESP through the extensible NAT vs no NAT; compensation us/packet"),
+    "ike": ("conformance.bench_ike", "IKEv2 IKE_SA + CHILD_SA setups/s per key-exchange group (sans-IO)"),
 }
 
 
