@@ -47,7 +47,15 @@ from typing import Any
 
 from client_agent.agent_config import OUTBOUND, AgentConfig, databases
 from client_agent.agent_ike_shell import IkeShell, LeasedIke
-from client_agent.agent_leases import IKE_CHILD_SPIS, LeasePlan, LeaseSocket, ike_leases, wanted_leases
+from client_agent.agent_leases import (
+    IKE_CHILD_SPIS,
+    LeasePlan,
+    LeaseSocket,
+    child_spi_label,
+    child_spi_lease,
+    ike_leases,
+    wanted_leases,
+)
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
 from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
@@ -149,7 +157,22 @@ class Agent:
         ike, nat = self.config.ike, self.config.nat
         protocols = ([IPPROTO_ESP] if ike.esp else []) + ([IPPROTO_AH] if ike.ah else [])
         children = [(p, 256 + secrets.randbelow(2**32 - 256)) for p in protocols for _ in range(IKE_CHILD_SPIS)]
-        return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global)
+        return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global,
+                         held=self._child_spi_held, on_released=self._replace_child_spi)
+
+    def _child_spi_held(self, protocol: int, spi: int) -> bool:
+        return self.leases is not None and spi in self.leases.plan.held_gpns(protocol)
+
+    def _replace_child_spi(self, protocol: int, spi: int) -> int:
+        """Step 802's end: the SA of ``spi`` is gone, its lease goes back; a fresh SPI is leased for the next."""
+        assert self.leases is not None
+        now, plan = time.monotonic(), self.leases.plan
+        plan.retire(child_spi_label(protocol, spi), now)
+        fresh = 256 + secrets.randbelow(2**32 - 256)
+        plan.add(child_spi_lease(self.config, protocol, fresh), now)
+        self.leases.flush(now)
+        log.info("agent %s: CHILD SPI 0x%08x released, 0x%08x being leased", self.config.name, spi, fresh)
+        return fresh
 
     def _lease(self, extra: list | None = None) -> None:
         """Steps 801-805: every lease the config needs, before any traffic; released on exit (807)."""

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,15 +38,20 @@ IP_PROTOCOL = {ProtocolId.ESP: IPPROTO_ESP, ProtocolId.AH: IPPROTO_AH}
 class LeasedIke:
     """What the agent leased for IKE behind the extensible NAT: SPIi (step 801) and CHILD SPIs (step 802).
 
-    The CHILD SPIs are a pool leased ahead; a SPI IKE no longer uses goes back
-    to the pool (its lease is released when the agent stops). ``natd_global``
-    False is the control: NAT detection over the private address.
+    The CHILD SPIs are a pool leased ahead: IKE proposes only one whose lease
+    is held (``held``), and when its SA is deleted or rekeyed away
+    ``on_released`` gives that lease back and returns a fresh SPI, being leased
+    for the next rekey. Without the callbacks (tests) every SPI counts as held
+    and a released one goes back to the pool. ``natd_global`` False is the
+    control: NAT detection over the private address.
     """
 
     global_ip: str
     spi_i: int
     child_spis: list[tuple[int, int]]
     natd_global: bool = True
+    held: Callable[[int, int], bool] = lambda protocol, spi: True
+    on_released: Callable[[int, int], int] | None = None
     free: list[tuple[int, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -55,15 +61,22 @@ class LeasedIke:
         """A leased SPI of ``protocol`` (IKE's ESP/AH id mapped to the IP protocol the lease is for)."""
         ip_protocol = IP_PROTOCOL[protocol]
         for entry in self.free:
-            if entry[0] == ip_protocol:
+            if entry[0] == ip_protocol and self.held(*entry):
                 self.free.remove(entry)
                 return entry[1]
-        raise RuntimeError(f"every leased {protocol.name} CHILD SPI is in use")
+        raise RuntimeError(f"no leased {protocol.name} CHILD SPI is free")
 
     def give_back(self, spi: int) -> None:
-        for entry in self.child_spis:
-            if entry[1] == spi and entry not in self.free:
+        for entry in list(self.child_spis):
+            if entry[1] != spi or entry in self.free:
+                continue
+            if self.on_released is None:
                 self.free.append(entry)
+                continue
+            self.child_spis.remove(entry)
+            fresh = (entry[0], self.on_released(*entry))
+            self.child_spis.append(fresh)
+            self.free.append(fresh)
 
 
 class IkeShell:

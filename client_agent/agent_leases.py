@@ -98,10 +98,18 @@ def ike_leases(config: AgentConfig, spi_i: int, child_spis: list[tuple[int, int]
     assert nat is not None and ike is not None and ike.peer is not None
     wanted = [Wanted(f"IKE SPI 0x{spi_i:016x}", LeaseInfo(b"", IPPROTO_UDP, spi_i, spi_i, nat.global_ip, ike.peer,
                                                            port=ISAKMP_DEFINITION.port), IPPROTO_UDP)]
-    for proto, spi in child_spis:
-        wanted.append(Wanted(f"{Protocol(proto).name} CHILD SPI 0x{spi:08x}",
-                             LeaseInfo(b"", proto, spi, spi, nat.global_ip, ike.peer), proto))
-    return wanted
+    return wanted + [child_spi_lease(config, proto, spi) for proto, spi in child_spis]
+
+
+def child_spi_lease(config: AgentConfig, protocol: int, spi: int) -> Wanted:
+    """Step 802: one inbound CHILD SPI on the global IP, the IKE peer as the foreign host."""
+    nat, ike = config.nat, config.ike
+    assert nat is not None and ike is not None
+    return Wanted(child_spi_label(protocol, spi), LeaseInfo(b"", protocol, spi, spi, nat.global_ip, ike.peer), protocol)
+
+
+def child_spi_label(protocol: int, spi: int) -> str:
+    return f"{Protocol(protocol).name} CHILD SPI 0x{spi:08x}"
 
 
 class LeasePlan:
@@ -115,6 +123,7 @@ class LeasePlan:
         self._defining: dict[int, Transaction] = {}
         self._pending: dict[int, Transaction] = {}  # index in wanted -> request in flight
         self._held: dict[int, bytes] = {}  # index in wanted -> nonce of the granted lease
+        self.retired: set[int] = set()  # indices given back for good (an IKE CHILD SPI whose SA is gone)
         self.problems: dict[str, str] = {}  # label -> why it is not (yet) granted
         self._retry_at: dict[int, float] = {}  # index in wanted -> not before (after a refusal, RFC 6887 7.2)
         self.releasing = False
@@ -122,7 +131,7 @@ class LeasePlan:
 
     @property
     def ready(self) -> bool:
-        return len(self._held) == len(self.wanted)
+        return len(self._held) == len(self.wanted) - len(self.retired)
 
     def tick(self, now: float) -> None:
         """Ask for whatever is wanted and neither held nor asked for; definitions first.
@@ -134,7 +143,8 @@ class LeasePlan:
         if self.releasing:
             return
         for index, want in enumerate(self.wanted):
-            if index in self._held or index in self._pending or self._retry_at.get(index, now) > now:
+            if (index in self._held or index in self._pending or index in self.retired
+                    or self._retry_at.get(index, now) > now):
                 continue
             proto = want.needs_definition
             if proto is not None and proto not in self.defined:
@@ -157,6 +167,27 @@ class LeasePlan:
             elif isinstance(event, Expired):
                 self._lost(event.lease.nonce, "expired before a renewal was granted")
         self.tick(now)
+
+    def add(self, want: Wanted, now: float) -> None:
+        """Lease one more thing from now on (a fresh CHILD SPI for the next rekey)."""
+        self.wanted.append(want)
+        self.tick(now)
+
+    def retire(self, label: str, now: float) -> Transaction | None:
+        """Give one lease back for good (lifetime 0): its SA was deleted or rekeyed away (step 802's end)."""
+        index = next((i for i, w in enumerate(self.wanted) if w.label == label and i not in self.retired), None)
+        if index is None:
+            return None
+        self.retired.add(index)
+        nonce = self._held.pop(index, None)
+        lease = self.client.leases.get(nonce) if nonce is not None else None
+        self.counters["retired"] += 1
+        return self.client.release(lease, now, give_up_after=1.0) if lease is not None else None
+
+    def held_gpns(self, protocol: int) -> set[int]:
+        """The global GPNs of ``protocol`` this plan holds right now."""
+        return {self.wanted[i].info.global_gpn for i in self._held
+                if isinstance(self.wanted[i].info, LeaseInfo) and self.wanted[i].info.protocol == protocol}
 
     def release_all(self, now: float) -> list[Transaction]:
         """Step 807: give every lease back (lifetime 0)."""

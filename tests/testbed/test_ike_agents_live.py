@@ -20,11 +20,14 @@ from client_agent.agent_cli import AgentProcess
 from conformance.bench import PlainForwarding
 from conformance.evidence import captures, read_pcap
 from conformance.oracles import tshark_summary, tshark_verdicts
+from nat_app.gpn import Definition
+from netwire.pcp import ISAKMP_DEFINITION
 from tests.testbed.test_ipsec_live import web_root
 from topo.natlab import client_ip, server_ip
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "client_agent" / "examples"
 H1, SRV1 = client_ip(1), server_ip(1)
+ISAKMP_KEY = Definition.from_wire(ISAKMP_DEFINITION).key  # the NAT table's protocol value for UDP-500 GPNs
 
 
 def wait_for_child(agent: AgentProcess, timeout: float = 15) -> dict:
@@ -103,7 +106,7 @@ def test_agents_keyed_by_ike_through_the_extensible_nat(make_testbed, tmp_path: 
     entries = [e for e in table["entries"] if e["kind"] == "CLIENT-ALG"]
     leased_spis = {e["global_gpn"] for e in entries if e["protocol"] == 50}
     assert inbound and all(int(s["spi"], 16) in leased_spis for s in inbound), (status["sas"], entries)
-    ike_entries = [e for e in entries if e["protocol"] == 17 and e.get("global_gpn", 0) > 0xFFFF]
+    ike_entries = [e for e in entries if e["protocol"] == ISAKMP_KEY]
     assert ike_entries, entries  # the cookie lease (ISAKMP GPN) stands in the NAT's table
     wire = read_pcap(pcaps["srv1-eth0"])
     assert not [p for p in wire if p.src.startswith("10.")], "a private address reached srv1"
