@@ -6,7 +6,8 @@ Used by the interop tests with strongSwan and by hand::
         --id h1.natlab --remote-id srv1.natlab --psk-file psk.txt --keys DIR
     python -m client_agent.ike_udp respond --local 203.0.113.100 --id srv1.natlab --psk-file psk.txt --keys DIR
 
-Every event is printed as one JSON line on stdout (``{"event": "IkeEstablished", ...}``); negotiated
+Every event is printed as one JSON line on stdout (``{"event": "IkeEstablished", ...}``), the first
+one ``{"event": "Listening"}`` once the sockets are bound; negotiated
 keys go to ``DIR/ikev2_decryption_table`` and ``DIR/esp_sa`` (Wireshark's UATs) as they are made.
 The initiator exits after ``--hold`` seconds established, deleting its IKE SA first; the responder
 after ``--sas`` IKE SAs have come and gone, or at ``--timeout``.
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         natt.bind((args.local, NATT_PORT))
     endpoint = IkeEndpoint(config if args.role == "respond" else None, (args.local, IKE_PORT))
     shell = Shell(endpoint, sock, Path(args.keys) if args.keys else None, natt)
+    print(json.dumps({"event": "Listening", "local": args.local}), flush=True)  # sockets bound: peers may start
     deadline = time.monotonic() + args.timeout
     if args.role == "initiate":
         spi = bytes.fromhex(args.spi) if args.spi else None

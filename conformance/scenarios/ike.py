@@ -45,6 +45,7 @@ def run_round(tb, folder: Path, lease: bool, natd_global: bool) -> dict:
                                 "--id", "srv1.natlab", "--psk", PSK, "--keys", str(keys), "--sas", "3",
                                 "--timeout", "20", "--remote-ts", "203.0.113.0/24"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _listening(responder)
         initiators = {h.name: h.popen(_initiate_argv(h, cookies[h.name], natd_global, folder),
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for h in clients}
         seen = {name: _events(proc) for name, proc in initiators.items()}
@@ -76,7 +77,15 @@ def _initiate_argv(host, cookie: dict | None, natd_global: bool, folder: Path) -
 
 def _events(proc) -> list[dict]:
     out, _ = proc.communicate(timeout=40)
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    parsed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [e for e in parsed if e["event"] != "Listening"]
+
+
+def _listening(proc) -> None:
+    """Until natlab's IKE shell says its sockets are bound (its first line)."""
+    line = proc.stdout.readline()
+    if not line.startswith('{"event": "Listening"'):
+        raise RuntimeError(f"the IKE responder did not start: {line}{proc.stdout.read()[-500:]}")
 
 
 def _ike_on(pcap: Path, keys: Path) -> list[dict]:

@@ -67,11 +67,28 @@ def natlab_ike(host, role: str, folder: Path, *args: str, timeout: float = 15):
     return host.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def listening(proc) -> None:
+    """Until natlab's shell says its sockets are bound (its first line)."""
+    line = proc.stdout.readline()
+    assert line.startswith('{"event": "Listening"'), line
+
+
 def events(proc) -> list[dict]:
     out, _ = proc.communicate(timeout=30)
     parsed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    parsed = [e for e in parsed if e["event"] != "Listening"]
     assert parsed, out[-2000:]
     return parsed
+
+
+def installed_sas(host, charon: Charon, timeout: float = 10) -> str:
+    """charon's --list-sas once it shows an INSTALLED CHILD_SA (or what it shows at ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sas = host.cmd(shlex.join(charon.swanctl("--list-sas")) + " 2>/dev/null")
+        if "INSTALLED" in sas or time.monotonic() > deadline:
+            return sas
+        time.sleep(0.2)
 
 
 def tshark_ike(pcap: Path, keys: Path) -> str:
@@ -117,9 +134,9 @@ def test_natlab_initiator_establishes_an_ike_sa_with_strongswan_direct(make_test
         with captures([(srv1, "srv1-eth0")], tmp_path / "pcap") as pcaps:
             proc = natlab_ike(h1, "initiate", keys, "--local", H1, "--remote", SRV1, "--id", "h1.natlab",
                               "--remote-id", "srv1.natlab", "--local-ts", f"{H1_INNER}/32", "--remote-ts",
-                              f"{SRV1_INNER}/32", "--hold", "2")
+                              f"{SRV1_INNER}/32", "--hold", "4")
+            sas = installed_sas(srv1, charon)
             seen = events(proc)
-            sas = srv1.cmd(shlex.join(charon.swanctl("--list-sas")) + " 2>/dev/null")
     log = charon.log.read_text(errors="replace")
     assert seen[0]["event"] == "IkeEstablished" and seen[0]["peer"] == "ID_FQDN:srv1.natlab", seen
     assert "authentication of 'h1.natlab' with pre-shared key successful" in log, _tail(charon.log)
@@ -156,7 +173,7 @@ def test_strongswan_initiator_establishes_an_ike_sa_with_natlab_direct(make_test
             proc = natlab_ike(srv1, "respond", keys, "--local", SRV1, "--id", "srv1.natlab", "--remote-id",
                               "h1.natlab", "--local-ts", f"{SRV1_INNER}/32", "--remote-ts", f"{H1_INNER}/32",
                               "--ike-on-4500", "--sas", "1", "--timeout", "20")
-            time.sleep(0.5)  # the responder binds its sockets
+            listening(proc)
             initiated = h1.cmd(shlex.join(charon.swanctl("--initiate", "--child", "natlab", "--timeout", "10"))
                                + " 2>&1")
             h1.cmd(shlex.join(charon.swanctl("--terminate", "--ike", "natlab", "--timeout", "5")) + " 2>&1")

@@ -252,3 +252,32 @@ def test_natd_over_the_global_address_hides_the_nat_and_over_the_private_one_sho
         (a,) = [e for _, e in pair.a.next_events() if isinstance(e, IkeEstablished)]
         assert (b.nat_detected_peer, b.nat_detected_local) == (detected, False), natd_source
         assert (a.nat_detected_local, a.nat_detected_peer) == (detected, False), natd_source
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_answers_never_crash_the_initiator(data):
+    """The responder's IKE_SA_INIT or IKE_AUTH answer, mutated: the initiator drops it or gives up, never raises."""
+    pair = Pair(*configs())
+    session = pair.start()
+    (request, _), = pair.a.datagrams_to_send()
+    pair.b.receive_datagram(request, H1, 0.0)
+    (answer, _), = pair.b.datagrams_to_send()
+    if data.draw(st.booleans()):  # mutate the IKE_AUTH answer instead
+        pair.a.receive_datagram(answer, SRV, 0.0)
+        (auth, _), = pair.a.datagrams_to_send()
+        pair.b.receive_datagram(auth, H1, 0.0)
+        (answer, _), = pair.b.datagrams_to_send()
+    at = data.draw(st.integers(0, len(answer) - 1))
+    kind = data.draw(st.sampled_from(["flip", "truncate", "extend"]))
+    if kind == "flip":
+        bad = answer[:at] + bytes([answer[at] ^ data.draw(st.integers(1, 255))]) + answer[at + 1:]
+    elif kind == "truncate":
+        bad = answer[:at]
+    else:
+        bad = answer + data.draw(st.binary(min_size=1, max_size=40))
+    pair.a.receive_datagram(bad, SRV, 0.0)
+    pair.a.next_events()
+    counted = sum(pair.a.counters.values()) + sum(session.counters.values())
+    assert counted >= 1 or session.state in (State.CLOSED, State.AUTH_SENT, State.INIT_SENT)
+    assert session.state is not State.ESTABLISHED or bad == answer
