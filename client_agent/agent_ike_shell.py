@@ -9,6 +9,7 @@ through :class:`client_agent.agent_ike.IkeKeying` into the datapath's SAD/SPD;
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 from client_agent.agent_ike import IkeKeying, IkeTable
 from client_agent.ike.endpoint import IkeEndpoint
-from client_agent.ike.events import ChildEstablished, IkeClosed, IkeEstablished, SpiReleased
+from client_agent.ike.events import ChildEstablished, IkeClosed, SpiReleased, describe
 from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
 from client_agent.ike.registry import IKE_PORT, ProtocolId
 from client_agent.ike.session import random_child_spi
@@ -124,8 +125,7 @@ class IkeShell:
         for session, event in self.endpoint.next_events():
             if self.table.role == "responder":
                 self.keying.remote = session.remote[0]
-            log.info("ike: %s", event if not isinstance(event, IkeEstablished) else
-                     f"IKE SA {event.spi_i.hex()}/{event.spi_r.hex()} with {event.peer_id}")
+            log.info("ike: %s", json.dumps(describe(event)))
             self.counts[type(event).__name__] += 1
             if isinstance(event, SpiReleased) and self.leased is not None:
                 self.leased.give_back(event.spi)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from client_agent.ike.config import IkeConfig
 from client_agent.ike.endpoint import IkeEndpoint
-from client_agent.ike.events import ChildEstablished, ChildFailed, Event, IkeClosed, IkeEstablished
+from client_agent.ike.events import ChildEstablished, Event, IkeClosed, IkeEstablished, describe
 from client_agent.ike.keyfile import FILENAME as IKE_KEYS
 from client_agent.ike.keyfile import ikev2_line, security_associations
 from client_agent.ike.registry import IKE_PORT, NATT_PORT
@@ -46,23 +46,6 @@ def build_config(args: argparse.Namespace) -> IkeConfig:
         mode=args.mode, natd=not args.no_natd,
         natd_source=(args.natd_address, IKE_PORT) if args.natd_address else None,
     )
-
-
-def describe(event: Event) -> dict:
-    """A JSON-able summary of an event (no keys)."""
-    out: dict = {"event": type(event).__name__}
-    if isinstance(event, IkeEstablished):
-        out |= {"spi_i": event.spi_i.hex(), "spi_r": event.spi_r.hex(), "peer": event.peer_id,
-                "suite": [event.suite.encr, event.suite.encr_key_bits, event.suite.prf, event.suite.integ,
-                          event.suite.dh],
-                "nat_local": event.nat_detected_local, "nat_peer": event.nat_detected_peer}
-    elif isinstance(event, ChildEstablished):
-        child = event.child
-        out |= {"protocol": child.protocol.name, "mode": child.mode, "inbound_spi": f"{child.inbound_spi:08x}",
-                "outbound_spi": f"{child.outbound_spi:08x}"}
-    elif isinstance(event, ChildFailed | IkeClosed):
-        out["reason"] = event.reason
-    return out
 
 
 NON_ESP_MARKER = b"\0\0\0\0"  # RFC 3948 section 2.2: IKE on port 4500 starts with four zero bytes

@@ -78,3 +78,24 @@ class IkeClosed:
 
 
 Event = IkeEstablished | ChildEstablished | ChildDeleted | ChildFailed | SpiReleased | IkeClosed
+
+
+def describe(event: Event) -> dict:
+    """A JSON-able summary of an event, for logs and the shells' output (never a key)."""
+    out: dict = {"event": type(event).__name__}
+    if isinstance(event, IkeEstablished):
+        out |= {"spi_i": event.spi_i.hex(), "spi_r": event.spi_r.hex(), "peer": event.peer_id,
+                "suite": [event.suite.encr, event.suite.encr_key_bits, event.suite.prf, event.suite.integ,
+                          event.suite.dh],
+                "nat_local": event.nat_detected_local, "nat_peer": event.nat_detected_peer}
+    elif isinstance(event, ChildEstablished):
+        child = event.child
+        out |= {"protocol": child.protocol.name, "mode": child.mode, "inbound_spi": f"{child.inbound_spi:08x}",
+                "outbound_spi": f"{child.outbound_spi:08x}"}
+    elif isinstance(event, ChildDeleted):
+        out |= {"protocol": event.child.protocol.name, "inbound_spi": f"{event.child.inbound_spi:08x}"}
+    elif isinstance(event, SpiReleased):
+        out |= {"protocol": event.protocol.name, "spi": f"{event.spi:08x}"}
+    elif isinstance(event, ChildFailed | IkeClosed):
+        out["reason"] = event.reason
+    return out
