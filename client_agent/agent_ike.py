@@ -16,6 +16,7 @@ with IKEv2 (:mod:`client_agent.ike`) and installs them as they come::
     local_ts = ["10.0.0.1/32"]       # traffic selectors (narrowed by the responder, RFC 7296 2.9)
     remote_ts = ["203.0.113.100/32"]
     child_rekey = 3600               # optional: seconds before the initiator rekeys the CHILD_SA
+    ike_rekey = 14400                # optional: seconds before the initiator rekeys the IKE SA (2.18)
     liveness = 30                    # optional: seconds of silence before an empty INFORMATIONAL
     natd = true                      # optional: send NAT detection payloads
     natd_global = true               # optional, with [nat]: NAT-D over the leased global address (claim 8's
@@ -52,7 +53,7 @@ from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
 
 IKE_FIELDS = {"role", "peer", "local_id", "remote_id", "psk", "psk_file", "proposals", "esp", "ah", "mode",
-              "local_ts", "remote_ts", "child_rekey", "liveness", "natd", "natd_global"}
+              "local_ts", "remote_ts", "child_rekey", "ike_rekey", "liveness", "natd", "natd_global"}
 ROLES = ("initiator", "responder")
 
 
@@ -76,6 +77,7 @@ class IkeTable:
     local_ts: tuple[str, ...]
     remote_ts: tuple[str, ...]
     child_rekey: float | None = None
+    ike_rekey: float | None = None
     liveness: float | None = None
     natd: bool = True
     natd_global: bool = True  # with [nat]: NAT-D over the global address (false: the private one, a control)
@@ -83,7 +85,8 @@ class IkeTable:
     def config(self, natd_source: tuple[str, int] | None = None) -> IkeConfig:
         return IkeConfig.build(local_id=self.local_id, remote_id=self.remote_id, psk=self.psk, ike=self.proposals,
                                esp=self.esp, ah=self.ah, local_ts=self.local_ts, remote_ts=self.remote_ts,
-                               mode=self.mode, child_rekey=self.child_rekey, liveness=self.liveness,
+                               mode=self.mode, child_rekey=self.child_rekey, ike_rekey=self.ike_rekey,
+                               liveness=self.liveness,
                                natd=self.natd, natd_source=natd_source)
 
     def largest_overhead(self, overhead: Callable[[SecurityAssociation], int]) -> int:
@@ -113,7 +116,8 @@ def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(
         esp=_strings(table, "esp", [] if "ah" in table else ["aes128gcm16"]), ah=_strings(table, "ah", []),
         mode=_choice(table, "mode", ("transport", "tunnel"), "transport"),
         local_ts=_strings(table, "local_ts", None), remote_ts=_strings(table, "remote_ts", None),
-        child_rekey=_seconds(table, "child_rekey"), liveness=_seconds(table, "liveness"),
+        child_rekey=_seconds(table, "child_rekey"), ike_rekey=_seconds(table, "ike_rekey"),
+        liveness=_seconds(table, "liveness"),
         natd=_bool(table, "natd", True), natd_global=_bool(table, "natd_global", True),
     )
     _check_proposals(parsed)

@@ -104,6 +104,7 @@ class IkeConfig:
     local_ts: tuple[TrafficSelector, ...] = ()
     remote_ts: tuple[TrafficSelector, ...] = ()
     child_rekey: float | None = None
+    ike_rekey: float | None = None
     liveness: float | None = None
     half_open_timeout: float = 30.0
     retransmission: Retransmission = Retransmission()
@@ -121,7 +122,7 @@ class IkeConfig:
             raise ValueError(f"child_proposals={self.child_proposals!r}: need ESP or AH proposals")
         if not self.local_ts or not self.remote_ts:
             raise ValueError("local_ts/remote_ts: need at least one selector each")
-        for name in ("child_rekey", "liveness"):
+        for name in ("child_rekey", "ike_rekey", "liveness"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value!r}: must be positive")

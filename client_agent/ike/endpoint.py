@@ -28,7 +28,7 @@ from client_agent.ike.codec import (
     encode_message,
 )
 from client_agent.ike.config import IkeConfig
-from client_agent.ike.events import Event
+from client_agent.ike.events import Event, IkeRekeyed
 from client_agent.ike.proposals import choose, ike_suite
 from client_agent.ike.registry import ExchangeType, Flag, Notify
 from client_agent.ike.session import ZERO_SPI, Address, IkeSession, SpiSource, State, random_child_spi, random_spi
@@ -68,13 +68,22 @@ class IkeEndpoint:
         return out
 
     def next_events(self) -> list[tuple[IkeSession, Event]]:
-        """Every pending event, with its session; closed sessions are forgotten after their last event."""
-        out = []
-        for spi, session in list(self.sessions.items()):
-            while (event := session.next_event()) is not None:
-                out.append((session, event))
-            if session.state is State.CLOSED:
-                self._forget(spi, session)
+        """Every pending event, with its session; closed sessions are forgotten after their last event.
+
+        A rekeyed IKE SA's successor (section 2.18) joins the sessions under its own SPI."""
+        out: list[tuple[IkeSession, Event]] = []
+        seen: set[int] = set()
+        while any(id(s) not in seen for s in self.sessions.values()):
+            for spi, session in list(self.sessions.items()):
+                if id(session) in seen:
+                    continue
+                seen.add(id(session))
+                while (event := session.next_event()) is not None:
+                    out.append((session, event))
+                    if isinstance(event, IkeRekeyed):
+                        self.sessions[event.successor.local_spi] = event.successor
+                if session.state is State.CLOSED:
+                    self._forget(spi, session)
         return out
 
     def get_timer(self) -> float | None:

@@ -9,6 +9,7 @@ The shell installs :class:`ChildEstablished` children in the SAD/SPD, removes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from client_agent.ike.codec import TrafficSelector
 from client_agent.ike.crypto import IkeKeys, IkeSuite
@@ -77,7 +78,14 @@ class IkeClosed:
     reason: str
 
 
-Event = IkeEstablished | ChildEstablished | ChildDeleted | ChildFailed | SpiReleased | IkeClosed
+@dataclass(frozen=True)
+class IkeRekeyed:
+    """This IKE SA was rekeyed (section 2.18): ``successor`` (an IkeSession) now holds the CHILD_SAs."""
+
+    successor: Any
+
+
+Event = IkeEstablished | ChildEstablished | ChildDeleted | ChildFailed | SpiReleased | IkeClosed | IkeRekeyed
 
 
 def describe(event: Event) -> dict:

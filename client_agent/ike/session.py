@@ -53,6 +53,7 @@ from client_agent.ike.events import (
     Event,
     IkeClosed,
     IkeEstablished,
+    IkeRekeyed,
     SpiReleased,
 )
 from client_agent.ike.proposals import accepted_is_offered, child_suite, choose, ike_suite
@@ -139,6 +140,9 @@ class IkeSession:
         self._message1 = self._message2 = b""
         self._auth_child_spis: dict[int, int] = {}
         self._cookie: bytes | None = None
+        self._ike_rekey_at: float | None = None
+        self._successor: IkeSession | None = None
+        self.ike_spi_source: Callable[[], bytes] = lambda: random_spi(self._random)
         self._send: crypto.SkCipher | None = None
         self._recv: crypto.SkCipher | None = None
 
@@ -166,6 +170,8 @@ class IkeSession:
             deadlines.append(self._created + self.config.half_open_timeout)
         if self.state is State.ESTABLISHED and self.config.liveness and self._pending is None:
             deadlines.append(self._last_heard + self.config.liveness)
+        if self._ike_rekey_at is not None and self.state is State.ESTABLISHED:
+            deadlines.append(self._ike_rekey_at)
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -183,6 +189,9 @@ class IkeSession:
         if (self.state is State.ESTABLISHED and self.config.liveness and self._pending is None
                 and now >= self._last_heard + self.config.liveness):
             self.check_liveness(now)
+        if self._ike_rekey_at is not None and now >= self._ike_rekey_at and self.state is State.ESTABLISHED:
+            self._ike_rekey_at = None
+            self.rekey_ike(now)
 
     def receive_datagram(self, data: bytes, remote: Address, now: float) -> None:
         """Process one datagram from the peer; anything wrong is dropped and counted, never raised."""
@@ -497,7 +506,7 @@ class IkeSession:
         except Malformed as e:
             self._close(f"authentication_failed:{e.reason}")
             return
-        self._established(idr)
+        self._established(idr, now)
         self._finish_child_initiator(payloads, self._ni, self._nr, b"", None, now)
 
     def _verify_peer(self, peer_id: IdPayload, auth: AuthPayload, initiator_side: bool) -> None:
@@ -511,9 +520,12 @@ class IkeSession:
         if not std_hmac.compare_digest(auth.data, self._auth_value(initiator_side, body)):
             raise Malformed("bad_auth")
 
-    def _established(self, peer_id: IdPayload) -> None:
+    def _established(self, peer_id: IdPayload, now: float | None = None) -> None:
         assert self.suite is not None and self.keys is not None
         self.state = State.ESTABLISHED
+        self.peer_id = peer_id
+        if self.initiator and self.config.ike_rekey and now is not None:
+            self._ike_rekey_at = now + self.config.ike_rekey
         self._events.append(IkeEstablished(self.spi_i, self.spi_r, self.suite, self.keys, describe_id(peer_id),
                                            self.nat_local, self.nat_peer))
 
@@ -531,7 +543,7 @@ class IkeSession:
             self.state = State.CLOSED
             self._events.append(IkeClosed(f"authentication_failed:{e.reason}"))
             return [NotifyPayload(Notify.AUTHENTICATION_FAILED)]
-        self._established(idi)
+        self._established(idi, now)
         cfg = self.config
         response: list[Payload] = [cfg.local_id.payload(False),
                                    AuthPayload(AuthMethod.SHARED_KEY_MIC, self._auth_value(False, cfg.local_id.body))]
@@ -658,7 +670,9 @@ class IkeSession:
             sa, ni = _one(payloads, SaPayload), _one(payloads, NoncePayload)
         except Malformed:
             return [NotifyPayload(Notify.INVALID_SYNTAX)]
-        if any(p.protocol == ProtocolId.IKE for p in sa.proposals) or _one_or_none(payloads, KePayload):
+        if any(p.protocol == ProtocolId.IKE for p in sa.proposals):
+            return self._answer_ike_rekey(sa, ni.data, payloads, now)
+        if _one_or_none(payloads, KePayload):  # PFS for a CHILD_SA: not offered, so refused
             self.counters["refused_create_child_sa"] += 1
             return [NotifyPayload(Notify.NO_ADDITIONAL_SAS)]
         old = None
@@ -671,6 +685,68 @@ class IkeSession:
             old.rekey_at = None  # the peer rekeys it: no need to do it ourselves (section 2.8 collision avoided)
         nr = self._random(NONCE_LEN)
         return self._respond_child(payloads, ni.data, nr, old, now, nonce_out=nr)
+
+    # ------------------------------------------------------------ IKE SA rekeying (section 2.18)
+
+    def rekey_ike(self, now: float) -> None:
+        """CREATE_CHILD_SA with a new IKE proposal (our new SPI), Ni and KEi; the old SA is deleted after."""
+        if self.state is not State.ESTABLISHED or self._successor is not None:
+            return
+        assert self.suite is not None
+        spi, ni = self.ike_spi_source(), self._random(NONCE_LEN)
+        ke = crypto.KEY_EXCHANGES[self.suite.dh]()
+        proposals = tuple(Proposal(p.number, p.protocol, spi, p.transforms) for p in self.config.ike_proposals)
+
+        def on_answer(header: Header, answer: list[Payload], t: float) -> None:
+            try:
+                sa, nr, ker = _one(answer, SaPayload), _one(answer, NoncePayload), _one(answer, KePayload)
+                chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
+                if chosen is None or len(chosen.spi) != 8 or not accepted_is_offered(chosen, self.config.ike_proposals):
+                    raise Malformed("ike_rekey_proposal_not_offered")
+                if ker.group != ike_suite(chosen).dh or ker.group != self.suite.dh:
+                    raise Malformed("ke_group_mismatch")
+                shared = ke.shared(ker.data)
+            except Malformed as e:
+                self.counters[f"ike_rekey_failed:{e.reason}"] += 1
+                return
+            self._hand_over(True, spi, chosen.spi, ike_suite(chosen), shared, ni, nr.data, t)
+            self._request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE)],
+                          lambda h, p, t2: self._close("rekeyed"), t)
+
+        self._request(ExchangeType.CREATE_CHILD_SA, [SaPayload(proposals), NoncePayload(ni), KePayload(self.suite.dh,
+                                                                                                     ke.public)],
+                      on_answer, now)
+
+    def _answer_ike_rekey(self, sa: SaPayload, ni: bytes, payloads: list[Payload], now: float) -> list[Payload]:
+        chosen = choose(sa.proposals, self.config.ike_proposals)
+        ke = _one_or_none(payloads, KePayload)
+        if chosen is None or len(chosen.spi) != 8 or self._successor is not None:
+            return [NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)]
+        suite = ike_suite(chosen)
+        if ke is None or ke.group != suite.dh:
+            return [NotifyPayload(Notify.INVALID_KE_PAYLOAD, suite.dh.to_bytes(2, "big"))]
+        mine = crypto.KEY_EXCHANGES[suite.dh]()
+        shared = mine.shared(ke.data)  # a bad value raises Malformed: dropped and counted
+        spi, nr = self.ike_spi_source(), self._random(NONCE_LEN)
+        self._hand_over(False, chosen.spi, spi, suite, shared, ni, nr, now)
+        reply = Proposal(chosen.number, chosen.protocol, spi, chosen.transforms)
+        return [SaPayload((reply,)), NoncePayload(nr), KePayload(suite.dh, mine.public)]
+
+    def _hand_over(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: crypto.IkeSuite, shared: bytes,
+                   ni: bytes, nr: bytes, now: float) -> None:
+        """The new IKE SA takes the CHILD_SAs; the rekey's initiator is its original initiator (section 2.18)."""
+        assert self.suite is not None and self.keys is not None
+        seed = crypto.rekey_skeyseed(self.suite.prf, self.keys.sk_d, shared, ni, nr)
+        new = IkeSession(self.config, initiator=initiator, local=self.local, remote=self.remote,
+                         spi=spi_i if initiator else spi_r, now=now, child_spi=self._child_spi, random=self._random)
+        new.spi_i, new.spi_r, new._ni, new._nr = spi_i, spi_r, ni, nr
+        new._install_keys(suite, seed)
+        new.nat_local, new.nat_peer, new.ike_spi_source = self.nat_local, self.nat_peer, self.ike_spi_source
+        new.children, self.children = self.children, {}
+        new._established(self.peer_id, now)
+        self._successor = new
+        self.counters["ike_rekeyed"] += 1
+        self._events.append(IkeRekeyed(new))
 
     # ------------------------------------------------------------ INFORMATIONAL
 
@@ -744,6 +820,8 @@ class IkeSession:
     def _close(self, reason: str) -> None:
         if self.state is State.CLOSED:
             return
+        if self._successor is not None:
+            reason = "rekeyed"
         self.state = State.CLOSED
         self._pending = None
         self._queue.clear()

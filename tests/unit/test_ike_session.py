@@ -299,17 +299,40 @@ def carries_traffic_after_rekey(pair: Pair) -> None:
     assert (a.encr_out, a.integ_out, a.encr_in) == (b.encr_in, b.integ_in, b.encr_out)
 
 
-def test_ike_sa_rekey_request_is_refused_not_crashed():
-    """IKE SA rekeying is not implemented: the responder says NO_ADDITIONAL_SAS and keeps the SA."""
+def test_ike_sa_rekey_without_a_new_spi_is_refused_not_crashed():
+    """An IKE proposal in CREATE_CHILD_SA must carry the new 8-byte SPI (section 1.3.2): NO_PROPOSAL_CHOSEN."""
     from client_agent.ike.codec import KePayload, NoncePayload, SaPayload
-    from client_agent.ike.crypto import X25519KeyExchange
+    from client_agent.ike.crypto import ModpKeyExchange
 
     pair = established_pair()
     a = next(iter(pair.a.sessions.values()))
-    ke = X25519KeyExchange()
+    ke = ModpKeyExchange()
     a._request(ExchangeType.CREATE_CHILD_SA,  # noqa: SLF001
-               [SaPayload(pair.left.ike_proposals), NoncePayload(bytes(32)), KePayload(31, ke.public)],
+               [SaPayload(pair.left.ike_proposals), NoncePayload(bytes(32)), KePayload(14, ke.public)],
                lambda h, p, t: pair.events["a"].append(("answer", [x.type for x in p])), 1.0)
     pair.pump()
-    assert ("answer", [Notify.NO_ADDITIONAL_SAS]) in pair.events["a"]
+    assert ("answer", [Notify.NO_PROPOSAL_CHOSEN]) in pair.events["a"]
     assert a.state is State.ESTABLISHED
+
+
+def test_ike_sa_rekey_moves_the_child_sas_to_the_new_sa_and_deletes_the_old():
+    """Section 2.18: new SPIs and keys from SK_d(old) and a fresh DH; the CHILD_SAs live on; the old SA goes."""
+    pair = established_pair(ike=("aes128gcm16-prfsha256-x25519",), ike_rekey=10.0)
+    old_a = next(iter(pair.a.sessions.values()))
+    (old_keys,) = [e.keys for e in pair.established("a")]
+    (child,) = pair.children("a")
+    assert pair.a.get_timer() == 10.0
+    pair.now = 10.0
+    pair.a.handle_timer(10.0)
+    pair.pump()
+    assert old_a.state is State.CLOSED and IkeClosed("rekeyed") in pair.events["a"]
+    assert IkeClosed("rekeyed") in pair.events["b"]
+    (new_a,), (new_b,) = pair.a.sessions.values(), pair.b.sessions.values()
+    assert (new_a.spi_i, new_a.spi_r) == (new_b.spi_i, new_b.spi_r) != (old_a.spi_i, old_a.spi_r)
+    assert new_a.keys == new_b.keys and new_a.keys != old_keys
+    assert list(new_a.children) == [child.inbound_spi] and len(new_b.children) == 1
+    assert not [e for side in "ab" for e in pair.events[side] if isinstance(e, ChildDeleted | SpiReleased)]
+    new_a.check_liveness(11.0)
+    pair.pump()
+    assert new_a.state is State.ESTABLISHED and not new_a._pending  # noqa: SLF001 - the new SA answers
+    assert pair.a.get_timer() == 20.0  # and rekeys again in its turn
