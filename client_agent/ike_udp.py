@@ -45,6 +45,7 @@ def build_config(args: argparse.Namespace) -> IkeConfig:
         remote_ts=tuple(args.remote_ts or (["0.0.0.0/0"] if args.role == "respond" else [args.remote])),
         mode=args.mode, natd=not args.no_natd,
         natd_source=(args.natd_address, IKE_PORT) if args.natd_address else None,
+        child_rekey=args.child_rekey, ike_rekey=args.ike_rekey,
     )
 
 
@@ -101,7 +102,7 @@ class Shell:
             self.ike_lines.append(ikev2_line(event.spi_i, event.spi_r, event.suite, event.keys))
         elif isinstance(event, ChildEstablished):
             self.children += security_associations(event.child, session.local[0], session.remote[0])
-        elif isinstance(event, IkeClosed):
+        elif isinstance(event, IkeClosed) and event.reason != "rekeyed":  # a rekeyed SA lives on in its successor
             self.closed += 1
         if self.keys is not None:
             self.keys.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,8 @@ def run_initiator(shell: Shell, session, args: argparse.Namespace, deadline: flo
     while time.monotonic() < hold and not shell.closed:
         shell.step(hold)
     if not shell.closed:
-        session.close(time.monotonic())
+        for live in list(shell.endpoint.sessions.values()):  # after IKE rekeys, the successor is the live one
+            live.close(time.monotonic())
         shell.flush()
         end = time.monotonic() + 5
         while time.monotonic() < end and not shell.closed:
@@ -171,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ike-on-4500", action="store_true",
                    help="also take IKE (non-ESP marker) on UDP 4500, where a peer that sees a NAT moves it")
     p.add_argument("--keys", help="directory for ikev2_decryption_table and esp_sa")
+    p.add_argument("--child-rekey", type=float, help="initiator: rekey the CHILD_SA after this many seconds")
+    p.add_argument("--ike-rekey", type=float, help="initiator: rekey the IKE SA after this many seconds")
     p.add_argument("--hold", type=float, default=1.0)
     p.add_argument("--sas", type=int, default=1, help="responder: exit after this many IKE SAs closed")
     p.add_argument("--timeout", type=float, default=20.0)

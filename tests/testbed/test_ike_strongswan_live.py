@@ -134,7 +134,7 @@ def test_natlab_initiator_establishes_an_ike_sa_with_strongswan_direct(make_test
         with captures([(srv1, "srv1-eth0")], tmp_path / "pcap") as pcaps:
             proc = natlab_ike(h1, "initiate", keys, "--local", H1, "--remote", SRV1, "--id", "h1.natlab",
                               "--remote-id", "srv1.natlab", "--local-ts", f"{H1_INNER}/32", "--remote-ts",
-                              f"{SRV1_INNER}/32", "--hold", "4")
+                              f"{SRV1_INNER}/32", "--hold", "5", "--child-rekey", "1.5", "--ike-rekey", "3")
             sas = installed_sas(srv1, charon)
             seen = events(proc)
     log = charon.log.read_text(errors="replace")
@@ -144,6 +144,10 @@ def test_natlab_initiator_establishes_an_ike_sa_with_strongswan_direct(make_test
     assert "faking NAT situation to enforce UDP encapsulation" in log  # libipsec, as ENVIRONMENT.md says
     record_child_outcome(seen, log, sas, tmp_path)
     assert "received DELETE for IKE_SA" in log and seen[-1] == {"event": "IkeClosed", "reason": "deleted"}
+    # natlab rekeyed the CHILD_SA (1.5 s) and the IKE SA (3 s); strongSwan took both (RFC 7296 1.3.3, 2.18)
+    assert len(re.findall(r"CHILD_SA natlab\{\d+\} established with SPIs", log)) >= 2, _tail(charon.log)
+    assert re.search(r"IKE_SA natlab\[\d+\] rekeyed between", log), _tail(charon.log)
+    assert {"event": "IkeRekeyed"} in seen
     assert_tshark_opens_ike_auth(tshark_ike(pcaps["srv1-eth0"], keys))
 
 
@@ -176,6 +180,8 @@ def test_strongswan_initiator_establishes_an_ike_sa_with_natlab_direct(make_test
             listening(proc)
             initiated = h1.cmd(shlex.join(charon.swanctl("--initiate", "--child", "natlab", "--timeout", "10"))
                                + " 2>&1")
+            rekeyed = [h1.cmd(shlex.join(charon.swanctl("--rekey", what, "natlab")) + " 2>&1")
+                       for what in ("--child", "--ike")]
             h1.cmd(shlex.join(charon.swanctl("--terminate", "--ike", "natlab", "--timeout", "5")) + " 2>&1")
             seen = events(proc)
     log = charon.log.read_text(errors="replace")
@@ -186,6 +192,10 @@ def test_strongswan_initiator_establishes_an_ike_sa_with_natlab_direct(make_test
     assert any(e["event"] == "ChildEstablished" and e["mode"] == "tunnel" for e in seen), seen
     assert re.search(r"CHILD_SA natlab\{\d+\} established with SPIs", log), _tail(charon.log)
     assert {"event": "IkeClosed", "reason": "deleted_by_peer"} in seen, seen
+    # strongSwan rekeyed the CHILD_SA and the IKE SA; natlab answered both and the new IKE SA took the delete
+    assert all("rekey completed successfully" in r for r in rekeyed), rekeyed
+    assert {"event": "IkeRekeyed"} in seen and sum(e["event"] == "ChildEstablished" for e in seen) == 2, seen
+    assert "proper IKE_SA delete failed" not in log
     assert_tshark_opens_ike_auth(tshark_ike(pcaps["srv1-eth0"], keys))
 
 
