@@ -244,6 +244,7 @@ class IkeKeying:
         self.global_ip = global_ip  # behind the extensible NAT: what the peer sees and sends to
         self.ike_lines: list[str] = []
         self.installed: dict[int, _Installed] = {}
+        self.history: list[SecurityAssociation] = []  # every SA ever installed: captures outlive the SAs
 
     def apply(self, event: Event) -> bool:
         """Apply one event; True when the key files changed."""
@@ -263,6 +264,7 @@ class IkeKeying:
         if self.global_ip is not None:  # the peer sends to the global IP ([nat]: inbound dst is the global IP)
             inbound = dataclasses.replace(inbound, dst=self.global_ip)
         states = self.sad.add_inbound(inbound), self.sad.add_outbound(outbound)
+        self.history += [inbound, outbound]
         local_ts = tuple(self._private(ts) for ts in child.local_ts)
         policies = [Policy(selector, Action.PROTECT, states[1], states[0], name=f"ike-{child.inbound_spi:08x}")
                     for selector in selectors(local_ts, child.remote_ts)]
@@ -290,7 +292,8 @@ class IkeKeying:
         return "".join(line + "\n" for line in self.ike_lines)
 
     def esp_sa(self) -> str:
-        return esp_sa_file(self.sad)
+        """Wireshark's esp_sa for every SA this agent ever had (a capture may hold packets of deleted ones)."""
+        return esp_sa_file(self.history)
 
 
 def selectors(local: tuple[TrafficSelector, ...], remote: tuple[TrafficSelector, ...]) -> list[Selector]:

@@ -61,9 +61,9 @@ def test_two_agents_keyed_by_ike_carry_curl_over_esp(make_testbed, tmp_path: Pat
             finally:
                 serve.terminate()
                 serve.wait()
-        status = json.loads((initiator.run_dir / "status.json").read_text())
         for agent in (initiator, responder):
             assert agent.stop() == 0, agent.log_tail()
+    status = json.loads((initiator.run_dir / "status.json").read_text())  # the final one, written on exit
     assert body.encode().strip() == marker * 200
     assert status["counters"]["protected"] > 5 and not status["counters"]["drops"], status["counters"]
     between = [p for p in read_pcap(pcaps["srv1-eth0"]) if {p.src, p.dst} == {H1, SRV1}]
