@@ -36,7 +36,8 @@ def run_round(tb, folder: Path, lease: bool, natd_global: bool) -> dict:
     """Three initiators at once against natlab's responder on srv1; what each side saw."""
     clients = [tb.host(f"h{i}") for i in (1, 2, 3)]
     srv1 = tb.host("srv1")
-    cookies = {h.name: _lease_cookie(h) if lease else None for h in clients}
+    shared = tb.table()["globals"][0]  # all three behind one global IP: replies need the cookie to be told apart
+    cookies = {h.name: _lease_cookie(h, shared) if lease else None for h in clients}
     keys = folder / "srv1-keys"
     with ExitStack() as stack:
         pcaps = stack.enter_context(captures([(srv1, "srv1-eth0")] + [(h, f"{h.name}-eth0") for h in clients],
@@ -58,8 +59,9 @@ def run_round(tb, folder: Path, lease: bool, natd_global: bool) -> dict:
             "client_ips": {h.name: h.IP() for h in clients}, "decrypted": _decrypted(pcaps["srv1-eth0"], keys)}
 
 
-def _lease_cookie(host) -> dict:
-    out = host.cmd(f"natlab lease alloc --protocol isakmp --foreign {SRV1} --lifetime 120 --json")
+def _lease_cookie(host, global_ip: str) -> dict:
+    out = host.cmd(f"natlab lease alloc --protocol isakmp --foreign {SRV1} --global-ip {global_ip} --lifetime 120 "
+                   "--json")
     return json.loads(out[out.index("{"):])
 
 
@@ -121,6 +123,9 @@ def cookie_judge(seen: dict) -> list[str]:
         strangers = {r["isakmp.ispi"] for r in mine} - {spis[name]}
         if len(mine) < 2 or strangers:
             failed.append(f"{name}: received {len(mine)} IKE datagrams, SPIi of others {sorted(strangers)}")
+    globals_ = {c["global_ip"] for c in seen["cookies"].values() if c is not None}
+    if len(globals_) > 1:
+        failed.append(f"the cookies were leased on several global IPs {sorted(globals_)}, not one")
     at_srv1 = [r for r in seen["wire"]["srv1-eth0"] if r["ip.dst"] == SRV1]
     if len({r["isakmp.ispi"] for r in at_srv1}) != 3:
         failed.append(f"srv1 saw SPIi {sorted({r['isakmp.ispi'] for r in at_srv1})}, not three")

@@ -60,9 +60,14 @@ def _undecryptable(seen):
     seen["decrypted"] = ""
 
 
+def _several_globals(seen):  # the clients did not share one global IP: no demultiplexing was needed
+    seen["cookies"]["h2"]["global_ip"] = "203.0.113.2"
+
+
 @pytest.mark.parametrize(("variant", "reason"), [
     (_napt_ports, "source ports"), (_cross_delivered, "SPIi of others"), (_nat_detected, "detected a NAT"),
     (_not_the_cookie, "not the leased cookie"), (_private_leak, "private source"), (_undecryptable, "tshark"),
+    (_several_globals, "several global IPs"),
 ])
 def test_each_variant_fails_for_its_reason(variant, reason):
     seen = copy.deepcopy(good())
