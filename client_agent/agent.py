@@ -34,6 +34,7 @@ import cProfile
 import json
 import logging
 import os
+import secrets
 import select
 import signal
 import socket
@@ -45,7 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from client_agent.agent_config import OUTBOUND, AgentConfig, databases
-from client_agent.agent_leases import LeasePlan, LeaseSocket, wanted_leases
+from client_agent.agent_ike_shell import IkeShell, LeasedIke
+from client_agent.agent_leases import (
+    IKE_CHILD_SPIS,
+    LeasePlan,
+    LeaseSocket,
+    child_spi_label,
+    child_spi_lease,
+    ike_leases,
+    wanted_leases,
+)
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
 from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
@@ -55,7 +65,7 @@ from client_agent.lease_client import LeaseClient
 from client_agent.raw import RawReceiver, RawSender
 from client_agent.traversal import Traversal
 from client_agent.tun import Tun
-from netwire.ipv4 import IPPROTO_UDP
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 
 STATUS_NAME = "status.json"
 CONF = Path("/proc/sys/net/ipv4/conf")
@@ -75,6 +85,7 @@ class Agent:
         self.datapath: Datapath | None = None
         self.leases: LeaseSocket | None = None
         self.traversal: Traversal | None = None
+        self.ike: IkeShell | None = None
         self.state = "starting"
         self._stack = ExitStack()
         self._stop = False
@@ -123,24 +134,52 @@ class Agent:
         sender = RawSender(config.mark, config.link_mtu)
         self._stack.callback(sender.close)
         receivers = []
-        for protocol in sorted({state.protocol for state in self.sad.inbound}):
+        for protocol in sorted({state.protocol for state in self.sad.inbound} | _ike_protocols(config)):
             receiver = RawReceiver(protocol, config.mark)
             self._stack.callback(receiver.close)
             receivers.append(receiver)
+        leased = self._ike_leases() if config.nat is not None and config.ike is not None else None
         if config.nat is not None:
-            self._lease()
+            self._lease(ike_leases(config, leased.spi_i, leased.child_spis) if leased else [])
             self.traversal = traversal_of(config)
         self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal,
                                  deliver_frame=tun.write_frame if config.coalesce else None)
+        if config.ike is not None:  # keyed by IKEv2: SAs arrive as they are negotiated
+            self.ike = IkeShell(config.ike, config.address or "0.0.0.0", self.sad, self.spd, self.run_dir, config.mark,
+                                leased)
+            self._stack.callback(self.ike.close)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
                  self.run_dir)
 
-    def _lease(self) -> None:
+    def _ike_leases(self) -> LeasedIke:
+        """The IKE SPI and CHILD SPIs to lease (steps 801-802): drawn at random, the NAT refuses any in use."""
+        ike, nat = self.config.ike, self.config.nat
+        protocols = ([IPPROTO_ESP] if ike.esp else []) + ([IPPROTO_AH] if ike.ah else [])
+        children = [(p, 256 + secrets.randbelow(2**32 - 256)) for p in protocols for _ in range(IKE_CHILD_SPIS)]
+        return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global,
+                         held=self._child_spi_held, on_released=self._replace_child_spi)
+
+    def _child_spi_held(self, protocol: int, spi: int) -> bool:
+        return self.leases is not None and spi in self.leases.plan.held_gpns(protocol)
+
+    def _replace_child_spi(self, protocol: int, spi: int) -> int:
+        """Step 802's end: the SA of ``spi`` is gone, its lease goes back; a fresh SPI is leased for the next."""
+        assert self.leases is not None
+        now, plan = time.monotonic(), self.leases.plan
+        plan.retire(child_spi_label(protocol, spi), now)
+        fresh = 256 + secrets.randbelow(2**32 - 256)
+        plan.add(child_spi_lease(self.config, protocol, fresh), now)
+        self.leases.flush(now)
+        log.info("agent %s: CHILD SPI 0x%08x released, 0x%08x being leased", self.config.name, spi, fresh)
+        return fresh
+
+    def _lease(self, extra: list | None = None) -> None:
         """Steps 801-805: every lease the config needs, before any traffic; released on exit (807)."""
         nat, address = self.config.behind_nat()
-        plan = LeasePlan(LeaseClient(address, nat.server), wanted_leases(self.config), nat.lifetime)
+        wanted = (extra or []) + wanted_leases(self.config)
+        plan = LeasePlan(LeaseClient(address, nat.server), wanted, nat.lifetime)
         self.leases = leases = LeaseSocket(plan, nat.server)
         self._stack.callback(leases.close)
         self._stack.callback(self._release)
@@ -194,6 +233,8 @@ class Agent:
         if leases is not None:
             for fd in leases.filenos():
                 extra[fd] = lambda: leases.pump(time.monotonic())
+        if self.ike is not None:
+            extra[self.ike.fileno()] = self.ike.pump
 
         def loop() -> None:
             datapath.run(lambda: self._stop, wakeup_fd=wakeup_read.fileno(), on_tick=self._on_tick, extra=extra)
@@ -213,6 +254,8 @@ class Agent:
     def _on_tick(self) -> None:
         if self.leases is not None:
             self.leases.tick(time.monotonic())
+        if self.ike is not None:
+            self.ike.tick()
         self.write_status()
 
     def _on_stop(self, signum: int, _frame: object) -> None:
@@ -233,6 +276,7 @@ class Agent:
             + [_sa_status(s, "inbound") for s in self.sad.inbound],
             "nat": None if self.traversal is None else self.traversal.status(),
             "leases": None if self.leases is None else self.leases.plan.status(),
+            "ike": None if self.ike is None else self.ike.status(),
         }
 
     def write_status(self) -> dict[str, Any]:
@@ -253,6 +297,13 @@ def traversal_of(config: AgentConfig) -> Traversal:
     if "address-text" in nat.algs:
         algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
     return Traversal(address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+
+
+def _ike_protocols(config: AgentConfig) -> set[int]:
+    """The IP protocols an ``[ike]`` agent may receive under (raw sockets are opened before any SA exists)."""
+    if config.ike is None:
+        return set()
+    return ({IPPROTO_ESP} if config.ike.esp else set()) | ({IPPROTO_AH} if config.ike.ah else set())
 
 
 def _sa_status(state: SAState, direction: str) -> dict[str, Any]:

@@ -62,7 +62,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.config}: agent {config.name}, {config.tun} mtu {config.tun_mtu()}, "
               f"routes {', '.join(config.routes) or 'none'}, {len(config.sas)} SAs, {len(config.policies)} policies"
               + (f"; behind the NAT as {config.nat.global_ip} (lease server {config.nat.server}, "
-                 f"compensation {'on' if config.nat.compensate else 'OFF'})" if config.nat else ""))
+                 f"compensation {'on' if config.nat.compensate else 'OFF'})" if config.nat else "")
+              + (f"; keyed by IKEv2 as {config.ike.role} ({config.ike.local_id}"
+                 f"{' -> ' + config.ike.peer if config.ike.peer else ''}, {config.ike.mode}, "
+                 f"{'/'.join(config.ike.esp or config.ike.ah)})" if config.ike else ""))
         return 0
     from client_agent.agent import Agent  # needs root from here on
 

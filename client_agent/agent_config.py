@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
+from client_agent.agent_ike import IkeConfigError, IkeTable, parse_ike
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import ANY_PORT, SPD, Action, Policy, Selector
@@ -161,6 +162,7 @@ class AgentConfig:
     verify_icv: bool = True  # a fault switch for the conformance controls only: false accepts any AH ICV
     coalesce: bool = False  # inbound TCP written to the TUN as super-segments (IFF_VNET_HDR; client_agent.coalesce)
     txqueuelen: int = TXQUEUELEN  # the TUN's queue toward the agent; beyond it the kernel drops (TCP retransmits)
+    ike: IkeTable | None = None  # keys by IKEv2 ([ike], client_agent.agent_ike) instead of [[sa]]
 
     def behind_nat(self) -> tuple[NatSettings, str]:
         """The ``[nat]`` settings and the private address they lease for (load() requires both together)."""
@@ -183,6 +185,8 @@ class AgentConfig:
         if self.mtu is not None:
             return self.mtu
         overheads = [overhead(s.sa) for s in self.sas if s.direction == OUTBOUND]
+        if self.ike is not None:
+            overheads.append(self.ike.largest_overhead(overhead))
         return self.link_mtu - max(overheads, default=0)
 
 
@@ -230,7 +234,7 @@ def parse(text: str, *, source: str = "<config>") -> AgentConfig:
 
 def from_dict(data: dict[str, Any]) -> AgentConfig:
     """Validate an already-parsed configuration."""
-    _only(data, {"agent", "sa", "policy", "nat"}, "top level")
+    _only(data, {"agent", "sa", "policy", "nat", "ike"}, "top level")
     agent = data.get("agent")
     if not isinstance(agent, dict):
         raise ConfigError("[agent]: missing (it names the agent and its routes)")
@@ -242,6 +246,7 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
     _unique((p.name for p in policies), "policy")
     where = "[agent]"
     nat = _nat(data["nat"], agent, sas) if "nat" in data else None
+    ike = _ike(data["ike"], sas, nat, agent) if "ike" in data else None
     return AgentConfig(
         name=_str(agent, "name", where),
         routes=tuple(_prefix(route, f"{where} routes") for route in _list(agent, "routes", where, default=[])),
@@ -260,7 +265,23 @@ def from_dict(data: dict[str, Any]) -> AgentConfig:
         verify_icv=_flag(agent, "verify_icv", where),
         coalesce=_flag(agent, "coalesce", where, default=False),
         txqueuelen=_int(agent, "txqueuelen", where, 1, 1_000_000, default=TXQUEUELEN),
+        ike=ike,
     )
+
+
+def _ike(table: object, sas: tuple[SAConfig, ...], nat: NatSettings | None, agent: dict[str, Any]) -> IkeTable:
+    """``[ike]`` (client_agent.agent_ike): keys negotiated by IKEv2 instead of ``[[sa]]`` tables."""
+    if "address" not in agent:
+        raise ConfigError("[ike]: needs [agent] address, the address IKE and the SAs use")
+    if sas:
+        raise ConfigError("[ike]: an agent keyed by IKE takes no [[sa]] tables (manual keys are another config)")
+    try:
+        ike = parse_ike(table)
+    except IkeConfigError as err:
+        raise ConfigError(str(err)) from None
+    if nat is not None and ike.role != "initiator":
+        raise ConfigError("[ike] role: behind the NAT ([nat]) the client initiates (FIG. 8 step 801)")
+    return ike
 
 
 def _flag(table: dict[str, Any], key: str, where: str, default: bool = True) -> bool:

@@ -31,10 +31,12 @@ from dataclasses import dataclass
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig
 from client_agent.ipsec.sa import Protocol
 from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
+from netwire.ipv4 import IPPROTO_UDP
 from netwire.pcp import (
     AH_DEFINITION,
     CLIENT_PORT,
     ESP_DEFINITION,
+    ISAKMP_DEFINITION,
     SERVER_PORT,
     SHORT_ERROR_LIFETIME,
     Info,
@@ -44,7 +46,8 @@ from netwire.pcp import (
 )
 
 log = logging.getLogger("natlab.agent")
-DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION}
+DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION, IPPROTO_UDP: ISAKMP_DEFINITION}
+IKE_CHILD_SPIS = 4  # CHILD SPIs leased ahead per IKE peering: the first CHILD_SA and its rekeys (step 802)
 
 
 @dataclass(frozen=True)
@@ -75,9 +78,10 @@ def wanted_leases(config: AgentConfig) -> list[Wanted]:
         if entry.direction == INBOUND:
             sa = entry.sa
             proto = int(sa.protocol)
-            spi = LeaseInfo(b"", proto, sa.spi, sa.spi, nat.global_ip, sa.src)
-            wanted.append(Wanted(f"{sa.protocol.name} SPI 0x{sa.spi:08x}", spi, proto))
-    peers = sorted({e.sa.dst for e in config.sas if e.direction == OUTBOUND and e.sa.dst})
+            info = LeaseInfo(b"", proto, sa.spi, sa.spi, nat.global_ip, sa.src)
+            wanted.append(Wanted(f"{sa.protocol.name} SPI 0x{sa.spi:08x}", info, proto))
+    peers = sorted({e.sa.dst for e in config.sas if e.direction == OUTBOUND and e.sa.dst}
+                   | ({config.ike.peer} if config.ike is not None and config.ike.peer else set()))
     for proto, (low, high) in sorted(nat.ports.items()):
         name = {6: "TCP", 17: "UDP"}[proto]
         for peer in peers:
@@ -85,6 +89,27 @@ def wanted_leases(config: AgentConfig) -> list[Wanted]:
                 lease = PeerInfo(b"", proto, port, port, nat.global_ip, 0, peer)
                 wanted.append(Wanted(f"{name} port {port} for {peer}", lease))
     return wanted
+
+
+def ike_leases(config: AgentConfig, spi_i: int, child_spis: list[tuple[int, int]]) -> list[Wanted]:
+    """FIG. 8 step 801 for IKE: the initiator SPI (ISAKMP's GPN: UDP 500, 64 bits at 0) and, step 802, the
+    inbound CHILD SPIs IKE will propose, each leased on the global IP with the peer as the foreign host."""
+    nat, ike = config.nat, config.ike
+    assert nat is not None and ike is not None and ike.peer is not None
+    wanted = [Wanted(f"IKE SPI 0x{spi_i:016x}", LeaseInfo(b"", IPPROTO_UDP, spi_i, spi_i, nat.global_ip, ike.peer,
+                                                           port=ISAKMP_DEFINITION.port), IPPROTO_UDP)]
+    return wanted + [child_spi_lease(config, proto, spi) for proto, spi in child_spis]
+
+
+def child_spi_lease(config: AgentConfig, protocol: int, spi: int) -> Wanted:
+    """Step 802: one inbound CHILD SPI on the global IP, the IKE peer as the foreign host."""
+    nat, ike = config.nat, config.ike
+    assert nat is not None and ike is not None
+    return Wanted(child_spi_label(protocol, spi), LeaseInfo(b"", protocol, spi, spi, nat.global_ip, ike.peer), protocol)
+
+
+def child_spi_label(protocol: int, spi: int) -> str:
+    return f"{Protocol(protocol).name} CHILD SPI 0x{spi:08x}"
 
 
 class LeasePlan:
@@ -98,6 +123,7 @@ class LeasePlan:
         self._defining: dict[int, Transaction] = {}
         self._pending: dict[int, Transaction] = {}  # index in wanted -> request in flight
         self._held: dict[int, bytes] = {}  # index in wanted -> nonce of the granted lease
+        self.retired: set[int] = set()  # indices given back for good (an IKE CHILD SPI whose SA is gone)
         self.problems: dict[str, str] = {}  # label -> why it is not (yet) granted
         self._retry_at: dict[int, float] = {}  # index in wanted -> not before (after a refusal, RFC 6887 7.2)
         self.releasing = False
@@ -105,7 +131,7 @@ class LeasePlan:
 
     @property
     def ready(self) -> bool:
-        return len(self._held) == len(self.wanted)
+        return len(self._held) == len(self.wanted) - len(self.retired)
 
     def tick(self, now: float) -> None:
         """Ask for whatever is wanted and neither held nor asked for; definitions first.
@@ -117,7 +143,8 @@ class LeasePlan:
         if self.releasing:
             return
         for index, want in enumerate(self.wanted):
-            if index in self._held or index in self._pending or self._retry_at.get(index, now) > now:
+            if (index in self._held or index in self._pending or index in self.retired
+                    or self._retry_at.get(index, now) > now):
                 continue
             proto = want.needs_definition
             if proto is not None and proto not in self.defined:
@@ -140,6 +167,27 @@ class LeasePlan:
             elif isinstance(event, Expired):
                 self._lost(event.lease.nonce, "expired before a renewal was granted")
         self.tick(now)
+
+    def add(self, want: Wanted, now: float) -> None:
+        """Lease one more thing from now on (a fresh CHILD SPI for the next rekey)."""
+        self.wanted.append(want)
+        self.tick(now)
+
+    def retire(self, label: str, now: float) -> Transaction | None:
+        """Give one lease back for good (lifetime 0): its SA was deleted or rekeyed away (step 802's end)."""
+        index = next((i for i, w in enumerate(self.wanted) if w.label == label and i not in self.retired), None)
+        if index is None:
+            return None
+        self.retired.add(index)
+        nonce = self._held.pop(index, None)
+        lease = self.client.leases.get(nonce) if nonce is not None else None
+        self.counters["retired"] += 1
+        return self.client.release(lease, now, give_up_after=1.0) if lease is not None else None
+
+    def held_gpns(self, protocol: int) -> set[int]:
+        """The global GPNs of ``protocol`` this plan holds right now."""
+        return {self.wanted[i].info.global_gpn for i in self._held
+                if isinstance(self.wanted[i].info, LeaseInfo) and self.wanted[i].info.protocol == protocol}
 
     def release_all(self, now: float) -> list[Transaction]:
         """Step 807: give every lease back (lifetime 0)."""

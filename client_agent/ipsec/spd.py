@@ -109,7 +109,7 @@ class SPD:
     authority): a connection's packets all carry the same five values, so only
     its first packet walks the list. The cache holds at most
     :data:`CACHE_SIZE` decisions per direction and starts over when full, so a
-    flood of distinct ports costs list walks, never memory; :meth:`add` empties it.
+    flood of distinct ports costs list walks, never memory; :meth:`add`, :meth:`prepend` and :meth:`remove` empty it.
     """
 
     def __init__(self, policies: Iterable[Policy] = (), *, default: Action = Action.DISCARD) -> None:
@@ -120,6 +120,16 @@ class SPD:
     def add(self, policy: Policy) -> None:
         """Append ``policy`` after the existing ones (it matches only what they leave)."""
         self.policies = (*self.policies, policy)
+        self._cache = ({}, {})
+
+    def prepend(self, policies: Iterable[Policy]) -> None:
+        """Put ``policies`` before the existing ones (a rekeyed SA's policies win at once)."""
+        self.policies = (*policies, *self.policies)
+        self._cache = ({}, {})
+
+    def remove(self, policy: Policy) -> None:
+        """Take ``policy`` out (its SA was deleted); decisions that named it are forgotten."""
+        self.policies = tuple(p for p in self.policies if p is not policy)
         self._cache = ({}, {})
 
     def lookup(self, packet: bytes, *, inbound: bool = False) -> Policy:

@@ -90,15 +90,13 @@ def test_natlab_up_rejects_bad_parameters():
 
 
 def test_natlab_demo_writes_the_report(tmp_path):
-    """The issue's "done when": every behaviour but CL-COOKIE (IKE, later) passes, every claim has a
+    """The issue's "done when": every behaviour passes (CL-COOKIE too, since IKE), every claim has a
     verdict, and every control fails as the seed predicts (its verdict is "pass")."""
     out = run([*NATLAB, "demo", "--out", str(tmp_path)], timeout=1800)
     assert "report written" in out.stdout, out.stdout + out.stderr
     behaviours = pd.read_csv(tmp_path / "behaviours.csv").set_index("id")
-    later = ["CL-COOKIE"]
-    failing = {b: v for b, v in behaviours["verdict"].items() if b not in later and v != "pass"}
+    failing = {b: v for b, v in behaviours["verdict"].items() if v != "pass"}
     assert not failing, failing
-    assert set(behaviours.loc[later, "verdict"]) == {"not implemented"}
     claims = pd.read_csv(tmp_path / "claims.csv")
     assert sorted(claims["claim"]) == list(range(1, 41)) and set(claims["verdict"]) == {"pass"}, claims
     controls = pd.read_csv(tmp_path / "controls.csv").set_index("id")
