@@ -48,6 +48,7 @@ from client_agent.agent_config import OUTBOUND, AgentConfig, databases
 from client_agent.agent_leases import LeasePlan, LeaseSocket, wanted_leases
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
+from client_agent.ftp_alg import FtpAlg
 from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
 from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import SAState
@@ -55,7 +56,8 @@ from client_agent.lease_client import LeaseClient
 from client_agent.raw import RawReceiver, RawSender
 from client_agent.traversal import Traversal
 from client_agent.tun import Tun
-from netwire.ipv4 import IPPROTO_UDP
+from netwire.ftp import FTP_CONTROL_PORT
+from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 
 STATUS_NAME = "status.json"
 CONF = Path("/proc/sys/net/ipv4/conf")
@@ -250,7 +252,10 @@ def traversal_of(config: AgentConfig) -> Traversal:
     algs = AlgRegistry()
     if "address-text" in nat.algs:
         algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
-    return Traversal(config.address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+    traversal = Traversal(config.address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+    if "ftp" in nat.algs and IPPROTO_TCP in traversal.blocks:
+        algs.register(IPPROTO_TCP, FTP_CONTROL_PORT, FtpAlg(traversal.blocks[IPPROTO_TCP], clock=traversal.clock))
+    return traversal
 
 
 def _sa_status(state: SAState, direction: str) -> dict[str, Any]:

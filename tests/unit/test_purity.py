@@ -12,7 +12,8 @@ PURE = [*sorted((ROOT / "netwire").glob("*.py")),
                                         "neighbours.py", "messages.py", "savi.py", "lease_server.py",
                                         "allocate.py", "gpn.py", "client_alg.py", "state.py", "reconcile.py")),
         *(ROOT / "conformance" / n for n in ("fuzz.py", "marker.py", "portscan.py")),
-        *sorted((ROOT / "client_agent" / "ipsec").glob("*.py"))]
+        *sorted((ROOT / "client_agent" / "ipsec").glob("*.py")),
+        ROOT / "client_agent" / "ftp_alg.py"]
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: str(p.relative_to(ROOT)))
