@@ -30,7 +30,7 @@ and counts why.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 from netwire.checksum import apply_difference, internet_checksum, ones_complement_sum
 from netwire.ipv4 import IPPROTO_TCP, TCP_ACK, TCP_CHECKSUM_OFFSET, TCP_FIN, TCP_RST, TCP_SYN
@@ -46,7 +46,7 @@ class LineRewriter:
     """One direction of a line-oriented TCP connection whose lines ``rewrite`` may replace."""
 
     def __init__(self, rewrite: Rewrite | None = None, might_rewrite: Callable[[bytes], bool] | None = None,
-                 max_line: int = MAX_LINE, counters: Counter[str] | None = None) -> None:
+                 max_line: int = MAX_LINE, counters: MutableMapping[str, int] | None = None) -> None:
         self.rewrite = rewrite
         self.might_rewrite = might_rewrite or (lambda _partial: False)
         self.max_line = max_line
@@ -54,7 +54,7 @@ class LineRewriter:
         self.next: int | None = None  # unwrapped original position of the next in-order byte
         self.held = b""  # the start of a line that might be rewritten, not yet sent on
         self.at_line_start = False
-        self.counters = counters if counters is not None else Counter()
+        self.counters: MutableMapping[str, int] = counters if counters is not None else Counter()
 
     @property
     def hold_start(self) -> int:
@@ -166,7 +166,7 @@ class LineRewriter:
 
 
 def rewrite_segment(packet: bytes, this: LineRewriter, other: LineRewriter,
-                    counters: Counter[str] | None = None) -> bytes | None:
+                    counters: MutableMapping[str, int] | None = None) -> bytes | None:
     """``packet`` (IPv4/TCP) with ``this`` direction's payload and SEQ rewritten and ACK/SACK mapped back through
     ``other``; the packet itself if nothing changes or it does not parse as TCP; None: drop it."""
     counters = counters if counters is not None else this.counters
@@ -203,7 +203,7 @@ def _parse(packet: bytes) -> tuple[int, int, int] | None:
     return (ihl, doff, total) if 20 <= doff <= total - ihl else None
 
 
-def _map_sack(options: bytes, other: LineRewriter, counters: Counter[str]) -> bytes:
+def _map_sack(options: bytes, other: LineRewriter, counters: MutableMapping[str, int]) -> bytes:
     """The TCP options with every SACK block's edges (RFC 2018 section 3) mapped back through ``other``."""
     out, i = bytearray(options), 0
     while i < len(options):
