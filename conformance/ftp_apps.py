@@ -51,11 +51,18 @@ class Transfer:
         return self.mode in ACTIVE
 
 
-def plan(host: str, programs: tuple[str, ...] = ("curl", "ftplib", "ftp")) -> list[Transfer]:
-    """Every program, every mode, a RETR and a STOR each."""
+# one of each kind, for the report's matrix (every program, active and passive, both directions)
+QUICK = (("curl", "eprt", "RETR"), ("curl", "port", "STOR"), ("curl", "epsv", "STOR"), ("curl", "pasv", "RETR"),
+         ("ftplib", "active", "STOR"), ("ftplib", "passive", "RETR"), ("ftp", "active", "RETR"),
+         ("ftp", "passive", "STOR"))
+
+
+def plan(host: str, programs: tuple[str, ...] = ("curl", "ftplib", "ftp"),
+         only: tuple[tuple[str, str, str], ...] | None = None) -> list[Transfer]:
+    """Every program, every mode, a RETR and a STOR each; or ``only`` these (program, mode, op)."""
     modes = {"curl": tuple(CURL_MODES), "ftplib": ("active", "passive"), "ftp": ("active", "passive")}
-    return [Transfer(host, p, m, op, "data.bin" if op == "RETR" else f"{host}-{p}-{m}.bin")
-            for p in programs for m in modes[p] for op in ("RETR", "STOR")]
+    chosen = only or tuple((p, m, op) for p in programs for m in modes[p] for op in ("RETR", "STOR"))
+    return [Transfer(host, p, m, op, "data.bin" if op == "RETR" else f"{host}-{p}-{m}.bin") for p, m, op in chosen]
 
 
 def make_files(root: Path, folder: Path, hosts: list[str], size: int = FILE_SIZE, seed: int = 13) -> None:

@@ -79,10 +79,10 @@ class FtpRun:
 
 
 def run_plans(tb, hosts: list[str], target: str, root: Path, folder: Path,
-              programs: tuple[str, ...] = ("curl", "ftplib", "ftp")) -> list[ftp_apps.Transfer]:
-    """Every host's plan at the same time; the transfers, once all are done."""
+              programs: tuple[str, ...] = ("curl", "ftplib", "ftp"), quick: bool = False) -> list[ftp_apps.Transfer]:
+    """Every host's plan at the same time (``quick``: one transfer of each kind); the transfers, once all are done."""
     ftp_apps.make_files(root, folder, hosts)
-    plans = {h: ftp_apps.plan(h, programs) for h in hosts}
+    plans = {h: ftp_apps.plan(h, programs, ftp_apps.QUICK if quick else None) for h in hosts}
     procs = [ftp_apps.start(tb.host(h), plans[h], target, folder) for h in hosts]
     for proc in procs:
         proc.wait(timeout=20 * ftp_apps.TIMEOUT_S)
@@ -90,7 +90,7 @@ def run_plans(tb, hosts: list[str], target: str, root: Path, folder: Path,
 
 
 def run_ipsec(ctx: Context, cell: Cell, group: list[Client], folder: Path, algs: tuple[str, ...] = ("ftp",),
-              programs: tuple[str, ...] = ("curl", "ftplib", "ftp")) -> FtpRun:
+              programs: tuple[str, ...] = ("curl", "ftplib", "ftp"), quick: bool = False) -> FtpRun:
     """The plan inside ``cell``'s SAs, the peer's wire captured, with its keys for tshark."""
     tb = ctx.testbed
     configs, peer = behind_nat(cell, group, algs=algs)
@@ -104,7 +104,7 @@ def run_ipsec(ctx: Context, cell: Cell, group: list[Client], folder: Path, algs:
         stack.enter_context(ftp_apps.ftp_server(tb.host(target_host), target, run.root, run.log))
         intf = f"{cell.peer}-eth0"
         pcaps = stack.enter_context(captures([(tb.host(cell.peer), intf)], folder / "pcap"))
-        run.transfers = run_plans(tb, [c.name for c in group], target, run.root, run.folder, programs)
+        run.transfers = run_plans(tb, [c.name for c in group], target, run.root, run.folder, programs, quick)
         run.statuses = [a.refresh() for a in agents]
         run.keys = peer_agent.run_dir
     run.pcap = pcaps[intf]
@@ -189,7 +189,7 @@ def ftp_matrix(ctx: Context) -> list[ScenarioResult]:
     results = []
     for cell in CELLS:
         with ctx.recorded(f"ftp-{cell.name}") as rec:
-            run = run_ipsec(ctx, cell, members(), rec.folder)
+            run = run_ipsec(ctx, cell, members(), rec.folder, quick=True)
         results += cell_results(rec, cell, run)
     return results
 
@@ -210,7 +210,7 @@ def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
         run = FtpRun([], rec.folder / "ftproot", rec.folder / "clients", rec.folder / "pyftpdlib.log", members())
         run.root.mkdir(parents=True, exist_ok=True)
         with ftp_apps.ftp_server(tb.host("srv1"), srv1, run.root, run.log):
-            run.transfers = run_plans(tb, [c.name for c in run.group], srv1, run.root, run.folder)
+            run.transfers = run_plans(tb, [c.name for c in run.group], srv1, run.root, run.folder, quick=True)
     rewritten = rec.counter_delta("ftp:PORT") + rec.counter_delta("ftp:EPRT")
     mappings = rec.counter_delta("ftp:data-mappings")
     accepted = [r for r in ftp_apps.data_connections(run.log) if r["code"] == "200"]

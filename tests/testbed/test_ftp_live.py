@@ -23,8 +23,10 @@ def _failures(results) -> list[str]:
     return [f"{r.behaviour} {r.scenario}: {r.reason}" for r in results if r.verdict != "pass"]
 
 
-@pytest.mark.parametrize("cell", CELLS, ids=[c.name for c in CELLS])
+@pytest.mark.parametrize("cell", [CELLS[0]], ids=[CELLS[0].name])
 def test_ftp_inside_ipsec_three_clients_behind_one_global_ip_active_and_passive(make_testbed, tmp_path, cell):
+    """The whole plan (every program and mode, both ways) in ESP transport; `natlab demo` (run by
+    test_launchers) runs one transfer of each kind in every cell of the matrix."""
     tb = make_testbed(clients=3, servers=1, globals=1)
     ctx = Context(tb, tmp_path)
     with ctx.recorded(f"ftp-{cell.name}") as rec:
