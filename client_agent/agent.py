@@ -254,7 +254,8 @@ def traversal_of(config: AgentConfig) -> Traversal:
         algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
     traversal = Traversal(config.address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
     if "ftp" in nat.algs and IPPROTO_TCP in traversal.blocks:
-        algs.register(IPPROTO_TCP, FTP_CONTROL_PORT, FtpAlg(traversal.blocks[IPPROTO_TCP], clock=traversal.clock))
+        algs.register(IPPROTO_TCP, FTP_CONTROL_PORT, FtpAlg(traversal.blocks[IPPROTO_TCP], clock=traversal.clock,
+                                                           counters=algs.counters))
     return traversal
 
 

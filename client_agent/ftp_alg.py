@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 from client_agent.compensate import Binding, NotCompensable
 from client_agent.traversal import NoGlobalPort, PortBlock
 from netwire.ftp import data_rewriter, might_be_data_command
-from netwire.tcprewrite import LineRewriter, rewrite_segment
+from netwire.tcprewrite import LineRewriter, PrefixedCounters, rewrite_segment
 
 EXPECT_TIMEOUT_S = 120.0  # curl and ftplib connect within seconds; pyftpdlib gives a data connection 30 s
 MAX_CONTROL_CONNECTIONS = 256  # least recently used forgotten first: bounded state whatever the peers send
@@ -41,7 +41,7 @@ Key = tuple[int, bytes, int]  # (our global port, the server's IP, the server's 
 class _Control:
     """The two directions of one FTP control connection."""
 
-    def __init__(self, rewrite: Callable[[bytes], bytes | None], counters: Counter[str]) -> None:
+    def __init__(self, rewrite: Callable[[bytes], bytes | None], counters: MutableMapping[str, int]) -> None:
         self.out = LineRewriter(rewrite, might_be_data_command, counters=counters)
         self.in_ = LineRewriter(counters=counters)  # replies name the server's address: nothing to rewrite
 
@@ -52,13 +52,16 @@ class FtpAlg:
     name = "ftp"
 
     def __init__(self, block: PortBlock, *, clock: Callable[[], float] = time.monotonic,
-                 expect_timeout: float = EXPECT_TIMEOUT_S, max_connections: int = MAX_CONTROL_CONNECTIONS) -> None:
+                 expect_timeout: float = EXPECT_TIMEOUT_S, max_connections: int = MAX_CONTROL_CONNECTIONS,
+                 counters: MutableMapping[str, int] | None = None) -> None:
+        """``counters``: where to count (the agent passes its ALG registry's, so status.json shows them), as
+        ``ftp:<reason>``."""
         self.block = block
         self.clock = clock
         self.expect_timeout = expect_timeout
         self.max_connections = max_connections
         self.connections: OrderedDict[Key, _Control] = OrderedDict()
-        self.counters: Counter[str] = Counter()
+        self.counters = PrefixedCounters(counters if counters is not None else Counter(), "ftp:")
 
     def outgoing(self, packet: bytes, binding: Binding) -> bytes:
         """Step 813: rewrite PORT/EPRT, move SEQ by what earlier rewrites added, map ACKs of the server's data."""

@@ -19,6 +19,7 @@ Pure: the core's table, pool and flow builders in, Messages out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ from nat_app.translate import rewrite
 from netwire.ethernet import ETH_TYPE_IPV4
 from netwire.ftp import FTP_CONTROL_PORT, data_rewriter, might_be_data_command
 from netwire.ipv4 import IPPROTO_TCP, IPv4Header
-from netwire.tcprewrite import LineRewriter, rewrite_segment
+from netwire.tcprewrite import LineRewriter, PrefixedCounters, rewrite_segment
 
 if TYPE_CHECKING:
     from nat_app.decide import NatCore
@@ -37,18 +38,26 @@ if TYPE_CHECKING:
 EXPECT_IDLE_S = 120  # an offered data mapping unused this long goes (its out flow's idle timeout)
 
 
-class _CoreCounters:
-    """The core's counters under an ``ftp:`` prefix, as the mapping a LineRewriter counts into."""
+class _CoreCounters(MutableMapping[str, int]):
+    """The core's counters (which only ``add``) as the mapping a LineRewriter counts into."""
 
     def __init__(self, core: NatCore) -> None:
         self.core = core
 
     def __getitem__(self, name: str) -> int:
-        return self.core.counters[f"ftp:{name.removeprefix('ftp:')}"]
+        return self.core.counters[name]
 
     def __setitem__(self, name: str, value: int) -> None:
-        key = f"ftp:{name.removeprefix('ftp:')}"
-        self.core.counters.add(key, value - self.core.counters[key])
+        self.core.counters.add(name, value - self.core.counters[name])
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("the NAT's counters only grow")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.core.counters.values))
+
+    def __len__(self) -> int:
+        return len(self.core.counters.values)
 
 
 @dataclass
@@ -62,7 +71,7 @@ class NatFtp:
 
     def __init__(self, core: NatCore) -> None:
         self.core = core
-        self.counters = _CoreCounters(core)
+        self.counters = PrefixedCounters(_CoreCounters(core), "ftp:")
         self.controls: dict[int, _Control] = {}
 
     def base_flows(self) -> list[Message]:

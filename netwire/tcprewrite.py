@@ -30,7 +30,7 @@ and counts why.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 
 from netwire.checksum import apply_difference, internet_checksum, ones_complement_sum
 from netwire.ipv4 import IPPROTO_TCP, TCP_ACK, TCP_CHECKSUM_OFFSET, TCP_FIN, TCP_RST, TCP_SYN
@@ -40,6 +40,34 @@ MAX_LINE = 512  # RFC 959 has no limit; PORT/EPRT lines are under 80 bytes, so a
 TCP_OPT_EOL, TCP_OPT_NOP, TCP_OPT_SACK = 0, 1, 5
 
 Rewrite = Callable[[bytes], "bytes | None"]
+
+
+class PrefixedCounters(MutableMapping[str, int]):
+    """Counters kept under ``prefix`` in another mapping (the agent's ALG counters, the NAT's), for LineRewriter.
+
+    A name missing reads as 0, as in a Counter.
+    """
+
+    def __init__(self, target: MutableMapping[str, int], prefix: str) -> None:
+        self.target, self.prefix = target, prefix
+
+    def _key(self, name: str) -> str:
+        return name if name.startswith(self.prefix) else self.prefix + name
+
+    def __getitem__(self, name: str) -> int:
+        return self.target.get(self._key(name), 0)
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self.target[self._key(name)] = value
+
+    def __delitem__(self, name: str) -> None:
+        del self.target[self._key(name)]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k in list(self.target) if k.startswith(self.prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 class LineRewriter:

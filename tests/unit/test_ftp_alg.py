@@ -44,7 +44,7 @@ def ftp_pair(suite_key: str, mode: Mode, *, alg: bool = True, clock: Clock | Non
     if alg:
         t = client.traversal
         t.algs.register(IPPROTO_TCP, FTP_CONTROL_PORT, FtpAlg(t.blocks[IPPROTO_TCP], clock=t.clock,
-                                                               expect_timeout=60))
+                                                               expect_timeout=60, counters=t.algs.counters))
     return client, peer
 
 
@@ -78,6 +78,7 @@ def test_out_alg_the_server_reads_the_global_address_and_a_block_port_in_port_an
     assert checksum_verifies(bytes(delivered)) and delivered.len == len(bytes(delivered))
     assert client.traversal.blocks[IPPROTO_TCP].lookup(seen.port, 0).private_port == LISTEN_PORT
     assert client.traversal.algs.counters["ftp:out"] == 2
+    assert client.traversal.algs.counters[f"ftp:{command[:4].decode()}"] == 1  # what status.json shows
 
 
 @pytest.mark.parametrize(("suite_key", "mode"), CELLS)
