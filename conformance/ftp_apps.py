@@ -24,6 +24,7 @@ from netwire.ftp import FTP_CONTROL_PORT
 
 FILE_SIZE = 3 * 1024 * 1024  # several MB: thousands of segments through the ALG's connection and the agents
 TIMEOUT_S = 90  # one transfer; a client that hangs on a refused data connection is ended
+CONNECT_TIMEOUT_S = 15  # a control connection that cannot connect (the classic-NAT control) fails in this time
 LISTEN_TIMEOUT_S = 10
 CURL_MODES = {"epsv": "--ftp-pasv", "pasv": "--ftp-pasv --disable-epsv", "eprt": "-P -",
               "port": "-P - --disable-eprt"}
@@ -99,7 +100,8 @@ def _command(t: Transfer, target: str, out: Path) -> str:
     got, upload, log = out / f"{t.key}.got", out / "upload.bin", out / f"{t.key}.log"
     if t.program == "curl":
         what = f"-o {got} ftp://{target}/{t.name}" if t.op == "RETR" else f"-T {upload} ftp://{target}/upload/{t.name}"
-        return f"timeout {TIMEOUT_S} curl -sS -v --max-time {TIMEOUT_S} {CURL_MODES[t.mode]} {what} 2> {log}"
+        return f"timeout {TIMEOUT_S} curl -sS -v --connect-timeout {CONNECT_TIMEOUT_S} --max-time {TIMEOUT_S} " \
+               f"{CURL_MODES[t.mode]} {what} 2> {log}"
     if t.program == "ftplib":
         action = f"--get {t.name} --to {got} --put /dev/null --as unused" if t.op == "RETR" else \
             f"--get data.bin --to /dev/null --put {upload} --as {t.name}"

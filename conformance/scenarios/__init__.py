@@ -8,14 +8,14 @@ from conformance.scenarios.client import (
     client_noverify,
     client_renew,
 )
-from conformance.scenarios.ftp import ftp_cleartext, ftp_matrix, ftp_noalg
+from conformance.scenarios.ftp import ftp_classic, ftp_cleartext, ftp_matrix, ftp_noalg
 from conformance.scenarios.leases import lease_protocol, leased_traffic
 from conformance.scenarios.napt import nat_auto, nat_drop
 
 # The client scenarios come before the lease scenarios, whose long leases would pin h1 to a global IP
 # (CL-SPI: "keeping the same global IP") other than the one the clients' manual-key configs name.
 SCENARIOS = [nat_auto, nat_drop, ftp_cleartext, client_matrix, client_renew, client_controls, client_noalg,
-             client_noverify, ftp_matrix, ftp_noalg, lease_protocol, leased_traffic, client_classic]
+             client_noverify, ftp_matrix, ftp_noalg, lease_protocol, leased_traffic, client_classic, ftp_classic]
 
 # The behaviours each scenario checks: a scenario that crashes reports an error for each of them.
 nat_auto.covers = ("NAT-AUTO",)
@@ -32,3 +32,4 @@ client_noverify.covers = ("CTRL-NOVERIFY",)
 ftp_cleartext.covers = ("NAT-AUTO",)
 ftp_matrix.covers = ("OUT-ALG", "IN-ALG")
 ftp_noalg.covers = ("CTRL-NOALG",)
+ftp_classic.covers = ("CTRL-CLASSIC",)

@@ -79,10 +79,12 @@ class FtpRun:
 
 
 def run_plans(tb, hosts: list[str], target: str, root: Path, folder: Path,
-              programs: tuple[str, ...] = ("curl", "ftplib", "ftp"), quick: bool = False) -> list[ftp_apps.Transfer]:
-    """Every host's plan at the same time (``quick``: one transfer of each kind); the transfers, once all are done."""
+              programs: tuple[str, ...] = ("curl", "ftplib", "ftp"), quick: bool = False,
+              only: tuple[tuple[str, str, str], ...] | None = None) -> list[ftp_apps.Transfer]:
+    """Every host's plan at the same time (``quick``: one transfer of each kind; ``only``: these); the
+    transfers, once all are done."""
     ftp_apps.make_files(root, folder, hosts)
-    plans = {h: ftp_apps.plan(h, programs, ftp_apps.QUICK if quick else None) for h in hosts}
+    plans = {h: ftp_apps.plan(h, programs, only or (ftp_apps.QUICK if quick else None)) for h in hosts}
     procs = [ftp_apps.start(tb.host(h), plans[h], target, folder) for h in hosts]
     for proc in procs:
         proc.wait(timeout=20 * ftp_apps.TIMEOUT_S)
@@ -90,21 +92,24 @@ def run_plans(tb, hosts: list[str], target: str, root: Path, folder: Path,
 
 
 def run_ipsec(ctx: Context, cell: Cell, group: list[Client], folder: Path, algs: tuple[str, ...] = ("ftp",),
-              programs: tuple[str, ...] = ("curl", "ftplib", "ftp"), quick: bool = False) -> FtpRun:
-    """The plan inside ``cell``'s SAs, the peer's wire captured, with its keys for tshark."""
+              programs: tuple[str, ...] = ("curl", "ftplib", "ftp"), quick: bool = False,
+              only: tuple[tuple[str, str, str], ...] | None = None, classic: bool = False) -> FtpRun:
+    """The plan inside ``cell``'s SAs, the peer's wire captured, with its keys for tshark.
+    ``classic``: plain IPsec hosts behind a classic NAT (nothing leased, nothing compensated)."""
     tb = ctx.testbed
-    configs, peer = behind_nat(cell, group, algs=algs)
+    configs, peer = behind_nat(cell, group, algs=algs, classic=classic)
     target_host, target = cell.target
     run = FtpRun([], folder / "ftproot", folder / "clients", folder / "pyftpdlib.log", group)
     run.root.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         peer_agent = stack.enter_context(AgentProcess(tb.host(cell.peer), peer, folder / f"agent-{cell.peer}"))
-        agents = [stack.enter_context(AgentProcess(tb.host(c.name), _with_blocks(cfg, c), folder / f"agent-{c.name}"))
+        agents = [stack.enter_context(AgentProcess(tb.host(c.name), cfg if classic else _with_blocks(cfg, c),
+                                                   folder / f"agent-{c.name}"))
                   for c, cfg in zip(group, configs, strict=True)]
         stack.enter_context(ftp_apps.ftp_server(tb.host(target_host), target, run.root, run.log))
         intf = f"{cell.peer}-eth0"
         pcaps = stack.enter_context(captures([(tb.host(cell.peer), intf)], folder / "pcap"))
-        run.transfers = run_plans(tb, [c.name for c in group], target, run.root, run.folder, programs, quick)
+        run.transfers = run_plans(tb, [c.name for c in group], target, run.root, run.folder, programs, quick, only)
         run.statuses = [a.refresh() for a in agents]
         run.keys = peer_agent.run_dir
     run.pcap = pcaps[intf]
@@ -227,3 +232,43 @@ def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
                        f"FTP ALG; pyftpdlib saw {global_ip} in every PORT/EPRT",
                        "no refused PORT/EPRT, no broken file (SHA-256 at both ends)",
                        cell={"transport": "TCP (FTP)"}, extra_evidence=[run.log])]
+
+
+ACTIVE_ONLY = (("curl", "eprt", "RETR"), ("curl", "port", "STOR"))
+
+
+def ftp_classic(ctx: Context) -> list[ScenarioResult]:
+    """CTRL-CLASSIC with FTP: r1 a Linux masquerade with conntrack's FTP helper, as a home router has it.
+
+    Cleartext active FTP works through it (the helper rewrites PORT/EPRT and
+    expects the data connection); the same transfers inside ESP transport
+    fail: the helper cannot read a PORT inside ESP, and the seed predicts the
+    inner TCP checksum fails at the peer too (nothing compensated it).
+    """
+    tb, srv1, global_ip, group = ctx.testbed, server_ip(1), global_ips(1)[0], clients(1, 1)
+    with ctx.recorded("ftp-classic") as rec:
+        clear = FtpRun([], rec.folder / "clear-root", rec.folder / "clear", rec.folder / "clear-pyftpdlib.log", group)
+        clear.root.mkdir(parents=True, exist_ok=True)
+        with ftp_apps.ftp_server(tb.host("srv1"), srv1, clear.root, clear.log):
+            clear.transfers = run_plans(tb, ["h1"], srv1, clear.root, clear.folder, only=ACTIVE_ONLY)
+        esp = run_ipsec(ctx, CELLS[0], group, rec.folder / "esp", only=ACTIVE_ONLY, classic=True)
+    clear_failed = [w for t in clear.transfers if (w := ftp_apps.judge(t, clear.root, clear.folder)) is not None]
+    clear_accepted = [r for r in ftp_apps.data_connections(clear.log) if r["code"] == "200"]
+    esp_moved = [t.key for t in esp.transfers if ftp_apps.judge(t, esp.root, esp.folder) is None]
+    esp_accepted = [r for r in ftp_apps.data_connections(esp.log) if r["code"] == "200"]
+    checks = [
+        (not clear_failed and len(clear_accepted) == len(clear.transfers)
+         and all(r["ip"] == global_ip for r in clear_accepted),
+         f"cleartext through the helper: {clear_failed[:2]}, accepted {clear_accepted[:3]}"),
+        (not esp_moved and not esp_accepted, f"inside ESP, moved anyway: {esp_moved}, accepted {esp_accepted[:3]}"),
+    ]
+    verdict = rec.result("CTRL-CLASSIC", "ftp", checks,
+                         f"cleartext active FTP through conntrack's FTP helper: {len(clear.transfers)} files whole, "
+                         f"pyftpdlib connected to {global_ip}; inside ESP transport: no file, no data connection",
+                         "the helper cannot read PORT inside ESP, and nobody compensated the inner checksum",
+                         cell={"ipsec": "ESP", "mode": "transport", "transport": "TCP (FTP)"},
+                         extra_evidence=[clear.log, *esp.evidence])
+    return [replace(verdict, control=True)]
+
+
+ftp_classic.classic_nat = True  # the runner gives it a testbed whose r1 is a classic NAT

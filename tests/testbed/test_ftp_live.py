@@ -49,3 +49,11 @@ def test_ftp_in_cleartext_three_clients_through_the_nats_own_ftp_alg(make_testbe
     tb = make_testbed(clients=3, servers=1, globals=1)
     (result,) = ftp.ftp_cleartext(Context(tb, tmp_path))
     assert result.behaviour == "NAT-AUTO" and result.verdict == "pass", result.reason
+
+
+def test_control_classic_nat_with_conntracks_ftp_helper_cleartext_active_works_inside_esp_it_fails(
+        make_testbed, tmp_path):
+    tb = make_testbed(clients=1, servers=1, globals=1, nat="classic")
+    assert 'ct helper set "ftp-std"' in tb.nat_ruleset()
+    (result,) = ftp.ftp_classic(Context(tb, tmp_path))
+    assert result.control and result.verdict == "pass", result.reason or result.positive
