@@ -175,7 +175,7 @@ def judge_in_alg(run: FtpRun) -> list[tuple[bool, str]]:
 def cell_results(rec: Record, cell: Cell, run: FtpRun) -> list[ScenarioResult]:
     """OUT-ALG and IN-ALG of one cell, judged on ``run``."""
     global_ip = run.group[0].global_ip
-    where = {"ipsec": cell.protocol.upper(), "mode": cell.mode, "transport": "TCP (FTP)"}
+    where = {"ipsec": cell.protocol.upper(), "mode": cell.mode, "transport": "TCP"}
     moved = sum(ftp_apps.judge(t, run.root, run.folder) is None for t in run.transfers)
     story = f"{moved} of {len(run.transfers)} transfers of {ftp_apps.FILE_SIZE >> 20} MB whole"
     return [
@@ -205,7 +205,7 @@ def ftp_noalg(ctx: Context) -> list[ScenarioResult]:
     with ctx.recorded("ftp-noalg") as rec:
         run = run_ipsec(ctx, cell, members(1), rec.folder, algs=(), programs=("curl", "ftplib"))
     return [judge_fault(rec, cell_results(rec, cell, run), "CTRL-NOALG", NOALG_FAILS, run.evidence,
-                        cell={"ipsec": "ESP", "mode": "transport", "transport": "TCP (FTP)"})]
+                        cell={"ipsec": "ESP", "mode": "transport", "transport": "TCP"})]
 
 
 def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
@@ -231,7 +231,7 @@ def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
                        f"{len(run.transfers)} FTP transfers from 3 clients, active and passive, through the NAT's own "
                        f"FTP ALG; pyftpdlib saw {global_ip} in every PORT/EPRT",
                        "no refused PORT/EPRT, no broken file (SHA-256 at both ends)",
-                       cell={"transport": "TCP (FTP)"}, extra_evidence=[run.log])]
+                       cell={"transport": "TCP"}, extra_evidence=[run.log])]
 
 
 ACTIVE_ONLY = (("curl", "eprt", "RETR"), ("curl", "port", "STOR"))
@@ -266,7 +266,7 @@ def ftp_classic(ctx: Context) -> list[ScenarioResult]:
                          f"cleartext active FTP through conntrack's FTP helper: {len(clear.transfers)} files whole, "
                          f"pyftpdlib connected to {global_ip}; inside ESP transport: no file, no data connection",
                          "the helper cannot read PORT inside ESP, and nobody compensated the inner checksum",
-                         cell={"ipsec": "ESP", "mode": "transport", "transport": "TCP (FTP)"},
+                         cell={"ipsec": "ESP", "mode": "transport", "transport": "TCP"},
                          extra_evidence=[clear.log, *esp.evidence])
     return [replace(verdict, control=True)]
 
