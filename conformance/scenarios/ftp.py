@@ -210,7 +210,8 @@ def ftp_noalg(ctx: Context) -> list[ScenarioResult]:
 
 def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
     """NAT-AUTO with FTP: three clients, no IPsec, through the NAT's own FTP ALG; data connections fast path."""
-    tb, srv1, global_ip = ctx.testbed, server_ip(1), global_ips(1)[0]
+    tb, srv1 = ctx.testbed, server_ip(1)
+    globals_ = set(tb.table()["globals"])  # each client is paired with one of them (RFC 4787 REQ-2)
     with ctx.recorded("ftp-cleartext") as rec:
         run = FtpRun([], rec.folder / "ftproot", rec.folder / "clients", rec.folder / "pyftpdlib.log", members())
         run.root.mkdir(parents=True, exist_ok=True)
@@ -222,14 +223,16 @@ def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
     failed = [why for t in run.transfers if (why := ftp_apps.judge(t, run.root, run.folder)) is not None]
     checks = [
         (not failed, f"{len(run.transfers) - len(failed)} of {len(run.transfers)} transfers whole: {failed[:2]}"),
-        (len(accepted) >= sum(t.active for t in run.transfers) and all(r["ip"] == global_ip for r in accepted),
-         f"pyftpdlib connected {len(accepted)} data connections to {sorted({r['ip'] for r in accepted})}"),
+        (len(accepted) >= sum(t.active for t in run.transfers)
+         and all(r["ip"] == r["peer"] and r["ip"] in globals_ for r in accepted),
+         f"pyftpdlib connected {len(accepted)} data connections to {sorted({r['ip'] for r in accepted})}, each to "
+         "its control connection's global address"),
         (rewritten >= len(accepted) and mappings > 0, f"the NAT rewrote {rewritten} PORT/EPRT, made {mappings} "
                                                       "data mappings"),
     ]
     return [rec.result("NAT-AUTO", "ftp", checks,
                        f"{len(run.transfers)} FTP transfers from 3 clients, active and passive, through the NAT's own "
-                       f"FTP ALG; pyftpdlib saw {global_ip} in every PORT/EPRT",
+                       "FTP ALG; pyftpdlib saw the client's global address in every PORT/EPRT",
                        "no refused PORT/EPRT, no broken file (SHA-256 at both ends)",
                        cell={"transport": "TCP"}, extra_evidence=[run.log])]
 
