@@ -103,8 +103,7 @@ def _command(t: Transfer, target: str, out: Path) -> str:
         return f"timeout {TIMEOUT_S} curl -sS -v --connect-timeout {CONNECT_TIMEOUT_S} --max-time {TIMEOUT_S} " \
                f"{CURL_MODES[t.mode]} {what} 2> {log}"
     if t.program == "ftplib":
-        action = f"--get {t.name} --to {got} --put /dev/null --as unused" if t.op == "RETR" else \
-            f"--get data.bin --to /dev/null --put {upload} --as {t.name}"
+        action = f"--get {t.name} --to {got}" if t.op == "RETR" else f"--put {upload} --as {t.name}"
         return f"timeout {TIMEOUT_S} {sys.executable} -m conformance.ftp_client --server {target} --{t.mode} " \
                f"{action} > {log} 2>&1"
     verb = f"get {t.name} {got}" if t.op == "RETR" else f"put {upload} upload/{t.name}"

@@ -1,7 +1,7 @@
-"""Python's own ftplib as an FTP client on a testbed host: one session, RETR then STOR, active or passive.
+"""Python's own ftplib as an FTP client on a testbed host: one session, a RETR and/or a STOR, active or passive.
 
-Run in a Mininet host: ``python -m conformance.ftp_client --server IP (--active|--passive) --get NAME
---to PATH --put PATH --as NAME``. ftplib's active mode sends PORT (EPRT for IPv6 only), naming the
+Run in a Mininet host: ``python -m conformance.ftp_client --server IP (--active|--passive) [--get NAME
+--to PATH] [--put PATH --as NAME]``. ftplib's active mode sends PORT (EPRT for IPv6 only), naming the
 address of its control connection's socket: behind the NAT, the private one. Prints one JSON line with
 the replies; exits 1 on any FTP error.
 """
@@ -17,16 +17,20 @@ from pathlib import Path
 TIMEOUT_S = 30
 
 
-def transfer(server: str, active: bool, get: str, to: Path, put: Path, put_as: str) -> dict:
-    """RETR ``get`` into ``to``, then STOR ``put`` as ``upload/put_as``; ftplib's replies for the record."""
+def transfer(server: str, active: bool, get: str | None, to: Path | None, put: Path | None,
+             put_as: str | None) -> dict:
+    """RETR ``get`` into ``to`` and/or STOR ``put`` as ``upload/put_as``; ftplib's replies for the record."""
+    replies = {"active": active}
     with ftplib.FTP(server, timeout=TIMEOUT_S) as ftp:
         ftp.login()
         ftp.set_pasv(not active)
-        with to.open("wb") as out:
-            got = ftp.retrbinary(f"RETR {get}", out.write)
-        with put.open("rb") as data:
-            stored = ftp.storbinary(f"STOR upload/{put_as}", data)
-        return {"retr": got, "stor": stored, "active": active}
+        if get and to:
+            with to.open("wb") as out:
+                replies["retr"] = ftp.retrbinary(f"RETR {get}", out.write)
+        if put and put_as:
+            with put.open("rb") as data:
+                replies["stor"] = ftp.storbinary(f"STOR upload/{put_as}", data)
+    return replies
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--active", action="store_true")
     mode.add_argument("--passive", action="store_true")
-    parser.add_argument("--get", required=True)
-    parser.add_argument("--to", type=Path, required=True)
-    parser.add_argument("--put", type=Path, required=True)
-    parser.add_argument("--as", dest="put_as", required=True)
+    parser.add_argument("--get")
+    parser.add_argument("--to", type=Path)
+    parser.add_argument("--put", type=Path)
+    parser.add_argument("--as", dest="put_as")
     args = parser.parse_args(argv)
     try:
         print(json.dumps(transfer(args.server, args.active, args.get, args.to, args.put, args.put_as)))
