@@ -36,7 +36,7 @@ from pathlib import Path
 from client_agent.agent_cli import AgentProcess
 from conformance import ftp_apps
 from conformance.context import Context, Record
-from conformance.evidence import captures
+from conformance.evidence import captures, tcp_checksum_bad
 from conformance.matrix import CELLS, FIRST_PORT, Cell, Client, behind_nat, clients
 from conformance.results import ScenarioResult
 from conformance.scenarios.client import judge_fault
@@ -50,7 +50,7 @@ NOALG_FAILS = frozenset({"OUT-ALG", "IN-ALG"})
 _TSHARK_FTP = ["-o", "esp.enable_encryption_decode:TRUE", "-o", "tcp.check_checksum:TRUE",
                "-o", "tcp.desegment_tcp_streams:FALSE", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=l",
                "-e", "ip.src", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "ftp.request.command",
-               "-e", "ftp.request.arg", "-e", "tcp.analysis.lost_segment", "-e", "tcp.checksum.status",
+               "-e", "ftp.request.arg", "-e", "tcp.analysis.lost_segment", "-e", "tcp.checksum.status", "-e", "tcp.checksum",
                "-Y", "tcp.port == 21"]
 
 
@@ -126,7 +126,7 @@ def tshark_control(pcap: Path, keys: Path) -> list[dict[str, str]]:
     command = ["tshark", "-n", "-r", str(pcap), *_TSHARK_FTP]
     env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(keys)}
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=True).stdout
-    names = ("src", "sport", "dport", "command", "arg", "lost", "checksum")
+    names = ("src", "sport", "dport", "command", "arg", "lost", "checksum", "checksum_value")
     return [dict(zip(names, line.split("\t"), strict=False)) for line in out.splitlines()]
 
 
@@ -153,7 +153,7 @@ def _tshark_checks(rows: list[dict[str, str]], global_ip: str) -> list[tuple[boo
     named = [parse_data_command(f"{r['command']} {r.get('arg', '')}\r\n".encode()) for r in commands]
     ips = sorted({n.ip if n is not None else "unparsed" for n in named})
     lost = [r for r in rows if r.get("lost")]
-    bad = [r for r in rows if r.get("checksum") == "0"]
+    bad = [r for r in rows if tcp_checksum_bad(r.get("checksum"), r.get("checksum_value", ""))]
     return [
         (bool(commands) and ips == [global_ip], f"tshark: {len(commands)} PORT/EPRT on the peer's wire name {ips}"),
         (not lost, f"tshark: {len(lost)} control segments after a gap ('previous segment not captured')"),
