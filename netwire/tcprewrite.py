@@ -80,6 +80,7 @@ class LineRewriter:
         self.max_line = max_line
         self.map = SeqMap()
         self.next: int | None = None  # unwrapped original position of the next in-order byte
+        self.isn: int | None = None  # the SYN's sequence number
         self.held = b""  # the start of a line that might be rewritten, not yet sent on
         self.at_line_start = False
         self.counters: MutableMapping[str, int] = counters if counters is not None else Counter()
@@ -113,9 +114,14 @@ class LineRewriter:
         return self.map.to_original(unwrap(ack, near)) % SEQ_MOD
 
     def _syn(self, seq: int, payload: bytes) -> tuple[int, bytes]:
-        if self.map.edits:  # a SYN after rewrites: a hostile or confused peer; keep the edits, map it
-            self.counters["syn-after-rewrite"] += 1
+        """A SYN: its retransmission changes nothing; one with a new ISN is a new connection on the same ports
+        (a reused port; the NAT keeps a TCP entry for hours): the old edits would shift it, so they go."""
+        if seq == self.isn:
             return self._seq_out(self.map.to_new(unwrap(seq, self.hold_start))), payload
+        if self.map.edits:
+            self.counters["new-connection"] += 1
+            self.map = SeqMap()
+        self.isn = seq
         self.next, self.held, self.at_line_start = seq + 1 + len(payload), b"", not payload
         if payload:
             self.counters["syn-data-not-inspected"] += 1

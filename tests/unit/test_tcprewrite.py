@@ -169,11 +169,21 @@ def test_hostile_acks_and_syns_from_the_server_never_corrupt_what_the_client_sen
     for ack in acks:
         rewrite_segment(tcp(ack, b"200 ok\r\n", ack=ack, src=SERVER), in_dir, out_dir)
     if syn:
-        in_dir.feed(acks[0] if acks else 0, b"", syn=True)
-        out_dir.feed(12345, b"", syn=True)  # a SYN after a rewrite: mapped, the edits kept
+        in_dir.feed(acks[0] if acks else 0, b"", syn=True)  # the server's SYN touches only its own direction
+        out_dir.feed(999, b"", syn=True)  # the client's SYN again (a retransmission): the edits kept
     assert out_dir.feed(1000, b"PORT 10,0,0,1,4,1\r\n") == first  # a retransmission: the same bytes again
     again = out_dir.feed(1019, b"RETR x\r\n")
     assert again == (1000 + len(first[1]), b"RETR x\r\n")
+
+
+def test_a_new_connection_on_the_same_ports_starts_without_the_old_edits():
+    side = rewriter()
+    side.feed(999, b"", syn=True)
+    side.feed(1000, b"PORT 10,0,0,1,4,1\r\n")
+    assert side.ack_back(1000 + 24) == 1019
+    side.feed(50_000, b"", syn=True)  # a new ISN: a new connection from the same port
+    assert side.feed(50_001, b"USER x\r\n") == (50_001, b"USER x\r\n")
+    assert side.ack_back(50_009) == 50_009 and side.counters["new-connection"] == 1
 
 
 def test_a_segment_beyond_a_gap_is_dropped_and_the_stream_resumes_when_the_gap_is_filled():
