@@ -23,7 +23,7 @@ from conformance.apps import ROOT, Service
 from netwire.ftp import FTP_CONTROL_PORT
 
 FILE_SIZE = 3 * 1024 * 1024  # several MB: thousands of segments through the ALG's connection and the agents
-TIMEOUT_S = 90  # one transfer; a client that hangs on a refused data connection is ended
+TIMEOUT_S = 45  # one transfer of a few MB takes seconds; a client left waiting for a data connection is ended
 CONNECT_TIMEOUT_S = 15  # a control connection that cannot connect (the classic-NAT control) fails in this time
 LISTEN_TIMEOUT_S = 10
 CURL_MODES = {"epsv": "--ftp-pasv", "pasv": "--ftp-pasv --disable-epsv", "eprt": "-P -",
