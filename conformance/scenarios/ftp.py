@@ -46,6 +46,7 @@ from topo.natlab import global_ips, server_ip
 
 TCP_BLOCK = 40  # a transfer takes a global port (a passive session two); 40 + 4 + 1 SPI stay under the 64-lease quota
 UDP_BLOCK = 4
+FTP_FIRST_PORT = FIRST_PORT + 1000  # clear of the matrix's blocks; below Linux's ephemeral range too
 NOALG_FAILS = frozenset({"OUT-ALG", "IN-ALG"})
 _TSHARK_FTP = ["-o", "esp.enable_encryption_decode:TRUE", "-o", "tcp.check_checksum:TRUE",
                "-o", "tcp.desegment_tcp_streams:FALSE", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=l",
@@ -55,8 +56,11 @@ _TSHARK_FTP = ["-o", "esp.enable_encryption_decode:TRUE", "-o", "tcp.check_check
 
 
 def members(count: int = 3, globals_: int = 1) -> list[Client]:
-    """Clients with TCP blocks big enough for the whole plan without waiting for idle ports to be reclaimed."""
-    return [replace(c, ports=(FIRST_PORT + i * TCP_BLOCK, FIRST_PORT + (i + 1) * TCP_BLOCK - 1))
+    """Clients with TCP blocks big enough for the whole plan without waiting for idle ports to be reclaimed.
+
+    The blocks lie beyond the matrix's (conformance.matrix.FIRST_PORT onwards): a port another client released
+    rests for the NAT's quarantine (RFC 6888 REQ-8), and the report runs these scenarios right after those."""
+    return [replace(c, ports=(FTP_FIRST_PORT + i * TCP_BLOCK, FTP_FIRST_PORT + (i + 1) * TCP_BLOCK - 1))
             for i, c in enumerate(clients(count, globals_))]
 
 
