@@ -212,15 +212,16 @@ def ftp_noalg(ctx: Context) -> list[ScenarioResult]:
                         cell={"ipsec": "ESP", "mode": "transport", "transport": "TCP"})]
 
 
-def ftp_cleartext(ctx: Context) -> list[ScenarioResult]:
-    """NAT-AUTO with FTP: three clients, no IPsec, through the NAT's own FTP ALG; data connections fast path."""
+def ftp_cleartext(ctx: Context, quick: bool = True) -> list[ScenarioResult]:
+    """NAT-AUTO with FTP: three clients, no IPsec, through the NAT's own FTP ALG; data connections fast path.
+    ``quick``: one transfer of each kind per client (the report), else every program, mode and direction."""
     tb, srv1 = ctx.testbed, server_ip(1)
     globals_ = set(tb.table()["globals"])  # each client is paired with one of them (RFC 4787 REQ-2)
     with ctx.recorded("ftp-cleartext") as rec:
         run = FtpRun([], rec.folder / "ftproot", rec.folder / "clients", rec.folder / "pyftpdlib.log", members())
         run.root.mkdir(parents=True, exist_ok=True)
         with ftp_apps.ftp_server(tb.host("srv1"), srv1, run.root, run.log):
-            run.transfers = run_plans(tb, [c.name for c in run.group], srv1, run.root, run.folder, quick=True)
+            run.transfers = run_plans(tb, [c.name for c in run.group], srv1, run.root, run.folder, quick=quick)
     rewritten = rec.counter_delta("ftp:PORT") + rec.counter_delta("ftp:EPRT")
     mappings = rec.counter_delta("ftp:data-mappings")
     accepted = [r for r in ftp_apps.data_connections(run.log) if r["code"] == "200"]

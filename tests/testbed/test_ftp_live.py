@@ -47,7 +47,7 @@ def test_control_without_the_client_ftp_alg_exactly_out_alg_and_in_alg_fail(make
 
 def test_ftp_in_cleartext_three_clients_through_the_nats_own_ftp_alg(make_testbed, tmp_path):
     tb = make_testbed(clients=3, servers=1, globals=1)
-    (result,) = ftp.ftp_cleartext(Context(tb, tmp_path))
+    (result,) = ftp.ftp_cleartext(Context(tb, tmp_path), quick=False)
     assert result.behaviour == "NAT-AUTO" and result.verdict == "pass", result.reason
 
 
