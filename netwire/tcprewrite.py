@@ -99,6 +99,9 @@ class LineRewriter:
             self.next, self.at_line_start = seq, False
             self.counters["joined-mid-stream"] += 1
         u = unwrap(seq, self.next)
+        if self.rewrite is None and not self.map.edits:  # nothing to rewrite here: no lines to track, no gaps
+            self.next = max(self.next, u + len(payload))
+            return seq, payload
         if rst:
             return self._seq_out(self.map.to_new(min(u, self.hold_start))), payload
         if u > self.next:

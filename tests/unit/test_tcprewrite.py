@@ -195,6 +195,15 @@ def test_a_segment_beyond_a_gap_is_dropped_and_the_stream_resumes_when_the_gap_i
     assert side.feed(100 + 21, b"x\r\nPORT 10,0,0,1,4,1\r\n")[1] == b"x\r\nPORT 203,0,113,1,78,33\r\n"
 
 
+def test_a_direction_with_nothing_to_rewrite_passes_everything_even_beyond_a_gap():
+    """The server's direction of the client's ALG: a lost reply must not stall the segments after it."""
+    side = LineRewriter(counters=Counter())
+    side.feed(99, b"", syn=True)
+    assert side.feed(150, b"226 Transfer complete.\r\n") == (150, b"226 Transfer complete.\r\n")
+    assert side.feed(100, b"150 Opening data connection.\r\n") == (100, b"150 Opening data connection.\r\n")
+    assert not side.counters
+
+
 def test_a_stream_joined_in_the_middle_is_not_rewritten_before_its_first_line_end():
     side = rewriter()
     assert side.feed(5000, b",0,0,1,4,1\r\n")[1] == b",0,0,1,4,1\r\n"  # maybe the tail of a PORT: unknown
