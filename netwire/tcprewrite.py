@@ -100,7 +100,7 @@ class LineRewriter:
             self.counters["joined-mid-stream"] += 1
         u = unwrap(seq, self.next)
         if self.rewrite is None and not self.map.edits:  # nothing to rewrite here: no lines to track, no gaps
-            self.next = max(self.next, u + len(payload))
+            self.next = max(self.next, u + len(payload) + fin)
             return seq, payload
         if rst:
             return self._seq_out(self.map.to_new(min(u, self.hold_start))), payload
@@ -140,6 +140,8 @@ class LineRewriter:
                 self.counters["retransmission"] += 1
         if end > self.next or (fin and end == self.next and self.held):
             out += self._advance(payload[self.next - u:], fin)
+        if fin and end == self.next:  # the FIN takes a sequence number of its own (RFC 9293 section 3.4)
+            self.next += 1
         return self._seq_out(self.map.to_new(first)), bytes(out)
 
     def _replay(self, u: int, stop: int, payload: bytes) -> bytes:

@@ -195,6 +195,19 @@ def test_a_segment_beyond_a_gap_is_dropped_and_the_stream_resumes_when_the_gap_i
     assert side.feed(100 + 21, b"x\r\nPORT 10,0,0,1,4,1\r\n")[1] == b"x\r\nPORT 203,0,113,1,78,33\r\n"
 
 
+@pytest.mark.parametrize("rewrites", [True, False])
+def test_the_acks_after_a_fin_pass_and_keep_their_shift(rewrites):
+    """The FIN takes a sequence number: the client's last ACK (seq = FIN + 1) is no segment beyond a gap."""
+    side = rewriter() if rewrites else LineRewriter(counters=Counter())
+    side.feed(99, b"", syn=True)
+    shift = 5 if rewrites else 0
+    assert side.feed(100, b"PORT 10,0,0,1,4,1\r\n")[0] == 100
+    assert side.feed(119, b"QUIT\r\n", fin=True) == (119 + shift, b"QUIT\r\n")
+    assert side.feed(126, b"") == (126 + shift, b"")  # the ACK of the server's FIN
+    assert side.feed(119, b"QUIT\r\n", fin=True) == (119 + shift, b"QUIT\r\n")  # the FIN again
+    assert side.feed(126, b"") == (126 + shift, b"") and not side.counters["out-of-order-dropped"]
+
+
 def test_a_direction_with_nothing_to_rewrite_passes_everything_even_beyond_a_gap():
     """The server's direction of the client's ALG: a lost reply must not stall the segments after it."""
     side = LineRewriter(counters=Counter())
