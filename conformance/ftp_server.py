@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
-from pyftpdlib.servers import FTPServer
+from pyftpdlib.servers import ThreadedFTPServer
 
 from netwire.ftp import FTP_CONTROL_PORT
 
@@ -33,14 +33,19 @@ class LoggingHandler(FTPHandler):
     log_cmds_list = [*FTPHandler.log_cmds_list, "PORT", "EPRT", "PASV", "EPSV"]
 
 
-def server(bind: str, root: Path, port: int = FTP_CONTROL_PORT) -> FTPServer:
-    """Anonymous may list and read ``root`` and also write into ``root/upload``."""
+def server(bind: str, root: Path, port: int = FTP_CONTROL_PORT) -> ThreadedFTPServer:
+    """Anonymous may list and read ``root`` and also write into ``root/upload``.
+
+    One thread (and I/O loop) per session: with the single-loop server, an active-mode upload now and then
+    stopped being read under three concurrent clients (the server's receive window stayed 0 until the
+    client gave up, its control connection clean), which is the server's business, not the NAT's.
+    """
     (root / UPLOAD).mkdir(parents=True, exist_ok=True)
     authorizer = DummyAuthorizer()
     authorizer.add_anonymous(str(root), perm="elr")
     authorizer.override_perm(ANONYMOUS, str(root / UPLOAD), perm="elrw", recursive=True)
     handler = type("Handler", (LoggingHandler,), {"authorizer": authorizer, "banner": "natlab pyftpdlib"})
-    return FTPServer((bind, port), handler)
+    return ThreadedFTPServer((bind, port), handler)
 
 
 def _interrupt(_signum: int, _frame: object) -> None:
