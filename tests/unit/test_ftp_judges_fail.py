@@ -62,14 +62,17 @@ def test_out_alg_fails_for_a_port_outside_the_block_or_another_address_or_an_emp
 @pytest.mark.parametrize(("rows", "why"), [
     ([{"command": "PORT", "arg": "10,0,0,1,175,200"}], "private address"),
     ([{"command": "EPRT", "arg": "|1|10.0.0.1|45000|"}], "private address"),
-    ([{"command": "PORT", "arg": "203,0,113,1,78,32"}, {"lost": "1"}], "a gap"),
+    ([{"command": "PORT", "arg": "203,0,113,1,78,32"}, {"lost": "1", "stream": "3"}], "a gap"),
+    ([{"command": "PORT", "arg": "203,0,113,1,78,32"}, {"lost": "1", "stream": "3"}, {"acked_unseen": "1",
+                                                                                      "stream": "4"}], "a gap"),
     ([{"command": "PORT", "arg": "203,0,113,1,78,32", "checksum": "0"}], "bad checksum"),
     ([], "nothing seen"),
 ])
 def test_tshark_checks_fail_on_a_private_address_a_gap_a_bad_checksum_or_nothing(rows, why):
     assert not passed(_tshark_checks(rows, GLOBAL)), why
     good = [{"command": "PORT", "arg": "203,0,113,1,78,32", "checksum": "1"},
-            {"command": "EPRT", "arg": "|1|203.0.113.1|20001|"}]
+            {"command": "EPRT", "arg": "|1|203.0.113.1|20001|"},
+            {"lost": "1", "stream": "7"}, {"acked_unseen": "1", "stream": "7"}]  # tcpdump missed it, TCP did not
     assert passed(_tshark_checks(good, GLOBAL))
 
 
