@@ -58,6 +58,7 @@ from client_agent.agent_leases import (
 )
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
 from client_agent.datapath import Datapath
+from client_agent.ftp_alg import FtpAlg
 from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
 from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import SAState
@@ -65,7 +66,8 @@ from client_agent.lease_client import LeaseClient
 from client_agent.raw import RawReceiver, RawSender
 from client_agent.traversal import Traversal
 from client_agent.tun import Tun
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
+from netwire.ftp import FTP_CONTROL_PORT
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP
 
 STATUS_NAME = "status.json"
 CONF = Path("/proc/sys/net/ipv4/conf")
@@ -296,7 +298,11 @@ def traversal_of(config: AgentConfig) -> Traversal:
     algs = AlgRegistry()
     if "address-text" in nat.algs:
         algs.register(IPPROTO_UDP, TEST_ALG_PORT, AddressTextAlg())
-    return Traversal(address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+    traversal = Traversal(address, nat.global_ip, nat.ports, algs=algs, compensate=nat.compensate)
+    if "ftp" in nat.algs and IPPROTO_TCP in traversal.blocks:
+        algs.register(IPPROTO_TCP, FTP_CONTROL_PORT, FtpAlg(traversal.blocks[IPPROTO_TCP], clock=traversal.clock,
+                                                           counters=algs.counters))
+    return traversal
 
 
 def _ike_protocols(config: AgentConfig) -> set[int]:

@@ -49,7 +49,7 @@ compensates (:mod:`client_agent.traversal`)::
     lifetime = 120                   # optional: requested lease lifetime, s (renewed at 1/2-5/8, RFC 6887 11.2.1)
     lease_timeout = 10               # optional: how long startup waits for every lease, s
     compensate = true                # optional: false is the control (leases, but no compensation)
-    algs = ["address-text"]          # optional: client ALGs to run (client_agent.alg)
+    algs = ["address-text", "ftp"]   # optional: client ALGs to run (client_agent.alg, client_agent.ftp_alg)
 
 Every port of a block is one PEER lease per peer: the NAT's default quota is
 64 leases per client (16 TCP + 16 UDP ports to one peer, plus the SPIs, fit).
@@ -100,7 +100,7 @@ _SA_FIELDS = {
 }
 _NAT_FIELDS = {"global_ip", "tcp_ports", "udp_ports", "server", "lifetime", "lease_timeout", "compensate", "algs"}
 DEFAULT_LEASE_SERVER = GATEWAY_IP  # the testbed's gateway
-KNOWN_ALGS = ("address-text",)
+KNOWN_ALGS = ("address-text", "ftp")
 _POLICY_FIELDS = {"name", "src", "dst", "protocol", "src_ports", "dst_ports", "action", "outbound", "inbound"}
 
 

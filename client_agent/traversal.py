@@ -96,6 +96,18 @@ class PortBlock:
         self._last_used[_port(binding.global_port)] = now
         return binding
 
+    def expect(self, private_port: int, now: float, timeout: float) -> Binding:
+        """The binding of ``private_port`` for a connection the far end will open (an FTP ALG's PORT/EPRT).
+
+        If nothing comes, it is reclaimable ``timeout`` after now instead of
+        after the idle timeout: the block is small and such offers often go
+        unanswered (a failed transfer, a client that gave up).
+        """
+        binding = self._by_private.get(private_port) or self._new(private_port, now)
+        at = binding.global_port
+        self._last_used[at] = max(self._last_used.get(at, now - self.idle_timeout), now - self.idle_timeout + timeout)
+        return binding
+
     def lookup(self, global_port: int, now: float) -> Binding | None:
         """The binding an incoming packet for ``global_port`` belongs to (step 824), if any."""
         binding = self._by_global.get(global_port)

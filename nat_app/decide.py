@@ -21,6 +21,7 @@ from typing import Any
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
+from nat_app.ftp_alg import NatFtp
 from nat_app.gpn import Definition, GpnSpace
 from nat_app.lease_server import LeaseServer, Origin
 from nat_app.messages import (
@@ -108,6 +109,7 @@ class NatCore:
                          ports_per_host=self.config.napt_ports_per_host)
         self.leases = LeaseServer(self.config, self.table, self.pool, self.counters, now)
         self.client_alg = ClientAlgPaths(self.config, self.table)
+        self.ftp = NatFtp(self)  # the NAT's own FTP ALG (NAT-AUTO), on the slow path
         self._slow_triples: dict[Triple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
@@ -132,6 +134,7 @@ class NatCore:
                                 "ipv4_dst": c.gateway_ip, "udp_dst": pcp.SERVER_PORT}, (ToController(),)),
             *(AddFlow(PRIO_PUNT, {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
                                   "icmpv4_type": t}, (ToController(),)) for t in sorted(ICMP_ERROR_TYPES)),
+            *self.ftp.base_flows(),
             AddFlow(PRIO_OUTSIDE_DROP, {"in_port": c.outside_port}, ()),
             AddFlow(PRIO_TABLE_MISS, {}, (ToController(),)),
         ]
@@ -287,6 +290,9 @@ class NatCore:
         if mac is None:
             return msgs
         entry = self.table.lookup_out(ip.protocol, ip.src, transport.src_port, ip.dst)
+        ftp = self._ftp_outbound(entry, packet, ip, transport, eth, mac, now)
+        if ftp is not None:
+            return msgs + ftp
         if entry is None and ip.protocol == IPPROTO_ICMP:
             entry = self._icmp_host_pair_entry(ip.src, ip.dst)
         if entry is None:
@@ -297,6 +303,18 @@ class NatCore:
             demoted = any(isinstance(m, DeleteFlows) for m in msgs)
             return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
         return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
+
+    def _ftp_outbound(self, entry: Entry | None, packet: bytes, ip: IPv4Header, transport: Transport,
+                      eth: EthernetHeader, mac: str, now: float) -> list[Message] | None:
+        """A cleartext FTP control connection's segment, for the NAT's own FTP ALG (NAT-AUTO); None: not one."""
+        msgs: list[Message] = []
+        if entry is None and self.ftp.is_control(ip.protocol, transport.dst_port):
+            entry, msgs = self.ftp.new_control(ip, transport.src_port, now)
+            if entry is None:
+                return msgs
+        if entry is not None and self.ftp.owns(entry):
+            return msgs + self.ftp.outbound(entry, packet, eth.src, mac, now)
+        return None
 
     def _new_napt_entry(self, packet: bytes, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
@@ -441,6 +459,8 @@ class NatCore:
         mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
         if mac is None:
             return msgs
+        if self.ftp.owns(entry):
+            return self.ftp.inbound(entry, packet, mac, now)
         if entry.path is DataPath.FAST:  # raced its flow: send it the same way
             return [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
         entry.slow_packets += 1
@@ -521,7 +541,7 @@ class NatCore:
         """Remove an entry with its flows, and free what it held."""
         if not removed:
             self.table.remove(entry.id)
-        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
+        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else self.ftp.forget(entry)
         if entry.protocol in _PORT_FIELDS and entry.private_gpn is not None:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
                                       leased=entry.kind is EntryKind.CLIENT_ALG)

@@ -114,11 +114,15 @@ class ClassicNatRouter(NatlabHost):
         return result
 
     def _masquerade(self, outside: str) -> None:
-        """One nat table, one postrouting chain, one rule: what a home router does."""
+        """One nat table, one postrouting chain, one rule: what a home router does; and, as a home router has
+        it, conntrack's FTP helper on TCP port 21 (no longer attached by default: it must be assigned)."""
         nft = shutil.which("nft") or "/usr/sbin/nft"
         self._run(f"{nft} add table ip {NFT_TABLE}")
         self._run(f"{nft} 'add chain ip {NFT_TABLE} postrouting {{ type nat hook postrouting priority srcnat; }}'")
         self._run(f"{nft} add rule ip {NFT_TABLE} postrouting oifname {outside} masquerade")
+        self._run(f"{nft} 'add ct helper ip {NFT_TABLE} ftp-std {{ type \"ftp\" protocol tcp; }}'")
+        self._run(f"{nft} 'add chain ip {NFT_TABLE} helpers {{ type filter hook prerouting priority filter; }}'")
+        self._run(f"{nft} add rule ip {NFT_TABLE} helpers tcp dport 21 ct helper set '\"ftp-std\"'")
 
     def _run(self, command: str) -> str:
         """Run ``command`` in the namespace; raise with its output if it fails."""

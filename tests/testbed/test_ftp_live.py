@@ -1,0 +1,59 @@
+"""Real FTP across the NAT (issue 13), through the conformance scenarios of conformance/scenarios/ftp.py.
+
+Inside IPsec (the client's FTP ALG, steps 813 and 822), every matrix cell,
+and in cleartext (the NAT's own FTP ALG, NAT-AUTO), three clients behind one
+global IP at once run curl, ftplib and Debian's ``ftp``, actively and
+passively, moving files of several MB both ways. The judges are the
+scenarios': SHA-256 at both ends, pyftpdlib's log of each data connection's
+address, tshark's FTP dissector on the peer's decrypted capture. The control:
+the clients' FTP ALG off fails exactly OUT-ALG and IN-ALG (the server refuses
+the private address), passive FTP still works.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance.context import Context
+from conformance.matrix import CELLS
+from conformance.scenarios import ftp
+
+
+def _failures(results) -> list[str]:
+    return [f"{r.behaviour} {r.scenario}: {r.reason}" for r in results if r.verdict != "pass"]
+
+
+@pytest.mark.parametrize("cell", [CELLS[0]], ids=[CELLS[0].name])
+def test_ftp_inside_ipsec_three_clients_behind_one_global_ip_active_and_passive(make_testbed, tmp_path, cell):
+    """The whole plan (every program and mode, both ways) in ESP transport; `natlab demo` (run by
+    test_launchers) runs one transfer of each kind in every cell of the matrix."""
+    tb = make_testbed(clients=3, servers=1, globals=1)
+    ctx = Context(tb, tmp_path)
+    with ctx.recorded(f"ftp-{cell.name}") as rec:
+        run = ftp.run_ipsec(ctx, cell, ftp.members(), rec.folder)
+    results = ftp.cell_results(rec, cell, run)
+    assert {r.behaviour for r in results} == {"OUT-ALG", "IN-ALG"}
+    assert not _failures(results), "\n".join(_failures(results))
+    for status in run.statuses:
+        algs = status["nat"]["algs"]
+        assert algs.get("ftp:out", 0) > 0 and algs.get("ftp:in", 0) > 0, algs
+
+
+def test_control_without_the_client_ftp_alg_exactly_out_alg_and_in_alg_fail(make_testbed, tmp_path):
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    (result,) = ftp.ftp_noalg(Context(tb, tmp_path))
+    assert result.control and result.verdict == "pass", result.reason or result.positive
+
+
+def test_ftp_in_cleartext_three_clients_through_the_nats_own_ftp_alg(make_testbed, tmp_path):
+    tb = make_testbed(clients=3, servers=1, globals=1)
+    (result,) = ftp.ftp_cleartext(Context(tb, tmp_path), quick=False)
+    assert result.behaviour == "NAT-AUTO" and result.verdict == "pass", result.reason
+
+
+def test_control_classic_nat_with_conntracks_ftp_helper_cleartext_active_works_inside_esp_it_fails(
+        make_testbed, tmp_path):
+    tb = make_testbed(clients=1, servers=1, globals=1, nat="classic")
+    assert 'ct helper set "ftp-std"' in tb.nat_ruleset()
+    (result,) = ftp.ftp_classic(Context(tb, tmp_path))
+    assert result.control and result.verdict == "pass", result.reason or result.positive
