@@ -29,7 +29,7 @@ from os_ken.ofproto import ofproto_v1_3
 from nat_app import state
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
-from nat_app.flows import to_openflow
+from nat_app.flows import to_openflow, to_openflow_all
 from nat_app.messages import AddFlow, Barrier, DeleteFlows, PacketOut, priority_band
 from nat_app.savi import SaviCore
 from nat_app.store import Store
@@ -217,7 +217,8 @@ class NatApp(app_manager.OSKenApp):
             if getattr(message, "delay", 0):
                 hub.spawn_after(message.delay, dp.send_msg, to_openflow(dp, message))
             else:
-                dp.send_msg(to_openflow(dp, message))
+                for of_message in to_openflow_all(dp, message):
+                    dp.send_msg(of_message)
 
     # --------------------------------------------------- clock and control
 

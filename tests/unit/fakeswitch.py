@@ -13,7 +13,18 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from nat_app.decide import NatCore
-from nat_app.messages import AddFlow, Barrier, DecTtl, DeleteFlows, Output, PacketOut, SetField, ToController
+from nat_app.messages import (
+    PORT_IN_PORT,
+    AddFlow,
+    Barrier,
+    DecTtl,
+    DeleteFlows,
+    Output,
+    PacketOut,
+    SetField,
+    SetMeter,
+    ToController,
+)
 from nat_app.savi import SaviCore
 
 _L4 = {"tcp_src": (TCP, "sport"), "tcp_dst": (TCP, "dport"), "udp_src": (UDP, "sport"), "udp_dst": (UDP, "dport")}
@@ -33,17 +44,21 @@ class FakeSwitch:
         self.packet_ins = 0
         self.barriers = 0
         self.delays: list[float] = []
+        self.meters: dict[int, SetMeter] = {}
         self.apply(core.switch_connected(now), now)
 
     def apply(self, messages, now: float = 0.0) -> None:
         for m in messages:
             if isinstance(m, AddFlow):
+                assert m.meter is None or m.meter in self.meters, f"flow uses undefined meter {m.meter}"
                 self.flows = [f for f in self.flows if (f.msg.priority, f.msg.match) != (m.priority, m.match)]
                 self.flows.append(Flow(m))
             elif isinstance(m, DeleteFlows):
                 self.flows = [f for f in self.flows if m.cookie is not None and f.msg.cookie != m.cookie]
             elif isinstance(m, Barrier):
                 self.barriers += 1
+            elif isinstance(m, SetMeter):
+                self.meters[m.meter_id] = m
             elif isinstance(m, PacketOut):
                 if m.delay:
                     self.delays.append(m.delay)
@@ -98,7 +113,8 @@ class FakeSwitch:
                     for layer in (IP, TCP, UDP, ICMP):
                         if layer in pkt:
                             del pkt[layer].chksum
-                self.out.setdefault(a.port, []).append(bytes(pkt))
+                port = in_port if a.port == PORT_IN_PORT else a.port
+                self.out.setdefault(port, []).append(bytes(pkt))
 
 
 def match_fields(in_port: int, frame: bytes) -> dict:
