@@ -20,6 +20,7 @@ import random
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
+from nat_app.fragments import IP_FRAG_ANY, Fragments
 from nat_app.gpn import UDP_KEYED, Definition
 from nat_app.hairpin import hairpin, is_hairpin
 from nat_app.lease_server import LeaseServer, Origin
@@ -110,6 +111,7 @@ class NatCore:
                          ports_per_host=self.config.napt_ports_per_host)
         self.leases = LeaseServer(self.config, self.table, self.pool, self.counters, now)
         self.client_alg = ClientAlgPaths(self.config, self.table)
+        self.fragments = Fragments(self.counters)
         self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
@@ -138,6 +140,7 @@ class NatCore:
         c = self.config
         return [
             AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_ARP}, (ToController(),)),
+            AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_IPV4, "ip_frag": IP_FRAG_ANY}, (ToController(),)),
             AddFlow(PRIO_PUNT, {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_UDP,
                                 "ipv4_dst": c.gateway_ip, "udp_dst": pcp.SERVER_PORT}, (ToController(),)),
             *(AddFlow(PRIO_PUNT, {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
@@ -160,17 +163,27 @@ class NatCore:
             if ip.total_len > len(packet):
                 raise MalformedPacket("IPv4 total length beyond the frame")
             packet = packet[: ip.total_len]
-            if in_port == self.config.inside_port:
-                if self._access_port(eth.src, ip.src) is None:
-                    return self._drop("savi-unbound")
-                if self.config.is_inside(ip.src):
-                    self.neighbours.learn(ip.src, eth.src)
-                return self._outbound(frame, eth, packet, ip, now)
-            if in_port == self.config.outside_port:
-                return self._inbound(frame, packet, ip, now)
-            return self._drop("unknown-port")
+            if ip.is_fragment:  # RFC 4787 REQ-14: translated fragment by fragment (nat_app/fragments.py)
+                frame = frame[: ETH_HEADER_LEN + ip.total_len]
+                return self.fragments.handle(in_port, frame, ip, packet, now,
+                                             lambda: self._route(in_port, frame, eth, packet, ip, now),
+                                             lambda: self.counters["waiting_for_arp"])
+            return self._route(in_port, frame, eth, packet, ip, now)
         except MalformedPacket:
             return self._drop("malformed")
+
+    def _route(self, in_port: int, frame: bytes, eth: EthernetHeader, packet: bytes, ip: IPv4Header,
+               now: float) -> list[Message]:
+        """An IPv4 packet (or a first fragment) by the side it came from."""
+        if in_port == self.config.inside_port:
+            if self._access_port(eth.src, ip.src) is None:
+                return self._drop("savi-unbound")
+            if self.config.is_inside(ip.src):
+                self.neighbours.learn(ip.src, eth.src)
+            return self._outbound(frame, eth, packet, ip, now)
+        if in_port == self.config.outside_port:
+            return self._inbound(frame, packet, ip, now)
+        return self._drop("unknown-port")
 
     def flow_removed(self, cookie: int, now: float) -> list[Message]:
         """A flow of an entry went (idle timeout or deletion): the entry goes too."""
@@ -187,6 +200,7 @@ class NatCore:
             self.counters.add("entries_expired")
             msgs += self._forget(entry, now, removed=True)
         self.leases.expire(now)
+        self.fragments.expire(now)
         return msgs
 
     def set_bypass(self, on: bool) -> list[Message]:
@@ -269,13 +283,13 @@ class NatCore:
             return self._drop("spoofed-source")
         if ip.dst == c.gateway_ip and ip.protocol == IPPROTO_UDP and not ip.is_fragment:
             return self._lease_request(eth, packet, ip, now)
-        if is_hairpin(self, ip) and not ip.is_fragment:
+        if is_hairpin(self, ip) and not ip.fragment_offset:
             return hairpin(self, frame, eth, packet, ip, now)
         if c.is_inside(ip.dst) or ip.dst in c.globals:
             return self._drop("not-routed")  # the router itself answers nothing
         if not c.is_outside(ip.dst):
             return self._drop("no-route")
-        if ip.is_fragment:
+        if ip.fragment_offset:  # later fragments never come here (nat_app/fragments.py)
             return self._drop("fragment")
         if ip.ttl <= 1:
             return self._drop("ttl-expired")
@@ -434,7 +448,7 @@ class NatCore:
             return self._drop("not-a-global-address")
         if ip.src in c.globals:  # only hairpinning sends from a global address, and it never leaves r1
             return self._drop("spoofed-global-source")
-        if ip.is_fragment:
+        if ip.fragment_offset:  # later fragments never come here (nat_app/fragments.py)
             return self._drop("fragment")
         if ip.ttl <= 1:
             return self._drop("ttl-expired")

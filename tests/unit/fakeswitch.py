@@ -69,7 +69,7 @@ class FakeSwitch:
     def receive(self, in_port: int, frame: bytes, now: float = 0.0) -> None:
         """A frame arrives at r1 on ``in_port``."""
         fields = match_fields(in_port, frame)
-        candidates = [f for f in self.flows if all(fields.get(k) == v for k, v in f.msg.match.items())]
+        candidates = [f for f in self.flows if all(_matches(fields.get(k), v) for k, v in f.msg.match.items())]
         if not candidates:
             return
         flow = max(candidates, key=lambda f: f.msg.priority)
@@ -124,7 +124,10 @@ def match_fields(in_port: int, frame: bytes) -> dict:
         return {**f, "arp_spa": pkt[ARP].psrc, "arp_sha": pkt[ARP].hwsrc, "arp_op": pkt[ARP].op}
     if IP in pkt:
         ip = pkt[IP]
-        f.update(ip_proto=ip.proto, ipv4_src=ip.src, ipv4_dst=ip.dst)
+        f.update(ip_proto=ip.proto, ipv4_src=ip.src, ipv4_dst=ip.dst,
+                 ip_frag=(1 if ip.frag or ip.flags.MF else 0) | (2 if ip.frag else 0))
+        if f["ip_frag"]:
+            return f  # OVS's "normal" frag handling: no L4 fields for any fragment
         if TCP in pkt:
             f.update(tcp_src=pkt[TCP].sport, tcp_dst=pkt[TCP].dport)
         elif UDP in pkt:
@@ -132,6 +135,13 @@ def match_fields(in_port: int, frame: bytes) -> dict:
         elif ICMP in pkt:
             f.update(icmpv4_type=pkt[ICMP].type)
     return f
+
+
+def _matches(value, wanted) -> bool:
+    """A match field: exact, or (value, mask) as os-ken takes masked fields."""
+    if isinstance(wanted, tuple):
+        return value is not None and value & wanted[1] == wanted[0]
+    return value == wanted
 
 
 def _set(pkt, name: str, value) -> None:
