@@ -168,8 +168,8 @@ def test_buffered_bytes_are_bounded():
 def test_esp_fragments_of_leased_spis_reach_their_owners_out_of_order_both_ways():
     """Leased protocols too (REQ-14 and the seed's NAT-IN/NAT-OUT): three clients share one global, so the
     controller demultiplexes by SPI, which only the first fragment carries; later ones follow it by IP ID."""
-    from tests.unit.test_lease_server import Client, esp_payload, mac, switch_with
     from netwire import pcp
+    from tests.unit.test_lease_server import Client, esp_payload, mac, switch_with
 
     sw = switch_with()
     clients = [Client(sw, f"10.0.0.{i}") for i in (1, 2, 3)]
