@@ -104,6 +104,11 @@ class Pool:
         mapping[2] += 1
         return mapping[0], mapping[1]
 
+    def mapping_of(self, protocol: int, private_ip: str, port: int | None) -> tuple[str, int] | None:
+        """The global (IP, port) of a private (IP, port)'s live mapping, without making one."""
+        mapping = self._mappings.get((protocol, private_ip, port))
+        return None if mapping is None else (mapping[0], mapping[1])
+
     def owner_of(self, protocol: int, global_ip: str, global_port: int | None) -> tuple[str, int] | None:
         """The private (IP, port) whose mapping holds a global (IP, port): hairpinning's target
         (RFC 4787 REQ-9, RFC 5382 REQ-8), found in O(1)."""

@@ -22,7 +22,7 @@ from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
 from nat_app.fragments import IP_FRAG_ANY, Fragments
 from nat_app.gpn import UDP_KEYED, Definition
-from nat_app.hairpin import hairpin, is_hairpin
+from nat_app.hairpin import hairpin, icmp_checksum_ok, is_hairpin
 from nat_app.lease_server import LeaseServer, Origin
 from nat_app.messages import (
     COOKIE_INFRA,
@@ -47,6 +47,7 @@ from nat_app.messages import (
 from nat_app.neighbours import NeighbourCache
 from nat_app.savi import SaviCore
 from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable
+from nat_app.tcpstate import Phase, TcpTracker, first_phase
 from nat_app.translate import rewrite, rewrite_icmp_error
 from netwire import pcp
 from netwire.ethernet import (
@@ -70,6 +71,9 @@ from netwire.ipv4 import (
     IPPROTO_ICMP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
     IPv4Header,
     build_icmp_error,
     build_udp,
@@ -112,6 +116,7 @@ class NatCore:
         self.leases = LeaseServer(self.config, self.table, self.pool, self.counters, now)
         self.client_alg = ClientAlgPaths(self.config, self.table)
         self.fragments = Fragments(self.counters)
+        self.tcp = TcpTracker()  # connection phases of TCP NAT-ALG entries (RFC 5382 REQ-5)
         self._slow_triples: dict[tuple, int] = {}  # (proto, global IP, foreign) -> punt-flow cookie
         self._icmp_pairs: dict[tuple[str, str], Entry] = {}  # fast ICMP (private IP, foreign) -> entry
         self._triple_cookies = itertools.count(1)
@@ -141,6 +146,8 @@ class NatCore:
         return [
             AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_ARP}, (ToController(),)),
             AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_IPV4, "ip_frag": IP_FRAG_ANY}, (ToController(),)),
+            *(AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_TCP, "tcp_flags": (bit, bit)},
+                      (ToController(),)) for bit in (TCP_SYN, TCP_FIN, TCP_RST)),
             AddFlow(PRIO_PUNT, {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_UDP,
                                 "ipv4_dst": c.gateway_ip, "udp_dst": pcp.SERVER_PORT}, (ToController(),)),
             *(AddFlow(PRIO_PUNT, {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
@@ -218,6 +225,9 @@ class NatCore:
         for entry in sorted(self.table, key=lambda e: e.id):
             row = entry.as_dict()
             row["expires_in"] = None if entry.expires is None else round(entry.expires - now, 1)
+            phase = self.tcp.phase(entry.id)
+            if phase is not None:
+                row["tcp_phase"] = phase.value
             entries.append(row)
         return {
             "entries": entries,
@@ -311,6 +321,8 @@ class NatCore:
                 entry, msgs = self._new_napt_entry(packet, ip, transport.src_port, eth.src, mac, now)
                 if entry is None:
                     return msgs
+            elif ip.protocol == IPPROTO_TCP:
+                msgs += self._tcp_seen(entry, transport.tcp_flags, outbound=True)
             if entry.path is DataPath.SLOW:
                 demoted = any(isinstance(m, DeleteFlows) for m in msgs)
                 return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
@@ -331,7 +343,8 @@ class NatCore:
         if mapping is None:
             return None, self._drop("ports-exhausted")
         global_ip, global_port = mapping
-        timeout = c.tcp_timeout if proto == IPPROTO_TCP else c.udp_timeout
+        flags = parse_transport(proto, packet[ip.header_len:]).tcp_flags
+        timeout = self._tcp_timeout(first_phase(flags)) if proto == IPPROTO_TCP else c.udp_timeout
         try:
             entry = self.table.add(kind=EntryKind.NAT_ALG, protocol=proto, private_ip=ip.src, private_gpn=port,
                                    global_ip=global_ip, global_gpn=global_port, foreign=ip.dst, now=now,
@@ -340,6 +353,8 @@ class NatCore:
             self.pool.release_mapping(proto, ip.src, port, now)
             return None, self._drop("table-conflict")
         self.counters.add("entries_created")
+        if proto == IPPROTO_TCP:
+            self.tcp.opened(entry.id, flags)
         return entry, self._translation_flows(entry, private_mac, foreign_mac)
 
     def _over_limit(self, packet: bytes, ip: IPv4Header, private_mac: str, now: float) -> list[Message]:
@@ -428,6 +443,8 @@ class NatCore:
     def _outbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
         """A private host's ICMP error about an inbound packet: quote the global side."""
         c = self.config
+        if not icmp_checksum_ok(packet, ip):
+            return self._drop("icmp-error-bad-checksum")  # RFC 5508 REQ-3
         inner, inner_t = self._quoted(packet, ip)
         entry = self.table.lookup_out(inner.protocol, inner.dst, inner_t.dst_port, inner.src)
         if entry is None or inner.dst != ip.src:
@@ -454,6 +471,8 @@ class NatCore:
             return self._drop("ttl-expired")
         transport = parse_transport(ip.protocol, packet[ip.header_len:])
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
+            if not icmp_checksum_ok(packet, ip):
+                return self._drop("icmp-error-bad-checksum")  # RFC 5508 REQ-3
             inner, inner_t = self._quoted(packet, ip)
             entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
             if entry is None or inner.src != ip.dst:
@@ -474,12 +493,15 @@ class NatCore:
         if definition is None or entry is None:
             entry = self.table.lookup_in(ip.protocol, ip.dst, transport.dst_port, ip.src)
         if entry is None:
-            return self._drop("no-entry")
+            syn = ip.protocol == IPPROTO_TCP and (transport.tcp_flags or 0) & TCP_SYN
+            return self._drop("unsolicited-syn" if syn else "no-entry")  # RFC 5382 REQ-4 a: silently
         mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
         if mac is None:
             return msgs
-        if entry.path is DataPath.FAST:  # raced its flow: send it the same way
-            return [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
+        if entry.path is DataPath.FAST:  # a punted SYN/FIN/RST, or raced its flow: send it the same way
+            if ip.protocol == IPPROTO_TCP:
+                msgs = self._tcp_seen(entry, transport.tcp_flags, outbound=False)
+            return msgs + [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
         entry.slow_packets += 1
         self.counters.add("slow_path_packets")
         if entry.kind is EntryKind.CLIENT_ALG:  # a lease: its GPN is never rewritten, its expiry never refreshed
@@ -511,6 +533,21 @@ class NatCore:
             AddFlow(PRIO_TRANSLATE, in_match, self._in_actions(entry, private_mac), **common),
         ]
 
+    def _tcp_timeout(self, phase: Phase) -> int:
+        c = self.config
+        return c.tcp_timeout if phase is Phase.ESTABLISHED else c.tcp_transitory_timeout
+
+    def _tcp_seen(self, entry: Entry, flags: int | None, outbound: bool) -> list[Message]:
+        """A SYN, FIN or RST of a tracked connection (r1 punts them): if its phase changed, the
+        entry's outbound flow is added again with the phase's idle timeout (RFC 5382 REQ-5)."""
+        phase = self.tcp.seen(entry.id, flags, outbound)
+        private_mac, foreign_mac = self.neighbours.lookup(entry.private_ip), self.neighbours.lookup(entry.foreign)
+        if phase is None or private_mac is None or foreign_mac is None or entry.kind is not EntryKind.NAT_ALG:
+            return []
+        entry.idle_timeout = self._tcp_timeout(phase)
+        self.counters.add(f"tcp_{phase.value}")
+        return self._translation_flows(entry, private_mac, foreign_mac)[:1]
+
     def _out_actions(self, entry: Entry, foreign_mac: str) -> tuple:
         c = self.config
         actions = [SetField("ipv4_src", entry.global_ip)]
@@ -531,6 +568,7 @@ class NatCore:
         """Remove an entry with its flows, and free what it held."""
         if not removed:
             self.table.remove(entry.id)
+        self.tcp.forget(entry.id)
         msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
         if entry.protocol in _PORT_FIELDS:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,

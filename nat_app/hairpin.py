@@ -28,8 +28,10 @@ from typing import TYPE_CHECKING
 from nat_app.allocate import PortLimitReached
 from nat_app.messages import PORT_IN_PORT, PRIO_TRANSLATE, AddFlow, DecTtl, Message, Output, PacketOut, SetField
 from nat_app.table import Entry, EntryKind, TableConflict
+from nat_app.translate import rewrite_icmp_error
+from netwire.checksum import internet_checksum
 from netwire.ethernet import ETH_TYPE_IPV4, EthernetHeader
-from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP, IPv4Header, parse_transport
+from netwire.ipv4 import ICMP_ERROR_TYPES, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPv4Header, parse_transport
 
 if TYPE_CHECKING:
     from nat_app.decide import NatCore
@@ -38,8 +40,14 @@ PORT_FIELDS = {IPPROTO_TCP: ("tcp_src", "tcp_dst"), IPPROTO_UDP: ("udp_src", "ud
 
 
 def is_hairpin(core: NatCore, ip: IPv4Header) -> bool:
-    """An inside packet to one of the NAT's global addresses, of a protocol with ports."""
-    return ip.dst in core.config.globals and ip.protocol in PORT_FIELDS
+    """An inside packet to one of the NAT's global addresses: TCP, UDP, or ICMP (errors about
+    hairpinned packets, RFC 5508 REQ-7)."""
+    return ip.dst in core.config.globals and (ip.protocol in PORT_FIELDS or ip.protocol == IPPROTO_ICMP)
+
+
+def icmp_checksum_ok(packet: bytes, ip: IPv4Header) -> bool:
+    """RFC 5508 REQ-3: an ICMP error whose checksum fails is dropped, not translated."""
+    return internet_checksum(packet[ip.header_len: ip.total_len]) == 0
 
 
 def is_hairpin_entry(core: NatCore, entry: Entry) -> bool:
@@ -54,6 +62,10 @@ def hairpin(core: NatCore, frame: bytes, eth: EthernetHeader, packet: bytes, ip:
     if ip.ttl <= 1:
         return core._drop("ttl-expired")
     ports = parse_transport(ip.protocol, packet[ip.header_len:])
+    if ip.protocol == IPPROTO_ICMP:
+        if ports.icmp_type not in ICMP_ERROR_TYPES:
+            return core._drop("not-routed")  # the NAT answers no queries to its own addresses
+        return hairpin_icmp_error(core, frame, packet, ip, now)
     owner = core.pool.owner_of(ip.protocol, ip.dst, ports.dst_port)
     if owner is None:
         return core._drop("hairpin-no-mapping")
@@ -106,3 +118,30 @@ def _actions(core: NatCore, entry: Entry, target: tuple[str, int], target_mac: s
     return (SetField("ipv4_src", entry.global_ip), SetField(src_field, entry.global_gpn),
             SetField("ipv4_dst", target[0]), SetField(dst_field, target[1]),
             SetField("eth_src", c.inside_mac), SetField("eth_dst", target_mac), DecTtl(), Output(PORT_IN_PORT))
+
+
+def hairpin_icmp_error(core: NatCore, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
+    """RFC 5508 REQ-7: an inside host's ICMP error about a hairpinned packet it got goes back to that
+    packet's sender, translated as if it had come from outside: the quoted packet as the sender sent
+    it (its private source, the receiver's global destination), the outer source the receiver's
+    global address, the outer destination the sender (REQ-7 a)."""
+    c = core.config
+    if not icmp_checksum_ok(packet, ip):
+        return core._drop("icmp-error-bad-checksum")
+    at = ip.header_len + 8
+    inner = IPv4Header.parse(packet[at:], truncated_ok=True)
+    quoted = parse_transport(inner.protocol, packet[at + inner.header_len:])
+    if inner.protocol not in PORT_FIELDS or inner.dst != ip.src or inner.src != ip.dst:
+        return core._drop("icmp-error-no-entry")
+    sender = core.pool.owner_of(inner.protocol, inner.src, quoted.src_port)
+    receiver = core.pool.mapping_of(inner.protocol, ip.src, quoted.dst_port)
+    if sender is None or receiver is None:
+        return core._drop("icmp-error-no-entry")
+    sender_mac, msgs = core._resolve(c.inside_port, sender[0], frame, c.inside_port, now)
+    if sender_mac is None:
+        return msgs
+    out = rewrite_icmp_error(packet, outer_src=receiver[0], outer_dst=sender[0], inner_src=sender[0],
+                             inner_src_port=sender[1], inner_dst=receiver[0], inner_dst_port=receiver[1])
+    core.counters.add("icmp_errors_translated")
+    eth = EthernetHeader(sender_mac, c.inside_mac, ETH_TYPE_IPV4).build()
+    return [PacketOut(eth + out, (Output(PORT_IN_PORT),), c.inside_port)]

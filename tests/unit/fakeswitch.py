@@ -129,7 +129,7 @@ def match_fields(in_port: int, frame: bytes) -> dict:
         if f["ip_frag"]:
             return f  # OVS's "normal" frag handling: no L4 fields for any fragment
         if TCP in pkt:
-            f.update(tcp_src=pkt[TCP].sport, tcp_dst=pkt[TCP].dport)
+            f.update(tcp_src=pkt[TCP].sport, tcp_dst=pkt[TCP].dport, tcp_flags=int(pkt[TCP].flags))
         elif UDP in pkt:
             f.update(udp_src=pkt[UDP].sport, udp_dst=pkt[UDP].dport)
         elif ICMP in pkt:
