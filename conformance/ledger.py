@@ -30,6 +30,11 @@ class LedgerError(ValueError):
     """Bad ledger data; the message names the row and the field."""
 
 
+class NotChecked(Exception):
+    """A check that could not judge on this run, with why (e.g. it needs more time than a scenario has):
+    its rows are "not checked", never a pass, and give no result (as a behaviour without a scenario)."""
+
+
 @dataclass(frozen=True)
 class Requirement:
     rfc: int
@@ -59,7 +64,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Line:
-    """One ledger row with its verdict: pass | fail | error | n/a."""
+    """One ledger row with its verdict: pass | fail | error | n/a | not checked."""
 
     requirement: Requirement
     verdict: str
@@ -110,6 +115,9 @@ def judge(rows: Iterable[Requirement], outcomes: Mapping[str, Outcome | Exceptio
             lines.append(Line(r, "n/a", reason=r.na, oracle=word))
             continue
         got = outcomes.get(r.check)
+        if isinstance(got, NotChecked):
+            lines.append(Line(r, "not checked", reason=str(got), oracle=word))
+            continue
         if got is None or isinstance(got, Exception):
             why = f"check {r.check!r} did not run" if got is None else f"check {r.check!r} raised {got!r}"
             lines.append(Line(r, "error", reason=why, oracle=word))
