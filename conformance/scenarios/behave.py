@@ -26,6 +26,7 @@ from conformance import apps, ledger, natdiscovery
 from conformance.context import Context
 from conformance.ledger import Outcome
 from conformance.results import ScenarioResult
+from nat_app.config import NatConfig
 from topo.natlab import INSIDE_NET, server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
@@ -35,6 +36,7 @@ ECHO = 7  # RFC 862
 TCP_LOG = 8081
 SERVICE_S = 240.0
 LISTEN_TIMEOUT_S = 10.0
+INSIDE_PORT, OUTSIDE_PORT = NatConfig().inside_port, NatConfig().outside_port  # r1's ports
 UNSOLICITED_WAIT_S = 6.5  # RFC 5382 REQ-4: no answer to an unsolicited SYN for at least 6 s
 
 
@@ -303,10 +305,16 @@ def _private(ip: str) -> bool:
     return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(INSIDE_NET)
 
 
+def _has_port(line: str, port_field: str, port: int) -> bool:
+    """Whether a flow line of ovs-ofctl matches this port; OVS prints tcp_src/udp_src as tp_src (and _dst)."""
+    generic = "tp_" + port_field.split("_")[1]
+    return re.search(rf"\b({port_field}|{generic})={port}\b", line) is not None
+
+
 def _flow_timeouts(flows: str, proto: str, port_field: str, port: int) -> list[int]:
     """idle_timeout of r1's outbound flows of one private port, as ovs-ofctl prints them."""
     return [int(m.group(1)) for line in flows.splitlines()
-            if f"{port_field}={port}" in line and f",{proto}," in line.replace(" ", ",")
+            if _has_port(line, port_field, port) and f",{proto}," in line.replace(" ", ",")
             for m in [re.search(r"idle_timeout=(\d+)", line)] if m]
 
 
@@ -374,9 +382,9 @@ def udp_timer(f: dict) -> Outcome:
 def outbound_refresh(f: dict) -> Outcome:
     """RFC 4787 REQ-6 (and RFC 7857 3.6): the idle timer sits on the outbound flow only; inbound packets
     do not keep a mapping alive (the inbound flow carries no timeout and dies with the entry)."""
-    lines = [ln for ln in f["flows"].splitlines() if "udp" in ln and ("udp_src=40001" in ln or "udp_dst=40001" in ln)]
-    out = [ln for ln in lines if "udp_src=40001" in ln and "idle_timeout" in ln]
-    inbound = [ln for ln in lines if "udp_dst=40001" in ln]
+    lines = [ln for ln in f["flows"].splitlines() if ",udp," in ln.replace(" ", ",")]
+    out = [ln for ln in lines if _has_port(ln, "udp_src", 40001) and f"in_port={INSIDE_PORT}," in ln and "idle_timeout" in ln]
+    inbound = [ln for ln in lines if _has_port(ln, "udp_dst", 40001) and f"in_port={OUTSIDE_PORT}," in ln]
     ok = bool(out) and bool(inbound) and not any("idle_timeout" in ln for ln in inbound)
     return Outcome(ok, f"outbound flow with an idle timeout: {len(out)}; inbound flows: {len(inbound)}",
                    "no idle timeout on an inbound flow")
@@ -485,8 +493,9 @@ def icmp_query(f: dict) -> Outcome:
 
 def icmp_timer(f: dict) -> Outcome:
     """RFC 5508 REQ-2, RFC 7857 3.10: ICMP query sessions idle out after at least 60 s."""
-    t = [e.get("idle_timeout") or 0 for e in f["icmp_entries"]] + \
-        [int(m) for m in re.findall(r"icmp.*?idle_timeout=(\d+)", f["flows"])]
+    t = [e.get("idle_timeout") or e.get("expires_in") or 0 for e in f["icmp_entries"]] + \
+        [int(m.group(1)) for ln in f["flows"].splitlines() if ",icmp," in ln.replace(" ", ",")
+         for m in [re.search(r"idle_timeout=(\d+)", ln)] if m]
     return Outcome(bool(t) and min(t) >= 60, f"ICMP session timeouts {sorted(set(t))}", "none below 60 s")
 
 
