@@ -14,13 +14,15 @@ import time
 
 
 def udp_from(dst: str, dport: int, sport: int, text: str, size: int, wait: float) -> dict:
-    """One datagram of ``size`` bytes (``text`` first) from ``sport``; the reply's length (0: none)."""
+    """One datagram of ``size`` bytes (``text`` first) from ``sport`` on a connected socket (so an ICMP
+    error about it comes back as ECONNREFUSED); the reply's length (0: none)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("", sport))
         s.settimeout(wait)
-        s.sendto(text.encode().ljust(size, b"."), (dst, dport))
+        s.connect((dst, dport))
+        s.send(text.encode().ljust(size, b"."))
         try:
-            data, _ = s.recvfrom(65535)
+            data = s.recv(65535)
         except (TimeoutError, ConnectionRefusedError) as exc:
             return {"sport": s.getsockname()[1], "reply_len": 0, "error": type(exc).__name__}
         return {"sport": s.getsockname()[1], "reply_len": len(data)}
@@ -53,8 +55,8 @@ def tcp_log_server(ip: str, port: int, seconds: float, log: str) -> dict:
     return {"served": served}
 
 
-def tcp_send(dst: str, dport: int, sport: int, text: str, wait: float) -> dict:
-    """Connect from ``sport``, send ``text``, read the echo."""
+def tcp_send(dst: str, dport: int, sport: int, text: str, wait: float, hold: float) -> dict:
+    """Connect from ``sport``, send ``text``, read the echo, keep the connection open ``hold`` seconds."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if sport:
@@ -64,6 +66,7 @@ def tcp_send(dst: str, dport: int, sport: int, text: str, wait: float) -> dict:
             s.connect((dst, dport))
             s.sendall(text.encode())
             echo = s.recv(4096).decode(errors="replace")
+            time.sleep(hold)  # an open, idle connection whose phase the NAT must call established
         except OSError as exc:
             return {"connected": False, "error": type(exc).__name__, "sport": s.getsockname()[1]}
         return {"connected": True, "echo": echo, "sport": s.getsockname()[1]}
@@ -124,7 +127,7 @@ def icmp_error(dst: str, quoted_src: str, quoted_dst: str, sport: int, dport: in
 PROBES = {
     "udp-from": (udp_from, ("dst", "dport"), {"sport": 0, "text": "natlab", "size": 64, "wait": 1.0}),
     "tcp-log-server": (tcp_log_server, ("ip", "port"), {"seconds": 60.0, "log": "/dev/null"}),
-    "tcp-send": (tcp_send, ("dst", "dport"), {"sport": 0, "text": "natlab", "wait": 3.0}),
+    "tcp-send": (tcp_send, ("dst", "dport"), {"sport": 0, "text": "natlab", "wait": 3.0, "hold": 0.0}),
     "simopen": (simopen, ("dst", "dport"), {"sport": 0, "wait": 12.0}),
     "frag-udp": (frag_udp, ("dst", "dport"), {"sport": 0, "size": 3000, "order": "in", "wait": 2.0}),
     "icmp-error": (icmp_error, ("dst", "quoted_src", "quoted_dst"),

@@ -176,11 +176,11 @@ def _tcp(seen: Seen) -> None:
         text = f"{h1.IP()}:41001"
         f["tcp_sends"] = [bprobe(h1, "tcp-send", dst, TCP_LOG, "--sport", 41001, "--text", text)
                           for dst in (SRV1, SRV2)]
-        table = seen.table()
-        f["tcp_closed_entries"] = entries(table, 6, h1.IP(), 41001)
+        f["tcp_closed_entries"] = _wait_for(lambda: [e for e in entries(seen.table(), 6, h1.IP(), 41001)
+                                                     if e.get("tcp_phase") == "transitory"], want=2)
         f["flows_after_close"] = seen.ctx.testbed.dump_flows()
         held = h1.popen([sys.executable, "-m", "conformance.behave_probes", "tcp-send", SRV1, str(TCP_LOG),
-                         "--sport", "41002", "--text", "hold", "--wait", "8"], stdout=subprocess.PIPE, text=True)
+                         "--sport", "41002", "--text", "hold", "--hold", "20"], stdout=subprocess.PIPE, text=True)
         f["tcp_open_entries"] = _wait_for(lambda: [e for e in entries(seen.table(), 6, h1.IP(), 41002)
                                                    if e.get("tcp_phase") == "established"])
         f["flows_while_open"] = seen.ctx.testbed.dump_flows()
@@ -227,14 +227,12 @@ def _icmp(seen: Seen) -> None:
         bprobe(srv1, "icmp-error", g, g, SRV1, "--sport", p, "--dport", 9999, "--icmp-type", icmp_type,
                "--code", code, "--bad-checksum", bad)
     bprobe(srv1, "icmp-error", g, g, SRV1, "--sport", 65000, "--dport", 9999)  # about nothing mapped
-    time.sleep(0.3)
-    after = seen.table()["counters"]
-    f["icmp_counters"] = {k: after.get(k, 0) - before.get(k, 0) for k in
-                          ("drop:icmp-error-bad-checksum", "icmp_errors_translated", "drop:icmp-error-no-entry")}
+    names = ("drop:icmp-error-bad-checksum", "icmp_errors_translated", "drop:icmp-error-no-entry")
+    f["icmp_counters"] = _counted(seen, before, names, dict(zip(names, (1, 3, 1), strict=True)))
     f["icmp_entry_after_errors"] = entries(seen.table(), 17, h1.IP(), 40003)
-    srv1.cmd(f"{sys.executable} -c \"from scapy.all import IP, ICMP, send; send(IP(dst='{g}')/ICMP(type=9), "
-             "verbose=0)\"")
-    f["router_advert_counted"] = seen.table()["counters"].get("drop:no-entry", 0) - after.get("drop:no-entry", 0)
+    before = seen.table()["counters"]
+    bprobe(srv1, "icmp-error", g, g, SRV1, "--icmp-type", 9, "--code", 0)  # a router advertisement: no error
+    f["router_advert_counted"] = _counted(seen, before, ("drop:no-entry",), {"drop:no-entry": 1})["drop:no-entry"]
 
 
 def _hairpin(seen: Seen) -> None:
@@ -292,11 +290,22 @@ def _oracle(seen: Seen) -> None:
     seen.facts["oracle"] = natdiscovery.classify(outs["-m"], outs["-f"], outs["-H"])
 
 
-def _wait_for(get: Callable[[], list], seconds: float = 5.0) -> list:
+def _wait_for(get: Callable[[], list], want: int = 1, seconds: float = 5.0) -> list:
+    """What ``get`` returns once it holds ``want`` items (the controller works asynchronously), or at the deadline."""
     deadline = time.monotonic() + seconds
-    while not (got := get()) and time.monotonic() < deadline:
+    while len(got := get()) < want and time.monotonic() < deadline:
         time.sleep(0.1)
     return got
+
+
+def _counted(seen: Seen, before: dict, names: tuple[str, ...], want: dict[str, int]) -> dict[str, int]:
+    """Counter deltas since ``before``, once each named in ``want`` reached its value (or at the deadline)."""
+    def deltas() -> dict[str, int]:
+        after = seen.table()["counters"]
+        return {k: after.get(k, 0) - before.get(k, 0) for k in names}
+
+    got = _wait_for(lambda: [d] if all((d := deltas())[k] >= n for k, n in want.items()) else [])
+    return got[0] if got else deltas()
 
 
 # ------------------------------------------------------------------------------------------- checks
