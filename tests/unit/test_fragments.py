@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP, defragment, fragment
 from scapy.layers.l2 import ARP, Ether
 
@@ -189,3 +191,23 @@ def test_esp_fragments_of_leased_spis_reach_their_owners_out_of_order_both_ways(
     send_all(sw, IN, outbound[::-1])
     back = reassembled(sw.take(OUT))
     assert back.src == G1 and bytes(back.payload)[:4] == (0x5000).to_bytes(4, "big")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([IN, OUT]), st.integers(0, 8191), st.booleans(), st.integers(0, 3),
+                          st.binary(min_size=0, max_size=64), st.sampled_from([1, 6, 17, 50])), max_size=40))
+def test_random_fragments_never_crash_and_memory_stays_bounded(frags):
+    """Hostile input loses nothing: any mix of offsets, MF bits, ids and lengths is dropped or translated."""
+    core = NatCore(NatConfig(globals=global_pool(1)), rng=random.Random(3))
+    sw = FakeSwitch(core)
+    core.fragments.limits = FragmentLimits(max_datagrams=8, per_source=4, max_fragments=6, max_bytes=300)
+    for port, offset, more, ident, payload, proto in frags:
+        src, dst = (H1, SRV1) if port == IN else (SRV1, G1)
+        mac = R_IN if port == IN else R_OUT
+        sw.receive(port, bytes(Ether(src=host_mac(src), dst=mac) /
+                               IP(src=src, dst=dst, id=ident, frag=offset, flags="MF" if more else 0, proto=proto) /
+                               payload))
+        f = core.fragments
+        assert len(f.datagrams) <= 8 and 0 <= f.buffered <= 300
+        assert all(len(d.ranges) <= 6 for d in f.datagrams.values())
+    core.table.check_invariants()
