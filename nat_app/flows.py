@@ -45,7 +45,7 @@ def to_openflow(datapath, message: Message):
         return parser.OFPFlowMod(
             datapath, cookie=message.cookie, command=ofp.OFPFC_ADD, idle_timeout=message.idle_timeout,
             hard_timeout=message.hard_timeout, priority=message.priority, buffer_id=ofp.OFP_NO_BUFFER,
-            flags=flags, match=parser.OFPMatch(**message.match), instructions=instructions)
+            flags=flags, match=_match(message.match), instructions=instructions)
     if isinstance(message, DeleteFlows):
         cookie, mask = (0, 0) if message.cookie is None else (message.cookie, _ALL_BITS)
         return parser.OFPFlowMod(
@@ -58,6 +58,13 @@ def to_openflow(datapath, message: Message):
         return parser.OFPPacketOut(datapath, buffer_id=ofp.OFP_NO_BUFFER, in_port=in_port,
                                    actions=_actions(message.actions), data=message.data)
     raise TypeError(f"not a core message: {message!r}")
+
+
+def _match(fields: dict):
+    """The match with its fields in the core's order: OVS wants a field's prerequisites before it
+    (eth_type before Nicira's ip_frag: OFPBMC_BAD_PREREQ otherwise), and os-ken would put extension
+    fields first."""
+    return parser.OFPMatch(_ordered_fields=list(fields.items()))
 
 
 def _actions(actions) -> list:

@@ -52,3 +52,13 @@ def test_flow_removal_flag_and_cookie_delete_mask():
     delete = to_openflow(dp, DeleteFlows(9))
     assert delete.cookie == 9 and delete.cookie_mask == 0xFFFFFFFFFFFFFFFF
     assert to_openflow(dp, DeleteFlows(None)).cookie_mask == 0
+
+
+def test_match_fields_keep_their_prerequisites_first():
+    """OVS refused Nicira's ip_frag serialized before eth_type (OFPBMC_BAD_PREREQ, seen live)."""
+    dp = FakeDatapath()
+    (frag,) = [m for m in NatCore(NatConfig()).base_flows() if isinstance(m, AddFlow) and "ip_frag" in m.match]
+    of = to_openflow(dp, frag)
+    dp.set_xid(of)
+    of.serialize()
+    assert [name for name, _ in of.match._fields2] == list(frag.match)
