@@ -31,6 +31,9 @@ def test_the_nat_meets_its_behave_musts_and_coturn_agrees(make_testbed, tmp_path
     ledger = {f"RFC {row['rfc']} {row['req']}": row
               for row in json.loads(next(tmp_path.rglob("ledger.json")).read_text())}
     facts = json.loads(next(tmp_path.rglob("facts.json")).read_text())
+    print("ledger:", {v: sum(r["verdict"] == v for r in ledger.values()) for v in {r["verdict"] for r in ledger.values()}},
+          "oracle:", facts["oracle"], "not passed:",
+          {n: r["verdict"] for n, r in ledger.items() if r["verdict"] != "pass"})
     assert not facts["block_errors"], facts["block_errors"]
     failed = {name: (row["verdict"], row["reason"]) for name, row in ledger.items()
               if name in MUST_PASS and row["verdict"] != "pass"}
