@@ -144,18 +144,30 @@ class NatCore:
         packet-in rate (what exceeds it is dropped in r1)."""
         c = self.config
         return [
+            SetMeter(METER_OUTSIDE_MISS, OUTSIDE_MISS_PPS, OUTSIDE_MISS_BURST),
             AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_ARP}, (ToController(),)),
-            AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_IPV4, "ip_frag": IP_FRAG_ANY}, (ToController(),)),
-            *(AddFlow(PRIO_PUNT, {"eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_TCP, "tcp_flags": (bit, bit)},
-                      (ToController(),)) for bit in (TCP_SYN, TCP_FIN, TCP_RST)),
+            *self._state_punts(),
             AddFlow(PRIO_PUNT, {"in_port": c.inside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_UDP,
                                 "ipv4_dst": c.gateway_ip, "udp_dst": pcp.SERVER_PORT}, (ToController(),)),
             *(AddFlow(PRIO_PUNT, {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_ICMP,
-                                  "icmpv4_type": t}, (ToController(),)) for t in sorted(ICMP_ERROR_TYPES)),
-            SetMeter(METER_OUTSIDE_MISS, OUTSIDE_MISS_PPS, OUTSIDE_MISS_BURST),
+                                  "icmpv4_type": t}, (ToController(),), meter=METER_OUTSIDE_MISS)
+              for t in sorted(ICMP_ERROR_TYPES)),
             AddFlow(PRIO_OUTSIDE_DROP, {"in_port": c.outside_port}, (ToController(),), meter=METER_OUTSIDE_MISS),
             AddFlow(PRIO_TABLE_MISS, {}, (ToController(),)),
         ]
+
+    def _state_punts(self) -> list[AddFlow]:
+        """Fragments (nat_app/fragments.py) and TCP SYN, FIN, RST (nat_app/tcpstate.py) to the controller,
+        from each side; from outside through the miss meter, so a flood of them costs a bounded packet-in
+        rate (what exceeds it is dropped in r1, and TCP retransmits what mattered)."""
+        flows = []
+        for port, meter in ((self.config.inside_port, None), (self.config.outside_port, METER_OUTSIDE_MISS)):
+            flows.append(AddFlow(PRIO_PUNT, {"in_port": port, "eth_type": ETH_TYPE_IPV4, "ip_frag": IP_FRAG_ANY},
+                                 (ToController(),), meter=meter))
+            flows += [AddFlow(PRIO_PUNT, {"in_port": port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_TCP,
+                                          "tcp_flags": (bit, bit)}, (ToController(),), meter=meter)
+                      for bit in (TCP_SYN, TCP_FIN, TCP_RST)]
+        return flows
 
     def packet_in(self, in_port: int, frame: bytes, now: float) -> list[Message]:
         self.counters.add("packet_in")

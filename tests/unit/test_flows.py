@@ -57,7 +57,7 @@ def test_flow_removal_flag_and_cookie_delete_mask():
 def test_match_fields_keep_their_prerequisites_first():
     """OVS refused Nicira's ip_frag serialized before eth_type (OFPBMC_BAD_PREREQ, seen live)."""
     dp = FakeDatapath()
-    (frag,) = [m for m in NatCore(NatConfig()).base_flows() if isinstance(m, AddFlow) and "ip_frag" in m.match]
+    frag = [m for m in NatCore(NatConfig()).base_flows() if isinstance(m, AddFlow) and "ip_frag" in m.match][0]
     of = to_openflow(dp, frag)
     dp.set_xid(of)
     of.serialize()

@@ -34,3 +34,11 @@ def test_unsolicited_packets_still_die_at_the_controller_and_are_counted():
     sw = test_nat_core.switch.__wrapped__()
     sw.receive(OUT, from_server(SRV2, G1, UDP(sport=9, dport=40000)))
     assert sw.take(IN) == [] and sw.core.counters["drop:no-entry"] == 1
+
+
+def test_every_punt_from_outside_passes_the_meter():
+    """Fragments, TCP SYN/FIN/RST and ICMP errors from outside reach the controller rate-limited, like misses:
+    a flood of them cannot buy unbounded controller time."""
+    core = test_nat_core.switch.__wrapped__().core
+    outside = [m for m in core.base_flows() if getattr(m, "match", {}).get("in_port") == core.config.outside_port]
+    assert len(outside) == 8 and all(m.meter == METER_OUTSIDE_MISS for m in outside)
