@@ -87,9 +87,10 @@ def simopen(dst: str, dport: int, sport: int, wait: float) -> dict:
         return {"connected": True, "got": got.decode(errors="replace")}
 
 
-def frag_udp(dst: str, dport: int, sport: int, size: int, order: str, wait: float) -> dict:
-    """A UDP datagram of ``size`` bytes sent as scapy-made fragments in ``order`` (in | reversed | first-last),
-    from a bound socket that then waits for the echo (which comes back fragmented by the peer's kernel)."""
+def frag_udp(dst: str, dport: int, sport: int, size: int, order: str, wait: float, ident: int) -> dict:
+    """A UDP datagram of ``size`` bytes sent as scapy-made fragments in ``order`` (in | reversed | first-last |
+    all-but-last), IP ID ``ident`` (0: random), from a bound socket that then waits for the echo (which comes
+    back fragmented by the peer's kernel)."""
     import random
 
     from scapy.layers.inet import IP, UDP, fragment
@@ -98,9 +99,10 @@ def frag_udp(dst: str, dport: int, sport: int, size: int, order: str, wait: floa
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("", sport))
         s.settimeout(wait)
-        frags = fragment(IP(dst=dst, id=random.randrange(1, 0xFFFF)) / UDP(sport=sport, dport=dport) /
+        frags = fragment(IP(dst=dst, id=ident or random.randrange(1, 0xFFFF)) / UDP(sport=sport, dport=dport) /
                          (f"natlab fragments {order} ".encode().ljust(size, b"f")), fragsize=1000)
-        sent = {"in": frags, "reversed": frags[::-1], "first-last": frags[1:] + frags[:1]}[order]
+        sent = {"in": frags, "reversed": frags[::-1], "first-last": frags[1:] + frags[:1],
+                "all-but-last": frags[:-1]}[order]
         send(sent, verbose=0)
         try:
             data, _ = s.recvfrom(65535)
@@ -129,7 +131,7 @@ PROBES = {
     "tcp-log-server": (tcp_log_server, ("ip", "port"), {"seconds": 60.0, "log": "/dev/null"}),
     "tcp-send": (tcp_send, ("dst", "dport"), {"sport": 0, "text": "natlab", "wait": 3.0, "hold": 0.0}),
     "simopen": (simopen, ("dst", "dport"), {"sport": 0, "wait": 12.0}),
-    "frag-udp": (frag_udp, ("dst", "dport"), {"sport": 0, "size": 3000, "order": "in", "wait": 2.0}),
+    "frag-udp": (frag_udp, ("dst", "dport"), {"sport": 0, "size": 3000, "order": "in", "wait": 2.0, "ident": 0}),
     "icmp-error": (icmp_error, ("dst", "quoted_src", "quoted_dst"),
                    {"sport": 0, "dport": 0, "icmp_type": 3, "code": 3, "bad_checksum": 0}),
 }

@@ -12,7 +12,9 @@ matching Nicira's ``ip_frag``), and the controller translates them here:
   destination, protocol, IP ID), RFC 791's reassembly key, and get the verdict's IP header
   (RFC 1624 checksum update); the transport checksum in the first fragment was updated for the
   whole datagram, so the receiver's reassembly verifies;
-- later fragments that arrive before the first (out of order) wait, bounded, for its verdict.
+- later fragments that arrive before the first (out of order) wait, bounded, for its verdict;
+- a datagram whose source the NAT translated gets a new IP ID, every fragment alike (RFC 7857
+  3.9): hosts behind one global address choose IDs independently and could collide at the far end.
 
 Hostile fragments (RFC 1858, RFC 3128; RFC 5722's rule for IPv6, applied to IPv4 here) lose
 nothing: a first fragment too short to hold its transport header, a later fragment that
@@ -25,12 +27,14 @@ datagrams not finished within ``timeout`` are dropped, each counted as ``drop:fr
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nat_app.messages import Counters, DecTtl, Message, Output, PacketOut, SetField
 from nat_app.translate import rewrite
+from netwire.checksum import update16
 from netwire.ethernet import ETH_HEADER_LEN, ETH_TYPE_IPV4
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPv4Header
 
@@ -40,6 +44,7 @@ from netwire.ipv4 import IPPROTO_AH, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPv
 MIN_HEADER = {IPPROTO_TCP: 20, IPPROTO_UDP: 8, IPPROTO_ICMP: 8, IPPROTO_AH: 12}
 DEFAULT_MIN_HEADER = 8
 MAX_DATAGRAM = 65535
+MAX_ID_KEYS = 4096  # (global source, destination, protocol) IP ID counters kept
 # Nicira's ip_frag match (OVS's NXM_NX_IP_FRAG, as os-ken's OFPMatch takes it): (value, mask) with
 # bit 0 "any fragment"; r1 punts every fragment with it.
 IP_FRAG_ANY = (1, 1)
@@ -65,6 +70,7 @@ class Verdict:
     dst: str
     port: int
     decrement_ttl: bool
+    ident: int | None = None  # the IP ID the NAT gave the datagram (RFC 7857 3.9), None: kept
 
 
 @dataclass
@@ -88,6 +94,7 @@ class Fragments:
         self.datagrams: dict[tuple, Datagram] = {}
         self._per_source: Counter[str] = Counter()
         self.buffered = 0
+        self._idents: dict[tuple[str, str, int], int] = {}  # (global source, destination, protocol) -> last ID
 
     def handle(self, in_port: int, frame: bytes, ip: IPv4Header, packet: bytes, now: float,
                decide: Callable[[], list[Message]], parked: Callable[[], int]) -> list[Message]:
@@ -155,7 +162,7 @@ class Fragments:
                decide: Callable[[], list[Message]], parked: Callable[[], int]) -> list[Message]:
         """Decide on the first fragment; its translation is the verdict for the rest."""
         waiting_before = parked()
-        msgs, verdict = _translated(decide(), frame, packet, in_port)
+        msgs, verdict = _translated(decide(), frame, packet, in_port, self._renumber)
         if verdict is None:
             if parked() > waiting_before:  # waiting for ARP: it comes back through packet_in
                 datagram.ranges.pop()
@@ -183,6 +190,20 @@ class Fragments:
         self.counters.add(f"drop:fragment-{why}")
         return []
 
+    def _renumber(self, packet: bytes, src: str, dst: str) -> int | None:
+        """A new IP ID for a datagram whose source the NAT translated (RFC 7857 3.9, RFC 6864 5.3.1):
+        hosts behind one global address pick their IDs independently, so two of their datagrams to
+        one destination could share (source, destination, protocol, ID) and be mixed in its
+        reassembly. IDs count up per (global source, destination, protocol); other datagrams keep theirs."""
+        if src == _dotted(packet[12:16]):
+            return None
+        key = (src, dst, packet[9])
+        if key not in self._idents and len(self._idents) >= MAX_ID_KEYS:
+            self._idents.clear()  # bounded memory: counters restart (a collision needs a 16-bit wrap anyway)
+        ident = self._idents.get(key, zlib.crc32(repr(key).encode()) & 0xFFFF) % 0xFFFF + 1
+        self._idents[key] = ident
+        return ident
+
 
 def _refused(ip: IPv4Header, start: int, end: int) -> str | None:
     """Why a fragment is refused on its own, before any state: RFC 1858's tiny and offset-1
@@ -199,7 +220,8 @@ def _refused(ip: IPv4Header, start: int, end: int) -> str | None:
     return None
 
 
-def _translated(msgs: list[Message], frame: bytes, packet: bytes, in_port: int) -> tuple[list[Message], Verdict | None]:
+def _translated(msgs: list[Message], frame: bytes, packet: bytes, in_port: int,
+                renumber: Callable[[bytes, str, str], int | None]) -> tuple[list[Message], Verdict | None]:
     """The core's answer to a first fragment with its translation done here (OVS cannot do it to a
     fragment), and the verdict it implies; None if the fragment itself was not sent on."""
     out: list[Message] = []
@@ -209,8 +231,11 @@ def _translated(msgs: list[Message], frame: bytes, packet: bytes, in_port: int) 
             data, port, dec = (_do_actions(frame, m.actions, in_port) if m.data == frame
                                else (m.data, _port_of(m.actions, in_port), True))
             ip_at = ETH_HEADER_LEN
-            verdict = Verdict(data[:12], _dotted(data[ip_at + 12: ip_at + 16]), _dotted(data[ip_at + 16: ip_at + 20]),
-                              port, dec)
+            src, dst = _dotted(data[ip_at + 12: ip_at + 16]), _dotted(data[ip_at + 16: ip_at + 20])
+            ident = renumber(packet, src, dst)
+            if ident is not None:
+                data = data[:ip_at] + _with_ident(data[ip_at:], ident)
+            verdict = Verdict(data[:12], src, dst, port, dec, ident)
             out.append(PacketOut(data, (Output(port),), in_port, m.delay))
         else:
             out.append(m)
@@ -238,7 +263,18 @@ def _do_actions(frame: bytes, actions: tuple, in_port: int) -> tuple[bytes, int,
 def _apply(verdict: Verdict, packet: bytes, in_port: int) -> PacketOut:
     """A later fragment given its datagram's verdict: IP addresses and TTL only (RFC 1624 update)."""
     out = rewrite(packet, src=verdict.src, dst=verdict.dst, decrement_ttl=verdict.decrement_ttl)
+    if verdict.ident is not None:
+        out = _with_ident(out, verdict.ident)
     return PacketOut(verdict.eth + ETH_TYPE_IPV4.to_bytes(2, "big") + out, (Output(verdict.port),), in_port)
+
+
+def _with_ident(packet: bytes, ident: int) -> bytes:
+    """The IP packet with its Identification replaced, the header checksum updated (RFC 1624)."""
+    buf = bytearray(packet)
+    old = int.from_bytes(buf[4:6], "big")
+    buf[4:6] = ident.to_bytes(2, "big")
+    buf[10:12] = update16(int.from_bytes(buf[10:12], "big"), old, ident).to_bytes(2, "big")
+    return bytes(buf)
 
 
 def _port_of(actions: tuple, in_port: int) -> int:

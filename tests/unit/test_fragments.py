@@ -211,3 +211,30 @@ def test_random_fragments_never_crash_and_memory_stays_bounded(frags):
         assert len(f.datagrams) <= 8 and 0 <= f.buffered <= 300
         assert all(len(d.ranges) <= 6 for d in f.datagrams.values())
     core.table.check_invariants()
+
+
+def test_two_hosts_behind_one_global_never_share_an_ip_id_toward_one_server(switch):
+    """RFC 7857 3.9 / RFC 6864 5.3.1: h1 and h2 pick the same IP ID; behind one global address their
+    datagrams to srv1 would share srv1's reassembly key. The NAT renumbers each translated datagram,
+    every fragment of it alike, and both reassemble whole."""
+    for host, sport in ((H1, 5001), (H2, 5002)):
+        send_all(switch, IN, frames(host, SRV1, UDP(sport=sport, dport=9000) / PAYLOAD, 4242, inside=True))
+    out = [Ether(f)[IP] for f in switch.take(OUT)]
+    ids = {}
+    for p in out:
+        ids.setdefault(p.id, []).append(p)
+    assert len(ids) == 2 and all(len(group) == 4 for group in ids.values())
+    for group in ids.values():
+        whole = reassembled([bytes(Ether() / p) for p in group])
+        assert whole.src == G1 and bytes(whole[UDP].payload) == PAYLOAD and checksum_ok(whole, UDP)
+    for p in out:  # header checksums updated: scapy recomputes the same
+        again = IP(bytes(p))
+        del again.chksum
+        assert IP(bytes(again)).chksum == p.chksum
+
+
+def test_inbound_fragments_keep_their_ip_id(switch):
+    send_all(switch, IN, [bytes(Ether(src=host_mac(H1), dst=R_IN) / IP(src=H1, dst=SRV1) / UDP(sport=4000, dport=9))])
+    global_port = Ether(switch.take(OUT)[0])[UDP].sport
+    send_all(switch, OUT, frames(SRV1, G1, UDP(sport=9, dport=global_port) / PAYLOAD, 999, inside=False))
+    assert {Ether(f)[IP].id for f in switch.take(IN)} == {999}
