@@ -33,6 +33,7 @@ class Pool:
         self._paired: dict[str, str] = {}
         self._spaces: dict[tuple[str, int], PortSpace] = {}
         self._mappings: dict[tuple[int, str, int], list[Any]] = {}  # key -> [global IP, global port, users]
+        self._owners: dict[tuple[int, str, int], tuple[str, int]] = {}  # (proto, global IP, port) -> private
         self._held: Counter[tuple[int, str, str]] = Counter()  # (protocol, private IP, global IP) -> ports
 
     def largest_share(self) -> int:
@@ -101,9 +102,20 @@ class Pool:
             if global_port is None:
                 return None
             mapping = self._mappings[key] = [global_ip, global_port, 0]
+            self._owners[(protocol, global_ip, global_port)] = (private_ip, port)
             self._held[held] += 1
         mapping[2] += 1
         return mapping[0], mapping[1]
+
+    def mapping_of(self, protocol: int, private_ip: str, port: int | None) -> tuple[str, int] | None:
+        """The global (IP, port) of a private (IP, port)'s live mapping, without making one."""
+        mapping = self._mappings.get((protocol, private_ip, port))
+        return None if mapping is None else (mapping[0], mapping[1])
+
+    def owner_of(self, protocol: int, global_ip: str, global_port: int | None) -> tuple[str, int] | None:
+        """The private (IP, port) whose mapping holds a global (IP, port): hairpinning's target
+        (RFC 4787 REQ-9, RFC 5382 REQ-8), found in O(1)."""
+        return self._owners.get((protocol, global_ip, global_port))
 
     def release_mapping(self, protocol: int, private_ip: str, port: int, now: float, leased: bool = False) -> None:
         """One user fewer; the last one frees the global port (after its quarantine)."""
@@ -114,6 +126,7 @@ class Pool:
         mapping[2] -= 1
         if mapping[2] <= 0:
             del self._mappings[key]
+            self._owners.pop((protocol, mapping[0], mapping[1]), None)
             self.space(mapping[0], protocol).release(mapping[1], now, owner=private_ip if leased else None)
             held = (protocol, private_ip, mapping[0])
             self._held[held] -= 1
@@ -147,6 +160,7 @@ class Pool:
                 if gip not in self.globals or int(users) < 1:
                     raise ValueError(f"saved mapping {key} is not valid")
                 self._mappings[(int(proto), str(ip), int(port))] = [gip, int(gport), int(users)]
+                self._owners[(int(proto), gip, int(gport))] = (str(ip), int(port))
                 self._held[(int(proto), str(ip), gip)] += 1  # per-host port counts follow from the mappings
             elif key.startswith("space:"):
                 gip, proto, saved = value

@@ -30,7 +30,7 @@ from os_ken.ofproto import ofproto_v1_3
 from nat_app import ofwire, state
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
-from nat_app.flows import to_openflow
+from nat_app.flows import to_openflow, to_openflow_all
 from nat_app.messages import AddFlow, Barrier, DeleteFlows, PacketOut, priority_band
 from nat_app.savi import SaviCore
 from nat_app.store import Store
@@ -389,7 +389,8 @@ def _send_one(dp, message) -> None:
     ``natlab bench nat-core``); anything ofwire does not know through os-ken."""
     raw = ofwire.encode(message, dp.set_xid(_Xid()))
     if raw is None:
-        dp.send_msg(to_openflow(dp, message))
+        for of_message in to_openflow_all(dp, message):
+            dp.send_msg(of_message)
     else:
         dp.send(raw)
 

@@ -27,7 +27,7 @@ OFPFF_SEND_FLOW_REM = 1
 OFP_NO_BUFFER = 0xFFFFFFFF
 OFPP_CONTROLLER = 0xFFFFFFFD
 OFPCML_MAX, OFPCML_NO_BUFFER = 0xFFE5, 0xFFFF
-OFPIT_APPLY_ACTIONS = 4
+OFPIT_APPLY_ACTIONS, OFPIT_METER = 4, 6
 OFPAT_OUTPUT, OFPAT_DEC_NW_TTL, OFPAT_SET_FIELD = 0, 24, 25
 OFPMT_OXM = 1
 OFPXMC_OPENFLOW_BASIC = 0x8000
@@ -86,8 +86,9 @@ def _oxm(name: str, value: object) -> tuple[int, bytes]:
 
 
 def _match(fields: dict) -> bytes:
-    """ofp_match: OXM fields in field-number order (os-ken's; prerequisites first), padded to 8 bytes."""
-    body = b"".join(raw for _, raw in sorted(_oxm(k, v) for k, v in fields.items()))
+    """ofp_match: OXM fields in the core's order (as nat_app.flows gives them to os-ken: the core names
+    prerequisites first, which OVS requires), padded to 8 bytes."""
+    body = b"".join(_oxm(k, v)[1] for k, v in fields.items())
     length = 4 + len(body)
     return struct.pack("!HH", OFPMT_OXM, length) + body + bytes(-length % 8)
 
@@ -111,10 +112,10 @@ def _actions(actions) -> bytes:
 
 
 def _flow_mod(m: AddFlow, xid: int) -> bytes:
-    instructions = b""
+    instructions = b"" if m.meter is None else struct.pack("!HHI", OFPIT_METER, 8, m.meter)  # OF 1.3 7.2.4
     if m.actions:
         actions = _actions(m.actions)
-        instructions = struct.pack("!HH4x", OFPIT_APPLY_ACTIONS, 8 + len(actions)) + actions
+        instructions += struct.pack("!HH4x", OFPIT_APPLY_ACTIONS, 8 + len(actions)) + actions
     body = _FLOW_MOD.pack(m.cookie, 0, 0, OFPFC_ADD, m.idle_timeout, m.hard_timeout, m.priority, OFP_NO_BUFFER,
                           0, 0, OFPFF_SEND_FLOW_REM if m.notify_removal else 0) + _match(m.match) + instructions
     return _HEADER.pack(OFP_VERSION, OFPT_FLOW_MOD, _HEADER.size + len(body), xid) + body

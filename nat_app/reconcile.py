@@ -53,7 +53,7 @@ def reconcile(core: NatCore, flows_seen: list[tuple[int, int]], now: float) -> l
         return start_empty(core, now)
     msgs: list[Message] = []
     for entry in list(core.table):
-        if _lost_its_flows(entry, cookies):
+        if _lost_its_flows(entry, cookies, core.config.globals):
             core.counters.add("entries_lost_while_away")
             msgs += core._forget(entry, now)
     known = _known_cookies(core)
@@ -92,12 +92,14 @@ def announcements(core: NatCore, now: float) -> list[PacketOut]:
     return msgs
 
 
-def _lost_its_flows(entry: Entry, cookies: Counter[int]) -> bool:
+def _lost_its_flows(entry: Entry, cookies: Counter[int], globals_: tuple[str, ...] = ()) -> bool:
     """A fast-path entry with flows of its own (cookie = its id) that r1 no longer has in full."""
     if entry.path is not DataPath.FAST:
         return False
     if entry.kind is EntryKind.NAT_ALG and entry.protocol in (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP):
-        return cookies.get(entry.id, 0) < _FLOWS_PER_NAPT_ENTRY
+        # a hairpin sender's entry (foreign = a global of ours) has one flow per target (nat_app/hairpin.py)
+        need = 1 if entry.foreign in globals_ else _FLOWS_PER_NAPT_ENTRY
+        return cookies.get(entry.id, 0) < need
     if entry.kind is EntryKind.CLIENT_ALG and entry.protocol in (IPPROTO_TCP, IPPROTO_UDP):
         return cookies.get(entry.id, 0) < 1  # a MAP/PEER lease's inbound flow
     return False  # leases of defined protocols share group flows (client_alg.py)

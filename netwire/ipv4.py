@@ -31,7 +31,10 @@ ICMP_ECHO_REPLY = 0
 ICMP_DEST_UNREACHABLE = 3
 ICMP_ECHO_REQUEST = 8
 ICMP_TIME_EXCEEDED = 11
-ICMP_ERROR_TYPES = frozenset({ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED})
+ICMP_PARAMETER_PROBLEM = 12
+# The errors that quote the packet they are about and are translated with it (RFC 5508 REQ-10,
+# RFC 1812 4.3.2); Source Quench is deprecated (RFC 6633) and Redirect never crosses a NAT.
+ICMP_ERROR_TYPES = frozenset({ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED, ICMP_PARAMETER_PROBLEM})
 ICMP_QUERY_TYPES = frozenset({ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY})
 ICMP_CODE_ADMIN_PROHIBITED = 13  # RFC 1812 5.2.7.1: communication administratively prohibited
 ICMP_ERROR_QUOTED_DATA = 8  # RFC 792: an error quotes the IP header and 64 bits of the data

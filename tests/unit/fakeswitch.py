@@ -13,7 +13,18 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 
 from nat_app.decide import NatCore
-from nat_app.messages import AddFlow, Barrier, DecTtl, DeleteFlows, Output, PacketOut, SetField, ToController
+from nat_app.messages import (
+    PORT_IN_PORT,
+    AddFlow,
+    Barrier,
+    DecTtl,
+    DeleteFlows,
+    Output,
+    PacketOut,
+    SetField,
+    SetMeter,
+    ToController,
+)
 from nat_app.savi import SaviCore
 
 _L4 = {"tcp_src": (TCP, "sport"), "tcp_dst": (TCP, "dport"), "udp_src": (UDP, "sport"), "udp_dst": (UDP, "dport")}
@@ -33,17 +44,21 @@ class FakeSwitch:
         self.packet_ins = 0
         self.barriers = 0
         self.delays: list[float] = []
+        self.meters: dict[int, SetMeter] = {}
         self.apply(core.switch_connected(now), now)
 
     def apply(self, messages, now: float = 0.0) -> None:
         for m in messages:
             if isinstance(m, AddFlow):
+                assert m.meter is None or m.meter in self.meters, f"flow uses undefined meter {m.meter}"
                 self.flows = [f for f in self.flows if (f.msg.priority, f.msg.match) != (m.priority, m.match)]
                 self.flows.append(Flow(m))
             elif isinstance(m, DeleteFlows):
                 self.flows = [f for f in self.flows if m.cookie is not None and f.msg.cookie != m.cookie]
             elif isinstance(m, Barrier):
                 self.barriers += 1
+            elif isinstance(m, SetMeter):
+                self.meters[m.meter_id] = m
             elif isinstance(m, PacketOut):
                 if m.delay:
                     self.delays.append(m.delay)
@@ -54,7 +69,7 @@ class FakeSwitch:
     def receive(self, in_port: int, frame: bytes, now: float = 0.0) -> None:
         """A frame arrives at r1 on ``in_port``."""
         fields = match_fields(in_port, frame)
-        candidates = [f for f in self.flows if all(fields.get(k) == v for k, v in f.msg.match.items())]
+        candidates = [f for f in self.flows if all(_matches(fields.get(k), v) for k, v in f.msg.match.items())]
         if not candidates:
             return
         flow = max(candidates, key=lambda f: f.msg.priority)
@@ -98,7 +113,8 @@ class FakeSwitch:
                     for layer in (IP, TCP, UDP, ICMP):
                         if layer in pkt:
                             del pkt[layer].chksum
-                self.out.setdefault(a.port, []).append(bytes(pkt))
+                port = in_port if a.port == PORT_IN_PORT else a.port
+                self.out.setdefault(port, []).append(bytes(pkt))
 
 
 def match_fields(in_port: int, frame: bytes) -> dict:
@@ -108,14 +124,24 @@ def match_fields(in_port: int, frame: bytes) -> dict:
         return {**f, "arp_spa": pkt[ARP].psrc, "arp_sha": pkt[ARP].hwsrc, "arp_op": pkt[ARP].op}
     if IP in pkt:
         ip = pkt[IP]
-        f.update(ip_proto=ip.proto, ipv4_src=ip.src, ipv4_dst=ip.dst)
+        f.update(ip_proto=ip.proto, ipv4_src=ip.src, ipv4_dst=ip.dst,
+                 ip_frag=(1 if ip.frag or ip.flags.MF else 0) | (2 if ip.frag else 0))
+        if f["ip_frag"]:
+            return f  # OVS's "normal" frag handling: no L4 fields for any fragment
         if TCP in pkt:
-            f.update(tcp_src=pkt[TCP].sport, tcp_dst=pkt[TCP].dport)
+            f.update(tcp_src=pkt[TCP].sport, tcp_dst=pkt[TCP].dport, tcp_flags=int(pkt[TCP].flags))
         elif UDP in pkt:
             f.update(udp_src=pkt[UDP].sport, udp_dst=pkt[UDP].dport)
         elif ICMP in pkt:
             f.update(icmpv4_type=pkt[ICMP].type)
     return f
+
+
+def _matches(value, wanted) -> bool:
+    """A match field: exact, or (value, mask) as os-ken takes masked fields."""
+    if isinstance(wanted, tuple):
+        return value is not None and value & wanted[1] == wanted[0]
+    return value == wanted
 
 
 def _set(pkt, name: str, value) -> None:

@@ -11,7 +11,7 @@ from nat_app import ofwire
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.flows import to_openflow
-from nat_app.messages import AddFlow, Barrier, DecTtl, Output, PacketOut, SetField, ToController
+from nat_app.messages import COOKIE_INFRA, AddFlow, Barrier, DecTtl, Output, PacketOut, SetField, ToController
 from nat_app.savi import SaviCore
 from netwire.plan import GATEWAY_IP
 from topo.natlab import client_ip, server_ip
@@ -53,7 +53,11 @@ MESSAGES = core_messages()
                          ids=lambda m: type(m).__name__)
 def test_every_flow_mod_and_packet_out_the_cores_emit_is_os_kens_bytes(message):
     ours = ofwire.encode(message, 0x1234)
-    assert ours is not None and ours == oskens(message, 0x1234)
+    if ours is None:  # masked or extension fields (the base flows' ip_frag, tcp_flags punts): os-ken builds them
+        assert isinstance(message, AddFlow) and message.cookie == COOKIE_INFRA
+        assert any(isinstance(v, tuple) or k not in ofwire.OXM for k, v in message.match.items())
+        return
+    assert ours == oskens(message, 0x1234)
 
 
 def test_the_cores_emit_both_kinds_with_set_fields():
