@@ -10,7 +10,8 @@ FORBIDDEN = {"socket", "os_ken", "mininet", "subprocess", "select", "asyncio"}
 PURE = [*sorted((ROOT / "netwire").glob("*.py")),
         *(ROOT / "nat_app" / n for n in ("config.py", "table.py", "ports.py", "decide.py", "translate.py",
                                         "neighbours.py", "messages.py", "savi.py", "lease_server.py",
-                                        "allocate.py", "gpn.py", "client_alg.py", "state.py", "reconcile.py")),
+                                        "allocate.py", "gpn.py", "client_alg.py", "state.py", "reconcile.py",
+                                        "natpmp_server.py")),
         *(ROOT / "conformance" / n for n in ("fuzz.py", "marker.py", "portscan.py")),
         *sorted((ROOT / "client_agent" / "ipsec").glob("*.py"))]
 
