@@ -9,12 +9,15 @@ libnatpmp's ``natpmpc`` sends them.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
 
 from nat_app.natpmp_server import NATPMP_NONCE
 from nat_app.table import EntryKind
@@ -216,3 +219,22 @@ def test_codec_round_trips_and_sizes():
     assert len(natpmp.error_answer(bytes([1, 0]), Result.UNSUPP_VERSION, 3)) == 8
     with pytest.raises(ValueError):
         natpmp.MapRequest(50, 1, 1, 1)
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed (apt-get install tshark)")
+def test_wiresharks_natpmp_dissector_reads_our_answers_as_meant(tmp_path):
+    """An oracle nobody here wrote: tshark's NAT-PMP dissector on the NAT's own answers."""
+    sw = switch_with()
+    frames = send(sw, "10.0.0.1", natpmp.encode_request(natpmp.AddressRequest()), now=9)
+    frames += send(sw, "10.0.0.1", natpmp.encode_request(natpmp.MapRequest(IPPROTO_TCP, 8080, 8080, 120)), now=9)
+    wrpcap(str(tmp_path / "natpmp.pcap"), frames)
+    fields = ("nat-pmp.version", "nat-pmp.opcode", "nat-pmp.result_code", "nat-pmp.sssoe", "nat-pmp.external_ip",
+              "nat-pmp.internal_port", "nat-pmp.external_port", "nat-pmp.pml")
+    out = subprocess.run(["tshark", "-n", "-r", str(tmp_path / "natpmp.pcap"), "-T", "fields",
+                          *sum((["-e", f] for f in fields), [])], capture_output=True, text=True, check=True).stdout
+    address, mapped = (dict(zip(fields, line.split("\t"), strict=False)) for line in out.splitlines())
+    assert (address["nat-pmp.opcode"], address["nat-pmp.result_code"], address["nat-pmp.sssoe"],
+            address["nat-pmp.external_ip"]) == ("128", "0", "9", G1)
+    (entry,) = leases(sw)
+    assert (mapped["nat-pmp.opcode"], mapped["nat-pmp.internal_port"], mapped["nat-pmp.external_port"],
+            mapped["nat-pmp.pml"]) == ("130", "8080", str(entry.global_gpn), "120")
