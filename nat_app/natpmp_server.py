@@ -5,7 +5,7 @@ Pure, and stateless of its own: a NAT-PMP mapping *is* a PCP MAP lease
 server's MAP logic, so it shares MAP's port space (the NAPT's), its per-origin
 and per-MAC quotas, the per-host port limit (RFC 6888 REQ-4) and its ownership
 rule: a mapping belongs to the origin (s1 port, MAC, IP) that made it, and
-only that origin may renew or delete it (DESIGN.md, "Ownership beyond PCP").
+only that origin may renew or delete it (docs/DESIGN.md, "Ownership beyond PCP").
 
 NAT-PMP has no nonce; its mappings carry :data:`NATPMP_NONCE`, so a PCP MAP
 of the same origin with another nonce cannot take one over, nor NAT-PMP a
