@@ -6,7 +6,7 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 APT_PKGS := openvswitch-switch mininet ethtool iperf3 tcpdump tshark curl iputils-ping \
-            iproute2 netcat-openbsd nftables iptables nmap natpmpc
+            iproute2 netcat-openbsd nftables iptables nmap natpmpc chromium
 STAMP   := $(VENV)/.installed
 
 .PHONY: setup test unit demo bench lint clean ovs apt
