@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from conformance import report_html
 from conformance.registry import AXES, MATRIX_CELLS, Control, Registry
 from conformance.results import ScenarioResult
 
@@ -346,11 +347,14 @@ def write_report(
     out_dir: str | Path,
     *,
     evidence_base: str = "",
+    bench_dir: Path | None = None,
 ) -> dict[str, Path]:
     """Write behaviours.csv, claims.csv, controls.csv, cells.csv, report.md, report.html into `out_dir`.
 
     `evidence_base` is prefixed to evidence paths in HTML links (the paths are
-    relative to the run directory; leave "" when the report sits in it).
+    relative to the run directory; leave "" when the report sits in it). The plots
+    (``plots/*.png``, also embedded in the HTML) read ``natlab bench``'s JSON in
+    ``bench_dir`` (default: ``out_dir``) and the run's files under ``out_dir/evidence_base``.
     Returns file name -> path.  Raises ReportError on results naming unknown behaviours.
     """
     results = list(results)
@@ -369,21 +373,22 @@ def write_report(
     _csv_ready(ctl).to_csv(paths["controls.csv"], index=False)
     sections = _sections(environment, beh, claims, ctl, cells)
 
+    run_dir = out / evidence_base if evidence_base else out
+    figures = report_html.plots_for(registry, results, environment, run_dir, bench_dir or out)
+    (out / "plots").mkdir(exist_ok=True)
+    for name, _, _, png in figures:
+        paths[f"plots/{name}"] = out / "plots" / name
+        paths[f"plots/{name}"].write_bytes(png)
+
     md = [f"# {TITLE}", "", RULES, ""]
     for title, df in sections:
         md += [f"## {title}", "", markdown_table(df) if len(df) else "_none_", ""]
+    md += ["## Plots", ""] + [f"![{title}](plots/{name})" for name, title, _, _ in figures] + [""]
     paths["report.md"].write_text("\n".join(md), encoding="utf-8")
 
-    body = [f"<h1>{html.escape(TITLE)}</h1>", f"<p>{html.escape(RULES)}</p>"]
-    for title, df in sections:
-        body.append(f'<h2 id="{title.lower().replace(" ", "-")}">{html.escape(title)}</h2>')
-        body.append(html_table(df, evidence_base=evidence_base) if len(df) else "<p><em>none</em></p>")
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(TITLE)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+    frames = {"behaviours": beh, "claims": claims, "controls": ctl, "cells": cells}
+    page = report_html.render(registry, results, environment, sections, frames, RULES, evidence_base, run_dir,
+                              figures)
     paths["report.html"].write_text(page, encoding="utf-8")
     return paths
 
