@@ -75,11 +75,12 @@ def throughput(benches: Mapping[str, Mapping[str, Sequence[float]]]) -> bytes:
 
 def lease_timeline(events: Sequence[LeaseEvent]) -> bytes:
     """CL-RENEW: per lease, each answer's validity (answer time to answer time + lifetime) as a bar;
-    grants, renewals and releases as markers. Overlapping bars mean renewed before expiry."""
+    first answers (grants), renewals and releases as markers. Overlapping bars mean renewed before expiry."""
     leases = list(dict.fromkeys(e.lease for e in events))
     fig = Figure(figsize=(8.0, 0.8 + 0.32 * len(leases)))
     ax = fig.add_subplot()
-    marks = {"grant": ("o", "#3a9d4a"), "renew": ("|", "#1f4e9c"), "release": ("x", "#d43d3d")}
+    marks = {"first": ("o", "#3a9d4a"), "renew": ("|", "#1f4e9c"), "release": ("x", "#d43d3d")}
+    names = {"first": "first answer (grant)", "renew": "renewal", "release": "release"}
     for e in events:
         y = leases.index(e.lease)
         if e.lifetime:
@@ -91,8 +92,8 @@ def lease_timeline(events: Sequence[LeaseEvent]) -> bytes:
         if last.lifetime:
             ax.plot(last.time + last.lifetime, y, ">", color="#888", markersize=5)
     ax.set_yticks(range(len(leases)), leases, fontsize=7)
-    ax.set_xlabel("seconds since the first grant")
-    ax.legend(handles=[Patch(color=c, label=k) for k, (_, c) in marks.items()] +
+    ax.set_xlabel("seconds since the first answer in the capture")
+    ax.legend(handles=[Patch(color=c, label=names[k]) for k, (_, c) in marks.items()] +
               [Patch(color="#888", label="expiry (last answer + lifetime)")], fontsize=7, frameon=False,
               loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.invert_yaxis()

@@ -94,7 +94,7 @@ class LeaseEvent:
     lease: str  # "LEASE 1" ... in order of first grant
     time: float
     lifetime: int
-    kind: str  # grant | renew | release
+    kind: str  # first (the grant, if the capture began before it) | renew | release
 
 
 def lease_events(pcap: Path, pcp_port: int) -> list[LeaseEvent]:
@@ -129,7 +129,7 @@ def _events(answers: list[tuple[float, str, bytes, int]]) -> list[LeaseEvent]:
         key = (opcode, nonce)
         first = key not in names
         names.setdefault(key, f"{opcode} {sum(k[0] == opcode for k in names) + 1}")
-        kind = "release" if lifetime == 0 else "grant" if first else "renew"
+        kind = "release" if lifetime == 0 else "first" if first else "renew"
         events.append(LeaseEvent(names[key], round(t - start, 3), lifetime, kind))
     return events
 

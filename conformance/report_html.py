@@ -252,7 +252,8 @@ def plots_for(registry, results, environment: Mapping[str, Any], run_dir: Path |
     events = report_data.lease_events(capture, PCP_PORT) if capture else []
     if events:
         out.append(("lease-timeline.png", "Lease timeline of CL-RENEW", "every successful PCP answer to h1 on its "
-                    "wire (grant, renewals, release) and the validity it gave; read from "
+                    "wire (the first one seen is the grant when the capture began before it; then renewals, "
+                    "releases) and the validity each gave, till expiry; read from "
                     f"{capture.relative_to(run_dir)}", plots.lease_timeline(events)))
     shares = report_data.path_shares(environment)
     if shares:
