@@ -117,8 +117,17 @@ class MapResponse:
     lifetime: int
 
 
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """RFC 6886 3.5's answer to a request of an opcode or version the server does not speak."""
+
+    opcode: int  # the request's opcode (without the response bit)
+    result: Result
+    epoch: int
+
+
 Request = AddressRequest | MapRequest
-Response = AddressResponse | MapResponse
+Response = AddressResponse | MapResponse | ErrorAnswer
 
 
 def is_natpmp(datagram: bytes) -> bool:
@@ -174,17 +183,22 @@ def error_answer(request: bytes, result: Result, epoch: int) -> bytes:
 
 
 def decode_response(data: bytes) -> Response:
-    """Parse a response (tests, client helpers); an error answer of 8 octets decodes with zero fields."""
+    """Parse a response (tests, client helpers); UNSUPP_VERSION and UNSUPP_OPCODE answers decode as
+    :class:`ErrorAnswer`, other short ones with zero fields."""
     data = bytes(data)
     if len(data) < _HEADER.size:
         raise NatPmpError(None, f"a response of {len(data)} octets is shorter than its header")
     version, opcode, result, epoch = _HEADER.unpack_from(data)
-    if version != VERSION or not opcode & RESPONSE_BIT or opcode & 0x7F not in REQUEST_LEN:
+    if version != VERSION or not opcode & RESPONSE_BIT:
         raise NatPmpError(None, f"version {version} opcode {opcode} is no NAT-PMP response")
     try:
         code = Result(result)
     except ValueError:
         raise NatPmpError(None, f"unknown result code {result}") from None
+    if code in (Result.UNSUPP_VERSION, Result.UNSUPP_OPCODE) or opcode & 0x7F not in REQUEST_LEN:
+        if code not in (Result.UNSUPP_VERSION, Result.UNSUPP_OPCODE):
+            raise NatPmpError(None, f"{code.name} for unknown opcode {opcode & 0x7F}")
+        return ErrorAnswer(opcode & 0x7F, code, epoch)
     request_opcode = Opcode(opcode & 0x7F)
     body = data[_HEADER.size:].ljust(8, b"\0")
     if request_opcode is Opcode.EXTERNAL_ADDRESS:

@@ -238,3 +238,14 @@ def test_wiresharks_natpmp_dissector_reads_our_answers_as_meant(tmp_path):
     (entry,) = leases(sw)
     assert (mapped["nat-pmp.opcode"], mapped["nat-pmp.internal_port"], mapped["nat-pmp.external_port"],
             mapped["nat-pmp.pml"]) == ("130", "8080", str(entry.global_gpn), "120")
+
+
+def test_the_servers_error_answers_decode_whatever_opcode_they_echo():
+    """Found by the fuzzer (conformance/fuzz.py): an UNSUPP_OPCODE answer echoes any opcode 3-127."""
+    sw = switch_with()
+    (answer,) = send(sw, "10.0.0.1", bytes([0, 32, 0, 0]))
+    assert natpmp.decode_response(bytes(answer[UDP].payload)) == natpmp.ErrorAnswer(32, Result.UNSUPP_OPCODE, 0)
+    assert natpmp.decode_response(natpmp.error_answer(bytes([1, 0]), Result.UNSUPP_VERSION, 5)) == \
+        natpmp.ErrorAnswer(0, Result.UNSUPP_VERSION, 5)
+    with pytest.raises(natpmp.NatPmpError):
+        natpmp.decode_response(bytes([0, 128 | 32, 0, 0]) + bytes(4))  # SUCCESS for an opcode nobody speaks

@@ -30,7 +30,7 @@ STAMP = "20261202T201511Z"
 STUB = "recorded in the original run; the fixture keeps its name only\n"
 
 CHECKER = """<!DOCTYPE html><html><body><pre id="out">no answer</pre>
-<iframe id="f" src="report.html" width="%d" height="%d"></iframe>
+<iframe id="f" src="report.html" width="WIDTH" height="HEIGHT"></iframe>
 <script>
 document.getElementById("f").onload = function () {
   const doc = this.contentDocument;
@@ -48,7 +48,7 @@ document.getElementById("f").onload = function () {
     width: doc.documentElement.scrollWidth, matrix_bottom: matrix.bottom});
 };
 </script></body></html>
-""" % (WIDTH, HEIGHT)
+""".replace("WIDTH", str(WIDTH)).replace("HEIGHT", str(HEIGHT))
 
 
 def chromium(*args: str, profile: Path) -> str:
