@@ -26,7 +26,7 @@ NOT_IMPLEMENTED = "not implemented"
 VERDICT_ORDER = (PASS, PARTIAL, FAIL, NOT_IMPLEMENTED)  # claim verdicts
 BEHAVIOUR_VERDICTS = (PASS, FAIL, NOT_IMPLEMENTED)  # behaviours and controls are never partial
 
-TITLE = "natlab conformance report"
+TITLE = report_html.TITLE
 RULES = (
     'A behaviour with no scenario result is "not implemented", never a pass. '
     "Any failed or errored result fails it; it passes when all its results pass. "
@@ -265,49 +265,6 @@ def markdown_table(df: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in df.columns) + " |"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, rule, *body])
-
-
-def _css_class(verdict: str) -> str:
-    return "v v-" + verdict.replace(" ", "-")
-
-
-def html_table(df: pd.DataFrame, *, evidence_base: str = "") -> str:
-    """An HTML table; verdict cells get a class for colour, evidence paths become links."""
-
-    def item(col: str, i: Any) -> str:
-        text = html.escape(str(i))
-        if col == "behaviour_verdicts":  # "OUT-ALG: pass", coloured by its verdict
-            return f'<span class="{_css_class(str(i).rsplit(": ", 1)[-1])}">{text}</span>'
-        if col == "evidence":
-            return f'<a href="{html.escape(evidence_base + str(i))}">{text}</a>'
-        return text.replace("\n", "<br>")
-
-    def cell(col: str, v: Any) -> str:
-        return "<br>".join(item(col, i) for i in (v if isinstance(v, list) else [v]))
-
-    def td(col: str, v: Any) -> str:
-        cls = f' class="{_css_class(str(v))}"' if col == "verdict" else ""
-        return f"<td{cls}>{cell(col, v)}</td>"
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "\n".join(
-        "<tr>" + "".join(td(c, v) for c, v in zip(df.columns, row, strict=True)) + "</tr>"
-        for row in df.itertuples(index=False)
-    )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
-td.v, span.v { font-weight: bold; white-space: nowrap; }
-td.v-pass { background: #d4f4d4; } span.v-pass { color: #17651a; }
-td.v-fail, td.v-error { background: #f8d0d0; } span.v-fail, span.v-error { color: #a11; }
-td.v-partial { background: #fbecc0; } span.v-partial { color: #8a5a00; }
-td.v-not-implemented { background: #e8e8e8; color: #666; } span.v-not-implemented { color: #666; }
-""".strip()
 
 
 def _environment_frame(environment: Mapping[str, Any]) -> pd.DataFrame:
