@@ -300,3 +300,15 @@ def test_summary_table():
     # OUT-CSUM passes claims 3-5, 16, 17, 29-31 (15 is shared with the failing OUT-SEND, as is 27)
     assert "claims: 8 pass, 0 partial, 2 fail, 30 not implemented" in text
     assert f"controls: 1 pass, 0 fail, {len(REG.controls) - 1} not implemented" in text
+
+
+def test_a_further_table_with_verdicts_gets_a_strip_on_the_first_screen(tmp_path, monkeypatch):
+    """A requirement ledger (issue 14, items 1-3) added to the report's sections shows at a glance."""
+    ledger = pd.DataFrame({"requirement": ["RFC 4787 REQ-1", "RFC 4787 REQ-9"], "verdict": [PASS, FAIL]})
+    sections = report._sections
+    monkeypatch.setattr(report, "_sections", lambda *a: [*sections(*a), ("Ledger", ledger)])
+    page = report.write_report(REG, RESULTS, ENV, tmp_path)["report.html"].read_text()
+    first = page.split('<section id="first-screen">')[1].split("</section>")[0]
+    assert "<h3>Ledger</h3>" in first and 'title="RFC 4787 REQ-9: fail"' in first
+    assert '<h2 id="s-ledger">Ledger</h2>' in page
+    _WellFormed().feed(page)
