@@ -20,6 +20,7 @@ from conformance.results import ScenarioResult
 
 NO_CELL = "single check"  # the column of behaviours that are not checked per matrix cell
 NOT_RUN = "not run"
+NOT_IMPLEMENTED = "not implemented"
 
 
 def cell_labels() -> list[str]:
@@ -39,12 +40,15 @@ def cell_verdict(results: Sequence[ScenarioResult]) -> str:
 def verdict_matrix(registry: Registry, results: Sequence[ScenarioResult]) -> dict[str, dict[str, str]]:
     """Behaviour id -> {cell label or NO_CELL: verdict}: the matrix of the first screen (controls excluded).
 
-    A matrix behaviour gets a verdict per cell; any other a single one, from all its results."""
+    A matrix behaviour gets a verdict per cell (NOT_RUN for a cell no result covers); any other a single
+    one, from all its results; a behaviour with no result at all is NOT_IMPLEMENTED throughout."""
     shown: dict[str, dict[str, str]] = {}
     own = [r for r in results if not r.control]
     for b in registry:
         mine = [r for r in own if r.behaviour == b.id]
-        if b.matrix:
+        if not mine:  # no scenario at all: "not implemented", never a pass (conformance/report.py)
+            shown[b.id] = dict.fromkeys(cell_labels() if b.matrix else [NO_CELL], NOT_IMPLEMENTED)
+        elif b.matrix:
             shown[b.id] = {c: cell_verdict([r for r in mine if r.cell_label() == c]) for c in cell_labels()}
         else:
             shown[b.id] = {NO_CELL: cell_verdict(mine)}

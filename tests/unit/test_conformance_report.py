@@ -221,6 +221,7 @@ def test_html_first_screen_is_the_summary_and_a_compact_verdict_matrix(written):
     assert matrix.split("<tbody>")[1].count("<tr>") == len(REG)  # one row per behaviour
     assert 'title="OUT-SEND ESP/transport/TCP: fail"' in matrix and 'title="OUT-CSUM ESP/transport/TCP: pass"' in matrix
     assert 'title="OUT-CSUM AH/transport/TCP: not run"' in matrix
+    assert 'title="OUT-AH AH/transport/TCP: not implemented"' in matrix
     assert 'title="NAT-AUTO single check: pass"' in matrix
     assert first.count('class="badge v-') >= 40  # the 40 claims, and the counts
     assert "1 failed as predicted" in first and "did not fail" not in first  # controls by what they show

@@ -37,7 +37,8 @@ def test_the_matrix_has_a_square_per_cell_for_matrix_behaviours_and_one_otherwis
     assert list(matrix) == list(REG.behaviour_ids())
     assert matrix["OUT-CSUM"]["ESP/tunnel/UDP"] == "pass"  # a control's result never colours a behaviour's cell
     assert matrix["OUT-CSUM"]["AH/tunnel/UDP"] == NOT_RUN and len(matrix["OUT-CSUM"]) == 8
-    assert matrix["NAT-IN"] == {NO_CELL: "pass"} and matrix["NAT-OUT"] == {NO_CELL: NOT_RUN}
+    assert matrix["NAT-IN"] == {NO_CELL: "pass"} and matrix["NAT-OUT"] == {NO_CELL: "not implemented"}
+    assert set(matrix["OUT-AH"].values()) == {"not implemented"} and len(matrix["OUT-AH"]) == 8
 
 
 def test_controls_are_labelled_by_what_they_show():
