@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from conformance import apps
 from conformance.evidence import captures, read_pcap
+from tests.testbed.services import LISTEN_TIMEOUT_S
 from topo.natlab import GATEWAY_IP, client_ip, global_ips, server_ip
 
 H1, G1, SRV1 = client_ip(1), global_ips(1)[0], server_ip(1)
@@ -39,6 +42,17 @@ def mapping(host, public: int, lifetime: int) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(4))
 
 
+@contextmanager
+def http_server(host, port: int):
+    """``python3 -m http.server`` on h1, yielded once ``ss`` shows it listening (a SYN before would meet a RST)."""
+    with apps.http_server(host, H1, port) as server:
+        deadline = time.monotonic() + LISTEN_TIMEOUT_S
+        while not host.cmd(f"ss -Hntl 'sport = :{port}'").strip():
+            assert server.proc.poll() is None and time.monotonic() < deadline, "http.server never listened"
+            time.sleep(0.05)
+        yield server
+
+
 def client_leases(tb) -> list[dict]:
     return [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
 
@@ -57,7 +71,7 @@ def test_natpmpc_maps_renews_and_deletes_a_working_mapping(make_testbed, tmp_pat
     h1, h2, srv1 = tb.host("h1"), tb.host("h2"), tb.host("srv1")
     assert f"default via {GATEWAY_IP}" in h1.cmd("ip route show default")  # natpmpc finds the gateway itself
     with captures([(h1, "h1-eth0"), (srv1, "srv1-eth0")], tmp_path / "pcaps") as pcaps, \
-            apps.http_server(h1, H1, PRIVATE_PORT):
+            http_server(h1, PRIVATE_PORT):
         out, status = natpmpc(h1)
         assert status == 0 and f"Public IP address : {G1}" in out, out
         public, lifetime = mapping(h1, PRIVATE_PORT, 120)
