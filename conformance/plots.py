@@ -81,10 +81,12 @@ def lease_timeline(events: Sequence[LeaseEvent]) -> bytes:
     ax = fig.add_subplot()
     marks = {"first": ("o", "#3a9d4a"), "renew": ("|", "#1f4e9c"), "release": ("x", "#d43d3d")}
     names = {"first": "first answer (grant)", "renew": "renewal", "release": "release"}
+    released = {e.lease: e.time for e in events if e.kind == "release"}
     for e in events:
         y = leases.index(e.lease)
-        if e.lifetime:
-            ax.barh(y, e.lifetime, left=e.time, height=0.35, color="#6a8fc7", alpha=0.35)
+        end = min(e.time + e.lifetime, released.get(e.lease, e.time + e.lifetime))  # a release ends it early
+        if end > e.time:
+            ax.barh(y, end - e.time, left=e.time, height=0.35, color="#6a8fc7", alpha=0.35)
         marker, colour = marks[e.kind]
         ax.plot(e.time, y, marker, color=colour, markersize=7)
     for y, lease in enumerate(leases):

@@ -101,9 +101,13 @@ class LeaseEvent:
     kind: str  # first (the grant, if the capture began before it) | renew | release
 
 
+LEASE_OPCODES = ("MAP", "PEER", "LEASE")  # what has a lifetime (DEFINE's lives by its leases, READ is a query)
+
+
 def lease_events(pcap: Path, pcp_port: int) -> list[LeaseEvent]:
-    """The successful PCP answers (from UDP ``pcp_port``) on a client's wire, grouped per lease by
-    (opcode, nonce) (RFC 6887 11.1: the nonce names the mapping). Times from the first answer."""
+    """The successful PCP answers (from UDP ``pcp_port``) on a client's wire to MAP, PEER and LEASE,
+    grouped per lease by (opcode, nonce) (RFC 6887 11.1: the nonce names the mapping). Times from the
+    first answer."""
     from scapy.layers.inet import UDP
     from scapy.utils import rdpcap
 
@@ -117,9 +121,9 @@ def lease_events(pcap: Path, pcp_port: int) -> list[LeaseEvent]:
             response = pcp.decode_response(bytes(frame[UDP].payload))
         except pcp.PcpError:
             continue
-        nonce = getattr(response.info, "nonce", None)
-        if response.result == pcp.Result.SUCCESS and nonce is not None:
-            answers.append((float(frame.time), f"{pcp.Opcode(response.opcode).name}", nonce, response.lifetime))
+        nonce, opcode = getattr(response.info, "nonce", None), pcp.Opcode(response.opcode).name
+        if response.result == pcp.Result.SUCCESS and nonce is not None and opcode in LEASE_OPCODES:
+            answers.append((float(frame.time), opcode, nonce, response.lifetime))
     return _events(answers)
 
 

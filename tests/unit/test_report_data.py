@@ -94,3 +94,16 @@ def test_path_shares_from_the_runners_line():
 ])
 def test_every_plot_is_a_png(draw):
     assert draw().startswith(PNG)
+
+
+def test_lease_timeline_from_the_grants_to_the_releases():
+    """A CL-RENEW capture that began before the agent (tests/vectors/report-renew-grants.pcap): every lease
+    is granted, renewed in place and released; the agent's DEFINE (lifetime 0: it lives by its leases)
+    is no lease and stays off the timeline."""
+    events = report_data.lease_events(RUN.parent / "report-renew-grants.pcap", SERVER_PORT)
+    by_lease: dict[str, list[str]] = {}
+    for e in events:
+        by_lease.setdefault(e.lease, []).append(e.kind)
+    assert len(by_lease) == 33 and not any(name.startswith("DEFINE") for name in by_lease)
+    for lease, kinds in by_lease.items():
+        assert kinds[0] == "first" and kinds[-1] == "release" and set(kinds[1:-1]) == {"renew"}, lease
