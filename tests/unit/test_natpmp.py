@@ -8,7 +8,9 @@ libnatpmp's ``natpmpc`` sends them.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import shutil
 import subprocess
 
@@ -19,6 +21,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
+from nat_app import state
+from nat_app.config import NatConfig, global_pool
 from nat_app.natpmp_server import NATPMP_NONCE
 from nat_app.table import EntryKind
 from netwire import natpmp, pcp
@@ -249,3 +253,17 @@ def test_the_servers_error_answers_decode_whatever_opcode_they_echo():
         natpmp.ErrorAnswer(0, Result.UNSUPP_VERSION, 5)
     with pytest.raises(natpmp.NatPmpError):
         natpmp.decode_response(bytes([0, 128 | 32, 0, 0]) + bytes(4))  # SUCCESS for an opcode nobody speaks
+
+
+def test_a_natpmp_mapping_survives_a_controller_restart_with_its_owner():
+    """Its owner record (origin, the NAT-PMP nonce) is saved like any MAP's (nat_app/state.py)."""
+    sw = switch_with()
+    granted = map_tcp(sw, "10.0.0.1", lifetime=600, now=10)
+    records = json.loads(json.dumps(state.export(sw.core)))
+    sw.core = state.restore(NatConfig(globals=global_pool(1)), records, random.Random(9))
+    sw.apply(sw.core.reconcile([(f.msg.cookie, f.msg.priority) for f in sw.flows], 20), 20)
+    assert map_tcp(sw, "10.0.0.1", src_mac="00:00:00:00:66:66", lifetime=0, now=30).result is Result.NOT_AUTHORIZED
+    renewed = map_tcp(sw, "10.0.0.1", lifetime=600, now=30)
+    assert (renewed.result, renewed.external_port, renewed.epoch) == (Result.SUCCESS, granted.external_port, 30)
+    (syn,) = syn_from_srv1(sw, granted.external_port)
+    assert syn[IP].dst == "10.0.0.1" and syn[TCP].dport == 8080
