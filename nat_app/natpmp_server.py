@@ -19,6 +19,8 @@ from nat_app.table import ANY, EntryKind
 from netwire import natpmp, pcp
 from netwire.natpmp import Result
 
+__pure__ = True  # the purity marker of the restructured house (issue 11); tests/unit/test_purity.py lists it too
+
 NATPMP_NONCE = b"NAT-PMP\0\0\0\0\0"  # the 96-bit PCP nonce of every NAT-PMP mapping (RFC 6887 Appendix A)
 
 _RESULT_OF = {  # PCP's refusals in NAT-PMP's five codes (RFC 6886 3.5)
