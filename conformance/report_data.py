@@ -166,3 +166,22 @@ def path_shares(environment: Mapping[str, object]) -> dict[str, int] | None:
         return None
     fast, controller, slow = (int(x) for x in found.groups())
     return {"fast": fast, "slow": slow, "to_controller": controller}
+
+
+# --- the BEHAVE ledger (issue 14, items 1-3) -----------------------------------------------------------------
+
+
+def ledger_rows(results: Sequence[ScenarioResult], run_dir: Path) -> list[dict]:
+    """The requirement ledger a run wrote as evidence (``.../ledger.json``: one object per requirement with
+    rfc, req, level, verdict, ...), or [] when the run has none or it does not parse."""
+    for r in results:
+        for p in r.evidence:
+            if Path(p).name == "ledger.json" and (run_dir / p).is_file():
+                try:
+                    rows = json.loads((run_dir / p).read_text())
+                except (OSError, ValueError):
+                    return []
+                keys = {"rfc", "req", "level", "verdict"}
+                return rows if isinstance(rows, list) and all(isinstance(x, dict) and keys <= x.keys()
+                                                              for x in rows) else []
+    return []

@@ -120,6 +120,25 @@ def strip(title: str, df: pd.DataFrame) -> str:
     return f'<h3>{_e(title)}</h3><div class="strip">{squares}</div>'
 
 
+def ledger_strip(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The ledger on the first screen: per RFC, one square per requirement, coloured by its verdict."""
+    by_rfc: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_rfc.setdefault(str(row["rfc"]), []).append(row)
+    lines = "".join(
+        f'<div class="ledger-rfc"><span class="rfc">RFC {_e(rfc)}</span>' + "".join(
+            _chip(str(r["verdict"]), href="#ledger", title=f"RFC {rfc} {r['req']} ({r['level']}): {r['verdict']}")
+            for r in mine) + "</div>" for rfc, mine in by_rfc.items())
+    return f"<h3>BEHAVE ledger</h3>{_counts_line('Requirements', [str(r['verdict']) for r in rows])}{lines}"
+
+
+def ledger_table(rows: Sequence[Mapping[str, Any]], base: str) -> str:
+    columns = [c for c in ("rfc", "req", "level", "verdict", "oracle", "text", "positive", "negative", "reason", "na",
+                           "evidence") if any(c in r for r in rows)]
+    frame = pd.DataFrame([{c: r.get(c, "") for c in columns} for r in rows], columns=columns)
+    return table(frame, base)
+
+
 # --- the long part ------------------------------------------------------------------------------------------
 
 
@@ -208,6 +227,10 @@ h1 { font-size: 1.4em; margin: 0.2em 0; } h2 { font-size: 1.15em; margin-top: 1.
 .v-not-implemented { background: #b8b8b8; } .v-not-run { background: #e6e6e6; } .badge.v-not-run { color: #333; }
 .legend { font-size: 0.8em; margin: 0.3em 0; } .legend .chip { margin: 0 0.2em 0 0.8em; }
 .v-failed-as-predicted { background: #3a9d4a; }
+.v-na { background: #fff; border: 1px solid #bbb; } .badge.v-na { color: #333; }
+.v-not-checked { background: #dcdcdc; } .badge.v-not-checked { color: #333; }
+.ledger-rfc { margin: 2px 0; } .ledger-rfc .rfc { display: inline-block; width: 6.5em; font-size: 0.85em; }
+.ledger-rfc .chip { margin: 1px; }
 table { border-collapse: collapse; font-size: 0.85em; }
 table.matrix th, table.matrix td { border: 1px solid #ddd; padding: 1px 3px; text-align: center; }
 table.matrix tbody th { text-align: left; font-weight: normal; white-space: nowrap; }
@@ -268,10 +291,12 @@ def render(registry, results, environment: Mapping[str, Any], sections: Sequence
     """The page: head, first screen, plots, then the long evidence behind clicks."""
     beh, claims, ctl, cells = (frames[k] for k in ("behaviours", "claims", "controls", "cells"))
     extra = [(t, df) for t, df in sections if t not in STANDARD]
+    ledger = report_data.ledger_rows(results, run_dir) if run_dir else []
     stamp = " · ".join(_e(f"{k} {v}") for k, v in environment.items() if k in ("commit", "date", "kernel"))
     head = f'<h1>{_e(TITLE)}</h1><p class="muted">{stamp}</p>'
     right = (summary(beh, claims, ctl, cells) + "<h3>Claims</h3>" + claims_grid(claims) + "<h3>Controls</h3>"
-             + controls_list(ctl) + "".join(strip(t, df) for t, df in extra if "verdict" in df.columns))
+             + controls_list(ctl) + "".join(strip(t, df) for t, df in extra if "verdict" in df.columns)
+             + (ledger_strip(ledger) if ledger else ""))
     first = (f'<div class="first"><div>{verdict_matrix(report_data.verdict_matrix(registry, results), beh)}</div>'
              f"<div>{right}</div></div>")
     rest = ['<h2 id="plots">Plots</h2>' + "".join(figure(t, c, png) for _, t, c, png in figures),
@@ -279,6 +304,9 @@ def render(registry, results, environment: Mapping[str, Any], sections: Sequence
             '<h2 id="controls">Controls</h2>' + control_details(ctl, base),
             f'<h2 id="claims">Claims</h2><details><summary>40 claims and the behaviours that carry them</summary>'
             f'{table(claims[["claim", "verdict", "behaviour_verdicts"]])}</details>']
+    if ledger:
+        rest.append(f'<h2 id="ledger">BEHAVE ledger</h2><details><summary>{len(ledger)} requirements, each with '
+                    f"its verdict and evidence</summary>{ledger_table(ledger, base)}</details>")
     rest += [f'<h2 id="s-{_e(t.lower().replace(" ", "-"))}">{_e(t)}</h2><details open><summary>{len(df)} rows'
              f"</summary>{table(df, base)}</details>" for t, df in extra]
     files = key_files(run_dir, base)

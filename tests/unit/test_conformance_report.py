@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from html.parser import HTMLParser
 
@@ -313,3 +314,23 @@ def test_a_further_table_with_verdicts_gets_a_strip_on_the_first_screen(tmp_path
     assert "<h3>Ledger</h3>" in first and 'title="RFC 4787 REQ-9: fail"' in first
     assert '<h2 id="s-ledger">Ledger</h2>' in page
     _WellFormed().feed(page)
+
+
+def test_the_behave_ledger_a_run_wrote_shows_on_the_first_screen(tmp_path):
+    """The ledger (issue 14, items 1-3) is evidence of its scenario (``ledger.json``, one object per
+    requirement): a square per requirement, grouped by RFC, and the whole table behind a click."""
+    rows = [{"rfc": 4787, "req": "REQ-1", "level": "MUST", "verdict": "pass", "text": "EIM", "evidence": []},
+            {"rfc": 4787, "req": "REQ-9", "level": "MUST", "verdict": "fail", "text": "hairpinning",
+             "reason": "no hairpin <seen>"},
+            {"rfc": 5508, "req": "REQ-2", "level": "MAY", "verdict": "n/a", "text": "x", "na": "no such path"}]
+    (tmp_path / "evidence").mkdir()
+    (tmp_path / "evidence" / "ledger.json").write_text(json.dumps(rows))
+    results = [res("NAT-AUTO", scenario="behave/ledger", evidence=("evidence/ledger.json",))]
+    page = report.write_report(REG, results, ENV, tmp_path)["report.html"].read_text()
+    first = page.split('<section id="first-screen">')[1].split("</section>")[0]
+    assert "BEHAVE ledger" in first and "RFC 4787" in first and "RFC 5508" in first
+    assert 'title="RFC 4787 REQ-9 (MUST): fail"' in first and 'title="RFC 5508 REQ-2 (MAY): n/a"' in first
+    assert '<h2 id="ledger">' in page and html.escape("no hairpin <seen>") in page
+    _WellFormed().feed(page)
+    (tmp_path / "evidence" / "ledger.json").write_text("[{\"rfc\": 4787}]")  # not a ledger: nothing shown
+    assert "BEHAVE ledger" not in report.write_report(REG, results, ENV, tmp_path)["report.html"].read_text()
