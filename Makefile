@@ -7,7 +7,8 @@ PY      := $(VENV)/bin/python
 PYTEST_ARGS ?=
 APT_PKGS := openvswitch-switch mininet ethtool iperf3 tcpdump tshark curl iputils-ping \
             iproute2 netcat-openbsd nftables iptables nmap \
-            strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins ftp coturn
+            strongswan-charon strongswan-swanctl libcharon-extra-plugins libstrongswan-standard-plugins ftp coturn \
+            natpmpc chromium
 STAMP   := $(VENV)/.installed
 # The installers' output (apt, pip, ovs-ctl): each set-up step prints one line and shows this log if it fails.
 SETUP_LOG ?= .setup.log

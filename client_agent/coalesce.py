@@ -7,7 +7,7 @@ csum_start, csum_offset; little-endian). A plain packet has an all-zero
 header; a super-segment says GSO_TCPV4 and its segment size, and the kernel
 handles it as one packet up its stack (or segments it again if it forwards
 it): one system call and one pass through IP and TCP instead of up to 45.
-Measured in ../shared/ENVIRONMENT.md ("TUN offloads from Python"): +42% for a
+Measured in docs/ENVIRONMENT.md ("TUN offloads from Python"): +42% for a
 Python forwarder.
 
 Checksums stay the receiver's business. The super-segment's TCP checksum is

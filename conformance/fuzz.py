@@ -43,7 +43,7 @@ from nat_app.gpn import GpnSpace
 from nat_app.lease_server import Origin
 from nat_app.messages import Output, PacketOut
 from nat_app.table import EntryKind
-from netwire import pcp, plan
+from netwire import natpmp, pcp, plan
 from netwire.ethernet import ARP_OP_REPLY, ETH_HEADER_LEN, ETH_TYPE_IPV4, Arp, EthernetHeader, arp_frame
 from netwire.ipv4 import IPPROTO_AH, build_ipv4_header, build_udp
 
@@ -137,7 +137,9 @@ class LeaseFuzzer:
         host = self.rng.choice(HOSTS)
         request = self._request(host)
         kind = self.rng.random()
-        if request is None or kind < 0.1:
+        if kind > 0.9:
+            payload, label = self._natpmp(), "natpmp"  # version 0 beside PCP (nat_app/natpmp_server.py)
+        elif request is None or kind < 0.1:
             payload, label = self.rng.randbytes(self.rng.randint(0, 120)), "random"
         else:
             payload = pcp.encode_request(request)
@@ -165,6 +167,14 @@ class LeaseFuzzer:
             return self.rng.choice(makers)(host)
         except ValueError:  # the codec refuses to build it: send random bytes instead
             return None
+
+    def _natpmp(self) -> bytes:
+        """A NAT-PMP request: map, renew, delete, delete all, the address, or one of them mutated."""
+        protocol, port = self.rng.choice((6, 17)), self.rng.choice((0, 7000, 8080, self.rng.randint(1, 65535)))
+        lifetime = self.rng.choice((0, 0, 120, 7200, self.rng.getrandbits(32)))
+        request = self.rng.choice((natpmp.AddressRequest(), natpmp.MapRequest(protocol, port, port, lifetime)))
+        payload = natpmp.encode_request(request)
+        return self._mutate(payload) if self.rng.random() < 0.3 else payload
 
     def _lifetime(self) -> int:
         return self.rng.choice((0, 120, 600, 3600, pcp.LIFETIME_UNSPECIFIED, self.rng.getrandbits(32)))
@@ -235,13 +245,21 @@ class LeaseFuzzer:
         owner_of = self.core.leases.owner_of
         return {e.id: (e.expires, owner_of(e.id)) for e in self.core.table if e.kind is EntryKind.CLIENT_ALG}
 
-    def _response(self, messages) -> pcp.Response | None:
+    def _answer(self, messages) -> bytes | None:
         for m in messages:
             if isinstance(m, PacketOut) and m.actions == (Output(self.config.inside_port),):
                 frame = m.data[ETH_HEADER_LEN:]
                 if frame[9] == 17 and int.from_bytes(frame[20:22], "big") == pcp.SERVER_PORT:
-                    return pcp.decode_response(frame[28:])
+                    return frame[28:]
         return None
+
+    def _response(self, messages) -> pcp.Response | None:
+        """The PCP answer; NAT-PMP's are judged by what they changed in the table (_judge) and tallied."""
+        answer = self._answer(messages)
+        if answer is not None and natpmp.is_natpmp(answer):
+            self.results[("natpmp answer", natpmp.decode_response(answer).result.name)] += 1
+            return None
+        return pcp.decode_response(answer) if answer is not None else None
 
     def _judge(self, host: Host, before: dict[int, tuple], response: pcp.Response | None) -> None:
         """No frame of ``host`` adds, renews or releases an entry it does not own; READ shows only its own."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from conformance import report_html
 from conformance.registry import AXES, MATRIX_CELLS, Control, Registry
 from conformance.results import ScenarioResult
 
@@ -25,7 +26,7 @@ NOT_IMPLEMENTED = "not implemented"
 VERDICT_ORDER = (PASS, PARTIAL, FAIL, NOT_IMPLEMENTED)  # claim verdicts
 BEHAVIOUR_VERDICTS = (PASS, FAIL, NOT_IMPLEMENTED)  # behaviours and controls are never partial
 
-TITLE = "natlab conformance report"
+TITLE = report_html.TITLE
 RULES = (
     'A behaviour with no scenario result is "not implemented", never a pass. '
     "Any failed or errored result fails it; it passes when all its results pass. "
@@ -266,49 +267,6 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, rule, *body])
 
 
-def _css_class(verdict: str) -> str:
-    return "v v-" + verdict.replace(" ", "-")
-
-
-def html_table(df: pd.DataFrame, *, evidence_base: str = "") -> str:
-    """An HTML table; verdict cells get a class for colour, evidence paths become links."""
-
-    def item(col: str, i: Any) -> str:
-        text = html.escape(str(i))
-        if col == "behaviour_verdicts":  # "OUT-ALG: pass", coloured by its verdict
-            return f'<span class="{_css_class(str(i).rsplit(": ", 1)[-1])}">{text}</span>'
-        if col == "evidence":
-            return f'<a href="{html.escape(evidence_base + str(i))}">{text}</a>'
-        return text.replace("\n", "<br>")
-
-    def cell(col: str, v: Any) -> str:
-        return "<br>".join(item(col, i) for i in (v if isinstance(v, list) else [v]))
-
-    def td(col: str, v: Any) -> str:
-        cls = f' class="{_css_class(str(v))}"' if col == "verdict" else ""
-        return f"<td{cls}>{cell(col, v)}</td>"
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "\n".join(
-        "<tr>" + "".join(td(c, v) for c, v in zip(df.columns, row, strict=True)) + "</tr>"
-        for row in df.itertuples(index=False)
-    )
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
-td.v, span.v { font-weight: bold; white-space: nowrap; }
-td.v-pass { background: #d4f4d4; } span.v-pass { color: #17651a; }
-td.v-fail, td.v-error { background: #f8d0d0; } span.v-fail, span.v-error { color: #a11; }
-td.v-partial { background: #fbecc0; } span.v-partial { color: #8a5a00; }
-td.v-not-implemented { background: #e8e8e8; color: #666; } span.v-not-implemented { color: #666; }
-""".strip()
-
-
 def _environment_frame(environment: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame({"item": list(environment), "value": [str(v) for v in environment.values()]})
 
@@ -346,11 +304,14 @@ def write_report(
     out_dir: str | Path,
     *,
     evidence_base: str = "",
+    bench_dir: Path | None = None,
 ) -> dict[str, Path]:
     """Write behaviours.csv, claims.csv, controls.csv, cells.csv, report.md, report.html into `out_dir`.
 
     `evidence_base` is prefixed to evidence paths in HTML links (the paths are
-    relative to the run directory; leave "" when the report sits in it).
+    relative to the run directory; leave "" when the report sits in it). The plots
+    (``plots/*.png``, also embedded in the HTML) read ``natlab bench``'s JSON in
+    ``bench_dir`` (default: ``out_dir``) and the run's files under ``out_dir/evidence_base``.
     Returns file name -> path.  Raises ReportError on results naming unknown behaviours.
     """
     results = list(results)
@@ -369,21 +330,22 @@ def write_report(
     _csv_ready(ctl).to_csv(paths["controls.csv"], index=False)
     sections = _sections(environment, beh, claims, ctl, cells)
 
+    run_dir = out / evidence_base if evidence_base else out
+    figures = report_html.plots_for(registry, results, environment, run_dir, bench_dir or out)
+    (out / "plots").mkdir(exist_ok=True)
+    for name, _, _, png in figures:
+        paths[f"plots/{name}"] = out / "plots" / name
+        paths[f"plots/{name}"].write_bytes(png)
+
     md = [f"# {TITLE}", "", RULES, ""]
     for title, df in sections:
         md += [f"## {title}", "", markdown_table(df) if len(df) else "_none_", ""]
+    md += ["## Plots", ""] + [f"![{title}](plots/{name})" for name, title, _, _ in figures] + [""]
     paths["report.md"].write_text("\n".join(md), encoding="utf-8")
 
-    body = [f"<h1>{html.escape(TITLE)}</h1>", f"<p>{html.escape(RULES)}</p>"]
-    for title, df in sections:
-        body.append(f'<h2 id="{title.lower().replace(" ", "-")}">{html.escape(title)}</h2>')
-        body.append(html_table(df, evidence_base=evidence_base) if len(df) else "<p><em>none</em></p>")
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(TITLE)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body>\n</html>\n"
-    )
+    frames = {"behaviours": beh, "claims": claims, "controls": ctl, "cells": cells}
+    page = report_html.render(registry, results, environment, sections, frames, RULES, evidence_base, run_dir,
+                              figures)
     paths["report.html"].write_text(page, encoding="utf-8")
     return paths
 

@@ -18,6 +18,7 @@ import itertools
 import random
 from typing import Any
 
+import nat_app.natpmp_server as natpmp_server
 from nat_app.allocate import Pool, PortLimitReached
 from nat_app.client_alg import ClientAlgPaths
 from nat_app.config import NatConfig
@@ -52,7 +53,7 @@ from nat_app.savi import SaviCore
 from nat_app.table import DataPath, Entry, EntryKind, TableConflict, TranslationTable, Triple
 from nat_app.tcpstate import Phase, TcpTracker, first_phase
 from nat_app.translate import rewrite, rewrite_icmp_error
-from netwire import pcp
+from netwire import natpmp, pcp
 from netwire.ethernet import (
     ARP_OP_REPLY,
     ARP_OP_REQUEST,
@@ -672,7 +673,11 @@ class NatCore:
         if not 8 <= length <= len(segment):
             return self._drop("malformed")
         origin = Origin(self._access_port(eth.src, ip.src), eth.src, ip.src)
-        outcome = self.leases.handle(segment[8:length], origin, now)
+        datagram = segment[8:length]
+        if natpmp.is_natpmp(datagram):  # version 0 beside PCP (RFC 6887 9, Appendix A)
+            outcome = natpmp_server.handle(self.leases, datagram, origin, now)
+        else:
+            outcome = self.leases.handle(datagram, origin, now)
         msgs: list[Message] = []
         for entry in outcome.removed:
             msgs += self._forget(entry, now, removed=True)

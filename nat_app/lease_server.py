@@ -318,6 +318,10 @@ class LeaseServer:
         self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime
 
+    def map_port(self, request: pcp.Request, origin: Origin, now: float):
+        """MAP's logic for a request that came in another framing (NAT-PMP: nat_app/natpmp_server.py)."""
+        return self._map(request, origin, now)
+
     def _acquire_port(self, info: pcp.MapInfo | pcp.PeerInfo, origin: Origin, now: float) -> tuple[str, int]:
         """A global port from the NAPT space, within the host's share (RFC 6888 REQ-4)."""
         try:

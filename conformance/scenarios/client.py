@@ -859,11 +859,11 @@ def client_renew(ctx: Context) -> list[ScenarioResult]:
     h1, target = tb.host(members[0].name), tb.host(cell.target[0])
     with ctx.recorded("client-renew") as rec, ExitStack() as stack:
         others = set(_entries_of(tb.table(), members[0].private_ip))  # leases of earlier scenarios, not the agent's
+        pcaps = stack.enter_context(captures([(h1, f"{h1.name}-eth0")], rec.folder / "pcap"))  # from the grants on
         stack.enter_context(AgentProcess(tb.host(cell.peer), peer, rec.folder / f"agent-{cell.peer}"))
         agent = stack.enter_context(AgentProcess(h1, configs[0], rec.folder / "agent-h1"))
         before = {i: t for i, t in _entries_of(tb.table(), members[0].private_ip).items() if i not in others}
         stack.enter_context(Service(target, ["iperf3", "-s", "-p", str(IPERF_UDP_BASE)], settle=0.5))
-        pcaps = stack.enter_context(captures([(h1, f"{h1.name}-eth0")], rec.folder / "pcap"))
         out = h1.cmd(f"iperf3 -c {cell.target[1]} -p {IPERF_UDP_BASE} -u -b 2M -l 1000 -t {RENEW_RUN_S} -J")
         after = {i: t for i, t in _entries_of(tb.table(), members[0].private_ip).items() if i not in others}
         status = agent.refresh()

@@ -105,6 +105,8 @@ def test_natlab_demo_writes_the_report(tmp_path):
         assert controls.loc[fault, "verdict"] == "pass", controls.loc[fault].to_dict()
     assert behaviours["fails_without"].notna().all()  # every behaviour names the variant that makes it fail
     assert (tmp_path / "report.html").read_text().count("NAT-AUTO") >= 1
+    plots = {p.name for p in (tmp_path / "plots").glob("*.png")}  # issue 14: the run's own plots
+    assert {"verdict-matrix.png", "lease-timeline.png", "path-shares.png"} <= plots, plots
     run_dir = next((tmp_path / "runs").iterdir())
     assert list(run_dir.glob("evidence/nat-auto/*.pcap")) and (run_dir / "controller.log").exists()
     assert list(run_dir.glob("evidence/client-esp-transport/pcap/ipsec0.pcap"))

@@ -1,4 +1,4 @@
-"""The behaviour registry: the packaged data matches CLAIMS.md, bad data is named."""
+"""The behaviour registry: the packaged data matches the repository's claims map (docs/CLAIMS.md), bad data is named."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from conformance import registry
 from conformance.registry import CLAIMS, MATRIX_CELLS, RegistryError
 
-CLAIMS_MD = Path(__file__).resolve().parents[3] / "shared" / "CLAIMS.md"
+CLAIMS_MD = Path(__file__).resolve().parents[2] / "docs" / "CLAIMS.md"
 
-# Every row id of CLAIMS.md, in its order.
+# Every row id of docs/CLAIMS.md, in its order.
 CLAIMS_MD_IDS = [
     "OUT-ALG",
     "OUT-PORT",
@@ -87,24 +87,35 @@ def test_controls_are_data_with_the_predicted_failures(reg):
         assert not ah.covers(None)
 
 
-def _claims_md_rows(text: str) -> dict[str, tuple[str, str]]:
+def _claims_md_rows(text: str) -> dict[str, tuple[str, str, str]]:
     rows = {}
     for line in text.splitlines():
-        m = re.match(r"^\| ((?:OUT|IN|NAT|CL)-[A-Z]+) \| (.*) \| (.*) \|$", line)
+        m = re.match(r"^\| ((?:OUT|IN|NAT|CL)-[A-Z]+) \| (.*) \| (.*) \| (.*) \|$", line)
         if m:
-            rows[m[1]] = (m[2], m[3])
+            rows[m[1]] = (m[2], m[3], m[4])
     return rows
 
 
-@pytest.mark.skipif(not CLAIMS_MD.exists(), reason=f"{CLAIMS_MD} not present (outside the shared work tree)")
-def test_packaged_registry_matches_claims_md_text(reg):
+def test_packaged_registry_matches_the_claims_map_in_the_repository(reg):
     rows = _claims_md_rows(CLAIMS_MD.read_text())
     assert list(rows) == CLAIMS_MD_IDS
     for b in reg:
-        text, last = rows[b.id]
+        text, claims, steps = rows[b.id]
         assert b.text == text, b.id
-        if b.claims:
-            assert b.claims == tuple(int(n) for n in last.split(",")), b.id
+        assert b.claims == (tuple(int(n) for n in claims.split(",")) if claims != "-" else ()), b.id
+        assert b.steps == tuple(steps.split("; ")), b.id
+
+
+def test_the_claims_map_lists_every_control(reg):
+    ids = re.findall(r"^\| (CTRL-[A-Z]+) \|", CLAIMS_MD.read_text(), re.MULTILINE)
+    assert ids == [c.id for c in reg.controls]
+
+
+def test_the_claims_map_cites_the_seed_by_title_authors_and_date():
+    text = " ".join(CLAIMS_MD.read_text().split())
+    for part in ("Application-Independent End-to-End Security in Shared-Link Access Networks", "Brustoloni",
+                 "Garay", "27 October 2000"):
+        assert part in text
 
 
 # --- lookups -------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import re
 from html.parser import HTMLParser
 
@@ -138,7 +140,8 @@ def written(tmp_path_factory):
 
 
 def test_all_files_are_written(written):
-    assert sorted(written) == ["behaviours.csv", "cells.csv", "claims.csv", "controls.csv", "report.html", "report.md"]
+    assert sorted(written) == ["behaviours.csv", "cells.csv", "claims.csv", "controls.csv", "plots/verdict-matrix.png",
+                               "report.html", "report.md"]  # no bench JSON, no CL-RENEW capture, no path counts here
     assert all(p.exists() and p.stat().st_size > 0 for p in written.values())
 
 
@@ -202,26 +205,50 @@ def test_markdown_report(written):
 def test_html_report_is_self_contained_with_coloured_verdicts(written):
     page = written["report.html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
-    assert "<table>" in page and page.count("<table>") == 6
-    assert not re.search(r"<(link|script)\b|src=|https?://", page)  # no external assets
-    assert '<td class="v v-pass">pass</td>' in page
-    assert '<td class="v v-fail">fail</td>' in page
-    assert '<td class="v v-not-implemented">not implemented</td>' in page
-    assert '<span class="v v-fail">OUT-SEND: fail</span>' in page
-    assert '<a href="runs/1/pcaps/srv1.pcap">pcaps/srv1.pcap</a>' in page
+    assert not re.search(r"<(link|script)\b|https?://", page)  # no external assets
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert all(base64.b64decode(s.split(",", 1)[1]).startswith(b"\x89PNG") for s in sources)
+    assert '<a class="file" href="runs/1/pcaps/srv1.pcap">pcaps/srv1.pcap</a>' in page
     assert html.escape("no 10.0.0.0/8 on srv1 <capture>") in page and "<capture>" not in page
     for value in ENV.values():
         assert html.escape(value) in page
-    section = page.split('<h2 id="behaviours">')[1].split("</table>")[0]
-    assert section.count("<tr>") == 1 + len(REG)  # header + one row per behaviour
-    assert section.count("<td") == 13 * len(REG)
     _WellFormed().feed(page)
+
+
+def test_html_first_screen_is_the_summary_and_a_compact_verdict_matrix(written):
+    first = written["report.html"].read_text().split('<section id="first-screen">')[1].split("</section>")[0]
+    matrix = first.split('<table class="matrix">')[1].split("</table>")[0]
+    assert matrix.split("<tbody>")[1].count("<tr>") == len(REG)  # one row per behaviour
+    assert 'title="OUT-SEND ESP/transport/TCP: fail"' in matrix and 'title="OUT-CSUM ESP/transport/TCP: pass"' in matrix
+    assert 'title="OUT-CSUM AH/transport/TCP: not run"' in matrix
+    assert 'title="OUT-AH AH/transport/TCP: not implemented"' in matrix
+    assert 'title="NAT-AUTO single check: pass"' in matrix
+    assert first.count('class="badge v-') >= 40  # the 40 claims, and the counts
+    assert "1 failed as predicted" in first and "did not fail" not in first  # controls by what they show
+    assert "<details" not in first and "srv1 sees only" not in first  # the long evidence is behind a click
+
+
+def test_html_evidence_sits_behind_a_click_per_behaviour_and_control(written):
+    page = written["report.html"].read_text()
+    for bid in REG.behaviour_ids():
+        assert f'<details id="b-{bid}">' in page, bid
+    nat_auto = page.split('<details id="b-NAT-AUTO">')[1].split("</details>")[0]
+    assert "srv1 sees only 203.0.113.1" in nat_auto and 'href="runs/1/logs/controller.log"' in nat_auto
+    control = page.split('<details id="c-CTRL-NOCOMP">')[1].split("</details>")[0]
+    assert "failed as predicted" in control and "ICV mismatch" in control
+
+
+def test_a_control_that_did_not_fail_is_labelled_a_failed_check(tmp_path):
+    results = [res("CTRL-NOCOMP", "fail", control=True, cell=dict(CELL, ipsec="AH"), reason="AH verified")]
+    page = report.write_report(REG, results, ENV, tmp_path)["report.html"].read_text()
+    assert "did not fail: check failed" in page.split('<section id="first-screen">')[1].split("</section>")[0]
 
 
 class _WellFormed(HTMLParser):
     """Fails on a closing tag that does not match the open one."""
 
-    VOID = {"meta", "br"}
+    VOID = {"meta", "br", "img"}
 
     def __init__(self) -> None:
         super().__init__()
@@ -275,3 +302,35 @@ def test_summary_table():
     # OUT-CSUM passes claims 3-5, 16, 17, 29-31 (15 is shared with the failing OUT-SEND, as is 27)
     assert "claims: 8 pass, 0 partial, 2 fail, 30 not implemented" in text
     assert f"controls: 1 pass, 0 fail, {len(REG.controls) - 1} not implemented" in text
+
+
+def test_a_further_table_with_verdicts_gets_a_strip_on_the_first_screen(tmp_path, monkeypatch):
+    """A requirement ledger (issue 14, items 1-3) added to the report's sections shows at a glance."""
+    ledger = pd.DataFrame({"requirement": ["RFC 4787 REQ-1", "RFC 4787 REQ-9"], "verdict": [PASS, FAIL]})
+    sections = report._sections
+    monkeypatch.setattr(report, "_sections", lambda *a: [*sections(*a), ("Ledger", ledger)])
+    page = report.write_report(REG, RESULTS, ENV, tmp_path)["report.html"].read_text()
+    first = page.split('<section id="first-screen">')[1].split("</section>")[0]
+    assert "<h3>Ledger</h3>" in first and 'title="RFC 4787 REQ-9: fail"' in first
+    assert '<h2 id="s-ledger">Ledger</h2>' in page
+    _WellFormed().feed(page)
+
+
+def test_the_behave_ledger_a_run_wrote_shows_on_the_first_screen(tmp_path):
+    """The ledger (issue 14, items 1-3) is evidence of its scenario (``ledger.json``, one object per
+    requirement): a square per requirement, grouped by RFC, and the whole table behind a click."""
+    rows = [{"rfc": 4787, "req": "REQ-1", "level": "MUST", "verdict": "pass", "text": "EIM", "evidence": []},
+            {"rfc": 4787, "req": "REQ-9", "level": "MUST", "verdict": "fail", "text": "hairpinning",
+             "reason": "no hairpin <seen>"},
+            {"rfc": 5508, "req": "REQ-2", "level": "MAY", "verdict": "n/a", "text": "x", "na": "no such path"}]
+    (tmp_path / "evidence").mkdir()
+    (tmp_path / "evidence" / "ledger.json").write_text(json.dumps(rows))
+    results = [res("NAT-AUTO", scenario="behave/ledger", evidence=("evidence/ledger.json",))]
+    page = report.write_report(REG, results, ENV, tmp_path)["report.html"].read_text()
+    first = page.split('<section id="first-screen">')[1].split("</section>")[0]
+    assert "BEHAVE ledger" in first and "RFC 4787" in first and "RFC 5508" in first
+    assert 'title="RFC 4787 REQ-9 (MUST): fail"' in first and 'title="RFC 5508 REQ-2 (MAY): n/a"' in first
+    assert '<h2 id="ledger">' in page and html.escape("no hairpin <seen>") in page
+    _WellFormed().feed(page)
+    (tmp_path / "evidence" / "ledger.json").write_text("[{\"rfc\": 4787}]")  # not a ledger: nothing shown
+    assert "BEHAVE ledger" not in report.write_report(REG, results, ENV, tmp_path)["report.html"].read_text()
