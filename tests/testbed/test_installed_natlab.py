@@ -4,6 +4,7 @@ installed command, with no PYTHONPATH and no source tree (the commands run from 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,22 @@ from tests.testbed.conftest import leftovers
 ROOT = Path(__file__).resolve().parents[2]
 
 
+WAIT = os.environ.get("NATLAB_TESTBED_WAIT", "900")  # how long `natlab up` queues for the testbed lock
+
+
 def _run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(cwd)}  # no PYTHONPATH, no venv on PATH
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run an installed command from ``cwd`` with a bare environment; on timeout SIGTERM it, so that a
+    testbed it brought up is torn down (SIGKILL would leave the controller and the bridges behind)."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(cwd),  # no PYTHONPATH, no venv on PATH
+           "NATLAB_TESTBED_WAIT": WAIT}
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        raise AssertionError(f"{argv} took over {timeout} s:\n{out}\n{err}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +63,7 @@ def test_installed_natlab_up_runs_a_script_and_leaves_nothing_behind(installed: 
     script.write_text(f"h1 ping -c 1 203.0.113.100\nh1 natlab lease define esp --json --state {tmp_path / 'l.json'}\n"
                       "sh natlab table\n")
     done = _run([str(installed / "natlab"), "up", "--clients", "2", "--workdir", str(tmp_path / "run"),
-                 "--script", str(script)], cwd=tmp_path, timeout=300)
+                 "--script", str(script)], cwd=tmp_path, timeout=float(WAIT) + 300)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
     assert "1 received" in out and "NAT-ALG" in out and "10.0.0.1" in out, out

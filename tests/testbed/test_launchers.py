@@ -21,7 +21,9 @@ NATLAB = [natlab_script()]
 
 
 def run(argv, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
-    """Run a natlab command; on timeout, SIGTERM it so that it tears its testbed down."""
+    """Run a natlab command; on timeout, SIGTERM it so that it tears its testbed down. The timeout
+    counts from the moment it may have the testbed: queueing for the lock (NATLAB_TESTBED_WAIT) is extra."""
+    timeout += float(os.environ.get("NATLAB_TESTBED_WAIT", 0))
     proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
