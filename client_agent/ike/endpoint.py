@@ -23,6 +23,7 @@ from client_agent.ike.codec import (
     NoncePayload,
     NotifyPayload,
     Payload,
+    Proposal,
     SaPayload,
     decode_message,
     encode_message,
@@ -31,7 +32,17 @@ from client_agent.ike.config import IkeConfig
 from client_agent.ike.events import Event, IkeRekeyed
 from client_agent.ike.proposals import choose, ike_suite
 from client_agent.ike.registry import ExchangeType, Flag, Notify
-from client_agent.ike.session import ZERO_SPI, Address, IkeSession, SpiSource, State, random_child_spi, random_spi
+from client_agent.ike.session import (
+    ZERO_SPI,
+    Address,
+    IkeSession,
+    SpiSource,
+    State,
+    one_payload,
+    packed_ip,
+    random_child_spi,
+    random_spi,
+)
 
 COOKIE_VERSION = 1
 
@@ -129,12 +140,10 @@ class IkeEndpoint:
 
     def _admit(self, data: bytes, header: Header, payloads: list[Payload], remote: Address, now: float) -> None:
         assert self.config is not None
-        sa = _only(payloads, SaPayload)
-        ke = _only(payloads, KePayload)
-        nonce = _only(payloads, NoncePayload)
+        sa, ke, nonce = one_payload(payloads, SaPayload), one_payload(payloads, KePayload), one_payload(payloads, NoncePayload)
         if self._needs_cookie() and not self._cookie_ok(payloads, nonce.data, remote, header.spi_i):
             self._reply(header, remote, Notify.COOKIE, crypto.cookie(
-                self._secret, COOKIE_VERSION, nonce.data, _packed(remote[0]), header.spi_i))
+                self._secret, COOKIE_VERSION, nonce.data, packed_ip(remote[0]), header.spi_i))
             self.counters["cookie_demanded"] += 1
             return
         chosen = choose(sa.proposals, self.config.ike_proposals)
@@ -149,8 +158,8 @@ class IkeEndpoint:
             return
         self._start_responder(data, payloads, chosen, ke, remote, now)
 
-    def _start_responder(self, data: bytes, payloads: list[Payload], chosen, ke: KePayload, remote: Address,
-                         now: float) -> None:
+    def _start_responder(self, data: bytes, payloads: list[Payload], chosen: Proposal, ke: KePayload,
+                         remote: Address, now: float) -> None:
         assert self.config is not None
         spi = random_spi(self._random)
         while spi in self.sessions:
@@ -169,7 +178,7 @@ class IkeEndpoint:
         first = payloads[0] if payloads else None
         if not isinstance(first, NotifyPayload) or first.type != Notify.COOKIE:
             return False
-        expected = crypto.cookie(self._secret, COOKIE_VERSION, ni, _packed(remote[0]), spi_i)
+        expected = crypto.cookie(self._secret, COOKIE_VERSION, ni, packed_ip(remote[0]), spi_i)
         if first.data != expected:
             self.counters["bad_cookie"] += 1
             return False
@@ -186,22 +195,3 @@ class IkeEndpoint:
         for name, count in session.counters.items():
             self.counters[name] += count
         session.counters.clear()
-
-    def half_open_done(self) -> None:
-        """Drop index entries of SAs that are no longer half-open."""
-        for key, session in list(self._half_open.items()):
-            if session.state is not State.INIT_DONE:
-                del self._half_open[key]
-
-
-def _only(payloads: list[Payload], kind: type) -> Payload:
-    found = [p for p in payloads if isinstance(p, kind)]
-    if len(found) != 1:
-        raise Malformed(f"need_one_{kind.__name__}", f"found {len(found)}")
-    return found[0]
-
-
-def _packed(address: str) -> bytes:
-    import ipaddress
-
-    return ipaddress.IPv4Address(address).packed

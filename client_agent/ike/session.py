@@ -334,10 +334,10 @@ class IkeSession:
             return []
         source = self.config.natd_source or self.local
         return [
-            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, crypto.natd_hash(self.spi_i, spi_r, _packed(source[0]),
+            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, crypto.natd_hash(self.spi_i, spi_r, packed_ip(source[0]),
                                                                            source[1])),
             NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
-                          crypto.natd_hash(self.spi_i, spi_r, _packed(self.remote[0]), self.remote[1])),
+                          crypto.natd_hash(self.spi_i, spi_r, packed_ip(self.remote[0]), self.remote[1])),
         ]
 
     def _check_natd(self, payloads: list[Payload], spi_r: bytes, observed_source: Address) -> None:
@@ -346,9 +346,9 @@ class IkeSession:
         destinations = _notify_data(payloads, Notify.NAT_DETECTION_DESTINATION_IP)
         if not sources or not destinations:
             return
-        seen = crypto.natd_hash(self.spi_i, spi_r, _packed(observed_source[0]), observed_source[1])
+        seen = crypto.natd_hash(self.spi_i, spi_r, packed_ip(observed_source[0]), observed_source[1])
         me = self.config.natd_source or self.local
-        claimed = crypto.natd_hash(self.spi_i, spi_r, _packed(me[0]), me[1])
+        claimed = crypto.natd_hash(self.spi_i, spi_r, packed_ip(me[0]), me[1])
         self.nat_peer = seen not in sources
         self.nat_local = claimed not in destinations
 
@@ -399,7 +399,7 @@ class IkeSession:
         self._send_init(now, self._cookie)
 
     def _accept_init(self, header: Header, payloads: list[Payload]) -> None:
-        sa, ke, nonce = _one(payloads, SaPayload), _one(payloads, KePayload), _one(payloads, NoncePayload)
+        sa, ke, nonce = one_payload(payloads, SaPayload), one_payload(payloads, KePayload), one_payload(payloads, NoncePayload)
         if len(sa.proposals) != 1 or not accepted_is_offered(sa.proposals[0], self.config.ike_proposals):
             raise Malformed("proposal_not_offered")
         if header.spi_r == ZERO_SPI:
@@ -424,7 +424,7 @@ class IkeSession:
     def accept_init_request(self, message: bytes, payloads: list[Payload], chosen: Proposal,
                             ke: KePayload, now: float) -> None:
         """Responder: answer an IKE_SA_INIT the endpoint has already checked (proposal chosen, group right)."""
-        nonce = _one(payloads, NoncePayload)
+        nonce = one_payload(payloads, NoncePayload)
         self.spi_i = message[:8]
         suite = ike_suite(chosen)
         self._ke = crypto.KEY_EXCHANGES[suite.dh]()
@@ -447,9 +447,9 @@ class IkeSession:
         source = self.config.natd_source or self.local
         return [
             NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP,
-                          crypto.natd_hash(self.spi_i, self.spi_r, _packed(source[0]), source[1])),
+                          crypto.natd_hash(self.spi_i, self.spi_r, packed_ip(source[0]), source[1])),
             NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
-                          crypto.natd_hash(self.spi_i, self.spi_r, _packed(self.remote[0]), self.remote[1])),
+                          crypto.natd_hash(self.spi_i, self.spi_r, packed_ip(self.remote[0]), self.remote[1])),
         ]
 
     def resend_init_response(self) -> None:
@@ -501,7 +501,7 @@ class IkeSession:
             self._close("peer_refused:AUTHENTICATION_FAILED")
             return
         try:
-            idr, auth = _id(payloads, initiator=False), _one(payloads, AuthPayload)
+            idr, auth = _id(payloads, initiator=False), one_payload(payloads, AuthPayload)
             self._verify_peer(idr, auth, initiator_side=False)
         except Malformed as e:
             self._close(f"authentication_failed:{e.reason}")
@@ -533,7 +533,7 @@ class IkeSession:
         if self.state is not State.INIT_DONE:
             raise Malformed("unexpected_exchange", "IKE_AUTH")
         try:
-            idi, auth = _id(payloads, initiator=True), _one(payloads, AuthPayload)
+            idi, auth = _id(payloads, initiator=True), one_payload(payloads, AuthPayload)
             self._verify_peer(idi, auth, initiator_side=True)
             idr = [p for p in payloads if isinstance(p, IdPayload) and not p.initiator]
             if idr and not self.config.local_id.matches(idr[0]):
@@ -555,7 +555,7 @@ class IkeSession:
                        now: float, nonce_out: bytes = b"") -> list[Payload]:
         """Choose, narrow (section 2.9) and key a CHILD_SA the peer asked for; errors become notifies."""
         try:
-            sa, tsi, tsr = _one(payloads, SaPayload), _ts(payloads, True), _ts(payloads, False)
+            sa, tsi, tsr = one_payload(payloads, SaPayload), _ts(payloads, True), _ts(payloads, False)
         except Malformed as e:
             self._events.append(ChildFailed(f"request:{e.reason}"))
             return [NotifyPayload(Notify.INVALID_SYNTAX)]
@@ -604,7 +604,7 @@ class IkeSession:
         errors = [t for t in _notify_types(payloads) if t < ERROR_NOTIFY_LIMIT]
         if errors:
             raise Malformed(_notify_name(errors[0]))
-        sa = _one(payloads, SaPayload)
+        sa = one_payload(payloads, SaPayload)
         chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
         if chosen is None or len(chosen.spi) != 4 or not accepted_is_offered(chosen, self.config.child_proposals):
             raise Malformed("child_proposal_not_offered")
@@ -655,7 +655,7 @@ class IkeSession:
 
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
             try:
-                nr = _one(answer, NoncePayload).data
+                nr = one_payload(answer, NoncePayload).data
             except Malformed as e:
                 self._release(self._auth_child_spis)
                 self._events.append(ChildFailed(e.reason))
@@ -667,7 +667,7 @@ class IkeSession:
     def _on_create_child_request(self, payloads: list[Payload], now: float) -> list[Payload]:
         """A CHILD_SA rekey or a new CHILD_SA; IKE SA rekeying is refused (NO_ADDITIONAL_SAS)."""
         try:
-            sa, ni = _one(payloads, SaPayload), _one(payloads, NoncePayload)
+            sa, ni = one_payload(payloads, SaPayload), one_payload(payloads, NoncePayload)
         except Malformed:
             return [NotifyPayload(Notify.INVALID_SYNTAX)]
         if any(p.protocol == ProtocolId.IKE for p in sa.proposals):
@@ -699,7 +699,7 @@ class IkeSession:
 
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
             try:
-                sa, nr, ker = _one(answer, SaPayload), _one(answer, NoncePayload), _one(answer, KePayload)
+                sa, nr, ker = one_payload(answer, SaPayload), one_payload(answer, NoncePayload), one_payload(answer, KePayload)
                 chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
                 if chosen is None or len(chosen.spi) != 8 or not accepted_is_offered(chosen, self.config.ike_proposals):
                     raise Malformed("ike_rekey_proposal_not_offered")
@@ -837,7 +837,7 @@ class IkeSession:
 # ------------------------------------------------------------ helpers
 
 
-def _packed(address: str) -> bytes:
+def packed_ip(address: str) -> bytes:
     return ipaddress.IPv4Address(address).packed
 
 
@@ -856,7 +856,7 @@ def _notify_name(value: int) -> str:
         return f"notify_{value}"
 
 
-def _one(payloads: list[Payload], kind: type[_P]) -> _P:
+def one_payload(payloads: list[Payload], kind: type[_P]) -> _P:
     found = [p for p in payloads if isinstance(p, kind)]
     if len(found) != 1:
         raise Malformed(f"need_one_{kind.__name__}", f"found {len(found)}")

@@ -118,3 +118,36 @@ def test_agents_keyed_by_ike_through_the_extensible_nat(make_testbed, tmp_path: 
                          capture_output=True, text=True).stdout.split()
     assert ike and ike[1] == "203.0.113.1" and ike[2] == "500", ike[:6]
     assert int(ike[0], 16) in {e["global_gpn"] for e in ike_entries}, (ike[:3], ike_entries)
+
+
+def test_child_sa_rekeyed_under_iperf3_through_the_nat_keeps_the_connection(make_testbed, tmp_path: Path) -> None:
+    """CHILD_SA lifetime of 3 s, iperf3 TCP for 10 s across: several rekeys, the connection survives; each new
+    inbound SPI was leased before it was proposed, each old one released (step 802 both ways)."""
+    from conformance import apps
+
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    h1_config = tmp_path / "h1.toml"
+    h1_config.write_text((EXAMPLES / "ike-esp-transport-nat-h1.toml").read_text().replace(
+        'mode = "transport"', 'mode = "transport"\nchild_rekey = 3'))
+    with ExitStack() as stack:
+        responder = stack.enter_context(AgentProcess(srv1, EXAMPLES / "ike-esp-transport-nat-srv1.toml",
+                                                     tmp_path / "agent-srv1"))
+        initiator = stack.enter_context(AgentProcess(h1, h1_config, tmp_path / "agent-h1"))
+        wait_for_child(initiator)
+        with apps.iperf3_server(srv1):
+            tcp = apps.iperf3(h1, SRV1, seconds=10)
+        table = tb.table()
+        for agent in (initiator, responder):
+            assert agent.stop() == 0, agent.log_tail()
+    status = json.loads((initiator.run_dir / "status.json").read_text())
+    log = initiator.log.read_text()
+    assert "error" not in tcp and tcp["received"] > 1_000_000, tcp
+    assert status["ike"]["events"]["ChildEstablished"] >= 3, status["ike"]
+    released = re.findall(r"CHILD SPI 0x([0-9a-f]{8}) released, 0x([0-9a-f]{8}) being leased", log)
+    assert len(released) >= 2, log[-3000:]
+    assert status["leases"]["counters"].get("retired", 0) >= 2, status["leases"]
+    esp = {e["global_gpn"] for e in table["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == 50}
+    assert not esp & {int(old, 16) for old, _ in released[:-1]}, (esp, released)  # released leases are gone
+    print(f"rekeys under iperf3: {len(released)}; TCP {tcp['bps'] / 1e6:.0f} Mbit/s; "
+          f"drops {status['counters']['drops']}")

@@ -48,13 +48,3 @@ def test_control_natd_over_the_private_address_lets_the_responder_see_the_nat(th
     print("control (b) failed checks:", failed)
     assert [f for f in failed if "detected a NAT" in f] and len(failed) == 1, failed
 
-
-def test_cl_cookie_scenario_passes_in_the_conformance_runner(tmp_path: Path) -> None:
-    """The registered scenario on the runner's own testbed (3 clients, 2 servers, 2 globals, as ``natlab demo``)."""
-    from conformance.runner import run_suite
-    from conformance.scenarios.ike import cl_cookie
-
-    _, results = run_suite(tmp_path, scenarios=[cl_cookie], log=lambda *a: None)
-    (result,) = results
-    assert (result.behaviour, result.verdict) == ("CL-COOKIE", "pass"), result.reason
-    assert any(e.endswith("srv1-eth0.pcap") for e in result.evidence), result.evidence
