@@ -193,7 +193,10 @@ def agent_costs(agents: tuple[AgentProcess, AgentProcess], before: list[dict], a
         for side, b, a, n in zip(("h1", "srv1"), before, after, packets, strict=True)
     }
     drops = {side: c["drops"] for side, c in zip(("h1", "srv1"), counters, strict=True) if c["drops"]}
-    return {"packets": dict(zip(("h1", "srv1"), packets, strict=True)), "cpu_us_per_packet": cpu, "drops": drops}
+    merged = {side: round(c["delivered"] / c["tun_writes"], 1)  # packets per TUN write, when coalescing
+              for side, c in zip(("h1", "srv1"), counters, strict=True) if c.get("tun_writes")}
+    return {"packets": dict(zip(("h1", "srv1"), packets, strict=True)), "cpu_us_per_packet": cpu, "drops": drops,
+            **({"delivered_per_tun_write": merged} if merged else {})}
 
 
 def cpu_times(agent: AgentProcess) -> dict[str, float]:

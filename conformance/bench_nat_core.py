@@ -31,6 +31,7 @@ STEPS = ("decide", "journal", "store", "openflow")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connections", type=int, default=4000, help="new connections in all (default 4000)")
     p.add_argument("--window", type=int, default=200, help="connections averaged per reported row (default 200)")
+    p.add_argument("--table", type=int, default=100_000, help="entries for the table-scale figures (default 100000)")
     p.add_argument("--out", default="reports", help="where bench-nat-core.json goes (default reports/)")
 
 
@@ -99,6 +100,37 @@ def first_packets(connections: int, window: int, state_dir: Path) -> list[dict]:
     return rows
 
 
+def table_scale(entries: int, lookups: int = 200_000) -> dict:
+    """The translation table (FIG. 6) with ``entries`` NAPT entries (64 private hosts, two global IPs, four
+    servers): memory per entry (tracemalloc, the table's indexes included) and lookups per second each way."""
+    import random
+    import tracemalloc
+
+    from nat_app.table import DataPath, EntryKind, TranslationTable
+    from netwire.ipv4 import IPPROTO_TCP
+    from topo.natlab import client_ip, global_ips, server_ip
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    table, keys, globs = TranslationTable(), [], global_ips(2)
+    for i in range(entries):
+        private, port, foreign = client_ip(1 + i % 64), 1024 + i // 64, server_ip(1 + i % 4)
+        glob, gport = globs[i % 2], 1024 + i // 2
+        table.add(kind=EntryKind.NAT_ALG, protocol=IPPROTO_TCP, private_ip=private, private_gpn=port,
+                  global_ip=glob, global_gpn=gport, foreign=foreign, now=0.0, path=DataPath.FAST)
+        keys.append(((IPPROTO_TCP, private, port, foreign), (IPPROTO_TCP, glob, gport, foreign)))
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    sample = [random.choice(keys) for _ in range(lookups)]
+    rates = {}
+    for way, lookup, index in (("out", table.lookup_out, 0), ("in", table.lookup_in, 1)):
+        start = time.process_time()
+        found = sum(lookup(*k[index]) is not None for k in sample)
+        rates[way] = round(lookups / (time.process_time() - start))
+        assert found == lookups
+    return {"entries": len(table), "bytes_per_entry": round(used / entries), "lookups_per_second": rates}
+
+
 def _os_ken(dp: _Datapath, message: object, xid: int) -> None:
     from nat_app.flows import to_openflow
 
@@ -124,9 +156,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"natlab bench nat-core: {args.connections} new connections through the controller's steps, sans-IO")
     with tempfile.TemporaryDirectory(prefix="natlab-nat-core-") as tmp:
         rows = first_packets(args.connections, args.window, Path(tmp))
-    table = format_table(rows)
+    scale = table_scale(args.table)
+    table = format_table(rows) + (f"\ntranslation table with {scale['entries']:,d} NAPT entries: "
+                                  f"{scale['bytes_per_entry']:,d} bytes per entry (indexes included), lookups/s "
+                                  f"out {scale['lookups_per_second']['out']:,d}, in {scale['lookups_per_second']['in']:,d}")
     print(table)
-    path = save_result("nat-core", {"rows": rows, "steps": list(STEPS),
+    path = save_result("nat-core", {"rows": rows, "steps": list(STEPS), "table": scale,
                                     "command": "natlab bench nat-core " + " ".join(sys.argv[3:])}, args.out)
     path.with_suffix(".txt").write_text(table + "\n")
     print(f"written to {path}")

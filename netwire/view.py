@@ -45,6 +45,24 @@ _OFFSET_HIGH = 0x1F
 _PORTS = struct.Struct("!HH")
 
 
+def ipv4_lengths(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """``(header_len, total_len)`` of the IPv4 packet at the start of ``buf``: the one check every reader shares.
+
+    Version 4, a header of 20 bytes or more, a total length between the
+    header's and ``len(buf)``. A plain function, not a view, for the callers
+    that need only the lengths (ESP and AH, per packet).
+    """
+    if len(buf) < IPV4_MIN_HEADER_LEN:
+        raise MalformedPacket(f"IPv4 packet of {len(buf)} bytes is shorter than its header")
+    first = buf[0]
+    if first >> 4 != 4:
+        raise MalformedPacket(f"IP version {first >> 4} is not 4")
+    header_len, total_len = (first & 0x0F) * 4, buf[2] << 8 | buf[3]
+    if header_len < IPV4_MIN_HEADER_LEN or not header_len <= total_len <= len(buf):
+        raise MalformedPacket(f"IPv4 header length {header_len}, total length {total_len}, {len(buf)} bytes at hand")
+    return header_len, total_len
+
+
 class IPv4View:
     """The IPv4 packet in ``buf`` (bytes, bytearray or memoryview), checked once, read by offset.
 
@@ -55,17 +73,8 @@ class IPv4View:
     __slots__ = ("buf", "header_len", "total_len")
 
     def __init__(self, buf: bytes | bytearray | memoryview) -> None:
-        """Check version 4, a header of 20 bytes or more, a total length between the header's and ``len(buf)``."""
-        if len(buf) < IPV4_MIN_HEADER_LEN:
-            raise MalformedPacket(f"IPv4 packet of {len(buf)} bytes is shorter than its header")
-        first = buf[0]
-        if first >> 4 != 4:
-            raise MalformedPacket(f"IP version {first >> 4} is not 4")
-        header_len, total_len = (first & 0x0F) * 4, buf[2] << 8 | buf[3]
-        if header_len < IPV4_MIN_HEADER_LEN or not header_len <= total_len <= len(buf):
-            raise MalformedPacket(f"IPv4 header length {header_len}, total length {total_len}, "
-                                  f"{len(buf)} bytes at hand")
-        self.buf, self.header_len, self.total_len = buf, header_len, total_len
+        self.buf = buf
+        self.header_len, self.total_len = ipv4_lengths(buf)
 
     @property
     def protocol(self) -> int:
@@ -139,9 +148,3 @@ class IPv4View:
         if self.total_len < at + 4:
             raise MalformedPacket("packet too short for an SPI")
         return int.from_bytes(self.buf[at:at + 4], "big")
-
-
-def ipv4_lengths(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
-    """``(header_len, total_len)`` of the IPv4 packet at the start of ``buf``, checked as :class:`IPv4View` does."""
-    view = IPv4View(buf)
-    return view.header_len, view.total_len

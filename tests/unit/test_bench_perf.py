@@ -23,3 +23,9 @@ def test_core_goals_are_compensation_against_encapsulation():
 def test_core_best_takes_each_figures_minimum_over_rounds():
     rounds = [{"udp": {"encapsulate": 5.0}}, {"udp": {"encapsulate": 4.0}}]
     assert bench_core.best(rounds) == {"udp": {"encapsulate": 4.0}}
+
+
+def test_table_scale_finds_every_entry_both_ways_and_weighs_them():
+    scale = bench_nat_core.table_scale(500, lookups=2000)
+    assert scale["entries"] == 500 and scale["bytes_per_entry"] > 0
+    assert scale["lookups_per_second"]["out"] > 0 and scale["lookups_per_second"]["in"] > 0
