@@ -280,6 +280,8 @@ class NatCore:
                 entry, msgs = self.ftp.new_control(ip, transport.src_port, now)
                 if entry is None:
                     return msgs
+            if entry is not None and self.ftp.is_control(ip.protocol, transport.dst_port) and not self.ftp.owns(entry):
+                msgs = msgs + self.ftp.adopt(entry)
             if entry is not None and self.ftp.owns(entry):
                 return msgs + self.ftp.outbound(entry, packet, eth.src, mac, now)
             if entry is None and ip.protocol == IPPROTO_ICMP:
@@ -508,7 +510,8 @@ class NatCore:
         """Remove an entry with its flows, and free what it held."""
         if not removed:
             self.table.remove(entry.id)
-        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else self.ftp.forget(entry)
+        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
+        msgs += self.ftp.forget(entry)
         if entry.protocol in _PORT_FIELDS:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
                                       leased=entry.kind is EntryKind.CLIENT_ALG)
