@@ -41,7 +41,7 @@ results = st.builds(
     positive=texts,
     negative=texts,
     reason=texts,
-    evidence=st.lists(st.from_regex(r"[a-z0-9_]{1,8}(/[a-z0-9_.]{1,8}){0,2}", fullmatch=True), max_size=3),
+    evidence=st.lists(st.from_regex(r"[a-z0-9_]{1,8}(/[a-z0-9_][a-z0-9_.]{0,7}){0,2}", fullmatch=True), max_size=3),
     duration_s=st.floats(min_value=0, max_value=1e6),
 )
 
