@@ -276,14 +276,8 @@ class NatCore:
             if mac is None:
                 return msgs
             entry = self.table.lookup_out(ip.protocol, ip.src, transport.src_port, ip.dst)
-            if entry is None and self.ftp.is_control(ip.protocol, transport.dst_port):
-                entry, msgs = self.ftp.new_control(ip, transport.src_port, now)
-                if entry is None:
-                    return msgs
-            if entry is not None and self.ftp.is_control(ip.protocol, transport.dst_port) and not self.ftp.owns(entry):
-                msgs = msgs + self.ftp.adopt(entry)
-            if entry is not None and self.ftp.owns(entry):
-                return msgs + self.ftp.outbound(entry, packet, eth.src, mac, now)
+            if self.ftp.is_control(ip.protocol, transport.dst_port):  # the NAT's own FTP ALG (nat_app/ftp_alg.py)
+                return msgs + self.ftp.control_out(entry, packet, ip, transport.src_port, eth.src, mac, now)
             if entry is None and ip.protocol == IPPROTO_ICMP:
                 entry = self._icmp_host_pair_entry(ip.src, ip.dst)
             if entry is None:

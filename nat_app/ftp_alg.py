@@ -86,6 +86,19 @@ class NatFtp:
     def is_control(self, protocol: int, dst_port: int | None) -> bool:
         return protocol == IPPROTO_TCP and dst_port == FTP_CONTROL_PORT
 
+    def control_out(self, entry: Entry | None, packet: bytes, ip: IPv4Header, port: int, private_mac: str,
+                    foreign_mac: str, now: float) -> list[Message]:
+        """A client's segment to TCP port 21: a new control connection, or one on an existing mapping, or one
+        of ours; rewritten and translated."""
+        msgs: list[Message] = []
+        if entry is None:
+            entry, msgs = self.new_control(ip, port, now)
+            if entry is None:
+                return msgs
+        elif not self.owns(entry):
+            msgs = self.adopt(entry)
+        return msgs + self.outbound(entry, packet, private_mac, foreign_mac, now)
+
     def new_control(self, ip: IPv4Header, port: int, now: float) -> tuple[Entry | None, list[Message]]:
         """A NAT-ALG entry on the slow path for a new control connection, and the punt of its inbound side."""
         core, c = self.core, self.core.config
