@@ -351,9 +351,8 @@ class NatCore:
         if mac is None:
             return msgs
         entry = self.table.lookup_out(ip.protocol, ip.src, transport.src_port, ip.dst)
-        ftp = self._ftp_outbound(entry, packet, ip, transport, eth, mac, now)
-        if ftp is not None:
-            return msgs + ftp
+        if self.ftp.is_control(ip.protocol, transport.dst_port):  # the NAT's own FTP ALG (nat_app/ftp_alg.py)
+            return msgs + self.ftp.control_out(entry, packet, ip, transport.src_port, eth.src, mac, now)
         if entry is None and ip.protocol == IPPROTO_ICMP:
             entry = self._icmp_host_pair_entry(ip.src, ip.dst)
         if entry is None:
@@ -366,18 +365,6 @@ class NatCore:
             demoted = any(isinstance(m, DeleteFlows) for m in msgs)
             return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
         return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
-
-    def _ftp_outbound(self, entry: Entry | None, packet: bytes, ip: IPv4Header, transport: Transport,
-                      eth: EthernetHeader, mac: str, now: float) -> list[Message] | None:
-        """A cleartext FTP control connection's segment, for the NAT's own FTP ALG (NAT-AUTO); None: not one."""
-        msgs: list[Message] = []
-        if entry is None and self.ftp.is_control(ip.protocol, transport.dst_port):
-            entry, msgs = self.ftp.new_control(ip, transport.src_port, now)
-            if entry is None:
-                return msgs
-        if entry is not None and self.ftp.owns(entry):
-            return msgs + self.ftp.outbound(entry, packet, eth.src, mac, now)
-        return None
 
     def _new_napt_entry(self, packet: bytes, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
@@ -639,7 +626,8 @@ class NatCore:
         if not removed:
             self.table.remove(entry.id)
         self.tcp.forget(entry.id)
-        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else self.ftp.forget(entry)
+        msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
+        msgs += self.ftp.forget(entry)
         if entry.protocol in _PORT_FIELDS and entry.private_gpn is not None:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
                                       leased=entry.kind is EntryKind.CLIENT_ALG)

@@ -88,6 +88,19 @@ class NatFtp:
     def is_control(self, protocol: int, dst_port: int | None) -> bool:
         return protocol == IPPROTO_TCP and dst_port == FTP_CONTROL_PORT
 
+    def control_out(self, entry: Entry | None, packet: bytes, ip: IPv4Header, port: int, private_mac: str,
+                    foreign_mac: str, now: float) -> list[Message]:
+        """A client's segment to TCP port 21: a new control connection, or one on an existing mapping, or one
+        of ours; rewritten and translated."""
+        msgs: list[Message] = []
+        if entry is None:
+            entry, msgs = self.new_control(ip, port, now)
+            if entry is None:
+                return msgs
+        elif not self.owns(entry):
+            msgs = self.adopt(entry)
+        return msgs + self.outbound(entry, packet, private_mac, foreign_mac, now)
+
     def new_control(self, ip: IPv4Header, port: int, now: float) -> tuple[Entry | None, list[Message]]:
         """A NAT-ALG entry on the slow path for a new control connection, and the punt of its inbound side."""
         core, c = self.core, self.core.config
@@ -110,6 +123,18 @@ class NatFtp:
             "ipv4_dst": entry.global_ip, "tcp_src": FTP_CONTROL_PORT, "tcp_dst": entry.global_gpn},
             (ToController(),), cookie=entry.id)
         return entry, [punt]
+
+    def adopt(self, entry: Entry) -> list[Message]:
+        """An existing mapping whose private port now opens a control connection (the port of an earlier data
+        connection, reused by the client's kernel): rewritten from now on, its inbound side punted too."""
+        c = self.core.config
+        self.controls[entry.id] = _Control(LineRewriter(None, might_be_data_command, counters=self.counters),
+                                           LineRewriter(counters=self.counters))
+        self.counters["adopted-mapping"] += 1
+        return [AddFlow(PRIO_SLOW_PATH, {
+            "in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": IPPROTO_TCP, "ipv4_src": entry.foreign,
+            "ipv4_dst": entry.global_ip, "tcp_src": FTP_CONTROL_PORT, "tcp_dst": entry.global_gpn},
+            (ToController(),), cookie=entry.id)]
 
     def outbound(self, entry: Entry, packet: bytes, private_mac: str, foreign_mac: str,
                  now: float) -> list[Message]:
@@ -139,8 +164,9 @@ class NatFtp:
         return [PacketOut(core._eth(private_mac, c.inside_mac) + mapped, (Output(c.inside_port),))]
 
     def forget(self, entry: Entry) -> list[Message]:
-        """The entry went: its rewriters go, and the punt flow of its inbound side."""
-        if self.controls.pop(entry.id, None) is None:
+        """The entry went: its rewriters go, and the punt flow of its inbound side (a fast entry's flows,
+        an adopted punt among them, are deleted by their cookie already)."""
+        if self.controls.pop(entry.id, None) is None or entry.path is DataPath.FAST:
             return []
         return [DeleteFlows(entry.id)]
 

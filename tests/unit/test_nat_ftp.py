@@ -92,6 +92,21 @@ def test_nat_auto_active_ftp_port_and_eprt_leave_global_and_the_data_connection_
     assert Ether(switch.take(OUT)[0])[TCP].seq == r_end % 2**32
 
 
+def test_a_control_connection_from_the_port_of_an_earlier_data_connection_is_rewritten_too(switch):
+    """The client's kernel reuses the port it listened on for an active transfer as the source of its next
+    control connection: the data mapping is adopted as a control connection, not left to plain NAPT."""
+    gport = connect(switch)
+    switch.receive(IN, client_seg(ISN + 1, b"PORT 10,0,0,1,175,200\r\n"))
+    data_port = parse_data_command(bytes(Ether(switch.take(OUT)[0])[TCP].payload)).port
+    switch.receive(IN, client_seg(5000, flags="S", ack=0, sport=LISTEN))
+    assert Ether(switch.take(OUT)[0])[TCP].sport == data_port
+    switch.receive(OUT, server_seg(data_port, 5001, flags="SA", seq=SISN))
+    assert Ether(switch.take(IN)[0])[TCP].dport == LISTEN
+    switch.receive(IN, client_seg(5001, b"EPRT |1|10.0.0.1|46000|\r\n", sport=LISTEN))
+    assert parse_data_command(bytes(Ether(switch.take(OUT)[0])[TCP].payload)).ip == G1
+    assert switch.core.counters["ftp:adopted-mapping"] == 1 and gport != data_port
+
+
 def test_nat_auto_passive_ftp_needs_no_rewrite_and_its_data_connection_is_plain_napt(switch):
     gport = connect(switch)
     switch.receive(IN, client_seg(ISN + 1, b"PASV\r\n"))
