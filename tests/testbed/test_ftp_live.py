@@ -39,21 +39,7 @@ def test_ftp_inside_ipsec_three_clients_behind_one_global_ip_active_and_passive(
         assert algs.get("ftp:out", 0) > 0 and algs.get("ftp:in", 0) > 0, algs
 
 
-def test_control_without_the_client_ftp_alg_exactly_out_alg_and_in_alg_fail(make_testbed, tmp_path):
-    tb = make_testbed(clients=1, servers=1, globals=1)
-    (result,) = ftp.ftp_noalg(Context(tb, tmp_path))
-    assert result.control and result.verdict == "pass", result.reason or result.positive
-
-
 def test_ftp_in_cleartext_three_clients_through_the_nats_own_ftp_alg(make_testbed, tmp_path):
     tb = make_testbed(clients=3, servers=1, globals=1)
     (result,) = ftp.ftp_cleartext(Context(tb, tmp_path), quick=False)
     assert result.behaviour == "NAT-AUTO" and result.verdict == "pass", result.reason
-
-
-def test_control_classic_nat_with_conntracks_ftp_helper_cleartext_active_works_inside_esp_it_fails(
-        make_testbed, tmp_path):
-    tb = make_testbed(clients=1, servers=1, globals=1, nat="classic")
-    assert 'ct helper set "ftp-std"' in tb.nat_ruleset()
-    (result,) = ftp.ftp_classic(Context(tb, tmp_path))
-    assert result.control and result.verdict == "pass", result.reason or result.positive
