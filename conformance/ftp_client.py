@@ -18,9 +18,9 @@ TIMEOUT_S = 30
 
 
 def transfer(server: str, active: bool, get: str | None, to: Path | None, put: Path | None,
-             put_as: str | None) -> dict:
+             put_as: str | None) -> dict[str, bool | str]:
     """RETR ``get`` into ``to`` and/or STOR ``put`` as ``upload/put_as``; ftplib's replies for the record."""
-    replies = {"active": active}
+    replies: dict[str, bool | str] = {"active": active}
     with ftplib.FTP(server, timeout=TIMEOUT_S) as ftp:
         ftp.login()
         ftp.set_pasv(not active)

@@ -109,12 +109,16 @@ class Pool:
 
     def mapping_of(self, protocol: int, private_ip: str, port: int | None) -> tuple[str, int] | None:
         """The global (IP, port) of a private (IP, port)'s live mapping, without making one."""
+        if port is None:  # a portless packet has no mapping
+            return None
         mapping = self._mappings.get((protocol, private_ip, port))
         return None if mapping is None else (mapping[0], mapping[1])
 
     def owner_of(self, protocol: int, global_ip: str, global_port: int | None) -> tuple[str, int] | None:
         """The private (IP, port) whose mapping holds a global (IP, port): hairpinning's target
         (RFC 4787 REQ-9, RFC 5382 REQ-8), found in O(1)."""
+        if global_port is None:  # a portless packet has no owner
+            return None
         return self._owners.get((protocol, global_ip, global_port))
 
     def release_mapping(self, protocol: int, private_ip: str, port: int, now: float, leased: bool = False) -> None:

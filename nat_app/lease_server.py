@@ -318,7 +318,7 @@ class LeaseServer:
         self._own(entry, origin, info.nonce, request.opcode)
         return Outcome(None, added=[entry]), self._map_info(info, entry), lifetime
 
-    def map_port(self, request: pcp.Request, origin: Origin, now: float):
+    def map_port(self, request: pcp.Request, origin: Origin, now: float) -> Handled:
         """MAP's logic for a request that came in another framing (NAT-PMP: nat_app/natpmp_server.py)."""
         return self._map(request, origin, now)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from client_agent.ike.registry import (
@@ -110,7 +111,7 @@ class Proposal:
     spi: bytes
     transforms: tuple[Transform, ...]
 
-    def of_type(self, transform_type: TransformType) -> tuple[Transform, ...]:
+    def of_type(self, transform_type: int) -> tuple[Transform, ...]:
         return tuple(t for t in self.transforms if t.type == transform_type)
 
     def encode(self, last: bool) -> bytes:
@@ -442,7 +443,7 @@ def _decode_vendor(_: int, body: bytes) -> VendorPayload:
     return VendorPayload(body)
 
 
-_DECODERS = {
+_DECODERS: dict[int, Callable[[int, bytes], Payload]] = {
     PayloadType.SA: _decode_sa, PayloadType.KE: _decode_ke, PayloadType.NONCE: _decode_nonce,
     PayloadType.IDi: _decode_id, PayloadType.IDr: _decode_id, PayloadType.AUTH: _decode_auth,
     PayloadType.NOTIFY: _decode_notify, PayloadType.DELETE: _decode_delete, PayloadType.TSi: _decode_ts,

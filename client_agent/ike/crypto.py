@@ -139,7 +139,7 @@ def prf_plus(prf_id: int, key: bytes, seed: bytes, length: int) -> bytes:
 
 
 def prf_length(prf_id: int) -> int:
-    return PRF_HASHES[prf_id].digest_size
+    return PRF_HASHES[prf_id]().digest_size
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from client_agent.ipsec.errors import Malformed
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPV4_MIN_HEADER_LEN, build_ipv4_header
-from netwire.view import MF_AND_OFFSET_HIGH, PROTOCOL_OFFSET, ipv4_lengths
+from netwire.view import MF_AND_OFFSET_HIGH, ipv4_lengths
+from netwire.view import PROTOCOL_OFFSET as PROTOCOL_OFFSET  # re-exported: esp and ah read it here
 
 TUNNEL_TTL = 64
 _DF = 0x40  # in byte 6

@@ -115,7 +115,7 @@ class SPD:
     def __init__(self, policies: Iterable[Policy] = (), *, default: Action = Action.DISCARD) -> None:
         self.policies: tuple[Policy, ...] = tuple(policies)
         self.default = Policy(Selector(), default, name="default")
-        self._cache: tuple[dict, dict] = ({}, {})  # outbound, inbound
+        self._cache: tuple[dict[Selectors, Policy], dict[Selectors, Policy]] = ({}, {})  # outbound, inbound
 
     def add(self, policy: Policy) -> None:
         """Append ``policy`` after the existing ones (it matches only what they leave)."""
@@ -151,6 +151,9 @@ class SPD:
             if policy.selector.matches(src, dst, protocol, src_port, dst_port):
                 return policy
         return self.default
+
+
+Selectors = tuple[int, int, int, int | None, int | None]  # (src, dst, protocol, src_port, dst_port)
 
 
 def packet_selectors(packet: bytes) -> tuple[int, int, int, int | None, int | None]:
