@@ -598,7 +598,8 @@ class NatCore:
         """A SYN, FIN or RST of a tracked connection (r1 punts them): if its phase changed, the
         entry's outbound flow is added again with the phase's idle timeout (RFC 5382 REQ-5)."""
         phase = self.tcp.seen(entry.id, flags, outbound)
-        private_mac, foreign_mac = self.neighbours.lookup(entry.private_ip), self.neighbours.lookup(entry.foreign)
+        private_mac = self.neighbours.lookup(entry.private_ip)
+        foreign_mac = None if entry.foreign is None else self.neighbours.lookup(entry.foreign)
         if phase is None or private_mac is None or foreign_mac is None or entry.kind is not EntryKind.NAT_ALG:
             return []
         entry.idle_timeout = self._tcp_timeout(phase)

@@ -76,7 +76,7 @@ def hairpin(core: NatCore, frame: bytes, eth: EthernetHeader, packet: bytes, ip:
         return msgs
     entry = core.table.lookup_out(ip.protocol, ip.src, ports.src_port, ip.dst)
     if entry is None:
-        entry, refused = _sender_entry(core, packet, ip, ports.src_port, eth.src, now)
+        entry, refused = _sender_entry(core, packet, ip, _source_port(ports.src_port), eth.src, now)
         if entry is None:
             return msgs + refused
     actions = _actions(core, entry, owner, target_mac)
@@ -89,6 +89,14 @@ def hairpin(core: NatCore, frame: bytes, eth: EthernetHeader, packet: bytes, ip:
     idle = (entry.idle_timeout or 0) if own else c.udp_timeout
     return msgs + [AddFlow(PRIO_TRANSLATE, match, actions, cookie=entry.id, idle_timeout=idle, notify_removal=own),
                    PacketOut(frame, actions, c.inside_port)]
+
+
+
+def _source_port(port: int | None) -> int:
+    """A hairpinned packet's source port: there, since its destination port had an owner (ports come in pairs)."""
+    if port is None:
+        raise RuntimeError("hairpin: a packet with a destination port has no source port")
+    return port
 
 
 def _sender_entry(core: NatCore, packet: bytes, ip: IPv4Header, port: int, private_mac: str,

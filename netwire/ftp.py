@@ -16,8 +16,7 @@ which is not behind this NAT: nothing to rewrite for clients behind it.
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from netwire.checksum import ip_bytes
@@ -77,7 +76,7 @@ def might_be_data_command(partial: bytes) -> bool:
 
 
 def data_rewriter(private_ip: str, global_ip: str, port_for: Callable[[int], int | None],
-                  counters: Counter[str]) -> Callable[[bytes], bytes | None]:
+                  counters: MutableMapping[str, int]) -> Callable[[bytes], bytes | None]:
     """A line rewrite: PORT/EPRT naming ``private_ip`` get ``global_ip`` and ``port_for(private port)``.
 
     Anything else is left alone and counted by reason: a malformed command,

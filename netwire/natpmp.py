@@ -168,6 +168,8 @@ def encode_response(response: Response) -> bytes:
     if isinstance(r, AddressResponse):
         address = ipaddress.IPv4Address(r.external_ip if r.result is Result.SUCCESS else "0.0.0.0")
         return _HEADER.pack(VERSION, RESPONSE_BIT | Opcode.EXTERNAL_ADDRESS, r.result, r.epoch) + address.packed
+    if isinstance(r, ErrorAnswer):
+        raise ValueError("an ErrorAnswer has no encoding of its own: error_answer() builds it from the request")
     opcode = RESPONSE_BIT | OPCODE_OF[r.protocol]
     return _HEADER.pack(VERSION, opcode, r.result, r.epoch) + _MAP_BODY.pack(r.internal_port, r.external_port,
                                                                              r.lifetime)
