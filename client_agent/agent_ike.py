@@ -38,7 +38,7 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from client_agent.ike.codec import TrafficSelector
 from client_agent.ike.config import Identity, IkeConfig
@@ -155,6 +155,10 @@ def _address(value: object, key: str) -> str:
         raise IkeConfigError(f"[ike] {key}={value!r}: not an IPv4 address") from None
 
 
+@overload
+def _identity(table: dict, key: str, required: Literal[True]) -> str: ...
+@overload
+def _identity(table: dict, key: str, required: bool) -> str | None: ...
 def _identity(table: dict, key: str, required: bool) -> str | None:
     value = table.get(key)
     if value is None and not required:
@@ -220,10 +224,9 @@ def _first_of_each(proposal: Any) -> Any:
 
 
 def _dummy_sa(suite: ChildSuite, mode: str) -> SecurityAssociation:
-    both = {"src": "192.0.2.1", "dst": "192.0.2.2"}
     return SecurityAssociation(spi=256, protocol=Protocol.ESP if suite.protocol == ProtocolId.ESP else Protocol.AH,
                                mode=Mode(mode), encryption=suite.encryption_name, enc_key=bytes(suite.encr_keymat_len),
-                               integrity=suite.integrity_name, auth_key=bytes(suite.integ_key_len), **both)
+                               integrity=suite.integrity_name, auth_key=bytes(suite.integ_key_len), src="192.0.2.1", dst="192.0.2.2")
 
 
 # ---------------------------------------------------------------- events -> SAD/SPD

@@ -186,8 +186,8 @@ class LeasePlan:
 
     def held_gpns(self, protocol: int) -> set[int]:
         """The global GPNs of ``protocol`` this plan holds right now."""
-        return {self.wanted[i].info.global_gpn for i in self._held
-                if isinstance(self.wanted[i].info, LeaseInfo) and self.wanted[i].info.protocol == protocol}
+        infos = (self.wanted[i].info for i in self._held)
+        return {_global_gpn(info) for info in infos if isinstance(info, LeaseInfo) and info.protocol == protocol}
 
     def release_all(self, now: float) -> list[Transaction]:
         """Step 807: give every lease back (lifetime 0)."""
@@ -338,3 +338,10 @@ def _announce_socket() -> socket.socket | None:
         return None
     sock.setblocking(False)
     return sock
+
+
+def _global_gpn(info: LeaseInfo) -> int:
+    """The global GPN of a lease the plan asked for: the plan always names it (SPI leases ask for their own)."""
+    if info.global_gpn is None:
+        raise RuntimeError(f"lease of protocol {info.protocol} names no global GPN")
+    return info.global_gpn

@@ -23,7 +23,6 @@ from client_agent.ike.registry import (
     ExchangeType,
     Flag,
     PayloadType,
-    TransformType,
     TsType,
 )
 
