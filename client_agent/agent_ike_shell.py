@@ -89,7 +89,7 @@ class IkeShell:
         self.sock.setblocking(False)
         self.sock.bind((address, IKE_PORT))
         global_ip = leased.global_ip if leased else None
-        config = table.config(natd_source=(global_ip, IKE_PORT) if global_ip and leased.natd_global else None)
+        config = table.config(natd_source=(global_ip, IKE_PORT) if leased and global_ip and leased.natd_global else None)
         child_spi = leased.take if leased else random_child_spi
         self.endpoint = IkeEndpoint(config if table.role == "responder" else None, (address, IKE_PORT),
                                     child_spi=child_spi)
@@ -98,7 +98,7 @@ class IkeShell:
         self.session = None
         if table.role == "initiator":
             spi = leased.spi_i.to_bytes(8, "big") if leased else None
-            self.session = self.endpoint.initiate(config, (table.peer, IKE_PORT), time.monotonic(), spi)
+            self.session = self.endpoint.initiate(config, (_initiator_peer(table), IKE_PORT), time.monotonic(), spi)
         self.flush()
 
     def fileno(self) -> int:
@@ -152,6 +152,13 @@ class IkeShell:
         return {"role": self.table.role, "events": dict(self.counts),
                 "children": self.counts[ChildEstablished.__name__] - self.counts["ChildDeleted"],
                 "closed": self.counts[IkeClosed.__name__], "counters": dict(drops)}
+
+
+def _initiator_peer(table: IkeTable) -> str:
+    """The responder's address, which the [ike] table of an initiator always names (parse_ike refuses one without)."""
+    if table.peer is None:
+        raise ValueError("[ike] peer: an initiator needs the responder's address")
+    return table.peer
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -10,6 +10,7 @@ measured yet.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -25,10 +26,9 @@ LEFT, RIGHT = ("10.0.0.1", 500), ("203.0.113.100", 500)
 
 def sans_io_setups(ike: str, seconds: float) -> dict:
     """IKE_SA_INIT + IKE_AUTH (with its CHILD_SA) between two in-memory endpoints, as many as fit."""
-    common = {"psk": "bench pre-shared key", "ike": (ike,), "esp": ("aes128gcm16",)}
-    left = IkeConfig.build(local_id="h1.natlab", local_ts=("10.0.0.1",), remote_ts=("203.0.113.100",), **common)
-    right = IkeConfig.build(local_id="srv1.natlab", local_ts=("203.0.113.100",), remote_ts=("10.0.0.0/24",),
-                            **common)
+    build = functools.partial(IkeConfig.build, psk="bench pre-shared key", ike=(ike,), esp=("aes128gcm16",))
+    left = build(local_id="h1.natlab", local_ts=("10.0.0.1",), remote_ts=("203.0.113.100",))
+    right = build(local_id="srv1.natlab", local_ts=("203.0.113.100",), remote_ts=("10.0.0.0/24",))
     a, b = IkeEndpoint(None, LEFT), IkeEndpoint(right, RIGHT, cookie_threshold=10**9)
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:

@@ -14,6 +14,8 @@ existing ``esp_sa`` writer and datapath take them as they take manual keys.
 
 from __future__ import annotations
 
+import functools
+
 from client_agent.ike.crypto import IkeKeys, IkeSuite
 from client_agent.ike.events import ChildSa
 from client_agent.ike.registry import Encr, Integ
@@ -47,9 +49,8 @@ def security_associations(child: ChildSa, local: str, remote: str) -> tuple[Secu
     protocol = Protocol.ESP if child.protocol == 3 else Protocol.AH
     mode = Mode(child.mode)
     suite = child.suite
-    common = dict(protocol=protocol, mode=mode, encryption=suite.encryption_name, integrity=suite.integrity_name)
-    inbound = SecurityAssociation(spi=child.inbound_spi, enc_key=child.encr_in, auth_key=child.integ_in,
-                                  src=remote, dst=local, **common)
-    outbound = SecurityAssociation(spi=child.outbound_spi, enc_key=child.encr_out, auth_key=child.integ_out,
-                                   src=local, dst=remote, **common)
+    sa = functools.partial(SecurityAssociation, protocol=protocol, mode=mode, encryption=suite.encryption_name,
+                           integrity=suite.integrity_name)
+    inbound = sa(spi=child.inbound_spi, enc_key=child.encr_in, auth_key=child.integ_in, src=remote, dst=local)
+    outbound = sa(spi=child.outbound_spi, enc_key=child.encr_out, auth_key=child.integ_out, src=local, dst=remote)
     return inbound, outbound
