@@ -51,7 +51,7 @@ VARIANTS: dict[str, tuple[str | None, int | None]] = {
     "esp-aes-gcm-coalesce": ("esp-aes-gcm", None),
     "esp-aes-gcm-txq4096": ("esp-aes-gcm", None),
 }
-OPTIONS = {  # agent settings of a variant (AgentConfig fields), both agents
+OPTIONS: dict[str, dict[str, Any]] = {  # agent settings of a variant (AgentConfig fields), both agents
     "esp-aes-gcm-coalesce": {"coalesce": True},  # inbound TCP written as super-segments (client_agent.coalesce)
     "esp-aes-gcm-txq4096": {"txqueuelen": 4096},  # the TUN's queue toward the agent, 8 times Linux's default
 }

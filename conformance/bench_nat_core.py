@@ -22,6 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nat_app.messages import Message
 
 STEPS = ("decide", "journal", "store", "openflow")
 # "openflow": the messages as the shell sends them (nat_app.ofwire, os-ken for the rest); "os-ken": the same
@@ -131,7 +135,7 @@ def table_scale(entries: int, lookups: int = 200_000) -> dict:
     return {"entries": len(table), "bytes_per_entry": round(used / entries), "lookups_per_second": rates}
 
 
-def _os_ken(dp: _Datapath, message: object, xid: int) -> None:
+def _os_ken(dp: _Datapath, message: Message, xid: int) -> None:
     from nat_app.flows import to_openflow
 
     msg = to_openflow(dp, message)

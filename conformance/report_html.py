@@ -273,7 +273,7 @@ def plots_for(registry, results, environment: Mapping[str, Any], run_dir: Path |
                     "compare variants within one benchmark (measured side by side)", plots.throughput(benches)))
     capture = report_data.renew_capture(results, run_dir) if run_dir else None
     events = report_data.lease_events(capture, PCP_PORT) if capture else []
-    if events:
+    if events and capture is not None and run_dir is not None:  # events come from a capture of run_dir
         out.append(("lease-timeline.png", "Lease timeline of CL-RENEW", "every successful PCP answer to h1 on its "
                     "wire (the first one seen is the grant when the capture began before it; then renewals, "
                     "releases) and the validity each gave, till expiry; read from "

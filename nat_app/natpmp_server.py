@@ -72,7 +72,7 @@ def _mapping(leases: LeaseServer, request: natpmp.MapRequest, origin: Origin, no
                                     request.internal_port, 0, 0)
         return _refused(leases, failed)
     leases.counters.add(f"natpmp_ok:{natpmp.OPCODE_OF[request.protocol].name}")
-    external = info.external_port if lifetime else 0  # a deletion answers port 0 (RFC 6886 3.4)
+    external = _external_port(info, lifetime)
     outcome.response = natpmp.encode_response(natpmp.MapResponse(
         request.protocol, Result.SUCCESS, epoch, request.internal_port, external, lifetime))
     return outcome
@@ -99,6 +99,16 @@ def _as_map(request: natpmp.MapRequest, origin: Origin) -> pcp.Request:
     """The PCP MAP that means the same (RFC 6887 Appendix A): foreign any, the NAT-PMP nonce."""
     info = pcp.MapInfo(NATPMP_NONCE, request.protocol, request.internal_port, request.suggested_port, None)
     return pcp.Request(pcp.Opcode.MAP, request.lifetime, origin.ip, info)
+
+
+
+def _external_port(info: pcp.Info | None, lifetime: int) -> int:
+    """The mapped external port: a deletion answers port 0 (RFC 6886 3.4), a mapping its MAP body's port."""
+    if not lifetime:
+        return 0
+    if not isinstance(info, pcp.MapInfo | pcp.PeerInfo):
+        raise RuntimeError(f"a MAP lease of lifetime {lifetime} answered {type(info).__name__}, not a MAP body")
+    return info.external_port
 
 
 def _refused(leases: LeaseServer, response: natpmp.Response) -> Outcome:

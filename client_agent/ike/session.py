@@ -703,7 +703,7 @@ class IkeSession:
                 chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
                 if chosen is None or len(chosen.spi) != 8 or not accepted_is_offered(chosen, self.config.ike_proposals):
                     raise Malformed("ike_rekey_proposal_not_offered")
-                if ker.group != ike_suite(chosen).dh or ker.group != self.suite.dh:
+                if ker.group != ike_suite(chosen).dh or ker.group != self._established_suite().dh:
                     raise Malformed("ke_group_mismatch")
                 shared = ke.shared(ker.data)
             except Malformed as e:
@@ -768,6 +768,12 @@ class IkeSession:
             if mine:
                 answer.append(DeletePayload(delete.protocol, tuple(mine)))
         return answer
+
+    def _established_suite(self) -> crypto.IkeSuite:
+        """The IKE SA's suite, set once IKE_SA_INIT completed (a rekey runs only on an established SA)."""
+        if self.suite is None:
+            raise RuntimeError("IKE SA has no suite: it is not established")
+        return self.suite
 
     # ------------------------------------------------------------ requests, retransmission, sealing
 
