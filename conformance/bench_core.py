@@ -61,26 +61,28 @@ def _figures(protocol: int, budget: float) -> dict[str, float]:
     from topo.natlab import server_ip
 
     (client,), peer = behind_nat(CELL, clients(1, 1))
+    if client.address is None or client.nat is None:
+        raise ValueError(f"bench_core: client {client.name} behind the NAT needs an address and a [nat] table")
+    address, global_ip = client.address, client.nat.global_ip
     traversal = traversal_of(client)
     sad, spd = databases(client)
     sent = next(p.outbound for p in spd.policies if p.outbound is not None)
     received = next(p.inbound for p in spd.policies if p.inbound is not None)
     peer_sends = SAState(next(s.sa for s in peer.sas if s.direction == OUTBOUND))
-    private = transport_packet(protocol, client.address, server_ip(1), PRIVATE_PORT, IPERF_PORT, SIZE)
+    private = transport_packet(protocol, address, server_ip(1), PRIVATE_PORT, IPERF_PORT, SIZE)
     compensated = traversal.before_protect(private, sent)
     global_port = int.from_bytes(compensated[20:22], "big")
-    from_srv1 = transport_packet(protocol, server_ip(1), client.nat.global_ip, IPERF_PORT, global_port, SIZE)
-    arriving = with_destination(from_srv1, client.address)
-    wire = [with_destination(encapsulate(from_srv1, peer_sends), client.address) for _ in range(BATCH)]
-    hooks_out = {"icv_src": traversal.icv_src, "before": traversal.before_protect}
-    hooks_in = {"icv_dst": traversal.icv_dst, "after": traversal.after_unprotect}
+    from_srv1 = transport_packet(protocol, server_ip(1), global_ip, IPERF_PORT, global_port, SIZE)
+    arriving = with_destination(from_srv1, address)
+    wire = [with_destination(encapsulate(from_srv1, peer_sends), address) for _ in range(BATCH)]
+    icv_src, before, icv_dst, after = traversal.icv_src, traversal.before_protect, traversal.icv_dst, traversal.after_unprotect
 
     def unprotect(whole: bool) -> Callable[[], None]:
         def run() -> None:
             received.window.top = received.window.bitmap = 0  # the batch's sequence numbers are new again
             for packet in wire:
                 if whole:
-                    inbound(packet, sad, spd, **hooks_in)
+                    inbound(packet, sad, spd, icv_dst=icv_dst, after=after)
                 else:
                     decapsulate(packet, sad, icv_dst=traversal.icv_dst)
         return run
@@ -88,7 +90,7 @@ def _figures(protocol: int, budget: float) -> dict[str, float]:
     us = {
         "before_protect": _us(lambda: traversal.before_protect(private, sent), budget),
         "encapsulate": _us(lambda: encapsulate(compensated, sent), budget),
-        "outbound": _us(lambda: outbound(private, spd, **hooks_out), budget),
+        "outbound": _us(lambda: outbound(private, spd, icv_src=icv_src, before=before), budget),
         "decapsulate": _us(unprotect(False), budget) / BATCH,
         "after_unprotect": _us(lambda: traversal.after_unprotect(arriving, received), budget),
         "inbound": _us(unprotect(True), budget) / BATCH,

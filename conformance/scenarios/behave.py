@@ -68,7 +68,7 @@ def behave(ctx: Context) -> list[ScenarioResult]:
             except Exception as exc:  # the rows needing this block's facts become errors
                 seen.errors[block.__name__] = repr(exc)
         seen.facts["flows"] = ctx.testbed.dump_flows()
-        log = ctx.testbed.controller.log
+        log = _controller_log(ctx)
         seen.facts["controller_log"] = log.read_text(errors="replace") if log.exists() else ""
         kept = {k: v for k, v in seen.facts.items() if k != "controller_log"} | {"block_errors": seen.errors}
         (rec.folder / "facts.json").write_text(json.dumps(kept, indent=1, default=str) + "\n")
@@ -77,6 +77,14 @@ def behave(ctx: Context) -> list[ScenarioResult]:
     ledger.write_json(lines, rec.folder / "ledger.json")
     extra = [rec.folder / "ledger.json", rec.folder / "facts.json", *sorted(rec.folder.glob("*.log"))]
     return [_result(rec, line, extra) for line in lines if line.verdict not in ("n/a", "not checked", "not met")]
+
+
+def _controller_log(ctx: Context) -> Path:
+    """The NAT controller's log: behave runs on the extensible-NAT testbed, which always has a controller."""
+    controller = ctx.testbed.controller
+    if controller is None:
+        raise RuntimeError("behave: the testbed runs no NAT controller, so there is no controller log to read")
+    return controller.log
 
 
 def _result(rec, line: ledger.Line, extra: list[Path]) -> ScenarioResult:
@@ -102,7 +110,7 @@ def run_checks(seen: Seen) -> dict[str, Outcome | Exception]:
 
 # ------------------------------------------------------------------------------------------- the hosts
 
-def bprobe(host, *args: str | int) -> dict:
+def bprobe(host, *args: str | int | float) -> dict:
     """``python -m conformance.behave_probes ARGS`` in ``host``; its JSON answer."""
     out = host.cmd(f"{sys.executable} -m conformance.behave_probes "
                    + " ".join(str(a) for a in args))

@@ -287,5 +287,3 @@ def ftp_classic(ctx: Context) -> list[ScenarioResult]:
                          extra_evidence=[clear.log, *esp.evidence])
     return [replace(verdict, control=True)]
 
-
-ftp_classic.classic_nat = True  # the runner gives it a testbed whose r1 is a classic NAT
