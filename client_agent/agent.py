@@ -158,6 +158,8 @@ class Agent:
     def _ike_leases(self) -> LeasedIke:
         """The IKE SPI and CHILD SPIs to lease (steps 801-802): drawn at random, the NAT refuses any in use."""
         ike, nat = self.config.ike, self.config.nat
+        if ike is None or nat is None:
+            raise RuntimeError("IKE SPI leases need both the [ike] and the [nat] table")
         protocols = ([IPPROTO_ESP] if ike.esp else []) + ([IPPROTO_AH] if ike.ah else [])
         children = [(p, 256 + secrets.randbelow(2**32 - 256)) for p in protocols for _ in range(IKE_CHILD_SPIS)]
         return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global,

@@ -61,7 +61,7 @@ class PacketSource(Protocol):
 class PacketSink(Protocol):
     """Where packets go: the TUN device (``write``) or the raw sender (``send``)."""
 
-    def __call__(self, packet: bytes) -> None: ...
+    def __call__(self, packet: bytes, /) -> None: ...
 
 
 @dataclass

@@ -11,6 +11,7 @@ import argparse
 import json
 import socket
 import time
+from collections.abc import Callable
 
 
 def udp_from(dst: str, dport: int, sport: int, text: str, size: int, wait: float) -> dict:
@@ -126,7 +127,7 @@ def icmp_error(dst: str, quoted_src: str, quoted_dst: str, sport: int, dport: in
     return {"sent": 1}
 
 
-PROBES = {
+PROBES: dict[str, tuple[Callable[..., dict], tuple[str, ...], dict[str, object]]] = {
     "udp-from": (udp_from, ("dst", "dport"), {"sport": 0, "text": "natlab", "size": 64, "wait": 1.0}),
     "tcp-log-server": (tcp_log_server, ("ip", "port"), {"seconds": 60.0, "log": "/dev/null"}),
     "tcp-send": (tcp_send, ("dst", "dport"), {"sport": 0, "text": "natlab", "wait": 3.0, "hold": 0.0}),
@@ -137,11 +138,18 @@ PROBES = {
 }
 
 
+def _summary(func: Callable[..., dict]) -> str:
+    """A probe's help: the first line of its docstring, which every probe has."""
+    if func.__doc__ is None:
+        raise ValueError(f"probe {func.__name__} has no docstring to show as its help")
+    return func.__doc__.splitlines()[0]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m conformance.behave_probes", description=__doc__)
     sub = p.add_subparsers(dest="probe", required=True)
     for name, (func, args, options) in PROBES.items():
-        a = sub.add_parser(name, help=func.__doc__.splitlines()[0])
+        a = sub.add_parser(name, help=_summary(func))
         for arg in args:
             a.add_argument(arg, type=int if arg in ("dport", "port") else str)
         for option, default in options.items():

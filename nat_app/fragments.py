@@ -250,13 +250,29 @@ def _same_fragment(data: bytes, packet: bytes) -> bool:
     return len(ip) >= 20 and ip[4:8] == packet[4:8] and ip[9] == packet[9]
 
 
+def _address(fields: dict[str, object], name: str) -> str | None:
+    """An IPv4 address a flow sets (SetField ipv4_src/ipv4_dst carry dotted strings), None if it sets none."""
+    value = fields.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"SetField {name}={value!r} is no address string")
+    return value
+
+
+def _port(fields: dict[str, object], tcp: str, udp: str) -> int | None:
+    """The port a flow sets: its TCP field if it has one, else its UDP field, None if neither."""
+    value = fields.get(tcp, fields.get(udp))
+    if value is not None and not isinstance(value, int):
+        raise ValueError(f"SetField {tcp}/{udp}={value!r} is no port number")
+    return value
+
+
 def _do_actions(frame: bytes, actions: tuple, in_port: int) -> tuple[bytes, int, bool]:
     """Apply a flow's actions (SetField, DecTtl, Output) to a fragment in software, as OVS would."""
     fields = {a.name: a.value for a in actions if isinstance(a, SetField)}
     dec = any(isinstance(a, DecTtl) for a in actions)
-    packet = rewrite(frame[ETH_HEADER_LEN:], src=fields.get("ipv4_src"), dst=fields.get("ipv4_dst"),
-                     src_port=fields.get("tcp_src", fields.get("udp_src")),
-                     dst_port=fields.get("tcp_dst", fields.get("udp_dst")), decrement_ttl=dec)
+    packet = rewrite(frame[ETH_HEADER_LEN:], src=_address(fields, "ipv4_src"), dst=_address(fields, "ipv4_dst"),
+                     src_port=_port(fields, "tcp_src", "udp_src"), dst_port=_port(fields, "tcp_dst", "udp_dst"),
+                     decrement_ttl=dec)
     eth = _mac(fields.get("eth_dst")) or frame[0:6]
     eth += _mac(fields.get("eth_src")) or frame[6:12]
     return eth + frame[12:ETH_HEADER_LEN] + packet, _port_of(actions, in_port), dec

@@ -131,6 +131,8 @@ class LineRewriter:
         return seq, payload
 
     def _in_window(self, u: int, payload: bytes, fin: bool) -> tuple[int, bytes]:
+        if self.next is None:  # set by the first segment seen, before any is in a window
+            raise RuntimeError("a segment in the window of a stream whose next byte is unknown")
         hold_start, end = self.hold_start, u + len(payload)
         first = min(u, hold_start)
         out = bytearray()
