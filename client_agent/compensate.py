@@ -108,12 +108,12 @@ def _direction(binding: Binding, *, outgoing: bool) -> Direction:
                      old_port, new_port, difference(old_l4, new_l4), difference(old_ip, new_ip))
 
 
-def outgoing(packet: bytes, binding: Binding, *, tunnel: bool) -> bytes:
+def outgoing(packet: bytes, binding: Binding, *, tunnel: bool) -> bytearray:
     """Pre-compensate a cleartext packet of ``binding``'s private side (steps 809-812)."""
     return compensate(_view(packet), binding.out, tunnel=tunnel)
 
 
-def incoming(packet: bytes, binding: Binding, *, tunnel: bool) -> bytes:
+def incoming(packet: bytes, binding: Binding, *, tunnel: bool) -> bytearray:
     """Post-compensate a decrypted packet addressed to ``binding``'s global side (steps 823-826)."""
     return compensate(_view(packet), binding.into, tunnel=tunnel)
 
@@ -125,7 +125,7 @@ def _view(packet: bytes) -> IPv4View:
         raise NotCompensable(str(err)) from None
 
 
-def compensate(view: IPv4View, way: Direction, *, tunnel: bool) -> bytes:
+def compensate(view: IPv4View, way: Direction, *, tunnel: bool) -> bytearray:
     """The packet of ``view`` with ``way``'s port (and in tunnel mode address) written and its checksums updated.
 
     One copy of the packet (a ``bytearray``, handed on as it is: ESP/AH copy
@@ -145,10 +145,7 @@ def compensate(view: IPv4View, way: Direction, *, tunnel: bool) -> bytes:
     if checksum_at is None:
         return buf
     if way.old_port is not None:  # 810 / 824
-        port_at = header_len + way.port_at
-        if buf[port_at] << 8 | buf[port_at + 1] != way.old_port:
-            raise NotCompensable(f"{'source' if way.port_at == 0 else 'destination'} port is not {way.old_port}")
-        buf[port_at], buf[port_at + 1] = way.new_port >> 8, way.new_port & 0xFF
+        _rewrite_port(buf, header_len + way.port_at, way)
     checksum = buf[checksum_at] << 8 | buf[checksum_at + 1]
     udp = relative == UDP_CHECKSUM_OFFSET
     if checksum or not udp:  # UDP's 0 is "no checksum" and stays so
@@ -158,6 +155,15 @@ def compensate(view: IPv4View, way: Direction, *, tunnel: bool) -> bytes:
             checksum = 0xFFFF
         buf[checksum_at], buf[checksum_at + 1] = checksum >> 8, checksum & 0xFF
     return buf
+
+
+def _rewrite_port(buf: bytearray, port_at: int, way: Direction) -> None:
+    """810 / 824: the port at ``port_at`` must be the binding's old one; it becomes the new one."""
+    if buf[port_at] << 8 | buf[port_at + 1] != way.old_port:
+        raise NotCompensable(f"{'source' if way.port_at == 0 else 'destination'} port is not {way.old_port}")
+    if way.new_port is None:  # _direction sets both ports or neither
+        raise NotCompensable(f"a binding direction with old port {way.old_port} has no new port")
+    buf[port_at], buf[port_at + 1] = way.new_port >> 8, way.new_port & 0xFF
 
 
 def _rewrite_address(buf: bytearray, way: Direction) -> None:

@@ -62,6 +62,13 @@ class Uncompensable(IPsecError):
     reason = DropReason.NOT_COMPENSABLE
 
 
+def _ports(ports: tuple[int, int] | None) -> tuple[int, int]:
+    """The ports of a packet of a leased block's protocol: Traversal._parse refuses such a packet without them."""
+    if ports is None:
+        raise Uncompensable("a packet of a ported protocol without its ports")
+    return ports
+
+
 def _port(port: int | None) -> int:
     """A port of a block's binding: PortBlock makes them with both ports, never None."""
     if port is None:
@@ -104,7 +111,7 @@ class PortBlock:
         unanswered (a failed transfer, a client that gave up).
         """
         binding = self._by_private.get(private_port) or self._new(private_port, now)
-        at = binding.global_port
+        at = _port(binding.global_port)
         self._last_used[at] = max(self._last_used.get(at, now - self.idle_timeout), now - self.idle_timeout + timeout)
         return binding
 
@@ -165,7 +172,7 @@ class Traversal:
         if not self.compensate:
             return packet
         view, block, ports = self._parse(packet)
-        binding = self._address_only if block is None else block.bind(ports[0], self.clock())
+        binding = self._address_only if block is None else block.bind(_ports(ports)[0], self.clock())
         try:
             packet = compensate(view, binding.out, tunnel=state.tunnel)
             if ports is not None and self.algs.active:
@@ -183,9 +190,11 @@ class Traversal:
         if block is None:
             binding = self._address_only
         else:
-            binding = block.lookup(ports[1], self.clock())
-            if binding is None:
-                raise NoBinding(f"{view.protocol}/{ports[1]}: no connection is bound to this global port")
+            global_port = _ports(ports)[1]
+            found = block.lookup(global_port, self.clock())
+            if found is None:
+                raise NoBinding(f"{view.protocol}/{global_port}: no connection is bound to this global port")
+            binding = found
         try:
             if ports is not None and self.algs.active:
                 changed = self.algs.incoming(packet, view.protocol, ports[0], binding)
