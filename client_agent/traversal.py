@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from client_agent.alg import AlgRegistry
 from client_agent.compensate import Binding, NotCompensable, compensate
@@ -174,7 +174,8 @@ class Traversal:
         view, block, ports = self._parse(packet)
         binding = self._address_only if block is None else block.bind(_ports(ports)[0], self.clock())
         try:
-            packet = compensate(view, binding.out, tunnel=state.tunnel)
+            # compensate's bytearray goes on uncopied (ESP/AH copy it anyway); the IPsec path reads it as bytes
+            packet = cast(bytes, compensate(view, binding.out, tunnel=state.tunnel))
             if ports is not None and self.algs.active:
                 packet = self.algs.outgoing(packet, view.protocol, ports[1], binding)
         except NotCompensable as err:
@@ -200,7 +201,7 @@ class Traversal:
                 changed = self.algs.incoming(packet, view.protocol, ports[0], binding)
                 if changed is not packet:  # an ALG may have changed the lengths
                     packet, view = changed, IPv4View(changed)
-            packet = compensate(view, binding.into, tunnel=state.tunnel)
+            packet = cast(bytes, compensate(view, binding.into, tunnel=state.tunnel))  # uncopied, as above
         except (NotCompensable, MalformedPacket) as err:
             raise Uncompensable(str(err)) from None
         self.compensated_in += 1
