@@ -157,8 +157,12 @@ def _address(value: object, key: str) -> str:
 
 @overload
 def _identity(table: dict, key: str, required: Literal[True]) -> str: ...
+
+
 @overload
 def _identity(table: dict, key: str, required: bool) -> str | None: ...
+
+
 def _identity(table: dict, key: str, required: bool) -> str | None:
     value = table.get(key)
     if value is None and not required:
@@ -226,7 +230,8 @@ def _first_of_each(proposal: Any) -> Any:
 def _dummy_sa(suite: ChildSuite, mode: str) -> SecurityAssociation:
     return SecurityAssociation(spi=256, protocol=Protocol.ESP if suite.protocol == ProtocolId.ESP else Protocol.AH,
                                mode=Mode(mode), encryption=suite.encryption_name, enc_key=bytes(suite.encr_keymat_len),
-                               integrity=suite.integrity_name, auth_key=bytes(suite.integ_key_len), src="192.0.2.1", dst="192.0.2.2")
+                               integrity=suite.integrity_name, auth_key=bytes(suite.integ_key_len),
+                               src="192.0.2.1", dst="192.0.2.2")
 
 
 # ---------------------------------------------------------------- events -> SAD/SPD
