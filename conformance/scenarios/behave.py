@@ -319,16 +319,21 @@ def _iperf3_udp(host, dst: str, port: int, length: int) -> dict:
 
 def _oracle(seen: Seen) -> None:
     """coturn on srv1 with two addresses; turnutils_natdiscovery from h1 through the NAT."""
-    h1, srv1 = seen.host("h1"), seen.host("srv1")
-    srv1.cmd(f"ip addr add {SRV1_ALT}/24 dev srv1-eth0")
-    try:
-        with listening(srv1, "udp", natdiscovery.STUN_PORT, natdiscovery.server_argv((SRV1, SRV1_ALT))):
-            outs = {t: h1.cmd(" ".join(["timeout", "40", *natdiscovery.client_argv(SRV1, t)])) for t in
-                    ("-m", "-f", "-H")}
-    finally:
-        srv1.cmd(f"ip addr del {SRV1_ALT}/24 dev srv1-eth0")
+    outs = discover(seen.host("h1"), seen.host("srv1"))
     (seen.folder / "natdiscovery.log").write_text("\n".join(f"$ natdiscovery {t}\n{o}" for t, o in outs.items()))
     seen.facts["oracle"] = natdiscovery.classify(outs["-m"], outs["-f"], outs["-H"])
+
+
+def discover(client, server) -> dict[str, str]:
+    """turnutils_natdiscovery's mapping (-m), filtering (-f) and hairpinning (-H) runs from ``client``
+    against coturn on ``server``, which gets its second address (RFC 5780 needs two) for the while."""
+    server.cmd(f"ip addr add {SRV1_ALT}/24 dev {server.name}-eth0")
+    try:
+        with listening(server, "udp", natdiscovery.STUN_PORT, natdiscovery.server_argv((SRV1, SRV1_ALT))):
+            return {t: client.cmd(" ".join(["timeout", "40", *natdiscovery.client_argv(SRV1, t)]))
+                    for t in ("-m", "-f", "-H")}
+    finally:
+        server.cmd(f"ip addr del {SRV1_ALT}/24 dev {server.name}-eth0")
 
 
 def _wait_for(get: Callable[[], list], want: int = 1, seconds: float = 5.0) -> list:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from conformance import natdiscovery
-from conformance.scenarios.behave import SRV1, SRV1_ALT, listening
+from conformance.scenarios.behave import discover
 
 
 @pytest.mark.parametrize("nat", ["classic"])
@@ -16,14 +16,7 @@ def test_coturn_classifies_the_classic_linux_nat_as_what_it_is(make_testbed, nat
     filters by address and port (a conntrack entry is a 5-tuple), and does not hairpin without rules it
     has not got: the classifier must say so, differing from the extensible NAT where the NAT differs."""
     tb = make_testbed(clients=1, servers=1, globals=1, nat=nat)
-    h1, srv1 = tb.host("h1"), tb.host("srv1")
-    srv1.cmd(f"ip addr add {SRV1_ALT}/24 dev srv1-eth0")
-    try:
-        with listening(srv1, "udp", natdiscovery.STUN_PORT, natdiscovery.server_argv((SRV1, SRV1_ALT))):
-            outs = {t: h1.cmd(" ".join(["timeout", "40", *natdiscovery.client_argv(SRV1, t)])) for t in
-                    ("-m", "-f", "-H")}
-    finally:
-        srv1.cmd(f"ip addr del {SRV1_ALT}/24 dev srv1-eth0")
+    outs = discover(tb.host("h1"), tb.host("srv1"))
     got = natdiscovery.classify(outs["-m"], outs["-f"], outs["-H"])
     assert got == {"mapping": "endpoint-independent", "filtering": "address-and-port-dependent",
                    "hairpinning": "no"}, outs
