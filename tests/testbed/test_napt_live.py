@@ -31,8 +31,11 @@ def test_bulk_traffic_takes_flows_not_the_controller(testbed):
         after = testbed.table()["counters"].get("packet_in", 0)
     flows = testbed.dump_flows()
     moved = max(int(n) for n in re.findall(r"n_packets=(\d+).*tcp", flows))
+    # SYN, FIN and RST reach the controller by design (TCP phases, RFC 5382 REQ-5; nat_app/tcpstate.py):
+    # iperf3's teardown alone draws hundreds of RSTs from srv1, metered. The data must not.
+    punted = sum(int(n) for n in re.findall(r"n_packets=(\d+).*tcp_flags=", flows))
     assert tcp["received"] > 0 and moved > 1000
-    assert after - before < 20, f"{after - before} packet-ins for a {moved}-packet transfer"
+    assert after - before < 20 + punted, f"{after - before} packet-ins for a {moved}-packet transfer ({punted} punted)"
 
 
 def test_udp_port_unreachable_comes_back_translated(testbed):
