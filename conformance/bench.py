@@ -36,7 +36,7 @@ class PlainForwarding:
         self.tb, self.client, self.server = testbed, client, server
 
     def __enter__(self):
-        self.tb.controller.ask("bypass", on=True)
+        self.tb.set_bypass(True)
         self.client.cmd(f"ip route add {self.server.IP()}/32 dev {self.client.defaultIntf()}")
         self.server.cmd(f"ip route add {self.client.IP()}/32 dev {self.server.defaultIntf()}")
         return self
@@ -45,7 +45,7 @@ class PlainForwarding:
         self.client.cmd(f"ip route del {self.server.IP()}/32; ip neigh flush dev {self.client.defaultIntf()}")
         self.server.cmd(f"ip route del {self.client.IP()}/32; ip neigh flush dev {self.server.defaultIntf()}")
         if self.tb.controller is not None:  # an extensible testbed: r1 forwards by itself again
-            self.tb.controller.ask("bypass", on=False)
+            self.tb.set_bypass(False)
 
 
 def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nat_app.control import ControlError, request
+from nat_app.decide import COOKIE_BYPASS
 
 OVS_CTL = "/usr/share/openvswitch/scripts/ovs-ctl"
 CONNECT_TIMEOUT_S = 20.0
@@ -305,6 +306,27 @@ class Testbed:
     def dump_flows(self) -> str:
         self._controller("dump_flows()")
         return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "r1"],
+                              capture_output=True, text=True).stdout
+
+    def set_bypass(self, on: bool, timeout: float = 5.0) -> None:
+        """Make r1 a plain L2 switch (or a NAT again) and wait until its datapath switches that way.
+
+        The controller's answer means the flow-mods left, not that r1 applied them; and on OVS 3.1's
+        userspace datapath, wide megaflows cached before (``in_port(2),tcp_flags(+syn) actions:1``)
+        survive ``revalidator/wait`` and switched SYN-ACKs untranslated for seconds after the bypass
+        flows were gone. So: wait for the table, then drop the datapath's cached flows."""
+        self._controller("set_bypass()").ask("bypass", on=on)
+        cookie = f"cookie={COOKIE_BYPASS:#x}/-1"
+        deadline = time.monotonic() + timeout
+        while ("priority=" in self._ofctl("dump-flows", cookie)) != on:
+            if time.monotonic() > deadline:
+                raise TestbedError(f"r1's bypass flows did not {'appear' if on else 'go'} within {timeout} s")
+            time.sleep(0.05)
+        subprocess.run(["ovs-appctl", "revalidator/purge"], capture_output=True, check=True)
+
+    @staticmethod
+    def _ofctl(*args: str) -> str:
+        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", args[0], "r1", *args[1:]],
                               capture_output=True, text=True).stdout
 
     def nat_ruleset(self) -> str:
