@@ -68,7 +68,7 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
             else:
                 cps[mode] = apps.probe(h1, "connect-rate", server_ip(1), 7000, "--seconds", 3)
             sink.wait()
-            log(f"  new TCP connections/s ({mode}): {cps[mode]['per_second']:.0f}")
+            log(f"  new TCP connections/s ({mode}): {cps[mode]['per_second']:.0f}, {cps[mode]['failed']} failed")
         packet_ins = tb.table()["counters"].get("packet_in", 0)
     result = {
         "command": "natlab bench nat " + " ".join(sys.argv[3:]),
@@ -77,6 +77,7 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
         "median_bps": {"nat": statistics.median(nat), "plain": statistics.median(plain)},
         "throughput_ratio": statistics.median(nat) / statistics.median(plain),
         "connections_per_second": {k: v["per_second"] for k, v in cps.items()},
+        "connections_failed": {k: v["failed"] for k, v in cps.items()},  # a 2 s connect timeout each
         "connections_ratio": cps["nat"]["per_second"] / cps["plain"]["per_second"],
         "controller_packet_ins": packet_ins,
         "path": f"{client_ip(1)} -> s1 -> r1 -> s2 -> {server_ip(1)}, OVS userspace datapath",

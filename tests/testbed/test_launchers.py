@@ -121,6 +121,7 @@ def test_natlab_bench_nat_reports_both_paths_and_the_ratio(tmp_path):
     result = json.loads((tmp_path / "bench-nat.json").read_text())
     assert result["median_bps"]["nat"] > 0 and result["median_bps"]["plain"] > 0
     assert result["connections_per_second"]["nat"] > 0 and "ratio" in out.stdout
+    assert result["connections_failed"] == {"nat": 0, "plain": 0}, result["connections_failed"]
     assert not leftovers()
 
 
