@@ -237,6 +237,7 @@ class Testbed:
                                                 extra_args=controller_args or [], socket_path=control_socket)
         self.net: Any = None  # a Mininet network while up (Mininet is untyped)
         self.lock = TestbedLock(wait_for_lock)
+        self.had_the_lock = False  # False: start() never got past the queue (interrupted, or timed out waiting)
         self.log_level = log_level  # Mininet's; the CLI prints command output at "output" or below
 
     def __enter__(self) -> Testbed:
@@ -260,6 +261,7 @@ class Testbed:
         if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
             os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
         self.lock.acquire()
+        self.had_the_lock = True
         try:
             controller = None  # classic: s1 and s2 are standalone bridges, r1 a host
             if self.controller is not None:
