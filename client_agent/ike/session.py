@@ -5,7 +5,9 @@ and 1.2), then IKE_AUTH with a PSK (section 2.15) carrying the first CHILD_SA.
 Responder: the same, answered (the stateless part, cookies and group
 corrections, lives in :mod:`client_agent.ike.endpoint`). Both: INFORMATIONAL
 (Delete, liveness, section 1.4), CREATE_CHILD_SA rekeying of CHILD_SAs
-(section 1.3.3, old SA deleted by the rekey's initiator, section 2.8),
+(section 1.3.3, old SA deleted by the rekey's initiator, section 2.8), with
+PFS when the CHILD_SA proposals name a DH group (sections 1.3.1, 2.17; the
+rules in :mod:`client_agent.ike.pfs`),
 retransmission with backoff (section 2.1) and a window of one (section 2.3).
 
 Every message that is malformed, unauthenticated, unexpected or outside the
@@ -55,6 +57,14 @@ from client_agent.ike.events import (
     IkeEstablished,
     IkeRekeyed,
     SpiReleased,
+)
+from client_agent.ike.pfs import (
+    dh_group,
+    initiator_problem,
+    offered_groups,
+    prefer_group,
+    responder_refusal,
+    without_dh,
 )
 from client_agent.ike.proposals import accepted_is_offered, child_suite, choose, ike_suite
 from client_agent.ike.registry import (
@@ -323,10 +333,10 @@ class IkeSession:
         self._transmit(0, self._message1, self._on_init_response, now)
 
     def _ke_group(self) -> int:
-        for group, cls in crypto.KEY_EXCHANGES.items():
-            if isinstance(self._ke, cls):
-                return group
-        raise AssertionError("unknown key exchange")
+        group = group_of(self._ke)
+        if group is None:
+            raise AssertionError("unknown key exchange")
+        return group
 
     def _natd_payloads(self, spi_r: bytes) -> list[Payload]:
         """NAT_DETECTION_SOURCE_IP over ``natd_source`` (the global address behind the extensible NAT)."""
@@ -477,24 +487,33 @@ class IkeSession:
         self._my_mid = 1
         self._request(ExchangeType.IKE_AUTH, payloads, self._on_auth_response, now)
 
-    def _child_request_payloads(self, exchange: ExchangeType, nonce: bytes = b"",
-                                rekey: ChildSa | None = None) -> list[Payload]:
-        """[N(REKEY_SA)], [N(USE_TRANSPORT_MODE)], SA (our inbound SPIs), [Ni], TSi, TSr (sections 1.2, 1.3)."""
+    def _child_request_payloads(self, exchange: ExchangeType, nonce: bytes = b"", rekey: ChildSa | None = None,
+                                ke: KePayload | None = None, same_spis: bool = False) -> list[Payload]:
+        """[N(REKEY_SA)], [N(USE_TRANSPORT_MODE)], SA (our inbound SPIs), [Ni], [KEi], TSi, TSr (sections 1.2,
+        1.3); IKE_AUTH's proposals lose their DH transforms (no KE there); ``same_spis`` after INVALID_KE_PAYLOAD."""
         cfg = self.config
-        self._auth_child_spis = {p: self._child_spi(ProtocolId(p)) for p in {q.protocol for q in cfg.child_proposals}}
+        if not same_spis:
+            self._auth_child_spis = {p: self._child_spi(ProtocolId(p))
+                                     for p in {q.protocol for q in cfg.child_proposals}}
+        offered = self._offered_children(exchange)
         proposals = tuple(Proposal(p.number, p.protocol, self._auth_child_spis[p.protocol].to_bytes(4, "big"),
-                                   p.transforms) for p in cfg.child_proposals)
+                                   p.transforms) for p in offered)
         out: list[Payload] = []
         if rekey is not None:
             out.append(NotifyPayload(Notify.REKEY_SA, b"", rekey.protocol, rekey.inbound_spi.to_bytes(4, "big")))
         if cfg.mode == "transport":
             out.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
         out.append(SaPayload(proposals))
-        if nonce:
-            out.append(NoncePayload(nonce))
+        out += [NoncePayload(nonce)] if nonce else []
+        out += [ke] if ke is not None else []
         local = rekey.local_ts if rekey else cfg.local_ts
         remote = rekey.remote_ts if rekey else cfg.remote_ts
         return [*out, TsPayload(True, local), TsPayload(False, remote)]
+
+    def _offered_children(self, exchange: ExchangeType) -> tuple[Proposal, ...]:
+        """Our CHILD_SA proposals for ``exchange``: IKE_AUTH has no KE, so no DH transform (section 1.2)."""
+        proposals = self.config.child_proposals
+        return without_dh(proposals) if exchange == ExchangeType.IKE_AUTH else proposals
 
     def _on_auth_response(self, header: Header, payloads: list[Payload], now: float) -> None:
         if Notify.AUTHENTICATION_FAILED in _notify_types(payloads):
@@ -507,7 +526,7 @@ class IkeSession:
             self._close(f"authentication_failed:{e.reason}")
             return
         self._established(idr, now)
-        self._finish_child_initiator(payloads, self._ni, self._nr, b"", None, now)
+        self._finish_child_initiator(payloads, self._ni, self._nr, None, None, now)
 
     def _verify_peer(self, peer_id: IdPayload, auth: AuthPayload, initiator_side: bool) -> None:
         if peer_id.initiator != initiator_side:
@@ -553,38 +572,54 @@ class IkeSession:
 
     def _respond_child(self, payloads: list[Payload], ni: bytes, nr: bytes, old: ChildSa | None,
                        now: float, nonce_out: bytes = b"") -> list[Payload]:
-        """Choose, narrow (section 2.9) and key a CHILD_SA the peer asked for; errors become notifies."""
+        """Choose, narrow (section 2.9) and key a CHILD_SA the peer asked for; errors become notifies.
+        ``nonce_out`` marks CREATE_CHILD_SA, where a KE payload brings PFS (section 1.3.1)."""
+        exchange = ExchangeType.CREATE_CHILD_SA if nonce_out else ExchangeType.IKE_AUTH
         try:
             sa, tsi, tsr = one_payload(payloads, SaPayload), _ts(payloads, True), _ts(payloads, False)
+            ke = _at_most_one(payloads, KePayload)
         except Malformed as e:
-            self._events.append(ChildFailed(f"request:{e.reason}"))
-            return [NotifyPayload(Notify.INVALID_SYNTAX)]
-        chosen = choose(sa.proposals, self.config.child_proposals)
+            return self._refuse_child(f"request:{e.reason}", Notify.INVALID_SYNTAX)
+        acceptable = self._offered_children(exchange)
+        chosen = choose(prefer_group(sa.proposals, ke.group if ke else None), acceptable)
         transport = Notify.USE_TRANSPORT_MODE in _notify_types(payloads)
         if chosen is None or len(chosen.spi) != 4 or (self.config.mode == "transport") != transport:
-            self._events.append(ChildFailed("NO_PROPOSAL_CHOSEN"))
-            return [NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)]
+            return self._refuse_child("NO_PROPOSAL_CHOSEN", Notify.NO_PROPOSAL_CHOSEN)
         remote_ts, local_ts = narrow(tsi.selectors, self.config.remote_ts), narrow(tsr.selectors, self.config.local_ts)
         if not remote_ts or not local_ts:
-            self._events.append(ChildFailed("TS_UNACCEPTABLE"))
-            return [NotifyPayload(Notify.TS_UNACCEPTABLE)]
+            return self._refuse_child("TS_UNACCEPTABLE", Notify.TS_UNACCEPTABLE)
+        refusal = responder_refusal(chosen, ke, acceptable)
+        if refusal is not None:
+            return self._refuse_child(refusal[2], refusal[0], refusal[1])
+        try:
+            mine, shared = _pfs_answer(chosen, ke)
+        except Malformed as e:  # a KE value of the wrong length or off the curve (section 3.4)
+            return self._refuse_child(e.reason, Notify.INVALID_SYNTAX)
         inbound = self._child_spi(ProtocolId(chosen.protocol))
-        child = self._make_child(chosen, inbound, int.from_bytes(chosen.spi, "big"), ni, nr, b"",
+        child = self._make_child(chosen, inbound, int.from_bytes(chosen.spi, "big"), ni, nr, shared,
                                  remote_ts, local_ts, exchange_initiator=False, now=now)
         self._add_child(child, old)
         reply = Proposal(chosen.number, chosen.protocol, inbound.to_bytes(4, "big"), chosen.transforms)
         out: list[Payload] = [NotifyPayload(Notify.USE_TRANSPORT_MODE)] if transport else []
         out.append(SaPayload((reply,)))
-        if nonce_out:
-            out.append(NoncePayload(nonce_out))
+        out += [NoncePayload(nonce_out)] if nonce_out else []
+        out += [mine] if mine is not None else []
         return [*out, TsPayload(True, remote_ts), TsPayload(False, local_ts)]
 
-    def _finish_child_initiator(self, payloads: list[Payload], ni: bytes, nr: bytes, shared: bytes,
+    def _refuse_child(self, reason: str, notify: Notify, data: bytes = b"") -> list[Payload]:
+        """A refused CHILD_SA request: counted, reported, answered with one error notify."""
+        self.counters[f"refused_child_sa:{reason}"] += 1
+        self._events.append(ChildFailed(reason))
+        return [NotifyPayload(notify, data)]
+
+    def _finish_child_initiator(self, payloads: list[Payload], ni: bytes, nr: bytes, pfs: crypto.KeyExchange | None,
                                 old: ChildSa | None, now: float) -> None:
-        """Accept the responder's CHILD_SA answer if it is one we proposed; otherwise release our SPIs."""
+        """Accept the responder's CHILD_SA answer if it is one we proposed (with the PFS we asked for, KEYMAT
+        from its g^ir, section 2.17); otherwise release our SPIs. ``old`` None: the IKE_AUTH child."""
         offered = self._auth_child_spis
         try:
             chosen = self._check_child_answer(payloads)
+            shared = self._pfs_shared(chosen, payloads, pfs, old is None)
         except Malformed as e:
             self._release(offered)
             self._events.append(ChildFailed(e.reason))
@@ -599,6 +634,16 @@ class IkeSession:
         self._add_child(child, old)
         if old is not None:
             self.delete_child(old.inbound_spi, now)
+
+    def _pfs_shared(self, chosen: Proposal, payloads: list[Payload], pfs: crypto.KeyExchange | None,
+                    ike_auth: bool) -> bytes:
+        """g^ir of the answer's KEr, b"" without PFS; a dropped group, another group or a bad KEr raise."""
+        offered = self._offered_children(ExchangeType.IKE_AUTH if ike_auth else ExchangeType.CREATE_CHILD_SA)
+        ke = _at_most_one(payloads, KePayload)
+        problem = initiator_problem(chosen, offered, group_of(pfs), ke)
+        if problem is not None:
+            raise Malformed(problem)
+        return pfs.shared(ke.data) if pfs is not None and ke is not None else b""
 
     def _check_child_answer(self, payloads: list[Payload]) -> Proposal:
         errors = [t for t in _notify_types(payloads) if t < ERROR_NOTIFY_LIMIT]
@@ -647,34 +692,55 @@ class IkeSession:
             self._events.append(ChildDeleted(child))
             self._events.append(SpiReleased(child.protocol, child.inbound_spi))
 
-    def _send_rekey(self, old: ChildSa, now: float) -> None:
+    def _send_rekey(self, old: ChildSa, now: float, group: int | None = None, attempt: int = 0) -> None:
+        """CREATE_CHILD_SA {[N(REKEY_SA)], SA, Ni, [KEi], TSi, TSr}; KEi in our first group, or in the one
+        the responder named in INVALID_KE_PAYLOAD (section 1.3), with the same SPIs."""
         if old.inbound_spi not in self.children or self.state is not State.ESTABLISHED:
             return
+        groups = offered_groups(self.config.child_proposals)
+        group = group if group is not None else (groups[0] if groups else None)
+        pfs = crypto.KEY_EXCHANGES[group]() if group is not None else None
         ni = self._random(NONCE_LEN)
-        payloads = self._child_request_payloads(ExchangeType.CREATE_CHILD_SA, nonce=ni, rekey=old)
+        payloads = self._child_request_payloads(ExchangeType.CREATE_CHILD_SA, nonce=ni, rekey=old,
+                                                ke=KePayload(group, pfs.public) if group and pfs else None,
+                                                same_spis=attempt > 0)
 
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
+            wanted = self._child_group_wanted(answer, group, attempt)
+            if wanted is not None:
+                self._send_rekey(old, t, wanted, attempt + 1)
+                return
             try:
                 nr = one_payload(answer, NoncePayload).data
             except Malformed as e:
                 self._release(self._auth_child_spis)
-                self._events.append(ChildFailed(e.reason))
+                self._events.append(ChildFailed(_first_error(answer) or e.reason))
                 return
-            self._finish_child_initiator(answer, ni, nr, b"", old, t)
+            self._finish_child_initiator(answer, ni, nr, pfs, old, t)
 
         self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_answer, now)
 
+    def _child_group_wanted(self, answer: list[Payload], sent: int | None, attempt: int) -> int | None:
+        """The group an INVALID_KE_PAYLOAD answer asks for, if we offered it and may still retry (section 1.3)."""
+        notify = next((p for p in answer if isinstance(p, NotifyPayload) and p.type == Notify.INVALID_KE_PAYLOAD),
+                      None)
+        if notify is None or attempt >= MAX_INIT_RETRIES or len(notify.data) != 2:
+            return None
+        group = int.from_bytes(notify.data, "big")
+        if group == sent or group not in offered_groups(self.config.child_proposals):
+            self.counters[f"child_invalid_ke_group:{group}"] += 1
+            return None
+        self.counters["child_invalid_ke_payload"] += 1
+        return group
+
     def _on_create_child_request(self, payloads: list[Payload], now: float) -> list[Payload]:
-        """A CHILD_SA rekey or a new CHILD_SA; IKE SA rekeying is refused (NO_ADDITIONAL_SAS)."""
+        """A CHILD_SA rekey (with PFS when a KE comes and our policy names its group) or an IKE SA rekey."""
         try:
             sa, ni = one_payload(payloads, SaPayload), one_payload(payloads, NoncePayload)
         except Malformed:
             return [NotifyPayload(Notify.INVALID_SYNTAX)]
         if any(p.protocol == ProtocolId.IKE for p in sa.proposals):
             return self._answer_ike_rekey(sa, ni.data, payloads, now)
-        if _one_or_none(payloads, KePayload):  # PFS for a CHILD_SA: not offered, so refused
-            self.counters["refused_create_child_sa"] += 1
-            return [NotifyPayload(Notify.NO_ADDITIONAL_SAS)]
         old = None
         rekey = [p for p in payloads if isinstance(p, NotifyPayload) and p.type == Notify.REKEY_SA]
         if rekey:
@@ -841,6 +907,35 @@ class IkeSession:
 
 
 # ------------------------------------------------------------ helpers
+
+
+def group_of(ke: crypto.KeyExchange | None) -> int | None:
+    """The DH group of one of our key exchanges, None for none."""
+    for group, cls in crypto.KEY_EXCHANGES.items():
+        if isinstance(ke, cls):
+            return group
+    return None
+
+
+def _pfs_answer(chosen: Proposal, ke: KePayload | None) -> tuple[KePayload | None, bytes]:
+    """The responder's KEr and g^ir for a chosen proposal with a group (already checked against KEi)."""
+    group = dh_group(chosen)
+    if group is None or ke is None:
+        return None, b""
+    mine = crypto.KEY_EXCHANGES[group]()
+    return KePayload(group, mine.public), mine.shared(ke.data)
+
+
+def _first_error(payloads: list[Payload]) -> str | None:
+    errors = [p.type for p in payloads if isinstance(p, NotifyPayload) and p.type < ERROR_NOTIFY_LIMIT]
+    return _notify_name(errors[0]) if errors else None
+
+
+def _at_most_one(payloads: list[Payload], kind: type[_P]) -> _P | None:
+    found = [p for p in payloads if isinstance(p, kind)]
+    if len(found) > 1:
+        raise Malformed(f"more_than_one_{kind.__name__}", f"found {len(found)}")
+    return found[0] if found else None
 
 
 def packed_ip(address: str) -> bytes:
