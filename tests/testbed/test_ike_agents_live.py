@@ -120,18 +120,25 @@ def test_agents_keyed_by_ike_through_the_extensible_nat(make_testbed, tmp_path: 
     assert int(ike[0], 16) in {e["global_gpn"] for e in ike_entries}, (ike[:3], ike_entries)
 
 
+def with_pfs(example: str, folder: Path, extra: str = "") -> Path:
+    """An example config whose CHILD_SAs are rekeyed with PFS (ECP-256, RFC 7296 1.3.1), plus ``extra`` lines."""
+    config = folder / example
+    config.write_text((EXAMPLES / example).read_text().replace('esp = ["aes128gcm16"]', 'esp = ["aes128gcm16-ecp256"]')
+                      .replace('mode = "transport"', 'mode = "transport"' + extra))
+    return config
+
+
 def test_child_sa_rekeyed_under_iperf3_through_the_nat_keeps_the_connection(make_testbed, tmp_path: Path) -> None:
-    """CHILD_SA lifetime of 3 s, iperf3 TCP for 10 s across: several rekeys, the connection survives; each new
-    inbound SPI was leased before it was proposed, each old one released (step 802 both ways)."""
+    """CHILD_SA lifetime of 3 s, iperf3 TCP for 10 s across: several rekeys, each with PFS (a fresh ECP-256
+    exchange), the connection survives; each new inbound SPI was leased before it was proposed, each old one
+    released (step 802 both ways)."""
     from conformance import apps
 
     tb = make_testbed(clients=1, servers=1, globals=1)
     h1, srv1 = tb.host("h1"), tb.host("srv1")
-    h1_config = tmp_path / "h1.toml"
-    h1_config.write_text((EXAMPLES / "ike-esp-transport-nat-h1.toml").read_text().replace(
-        'mode = "transport"', 'mode = "transport"\nchild_rekey = 3'))
+    h1_config = with_pfs("ike-esp-transport-nat-h1.toml", tmp_path, "\nchild_rekey = 3")
     with ExitStack() as stack:
-        responder = stack.enter_context(AgentProcess(srv1, EXAMPLES / "ike-esp-transport-nat-srv1.toml",
+        responder = stack.enter_context(AgentProcess(srv1, with_pfs("ike-esp-transport-nat-srv1.toml", tmp_path),
                                                      tmp_path / "agent-srv1"))
         initiator = stack.enter_context(AgentProcess(h1, h1_config, tmp_path / "agent-h1"))
         wait_for_child(initiator)
@@ -146,6 +153,8 @@ def test_child_sa_rekeyed_under_iperf3_through_the_nat_keeps_the_connection(make
     assert status["ike"]["events"]["ChildEstablished"] >= 3, status["ike"]
     released = re.findall(r"CHILD SPI 0x([0-9a-f]{8}) released, 0x([0-9a-f]{8}) being leased", log)
     assert len(released) >= 2, log[-3000:]
+    pfs = re.findall(r'"event": "ChildEstablished".*"pfs": (\w+)', log)
+    assert pfs[0] == "null" and len(pfs) >= 3 and set(pfs[1:]) == {"19"}, pfs  # IKE_AUTH's has none, rekeys do
     assert status["leases"]["counters"].get("retired", 0) >= 2, status["leases"]
     esp = {e["global_gpn"] for e in table["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == 50}
     assert not esp & {int(old, 16) for old, _ in released[:-1]}, (esp, released)  # released leases are gone
