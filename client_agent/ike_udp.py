@@ -49,6 +49,7 @@ def build_config(args: argparse.Namespace) -> IkeConfig:
     )
 
 
+REKEYED = ("rekeyed", "rekey_collision")  # closed for a successor, or the redundant one of a collision (2.8.2)
 NON_ESP_MARKER = b"\0\0\0\0"  # RFC 3948 section 2.2: IKE on port 4500 starts with four zero bytes
 
 
@@ -102,7 +103,7 @@ class Shell:
             self.ike_lines.append(ikev2_line(event.spi_i, event.spi_r, event.suite, event.keys))
         elif isinstance(event, ChildEstablished):
             self.children += security_associations(event.child, session.local[0], session.remote[0])
-        elif isinstance(event, IkeClosed) and event.reason != "rekeyed":  # a rekeyed SA lives on in its successor
+        elif isinstance(event, IkeClosed) and event.reason not in REKEYED:  # a rekeyed SA lives on in its successor
             self.closed += 1
         if self.keys is not None:
             self.keys.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,7 @@ _P = TypeVar("_P")
 SpiSource = Callable[[ProtocolId], int]
 NONCE_LEN = 32
 MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving up
+IKE_SPI_WAIT = 1.0  # seconds between tries of an IKE SA rekey whose new SPI (a lease) is not held yet
 ZERO_SPI = bytes(8)
 
 
@@ -152,7 +153,12 @@ class IkeSession:
         self._cookie: bytes | None = None
         self._ike_rekey_at: float | None = None
         self._successor: IkeSession | None = None
-        self.ike_spi_source: Callable[[], bytes] = lambda: random_spi(self._random)
+        self._rekey_nonce: bytes | None = None  # our Ni while our IKE SA rekey is in flight (section 2.8.2)
+        self._rival: tuple[IkeSession, bytes, bytes] | None = None  # the peer's colliding new IKE SA, its Ni, Nr
+        self._redundant = False  # a new IKE SA that lost a rekey collision (section 2.8.2)
+        # Our SPI for a rekeyed IKE SA; behind the extensible NAT a leased one (FIG. 8 step 801), None while the
+        # lease is not held yet (the rekey then waits, section 2.18 leaves the old SA usable meanwhile).
+        self.ike_spi_source: Callable[[], bytes | None] = lambda: random_spi(self._random)
         self._send: crypto.SkCipher | None = None
         self._recv: crypto.SkCipher | None = None
 
@@ -759,11 +765,17 @@ class IkeSession:
         if self.state is not State.ESTABLISHED or self._successor is not None:
             return
         assert self.suite is not None
-        spi, ni = self.ike_spi_source(), self._random(NONCE_LEN)
+        spi = self.ike_spi_source()
+        if spi is None:
+            self.counters["ike_rekey_waiting_for_spi"] += 1
+            self._ike_rekey_at = now + IKE_SPI_WAIT
+            return
+        ni = self._rekey_nonce = self._random(NONCE_LEN)
         ke = crypto.KEY_EXCHANGES[self.suite.dh]()
         proposals = tuple(Proposal(p.number, p.protocol, spi, p.transforms) for p in self.config.ike_proposals)
 
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
+            self._rekey_nonce = None
             try:
                 sa, nr, ker = one_payload(answer, SaPayload), one_payload(answer, NoncePayload), one_payload(answer, KePayload)
                 chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
@@ -773,34 +785,72 @@ class IkeSession:
                     raise Malformed("ke_group_mismatch")
                 shared = ke.shared(ker.data)
             except Malformed as e:
-                self.counters[f"ike_rekey_failed:{e.reason}"] += 1
+                self.counters[f"ike_rekey_failed:{_first_error(answer) or e.reason}"] += 1
+                if self._rival is not None:  # the peer's rekey stands alone (section 2.8.2)
+                    self._take_over(self._rival[0])
                 return
-            self._hand_over(True, spi, chosen.spi, ike_suite(chosen), shared, ni, nr.data, t)
-            self._request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE)],
-                          lambda h, p, t2: self._close("rekeyed"), t)
+            mine = self._new_ike_sa(True, spi, chosen.spi, ike_suite(chosen), shared, ni, nr.data, t)
+            self._settle_ike_rekey(mine, ni, nr.data, t)
 
         self._request(ExchangeType.CREATE_CHILD_SA, [SaPayload(proposals), NoncePayload(ni), KePayload(self.suite.dh,
                                                                                                      ke.public)],
                       on_answer, now)
 
+    def _settle_ike_rekey(self, mine: IkeSession, ni: bytes, nr: bytes, now: float) -> None:
+        """Our rekey's new IKE SA is up. Alone, it takes the CHILD_SAs and we delete the old SA. After a
+        collision (section 2.8.2) the new SA created with the lowest of the four nonces is redundant: its
+        creator deletes it, and the creator of the other one deletes the old SA. Both peers see the same nonces,
+        so both pick the same survivor."""
+        rival = self._rival
+        if rival is not None and min(ni, nr) < min(rival[1], rival[2]):
+            self.counters["ike_rekey_collision_lost"] += 1
+            self._take_over(rival[0])
+            mine._redundant = True
+            mine.close(now)
+            return
+        if rival is not None:
+            self.counters["ike_rekey_collision_won"] += 1
+            rival[0]._redundant = True  # the peer deletes it
+        self._take_over(mine)
+        self._request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE)],
+                      lambda h, p, t2: self._close("rekeyed"), now)
+
     def _answer_ike_rekey(self, sa: SaPayload, ni: bytes, payloads: list[Payload], now: float) -> list[Payload]:
+        if self.config.own_ike_rekeys and self.initiator:
+            return self._refuse_peer_ike_rekey(now)
+        if self._successor is not None or self._rival is not None:  # being closed: section 2.25.2
+            return [NotifyPayload(Notify.TEMPORARY_FAILURE)]
         chosen = choose(sa.proposals, self.config.ike_proposals)
         ke = _one_or_none(payloads, KePayload)
-        if chosen is None or len(chosen.spi) != 8 or self._successor is not None:
+        if chosen is None or len(chosen.spi) != 8:
             return [NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)]
         suite = ike_suite(chosen)
         if ke is None or ke.group != suite.dh:
             return [NotifyPayload(Notify.INVALID_KE_PAYLOAD, suite.dh.to_bytes(2, "big"))]
         mine = crypto.KEY_EXCHANGES[suite.dh]()
         shared = mine.shared(ke.data)  # a bad value raises Malformed: dropped and counted
-        spi, nr = self.ike_spi_source(), self._random(NONCE_LEN)
-        self._hand_over(False, chosen.spi, spi, suite, shared, ni, nr, now)
+        spi, nr = random_spi(self._random), self._random(NONCE_LEN)  # our SPIr: the NAT demultiplexes on SPIi
+        new = self._new_ike_sa(False, chosen.spi, spi, suite, shared, ni, nr, now)
+        if self._rekey_nonce is not None:  # ours is in flight too: decided when its answer comes (section 2.8.2)
+            self._rival = (new, ni, nr)
+        else:
+            self._take_over(new)
         reply = Proposal(chosen.number, chosen.protocol, spi, chosen.transforms)
         return [SaPayload((reply,)), NoncePayload(nr), KePayload(suite.dh, mine.public)]
 
-    def _hand_over(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: crypto.IkeSuite, shared: bytes,
-                   ni: bytes, nr: bytes, now: float) -> None:
-        """The new IKE SA takes the CHILD_SAs; the rekey's initiator is its original initiator (section 2.18)."""
+    def _refuse_peer_ike_rekey(self, now: float) -> list[Payload]:
+        """Behind the extensible NAT the new IKE SA's SPIi must be one we leased (FIG. 8 step 801): a peer's
+        rekey would make its own SPI the SPIi, which the NAT cannot demultiplex. TEMPORARY_FAILURE (section
+        2.25) tells the peer to try later; we rekey at once instead, with a leased SPI."""
+        self.counters["refused_peer_ike_rekey"] += 1
+        if self._successor is None:
+            self._ike_rekey_at = now
+        return [NotifyPayload(Notify.TEMPORARY_FAILURE)]
+
+    def _new_ike_sa(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: crypto.IkeSuite, shared: bytes,
+                    ni: bytes, nr: bytes, now: float) -> IkeSession:
+        """A rekey's new IKE SA, keyed from SK_d (old); the rekey's initiator is its original initiator (section
+        2.18). It is announced (IkeRekeyed) so the endpoint routes to it; the CHILD_SAs move by _take_over."""
         assert self.suite is not None and self.keys is not None
         seed = crypto.rekey_skeyseed(self.suite.prf, self.keys.sk_d, shared, ni, nr)
         new = IkeSession(self.config, initiator=initiator, local=self.local, remote=self.remote,
@@ -808,11 +858,15 @@ class IkeSession:
         new.spi_i, new.spi_r, new._ni, new._nr = spi_i, spi_r, ni, nr
         new._install_keys(suite, seed)
         new.nat_local, new.nat_peer, new.ike_spi_source = self.nat_local, self.nat_peer, self.ike_spi_source
-        new.children, self.children = self.children, {}
         new._established(self.peer_id, now)
-        self._successor = new
-        self.counters["ike_rekeyed"] += 1
         self._events.append(IkeRekeyed(new))
+        return new
+
+    def _take_over(self, new: IkeSession) -> None:
+        """``new`` is the surviving rekeyed IKE SA: the CHILD_SAs move to it (section 2.18)."""
+        new.children, self.children = self.children, {}
+        self._successor, self._rival = new, None
+        self.counters["ike_rekeyed"] += 1
 
     # ------------------------------------------------------------ INFORMATIONAL
 
@@ -894,6 +948,8 @@ class IkeSession:
             return
         if self._successor is not None:
             reason = "rekeyed"
+        elif self._redundant:
+            reason = "rekey_collision"
         self.state = State.CLOSED
         self._pending = None
         self._queue.clear()
