@@ -802,7 +802,7 @@ class IkeSession:
         creator deletes it, and the creator of the other one deletes the old SA. Both peers see the same nonces,
         so both pick the same survivor."""
         rival = self._rival
-        if rival is not None and min(ni, nr) < min(rival[1], rival[2]):
+        if rival is not None and sorted((ni, nr)) < sorted(rival[1:]):  # a tie of lowest nonces: the next ones
             self.counters["ike_rekey_collision_lost"] += 1
             self._take_over(rival[0])
             mine._redundant = True
