@@ -156,6 +156,7 @@ class IkeSession:
         self._rekey_nonce: bytes | None = None  # our Ni while our IKE SA rekey is in flight (section 2.8.2)
         self._rival: tuple[IkeSession, bytes, bytes] | None = None  # the peer's colliding new IKE SA, its Ni, Nr
         self._redundant = False  # a new IKE SA that lost a rekey collision (section 2.8.2)
+        self._rekeys_waiting: set[int] = set()  # CHILD_SAs whose rekey waits in the queue (window of one)
         # Our SPI for a rekeyed IKE SA; behind the extensible NAT a leased one (FIG. 8 step 801), None while the
         # lease is not held yet (the rekey then waits, section 2.18 leaves the old SA usable meanwhile).
         self.ike_spi_source: Callable[[], bytes | None] = lambda: random_spi(self._random)
@@ -258,6 +259,7 @@ class IkeSession:
         old = self.children.get(inbound_spi)
         if old is None or self.state is not State.ESTABLISHED:
             return
+        self._rekeys_waiting.add(inbound_spi)
         self._queue_or_run(lambda t: self._send_rekey(old, t), now)
 
     # ------------------------------------------------------------ receiving
@@ -701,6 +703,7 @@ class IkeSession:
     def _send_rekey(self, old: ChildSa, now: float, group: int | None = None, attempt: int = 0) -> None:
         """CREATE_CHILD_SA {[N(REKEY_SA)], SA, Ni, [KEi], TSi, TSr}; KEi in our first group, or in the one
         the responder named in INVALID_KE_PAYLOAD (section 1.3), with the same SPIs."""
+        self._rekeys_waiting.discard(old.inbound_spi)
         if old.inbound_spi not in self.children or self.state is not State.ESTABLISHED:
             return
         groups = offered_groups(self.config.child_proposals)
@@ -787,7 +790,7 @@ class IkeSession:
             except Malformed as e:
                 self.counters[f"ike_rekey_failed:{_first_error(answer) or e.reason}"] += 1
                 if self._rival is not None:  # the peer's rekey stands alone (section 2.8.2)
-                    self._take_over(self._rival[0])
+                    self._take_over(self._rival[0], t)
                 return
             mine = self._new_ike_sa(True, spi, chosen.spi, ike_suite(chosen), shared, ni, nr.data, t)
             self._settle_ike_rekey(mine, ni, nr.data, t)
@@ -804,14 +807,14 @@ class IkeSession:
         rival = self._rival
         if rival is not None and sorted((ni, nr)) < sorted(rival[1:]):  # a tie of lowest nonces: the next ones
             self.counters["ike_rekey_collision_lost"] += 1
-            self._take_over(rival[0])
+            self._take_over(rival[0], now)
             mine._redundant = True
             mine.close(now)
             return
         if rival is not None:
             self.counters["ike_rekey_collision_won"] += 1
             rival[0]._redundant = True  # the peer deletes it
-        self._take_over(mine)
+        self._take_over(mine, now)
         self._request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE)],
                       lambda h, p, t2: self._close("rekeyed"), now)
 
@@ -834,7 +837,7 @@ class IkeSession:
         if self._rekey_nonce is not None:  # ours is in flight too: decided when its answer comes (section 2.8.2)
             self._rival = (new, ni, nr)
         else:
-            self._take_over(new)
+            self._take_over(new, now)
         reply = Proposal(chosen.number, chosen.protocol, spi, chosen.transforms)
         return [SaPayload((reply,)), NoncePayload(nr), KePayload(suite.dh, mine.public)]
 
@@ -862,9 +865,13 @@ class IkeSession:
         self._events.append(IkeRekeyed(new))
         return new
 
-    def _take_over(self, new: IkeSession) -> None:
-        """``new`` is the surviving rekeyed IKE SA: the CHILD_SAs move to it (section 2.18)."""
+    def _take_over(self, new: IkeSession, now: float) -> None:
+        """``new`` is the surviving rekeyed IKE SA: the CHILD_SAs move to it (section 2.18), and so do their
+        rekeys still waiting in our queue (they are due: the new SA runs them at once)."""
         new.children, self.children = self.children, {}
+        for spi in self._rekeys_waiting & set(new.children):
+            new.children[spi].rekey_at = now
+        self._rekeys_waiting.clear()
         self._successor, self._rival = new, None
         self.counters["ike_rekeyed"] += 1
 

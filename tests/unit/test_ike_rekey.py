@@ -150,3 +150,21 @@ def test_the_spare_ike_spi_is_leased_with_the_first_one():
     wanted = ike_leases(load(NAT_H1), 0x1111, [(50, 0x1234)], 0x2222)
     assert [(w.info.protocol, w.info.global_gpn) for w in wanted] == [(17, 0x1111), (17, 0x2222), (50, 0x1234)]
     assert wanted[1].info.port == 500 and wanted[1].label == "IKE SPI 0x0000000000002222"
+
+
+def test_a_child_rekey_queued_behind_an_ike_sa_rekey_runs_on_the_new_sa():
+    """Window of one (section 2.3): the CHILD_SA's timer fires while the IKE SA rekey is in flight; once the
+    child has moved to the new IKE SA (section 2.18) it is rekeyed there, not forgotten."""
+    pair = established(child_rekey=6.0, ike_rekey=5.0)
+    pair.now = 5.0
+    pair.a.handle_timer(5.0)  # the IKE SA rekey goes out
+    pair.now = 6.0
+    pair.a.handle_timer(6.0)  # the child's timer: its rekey waits behind the IKE SA's
+    pair.pump()
+    assert pair.a.get_timer() == 6.0  # due at once on the new IKE SA
+    pair.a.handle_timer(6.0)
+    pair.pump()
+    new_a, new_b = only(pair)
+    assert len(pair.children("a")) == 2 and len(new_a.children) == len(new_b.children) == 1
+    assert next(iter(new_a.children.values())).rekey_at == 12.0
+    carries_traffic_after_rekey(pair)
