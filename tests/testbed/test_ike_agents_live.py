@@ -129,14 +129,15 @@ def with_pfs(example: str, folder: Path, extra: str = "") -> Path:
 
 
 def test_child_sa_rekeyed_under_iperf3_through_the_nat_keeps_the_connection(make_testbed, tmp_path: Path) -> None:
-    """CHILD_SA lifetime of 3 s, iperf3 TCP for 10 s across: several rekeys, each with PFS (a fresh ECP-256
-    exchange), the connection survives; each new inbound SPI was leased before it was proposed, each old one
-    released (step 802 both ways)."""
+    """CHILD_SA lifetime of 3 s, IKE SA lifetime of 4 s, iperf3 TCP for 10 s across: several CHILD_SA rekeys,
+    each with PFS (a fresh ECP-256 exchange), and IKE SA rekeys (RFC 7296 2.18) whose new SPIi is a spare
+    leased ahead (step 801 again: the NAT demultiplexes IKE on it); the connection survives; each new inbound
+    SPI was leased before it was proposed, each old one released (step 802 both ways), and so was each old SPIi."""
     from conformance import apps
 
     tb = make_testbed(clients=1, servers=1, globals=1)
     h1, srv1 = tb.host("h1"), tb.host("srv1")
-    h1_config = with_pfs("ike-esp-transport-nat-h1.toml", tmp_path, "\nchild_rekey = 3")
+    h1_config = with_pfs("ike-esp-transport-nat-h1.toml", tmp_path, "\nchild_rekey = 3\nike_rekey = 4")
     with ExitStack() as stack:
         responder = stack.enter_context(AgentProcess(srv1, with_pfs("ike-esp-transport-nat-srv1.toml", tmp_path),
                                                      tmp_path / "agent-srv1"))
@@ -158,5 +159,19 @@ def test_child_sa_rekeyed_under_iperf3_through_the_nat_keeps_the_connection(make
     assert status["leases"]["counters"].get("retired", 0) >= 2, status["leases"]
     esp = {e["global_gpn"] for e in table["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == 50}
     assert not esp & {int(old, 16) for old, _ in released[:-1]}, (esp, released)  # released leases are gone
+    assert_ike_sa_rekeyed_with_leased_spis(log, status, table)
     print(f"rekeys under iperf3: {len(released)}; TCP {tcp['bps'] / 1e6:.0f} Mbit/s; "
           f"drops {status['counters']['drops']}")
+
+
+def assert_ike_sa_rekeyed_with_leased_spis(log: str, status: dict, table: dict) -> None:
+    """Each IKE SA rekey took the spare SPIi (then leasing the next spare) and gave the old SPIi back; the
+    NAT's table holds the SPIi in use and the spare, and none of the released ones."""
+    taken = re.findall(r"IKE SPI 0x([0-9a-f]{16}) taken for a rekey, 0x([0-9a-f]{16}) being leased", log)
+    gone = re.findall(r"IKE SPI 0x([0-9a-f]{16}) released \(its IKE SA was rekeyed\)", log)
+    assert taken and len(gone) >= len(taken) - 1 and status["ike"]["events"].get("IkeRekeyed", 0) >= len(taken), (
+        taken, gone, status["ike"])
+    assert re.search(r'"event": "IkeClosed", "reason": "rekeyed"', log), log[-3000:]
+    isakmp = {e["global_gpn"] for e in table["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == ISAKMP_KEY}
+    assert {int(taken[-1][0], 16), int(taken[-1][1], 16)} <= isakmp, (isakmp, taken)
+    assert not isakmp & {int(spi, 16) for spi in gone}, (isakmp, gone)
