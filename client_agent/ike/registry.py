@@ -113,6 +113,12 @@ class Esn(IntEnum):
     ESN = 1
 
 
+# Each transform type's ID table, so a name is looked up in one place (proposals.transform).
+TRANSFORM_IDS: dict[TransformType, type[IntEnum]] = {
+    TransformType.ENCR: Encr, TransformType.PRF: Prf, TransformType.INTEG: Integ, TransformType.DH: DhGroup,
+    TransformType.ESN: Esn,
+}
+
 KEY_LENGTH_ATTRIBUTE = 14  # section 3.3.5, the only attribute: TV format (AF=1)
 
 
