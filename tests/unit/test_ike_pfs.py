@@ -247,3 +247,17 @@ def test_the_agent_config_accepts_an_esp_proposal_with_a_group():
                        "esp": [PFS_ESP], "local_ts": ["10.0.0.1/32"], "remote_ts": ["203.0.113.100/32"]})
     (proposal,) = table.config().child_proposals
     assert dh_group(proposal) == DhGroup.ECP_256 and table.largest_overhead(lambda sa: 1) == 1
+
+
+@pytest.mark.parametrize(("protocol", "proposal", "mode"), [("ah", "sha256-modp2048", "transport"),
+                                                            ("esp", "aes256-sha256-x25519", "tunnel")])
+def test_pfs_rekeys_ah_and_tunnel_mode_children_too(protocol, proposal, mode):
+    options = {"esp": (), "ah": (proposal,)} if protocol == "ah" else {"esp": (proposal,), "ah": ()}
+    left, right = configs(mode=mode, **options)
+    pair = Pair(left, right)
+    pair.start()
+    pair.pump()
+    rekey(pair)
+    new = pair.children("a")[-1]
+    assert new.protocol.name.lower() == protocol and new.mode == mode and new.suite.dh is not None
+    carries_traffic_after_rekey(pair)
