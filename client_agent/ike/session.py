@@ -157,6 +157,8 @@ class IkeSession:
         self._rival: tuple[IkeSession, bytes, bytes] | None = None  # the peer's colliding new IKE SA, its Ni, Nr
         self._redundant = False  # a new IKE SA that lost a rekey collision (section 2.8.2)
         self._rekeys_waiting: set[int] = set()  # CHILD_SAs whose rekey waits in the queue (window of one)
+        self._child_rekey_nonces: dict[int, bytes] = {}  # old inbound SPI -> our Ni, while our rekey is in flight
+        self._child_rivals: dict[int, tuple[int, bytes, bytes]] = {}  # old SPI -> the peer's new child, Ni, Nr
         # Our SPI for a rekeyed IKE SA; behind the extensible NAT a leased one (FIG. 8 step 801), None while the
         # lease is not held yet (the rekey then waits, section 2.18 leaves the old SA usable meanwhile).
         self.ike_spi_source: Callable[[], bytes | None] = lambda: random_spi(self._random)
@@ -641,7 +643,20 @@ class IkeSession:
                                  exchange_initiator=True, now=now)
         self._add_child(child, old)
         if old is not None:
+            self._settle_child_rekey(old, child, ni, nr, now)
             self.delete_child(old.inbound_spi, now)
+
+    def _settle_child_rekey(self, old: ChildSa, mine: ChildSa, ni: bytes, nr: bytes, now: float) -> None:
+        """Section 2.8.1: if the peer rekeyed ``old`` at the same time, the new pair created with the lowest of
+        the four nonces is redundant and deleted by its creator (both peers see the same nonces)."""
+        rival = self._child_rivals.pop(old.inbound_spi, None)
+        if rival is None:
+            return
+        if sorted((ni, nr)) < sorted(rival[1:]):
+            self.counters["child_rekey_collision_lost"] += 1
+            self.delete_child(mine.inbound_spi, now)
+        else:
+            self.counters["child_rekey_collision_won"] += 1
 
     def _pfs_shared(self, chosen: Proposal, payloads: list[Payload], pfs: crypto.KeyExchange | None,
                     ike_auth: bool) -> bytes:
@@ -714,7 +729,10 @@ class IkeSession:
                                                 ke=KePayload(group, pfs.public) if group and pfs else None,
                                                 same_spis=attempt > 0)
 
+        self._child_rekey_nonces[old.inbound_spi] = ni
+
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
+            self._child_rekey_nonces.pop(old.inbound_spi, None)
             wanted = self._child_group_wanted(answer, group, attempt)
             if wanted is not None:
                 self._send_rekey(old, t, wanted, attempt + 1)
@@ -758,8 +776,12 @@ class IkeSession:
             if old is None:
                 return [NotifyPayload(Notify.CHILD_SA_NOT_FOUND, b"", rekey[0].protocol, rekey[0].spi)]
             old.rekey_at = None  # the peer rekeys it: no need to do it ourselves (section 2.8 collision avoided)
-        nr = self._random(NONCE_LEN)
-        return self._respond_child(payloads, ni.data, nr, old, now, nonce_out=nr)
+        nr, before = self._random(NONCE_LEN), set(self.children)
+        answer = self._respond_child(payloads, ni.data, nr, old, now, nonce_out=nr)
+        made = set(self.children) - before
+        if old is not None and old.inbound_spi in self._child_rekey_nonces and len(made) == 1:
+            self._child_rivals[old.inbound_spi] = (made.pop(), ni.data, nr)  # settled by our answer (2.8.1)
+        return answer
 
     # ------------------------------------------------------------ IKE SA rekeying (section 2.18)
 

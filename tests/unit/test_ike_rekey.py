@@ -168,3 +168,27 @@ def test_a_child_rekey_queued_behind_an_ike_sa_rekey_runs_on_the_new_sa():
     assert len(pair.children("a")) == 2 and len(new_a.children) == len(new_b.children) == 1
     assert next(iter(new_a.children.values())).rekey_at == 12.0
     carries_traffic_after_rekey(pair)
+
+
+@pytest.mark.parametrize("loser", ["a", "b"])
+@pytest.mark.parametrize("esp", ["aes128gcm16", "aes128gcm16-ecp256"])
+def test_simultaneous_child_sa_rekeys_leave_one_new_pair_on_both_sides(loser, esp):
+    """Section 2.8.1: both rekey the CHILD_SA at once; the new pair with the lowest nonce is deleted by its
+    creator, the old pair by both; one pair is left, the same on both sides, and it carries traffic."""
+    pair = established(esp=(esp,))
+    a, b = only(pair)
+    (a if loser == "a" else b)._random = low_nonces()  # noqa: SLF001
+    (old_a,), (old_b,) = a.children.values(), b.children.values()
+    pair.now = 1.0
+    a.rekey_child(old_a.inbound_spi, 1.0)
+    b.rekey_child(old_b.inbound_spi, 1.0)
+    pair.pump()
+    (new_a,), (new_b,) = a.children.values(), b.children.values()
+    assert (new_a.inbound_spi, new_a.outbound_spi) == (new_b.outbound_spi, new_b.inbound_spi)
+    assert old_a.inbound_spi not in a.children and len(pair.children("a")) == 3  # the old and two new ones
+    counters = a.counters + b.counters
+    assert counters["child_rekey_collision_won"] == counters["child_rekey_collision_lost"] == 1
+    winner = b if loser == "a" else a
+    assert winner.counters["child_rekey_collision_won"] == 1
+    a_keys = (new_a.encr_out, new_a.integ_out, new_a.encr_in)
+    assert a_keys == (new_b.encr_in, new_b.integ_in, new_b.encr_out)
