@@ -12,6 +12,8 @@ import hashlib
 import hmac
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client_agent.agent_ike import parse_ike
 from client_agent.ike import crypto
@@ -261,3 +263,19 @@ def test_pfs_rekeys_ah_and_tunnel_mode_children_too(protocol, proposal, mode):
     new = pair.children("a")[-1]
     assert new.protocol.name.lower() == protocol and new.mode == mode and new.suite.dh is not None
     carries_traffic_after_rekey(pair)
+
+
+@settings(max_examples=30, deadline=None)
+@given(group=st.sampled_from([0, 1, 14, 19, 31, 65535]) | st.integers(0, 65535),
+       value=st.binary(max_size=300), twice=st.booleans())
+def test_any_ke_in_a_rekey_request_is_answered_never_crashes(group, value, twice):
+    """Hostile KE payloads (any group, any bytes, one or two of them): answered with one error notify (random
+    bytes are not a point on the curve); the responder stays established and keeps its old child."""
+    pair = pair_with((PFS_ESP,), (PFS_ESP,), ike=("aes128gcm16-prfsha256-x25519",))
+    ke = KePayload(group, value)
+    answer = request(pair, rekey_payloads(pair, ke, *([ke] if twice else [])))
+    _, b = sessions(pair)
+    kinds = [type(p).__name__ for p in answer]
+    assert b.state is State.ESTABLISHED and len(b.children) >= 1
+    assert kinds == ["NotifyPayload"] and answer[0].type in {
+        Notify.INVALID_KE_PAYLOAD, Notify.INVALID_SYNTAX, Notify.NO_PROPOSAL_CHOSEN}, kinds
