@@ -45,7 +45,9 @@ PFS_SUITE = "ESP:AES_GCM_16-128/ECP_256"  # swanctl --list-sas: encryption/DH gr
 
 
 def established_children(charon: Charon) -> int:
-    return len(re.findall(r"CHILD_SA natlab\{\d+\} established with SPIs", charon.log.read_text(errors="replace")))
+    """CHILD_SAs charon logged as established (libipsec logs a rekeyed one twice: inbound, then outbound)."""
+    log = charon.log.read_text(errors="replace")
+    return len(set(re.findall(r"CHILD_SA natlab\{(\d+)\} established with SPIs", log)))
 
 
 def wait_children(charon: Charon, count: int, timeout: float = 10) -> None:
