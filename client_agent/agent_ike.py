@@ -82,12 +82,13 @@ class IkeTable:
     natd: bool = True
     natd_global: bool = True  # with [nat]: NAT-D over the global address (false: the private one, a control)
 
-    def config(self, natd_source: tuple[str, int] | None = None) -> IkeConfig:
+    def config(self, natd_source: tuple[str, int] | None = None, own_ike_rekeys: bool = False) -> IkeConfig:
+        """``own_ike_rekeys``: behind the extensible NAT, where only a leased SPI may become an SPIi."""
         return IkeConfig.build(local_id=self.local_id, remote_id=self.remote_id, psk=self.psk, ike=self.proposals,
                                esp=self.esp, ah=self.ah, local_ts=self.local_ts, remote_ts=self.remote_ts,
                                mode=self.mode, child_rekey=self.child_rekey, ike_rekey=self.ike_rekey,
                                liveness=self.liveness,
-                               natd=self.natd, natd_source=natd_source)
+                               natd=self.natd, natd_source=natd_source, own_ike_rekeys=own_ike_rekeys)
 
     def largest_overhead(self, overhead: Callable[[SecurityAssociation], int]) -> int:
         """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU)."""

@@ -54,6 +54,10 @@ class LeasedIke:
     held: Callable[[int, int], bool] = lambda protocol, spi: True
     on_released: Callable[[int, int], int] | None = None
     free: list[tuple[int, int]] = field(default_factory=list)
+    spare_spi_i: int | None = None  # the next IKE SA's SPIi (an IKE SA rekey, RFC 7296 2.18), leased ahead
+    ike_held: Callable[[int], bool] = lambda spi: True
+    on_ike_spi_taken: Callable[[int], int] | None = None  # leases the spare after this one, returns it
+    on_ike_spi_released: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self.free = list(self.child_spis)
@@ -66,6 +70,20 @@ class LeasedIke:
                 self.free.remove(entry)
                 return entry[1]
         raise RuntimeError(f"no leased {protocol.name} CHILD SPI is free")
+
+    def next_ike_spi(self) -> bytes | None:
+        """Step 801 again, for an IKE SA rekey: the spare SPIi once its lease is held (None: not yet, the
+        session retries); a fresh spare is then leased for the rekey after this one."""
+        spare = self.spare_spi_i
+        if spare is None or not self.ike_held(spare):
+            return None
+        self.spare_spi_i = self.on_ike_spi_taken(spare) if self.on_ike_spi_taken is not None else None
+        return spare.to_bytes(8, "big")
+
+    def ike_sa_gone(self, spi_i: bytes) -> None:
+        """An IKE SA we initiated was rekeyed away: its SPIi lease goes back (the successor has its own)."""
+        if self.on_ike_spi_released is not None:
+            self.on_ike_spi_released(int.from_bytes(spi_i, "big"))
 
     def give_back(self, spi: int) -> None:
         for entry in list(self.child_spis):
@@ -89,7 +107,8 @@ class IkeShell:
         self.sock.setblocking(False)
         self.sock.bind((address, IKE_PORT))
         global_ip = leased.global_ip if leased else None
-        config = table.config(natd_source=(global_ip, IKE_PORT) if leased and global_ip and leased.natd_global else None)
+        config = table.config(natd_source=(global_ip, IKE_PORT) if leased and global_ip and leased.natd_global else None,
+                              own_ike_rekeys=leased is not None)
         child_spi = leased.take if leased else random_child_spi
         self.endpoint = IkeEndpoint(config if table.role == "responder" else None, (address, IKE_PORT),
                                     child_spi=child_spi)
@@ -99,6 +118,8 @@ class IkeShell:
         if table.role == "initiator":
             spi = leased.spi_i.to_bytes(8, "big") if leased else None
             self.session = self.endpoint.initiate(config, (_initiator_peer(table), IKE_PORT), time.monotonic(), spi)
+            if leased is not None:  # rekeyed IKE SAs take leased SPIs too (their successors inherit the source)
+                self.session.ike_spi_source = leased.next_ike_spi
         self.flush()
 
     def fileno(self) -> int:
@@ -129,6 +150,9 @@ class IkeShell:
             self.counts[type(event).__name__] += 1
             if isinstance(event, SpiReleased) and self.leased is not None:
                 self.leased.give_back(event.spi)
+            if (isinstance(event, IkeClosed) and event.reason in ("rekeyed", "rekey_collision") and self.leased is not None
+                    and session.initiator):
+                self.leased.ike_sa_gone(session.spi_i)
             changed |= self.keying.apply(event)
         if changed:
             _write_private(self.run_dir / IKE_KEYFILE, self.keying.ikev2_table())

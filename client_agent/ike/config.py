@@ -110,6 +110,7 @@ class IkeConfig:
     retransmission: Retransmission = Retransmission()
     natd: bool = True
     natd_source: tuple[str, int] | None = None
+    own_ike_rekeys: bool = False  # behind the extensible NAT: only we rekey the IKE SA (leased SPIi, step 801)
 
     def __post_init__(self) -> None:
         if len(self.psk) < 8:

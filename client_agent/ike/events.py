@@ -99,7 +99,7 @@ def describe(event: Event) -> dict:
     elif isinstance(event, ChildEstablished):
         child = event.child
         out |= {"protocol": child.protocol.name, "mode": child.mode, "inbound_spi": f"{child.inbound_spi:08x}",
-                "outbound_spi": f"{child.outbound_spi:08x}"}
+                "outbound_spi": f"{child.outbound_spi:08x}", "pfs": child.suite.dh}  # the PFS group, or None
     elif isinstance(event, ChildDeleted):
         out |= {"protocol": event.child.protocol.name, "inbound_spi": f"{event.child.inbound_spi:08x}"}
     elif isinstance(event, SpiReleased):
