@@ -31,6 +31,7 @@ from client_agent.ike.keyfile import ikev2_line, security_associations
 from client_agent.ike.registry import IKE_PORT, NATT_PORT
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYS
 from client_agent.ipsec.keyfile import esp_sa_file
+from client_agent.ipsec.udpencap import NON_ESP_MARKER
 
 
 def build_config(args: argparse.Namespace) -> IkeConfig:
@@ -47,9 +48,6 @@ def build_config(args: argparse.Namespace) -> IkeConfig:
         natd_source=(args.natd_address, IKE_PORT) if args.natd_address else None,
         child_rekey=args.child_rekey, ike_rekey=args.ike_rekey,
     )
-
-
-NON_ESP_MARKER = b"\0\0\0\0"  # RFC 3948 section 2.2: IKE on port 4500 starts with four zero bytes
 
 
 class Shell:
