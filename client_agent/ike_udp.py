@@ -86,7 +86,7 @@ class Shell:
 
     def flush(self) -> None:
         for data, addr in self.endpoint.datagrams_to_send():
-            if addr in self.natt_peers and self.natt is not None:
+            if self.natt is not None and (addr in self.natt_peers or addr[1] == NATT_PORT):  # floated (RFC 7296 2.23)
                 self.natt.sendto(NON_ESP_MARKER + data, addr)
             else:
                 self.sock.sendto(data, addr)
@@ -114,10 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.local, IKE_PORT))
-    natt = None
-    if args.ike_on_4500:
-        natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        natt.bind((args.local, NATT_PORT))
+    natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # an initiator that detects a NAT floats there
+    natt.bind((args.local, NATT_PORT))
     endpoint = IkeEndpoint(config if args.role == "respond" else None, (args.local, IKE_PORT))
     shell = Shell(endpoint, sock, Path(args.keys) if args.keys else None, natt)
     print(json.dumps({"event": "Listening", "local": args.local}), flush=True)  # sockets bound: peers may start
@@ -169,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--natd-address", help="compute NAT_DETECTION_SOURCE_IP over this address (the global one)")
     p.add_argument("--no-natd", action="store_true")
     p.add_argument("--ike-on-4500", action="store_true",
-                   help="also take IKE (non-ESP marker) on UDP 4500, where a peer that sees a NAT moves it")
+                   help="(always on now: IKE with the non-ESP marker is taken on UDP 4500, where NAT-T moves it)")
     p.add_argument("--keys", help="directory for ikev2_decryption_table and esp_sa")
     p.add_argument("--child-rekey", type=float, help="initiator: rekey the CHILD_SA after this many seconds")
     p.add_argument("--ike-rekey", type=float, help="initiator: rekey the IKE SA after this many seconds")
