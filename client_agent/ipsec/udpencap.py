@@ -21,7 +21,7 @@ from enum import StrEnum
 from client_agent.ipsec.errors import DropReason, IPsecError, Malformed
 from client_agent.ipsec.ipheader import lengths, rewrite
 from netwire.checksum import internet_checksum, pseudo_header_sum
-from netwire.ipv4 import IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI
+from netwire.ipv4 import IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI, build_ipv4_header
 from netwire.view import PROTOCOL_OFFSET, TRANSPORT_CHECKSUM_OFFSET
 
 __pure__ = True
@@ -201,3 +201,21 @@ class Keepalive:
         self.last_sent = now
         self.sent += 1
         return KEEPALIVE
+
+
+def esp_of(packet: bytes) -> tuple[int, bytes] | None:
+    """``(spi, ESP header onwards)`` of an outbound IPv4/ESP packet, ``None`` for anything else (AH, bypass).
+
+    The shell sends those bytes on its UDP/4500 socket: the kernel adds the UDP header and the
+    outer IP header, so the IP header the core built is dropped (RFC 3948 section 3.1).
+    """
+    header_len, total_len = lengths(packet)
+    if packet[PROTOCOL_OFFSET] != IPPROTO_ESP or total_len - header_len < ESP_MIN_LEN:
+        return None
+    return int.from_bytes(packet[header_len:header_len + 4], "big"), packet[header_len:total_len]
+
+
+def esp_packet(src: bytes, dst: bytes, esp: bytes) -> bytes:
+    """A received ESP-in-UDP payload as the IPv4/ESP packet ESP processing expects (RFC 3948 section 3.1.1:
+    remove the UDP header, set the protocol to ESP): ``src`` the sender as the socket saw it, ``dst`` ours."""
+    return build_ipv4_header(src=src, dst=dst, protocol=IPPROTO_ESP, payload_len=len(esp)) + esp
