@@ -140,14 +140,15 @@ def _sent_esp(h1: Side) -> bytes:
 
 
 def test_keepalive_is_20_seconds_unless_configured() -> None:
-    base = {"role": "responder", "local_id": "srv1.natlab", "psk": "x" * 16}
+    base = {"role": "responder", "local_id": "srv1.natlab", "psk": "x" * 16, "local_ts": ["203.0.113.100"],
+            "remote_ts": ["0.0.0.0/0"]}
     assert parse_ike(base).keepalive == KEEPALIVE_INTERVAL == 20.0
     assert parse_ike({**base, "keepalive": 2}).keepalive == 2.0
 
 
 def test_ah_with_nat_t_is_refused_at_config_time_naming_the_field() -> None:
     table = {"role": "initiator", "peer": "203.0.113.100", "local_id": "h1.natlab", "psk": "x" * 16,
-             "ah": ["sha256"], "force_encap": True}
+             "ah": ["sha256"], "force_encap": True, "local_ts": ["10.0.0.1"], "remote_ts": ["203.0.113.100"]}
     with pytest.raises(IkeConfigError, match=r"force_encap=true with ah=\['sha256'\]: AH cannot be UDP-encapsulated"):
         parse_ike(table)
 
