@@ -51,7 +51,7 @@ from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
-from client_agent.ipsec.udpencap import KEEPALIVE_INTERVAL
+from client_agent.ipsec.udpencap import KEEPALIVE_INTERVAL, UDP_HEADER_LEN
 
 IKE_FIELDS = {"role", "peer", "local_id", "remote_id", "psk", "psk_file", "proposals", "esp", "ah", "mode",
               "local_ts", "remote_ts", "child_rekey", "ike_rekey", "liveness", "natd", "natd_global",
@@ -94,12 +94,13 @@ class IkeTable:
                                natd=self.natd, natd_source=natd_source, force_encap=self.force_encap)
 
     def largest_overhead(self, overhead: Callable[[SecurityAssociation], int]) -> int:
-        """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU)."""
+        """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU), with NAT-T's UDP header when
+        ESP is proposed: whether a NAT sits on the path is learnt only in IKE_SA_INIT (RFC 3948, RFC 7296 2.23)."""
         worst = 0
         for proposal in self.config().child_proposals:
             suite = child_suite(_first_of_each(proposal))
             worst = max(worst, overhead(_dummy_sa(suite, self.mode)))
-        return worst
+        return worst + (UDP_HEADER_LEN if self.esp else 0)
 
 
 def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()) -> IkeTable:
