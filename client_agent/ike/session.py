@@ -760,6 +760,7 @@ class IkeSession:
         new.spi_i, new.spi_r, new._ni, new._nr = spi_i, spi_r, ni, nr
         new._install_keys(suite, seed)
         new.nat_local, new.nat_peer, new.ike_spi_source = self.nat_local, self.nat_peer, self.ike_spi_source
+        new.udp_encap = self.udp_encap  # still behind the same NAT: its CHILD_SAs stay in UDP (RFC 3948)
         new.children, self.children = self.children, {}
         new._established(self.peer_id, now)
         self._successor = new

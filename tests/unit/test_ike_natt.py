@@ -45,13 +45,17 @@ class NattWire:
         self.seen_by_b: list[Address] = []  # the source of every datagram srv1 received
         self.sent_by_a: list[Address] = []  # the destination of every datagram h1 sent
         self.events: dict[str, list[object]] = {"a": [], "b": []}
+        self.now = 0.0
 
     def run(self) -> IkeSession:
-        session = self.a.initiate(self.left, SRV, 0.0, None)
+        session = self.a.initiate(self.left, SRV, self.now, None)
+        self.pump()
+        return session
+
+    def pump(self) -> None:
         for _ in range(20):
             if not self._move():
                 break
-        return session
 
     def _move(self) -> bool:
         moved = False
@@ -60,11 +64,11 @@ class NattWire:
             self.sent_by_a.append(dst)
             seen = self.napt.outbound(src) if self.napt else src
             self.seen_by_b.append(seen)
-            self.b.receive_datagram(data, seen, 0.0)
+            self.b.receive_datagram(data, seen, self.now)
             moved = True
         for data, dst in self.b.datagrams_to_send():
             private = self.napt.back[dst] if self.napt else dst
-            self.a.receive_datagram(data, (SRV[0], private[1]), 0.0)
+            self.a.receive_datagram(data, (SRV[0], private[1]), self.now)
             moved = True
         for side, endpoint in (("a", self.a), ("b", self.b)):
             self.events[side] += [e for _, e in endpoint.next_events()]
@@ -122,6 +126,18 @@ def test_pre_compensated_natd_through_the_extensible_nat_hides_it_so_nothing_flo
     initiator = wire.run()
     assert not wire.established("b").nat_detected_peer and not initiator.udp_encap
     assert [c.udp_encap for c in wire.children("a") + wire.children("b")] == [False, False]
+
+
+def test_an_ike_rekey_keeps_the_encapsulation_and_the_floated_addresses() -> None:
+    napt = Napt(GLOBAL)
+    wire = NattWire(*configs(ike_rekey=10.0), napt)
+    wire.run()
+    wire.now = 10.0
+    wire.a.handle_timer(10.0)
+    wire.pump()
+    (new_a,), (new_b,) = wire.a.sessions.values(), wire.b.sessions.values()
+    assert new_a.udp_encap and new_b.udp_encap
+    assert new_a.remote == (SRV[0], NATT_PORT) and new_b.remote == napt.out[(H1[0], NATT_PORT)]
 
 
 def test_force_encap_with_ah_is_refused_naming_the_field() -> None:
