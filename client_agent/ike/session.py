@@ -577,7 +577,7 @@ class IkeSession:
         except Malformed as e:
             self._events.append(ChildFailed(f"request:{e.reason}"))
             return [NotifyPayload(Notify.INVALID_SYNTAX)]
-        chosen = choose(sa.proposals, self.config.child_proposals)
+        chosen = choose(sa.proposals, self._encapsulable(self.config.child_proposals))
         transport = Notify.USE_TRANSPORT_MODE in _notify_types(payloads)
         if chosen is None or len(chosen.spi) != 4 or (self.config.mode == "transport") != transport:
             self._events.append(ChildFailed("NO_PROPOSAL_CHOSEN"))
@@ -596,6 +596,10 @@ class IkeSession:
         if nonce_out:
             out.append(NoncePayload(nonce_out))
         return [*out, TsPayload(True, remote_ts), TsPayload(False, local_ts)]
+
+    def _encapsulable(self, offers: tuple[Proposal, ...]) -> tuple[Proposal, ...]:
+        """RFC 3948 carries ESP only (AH's ICV covers the addresses a NAT rewrites): behind a NAT, never AH."""
+        return tuple(p for p in offers if not (self.udp_encap and p.protocol == ProtocolId.AH))
 
     def _finish_child_initiator(self, payloads: list[Payload], ni: bytes, nr: bytes, shared: bytes,
                                 old: ChildSa | None, now: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from client_agent.ike.config import IkeConfig
 from client_agent.ike.endpoint import IkeEndpoint
-from client_agent.ike.events import ChildEstablished, ChildSa, IkeEstablished
+from client_agent.ike.events import ChildEstablished, ChildFailed, ChildSa, IkeEstablished
 from client_agent.ike.registry import IKE_PORT, NATT_PORT
 from client_agent.ike.session import IkeSession
 from tests.unit.ike_pair import H1, SRV, configs
@@ -138,6 +138,19 @@ def test_an_ike_rekey_keeps_the_encapsulation_and_the_floated_addresses() -> Non
     (new_a,), (new_b,) = wire.a.sessions.values(), wire.b.sessions.values()
     assert new_a.udp_encap and new_b.udp_encap
     assert new_a.remote == (SRV[0], NATT_PORT) and new_b.remote == napt.out[(H1[0], NATT_PORT)]
+
+
+def test_behind_a_nat_the_responder_never_chooses_ah() -> None:
+    wire = NattWire(*configs(esp=(), ah=("sha256",)), Napt(GLOBAL))
+    wire.run()
+    assert wire.established("b").nat_detected_peer and not wire.children("a") and not wire.children("b")
+    assert ChildFailed("NO_PROPOSAL_CHOSEN") in wire.events["b"]
+
+
+def test_without_a_nat_ah_is_still_chosen() -> None:
+    wire = NattWire(*configs(esp=(), ah=("sha256",)), None)
+    wire.run()
+    assert [c.protocol.name for c in wire.children("b")] == ["AH"]
 
 
 def test_force_encap_with_ah_is_refused_naming_the_field() -> None:
