@@ -96,3 +96,66 @@ def test_two_agents_through_the_napt_carry_curl_over_udp_encapsulated_esp(make_t
     assert summary.esp_icv_good >= len(esp_in) + len(esp_out) and not summary.esp_icv_bad, summary
     print(f"NAT-T through the NAPT: {len(esp_in)} ESP-in-UDP in, {len(esp_out)} out, {len(keepalives)} keepalives; "
           f"h1 natt {status['ike']['natt']['counters']}")
+
+
+def test_natlab_agent_behind_the_napt_carries_curl_through_strongswan_libipsec(make_testbed, tmp_path: Path) -> None:
+    """The data path with a peer nobody here wrote: charon (libipsec, ESP-in-UDP tunnel only) on srv1 responds;
+    natlab's agent on h1, behind the NAPT, initiates; curl between inner addresses on lo crosses the tunnel."""
+    import shlex
+
+    from conformance.evidence import captures, read_pcap
+    from tests.testbed.test_ike_strongswan_live import (
+        H1_INNER,
+        SRV1_INNER,
+        _tail,
+        charon_in,
+        inner_addresses,
+        installed_sas,
+        peering,
+    )
+    from tests.testbed.test_ike_strongswan_live import (
+        PSK as SWAN_PSK,
+    )
+
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    inner_addresses(h1, srv1)
+    www, marker = web_root(tmp_path)
+    h1_config = tmp_path / "h1-swan.toml"
+    h1_config.write_text(
+        f'[agent]\nname = "h1"\nroutes = ["{SRV1_INNER}/32"]\naddress = "{H1}"\n\n[ike]\nrole = "initiator"\n'
+        f'peer = "{SRV1}"\nlocal_id = "h1.natlab"\nremote_id = "srv1.natlab"\npsk = "{SWAN_PSK}"\n'
+        f'proposals = ["aes128-sha256-modp2048"]\nesp = ["aes128gcm16"]\nmode = "tunnel"\n'
+        f'local_ts = ["{H1_INNER}/32"]\nremote_ts = ["{SRV1_INNER}/32"]\nkeepalive = {KEEPALIVE_SECONDS}\n')
+    with ExitStack() as stack:
+        charon = stack.enter_context(charon_in(srv1, tmp_path / "charon", peering(True, "srv1")))
+        with captures([(srv1, "srv1-eth0")], tmp_path / "pcap") as pcaps:
+            initiator = stack.enter_context(AgentProcess(h1, h1_config, tmp_path / "agent-h1"))
+            wait_for_child(initiator)
+            sas = installed_sas(srv1, charon)
+            serve = srv1.popen(["python3", "-m", "http.server", "8000", "--bind", SRV1_INNER, "--directory", str(www)])
+            try:
+                time.sleep(0.8)
+                body = h1.cmd(f"curl -s --max-time 10 --interface {H1_INNER} http://{SRV1_INNER}:8000/secret.txt")
+            finally:
+                serve.terminate()
+                serve.wait()
+            time.sleep(KEEPALIVE_SECONDS + 1.5)
+            assert initiator.stop() == 0, initiator.log_tail()
+        stack.close()
+    log = charon.log.read_text(errors="replace")
+    status = json.loads((initiator.run_dir / "status.json").read_text())
+    assert "remote host is behind NAT" in log, _tail(charon.log)
+    assert any("TUNNEL-in-UDP" in line for line in sas.splitlines()), sas
+    assert body.encode().strip() == marker * 200, (initiator.log_tail(), _tail(charon.log))
+    assert not status["counters"]["drops"], status["counters"]
+    wire = read_pcap(pcaps["srv1-eth0"])
+    assert not [p for p in wire if p.proto == IPPROTO_ESP], "raw ESP on the wire"
+    assert marker not in pcaps["srv1-eth0"].read_bytes()
+    rows = udp_rows(pcaps["srv1-eth0"])
+    esp_in = [r for r in rows if r[0] == GLOBAL and r[3] == str(NATT_PORT) and r[5]]
+    esp_out = [r for r in rows if r[1] == GLOBAL and r[2] == str(NATT_PORT) and r[5]]
+    keepalives = [r for r in rows if r[0] == GLOBAL and r[7]]
+    assert len(esp_in) > 5 and len(esp_out) > 5 and keepalives, rows[-10:]
+    print(f"natlab -> strongSwan NAT-T: {len(esp_in)} ESP-in-UDP in, {len(esp_out)} out, {len(keepalives)} "
+          f"keepalives; {shlex.quote(sas.strip().splitlines()[0]) if sas.strip() else ''}")
