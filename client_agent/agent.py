@@ -65,6 +65,7 @@ from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
 from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import SAState
 from client_agent.lease_client import LeaseClient
+from client_agent.natt import NattSocket
 from client_agent.raw import RawReceiver, RawSender
 from client_agent.traversal import Traversal
 from client_agent.tun import Tun
@@ -146,16 +147,31 @@ class Agent:
         if config.nat is not None:
             self._lease(ike_leases(config, leased.spi_i, leased.child_spis, leased.spare_spi_i) if leased else [])
             self.traversal = traversal_of(config)
-        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal,
+        natt = self._natt(config, leased, receivers)
+        self.datapath = Datapath(tun, tun.write, receivers, natt.sender(sender.send) if natt else sender.send,
+                                 self.sad, self.spd, traversal=self.traversal,
                                  deliver_frame=tun.write_frame if config.coalesce else None)
+        if natt is not None:
+            natt.drop = self.datapath._drop  # UDP-level refusals counted with ESP's (issue 15)
         if config.ike is not None:  # keyed by IKEv2: SAs arrive as they are negotiated
             self.ike = IkeShell(config.ike, config.address or "0.0.0.0", self.sad, self.spd, self.run_dir, config.mark,
-                                leased)
+                                leased, natt)
             self._stack.callback(self.ike.close)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
                  self.run_dir)
+
+    def _natt(self, config: AgentConfig, leased: LeasedIke | None, receivers: list) -> NattSocket | None:
+        """With ``[ike]``, UDP/4500 (RFC 3948): IKE floats there and ESP-in-UDP arrives there when a NAT is seen."""
+        if config.ike is None:
+            return None
+        address = config.address or "0.0.0.0"
+        natt = NattSocket(address, leased.global_ip if leased and leased.global_ip else address, config.mark,
+                          keepalive=config.ike.keepalive)
+        self._stack.callback(natt.close)
+        receivers.append(natt)
+        return natt
 
     def _ike_leases(self) -> LeasedIke:
         """The IKE SPI and CHILD SPIs to lease (steps 801-802): drawn at random, the NAT refuses any in use."""

@@ -22,13 +22,14 @@ from typing import Any
 
 from client_agent.agent_ike import IkeKeying, IkeTable
 from client_agent.ike.endpoint import IkeEndpoint
-from client_agent.ike.events import ChildEstablished, IkeClosed, SpiReleased, describe
+from client_agent.ike.events import ChildDeleted, ChildEstablished, Event, IkeClosed, SpiReleased, describe
 from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
-from client_agent.ike.registry import IKE_PORT, ProtocolId
-from client_agent.ike.session import random_child_spi
+from client_agent.ike.registry import IKE_PORT, NATT_PORT, ProtocolId
+from client_agent.ike.session import IkeSession, random_child_spi
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYFILE
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD
+from client_agent.natt import NattSocket
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("natlab.agent.ike")
@@ -100,8 +101,11 @@ class LeasedIke:
 
 class IkeShell:
     def __init__(self, table: IkeTable, address: str, sad: SAD, spd: SPD, run_dir: Path, mark: int,
-                 leased: LeasedIke | None = None) -> None:
-        self.table, self.run_dir, self.leased = table, run_dir, leased
+                 leased: LeasedIke | None = None, natt: NattSocket | None = None) -> None:
+        self.table, self.run_dir, self.leased, self.natt = table, run_dir, leased, natt
+        self.floated: set[tuple[str, int]] = set()  # peers whose IKE came on 4500 (RFC 7296 section 2.23)
+        if natt is not None:
+            natt.on_ike = self._on_natt_ike
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         self.sock.setblocking(False)
@@ -135,15 +139,38 @@ class IkeShell:
             self.endpoint.receive_datagram(data, addr, time.monotonic())
         self.flush()
 
+    def _on_natt_ike(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.floated.add(addr)
+        self.endpoint.receive_datagram(data, addr, time.monotonic())
+        self.flush()
+
     def tick(self) -> None:
         self.endpoint.handle_timer(time.monotonic())
         self.flush()
+        if self.natt is not None:
+            self.natt.tick()
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.natt is not None and (addr[1] == NATT_PORT or addr in self.floated):
+            self.natt.send_ike(data, addr)
+        else:
+            self.sock.sendto(data, addr)
+
+    def _encap(self, session: IkeSession, event: Event) -> None:
+        """A UDP-encapsulated CHILD_SA's ESP goes to the peer's NAT-T address (RFC 3948); a deleted one's stops."""
+        if self.natt is None:
+            return
+        if isinstance(event, ChildEstablished) and event.child.udp_encap:
+            self.natt.route(event.child.outbound_spi, session.remote)
+        elif isinstance(event, ChildDeleted):
+            self.natt.unroute(event.child.outbound_spi)
 
     def flush(self) -> None:
         for data, addr in self.endpoint.datagrams_to_send():
-            self.sock.sendto(data, addr)
+            self._send(data, addr)
         changed = False
         for session, event in self.endpoint.next_events():
+            self._encap(session, event)
             if self.table.role == "responder":
                 self.keying.remote = session.remote[0]
             log.info("ike: %s", json.dumps(describe(event)))
@@ -164,7 +191,7 @@ class IkeShell:
             session.close(time.monotonic())
         try:
             for data, addr in self.endpoint.datagrams_to_send():
-                self.sock.sendto(data, addr)
+                self._send(data, addr)
         except OSError as err:
             log.warning("ike: cannot send the Delete: %s", err)
         self.sock.close()
@@ -174,6 +201,7 @@ class IkeShell:
         for session in self.endpoint.sessions.values():
             drops.update(session.counters)
         return {"role": self.table.role, "events": dict(self.counts),
+                "natt": None if self.natt is None else self.natt.status(),
                 "children": self.counts[ChildEstablished.__name__] - self.counts["ChildDeleted"],
                 "closed": self.counts[IkeClosed.__name__], "counters": dict(drops)}
 

@@ -32,6 +32,7 @@ from client_agent.ike.keyfile import ikev2_line, security_associations
 from client_agent.ike.registry import IKE_PORT, NATT_PORT
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYS
 from client_agent.ipsec.keyfile import esp_sa_file
+from client_agent.ipsec.udpencap import NON_ESP_MARKER
 
 
 def build_config(args: argparse.Namespace) -> IkeConfig:
@@ -51,7 +52,6 @@ def build_config(args: argparse.Namespace) -> IkeConfig:
 
 
 REKEYED = ("rekeyed", "rekey_collision")  # closed for a successor, or the redundant one of a collision (2.8.2)
-NON_ESP_MARKER = b"\0\0\0\0"  # RFC 3948 section 2.2: IKE on port 4500 starts with four zero bytes
 
 
 class Shell:
@@ -90,7 +90,7 @@ class Shell:
 
     def flush(self) -> None:
         for data, addr in self.endpoint.datagrams_to_send():
-            if addr in self.natt_peers and self.natt is not None:
+            if self.natt is not None and (addr in self.natt_peers or addr[1] == NATT_PORT):  # floated (RFC 7296 2.23)
                 self.natt.sendto(NON_ESP_MARKER + data, addr)
             else:
                 self.sock.sendto(data, addr)
@@ -118,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.local, IKE_PORT))
-    natt = None
-    if args.ike_on_4500:
-        natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        natt.bind((args.local, NATT_PORT))
+    natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # an initiator that detects a NAT floats there
+    natt.bind((args.local, NATT_PORT))
     endpoint = IkeEndpoint(config if args.role == "respond" else None, (args.local, IKE_PORT))
     shell = Shell(endpoint, sock, Path(args.keys) if args.keys else None, natt)
     print(json.dumps({"event": "Listening", "local": args.local}), flush=True)  # sockets bound: peers may start
@@ -184,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--natd-address", help="compute NAT_DETECTION_SOURCE_IP over this address (the global one)")
     p.add_argument("--no-natd", action="store_true")
     p.add_argument("--ike-on-4500", action="store_true",
-                   help="also take IKE (non-ESP marker) on UDP 4500, where a peer that sees a NAT moves it")
+                   help="(always on now: IKE with the non-ESP marker is taken on UDP 4500, where NAT-T moves it)")
     p.add_argument("--keys", help="directory for ikev2_decryption_table and esp_sa")
     p.add_argument("--child-rekey", type=float, help="initiator: rekey the CHILD_SA after this many seconds")
     p.add_argument("--ike-rekey", type=float, help="initiator: rekey the IKE SA after this many seconds")

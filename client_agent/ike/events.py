@@ -34,6 +34,7 @@ class ChildSa:
     remote_ts: tuple[TrafficSelector, ...]
     established: float
     rekey_at: float | None = None
+    udp_encap: bool = False  # RFC 3948: ESP travels in UDP/4500 (a NAT was detected or encapsulation forced)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from client_agent.ipsec.udpencap import NATT_PORT as NATT_PORT  # RFC 7296 section 2.23: IKE moves there behind a NAT
+
 __pure__ = True
 
 IKE_PORT = 500  # RFC 7296 section 2: IKE messages use UDP port 500
-NATT_PORT = 4500  # RFC 7296 section 2.23: where IKE moves once a NAT is detected
 IKEV2_VERSION = 0x20  # major 2, minor 0 (section 3.1)
 HEADER_LEN = 28
 GENERIC_HEADER_LEN = 4

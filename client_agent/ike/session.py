@@ -70,6 +70,8 @@ from client_agent.ike.proposals import accepted_is_offered, child_suite, choose,
 from client_agent.ike.registry import (
     ERROR_NOTIFY_LIMIT,
     HEADER_LEN,
+    IKE_PORT,
+    NATT_PORT,
     AuthMethod,
     ExchangeType,
     Flag,
@@ -134,6 +136,7 @@ class IkeSession:
         self.counters: Counter[str] = Counter()
         self.children: dict[int, ChildSa] = {}
         self.nat_local = self.nat_peer = False
+        self.udp_encap = False  # section 2.23: a NAT seen (or encapsulation forced): IKE on 4500, ESP in UDP
         self.suite: crypto.IkeSuite | None = None
         self.keys: crypto.IkeKeys | None = None
         self._child_spi, self._random = child_spi, random
@@ -353,9 +356,11 @@ class IkeSession:
         if not self.config.natd:
             return []
         source = self.config.natd_source or self.local
+        # Forcing encapsulation: a source hash that matches nothing makes the peer see a NAT (as strongSwan's encap=yes).
+        source_hash = self._random(20) if self.config.force_encap else crypto.natd_hash(
+            self.spi_i, spi_r, packed_ip(source[0]), source[1])
         return [
-            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, crypto.natd_hash(self.spi_i, spi_r, packed_ip(source[0]),
-                                                                           source[1])),
+            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, source_hash),
             NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
                           crypto.natd_hash(self.spi_i, spi_r, packed_ip(self.remote[0]), self.remote[1])),
         ]
@@ -432,6 +437,18 @@ class IkeSession:
         self.spi_r, self._nr = header.spi_r, nonce.data
         self._install_keys(suite, crypto.skeyseed(suite.prf, self._ni, self._nr, shared))
         self._check_natd(payloads, self.spi_r, self.remote)
+        self._float()
+
+    def _float(self) -> None:
+        """Section 2.23: with a NAT on the path (or encapsulation forced) every CHILD_SA is UDP-encapsulated,
+        and the initiator moves IKE from port 500 to 4500 before IKE_AUTH; the responder follows it there
+        (:meth:`_follow`), wherever the NAT maps that new flow."""
+        if not (self.nat_local or self.nat_peer or self.config.force_encap):
+            return
+        self.udp_encap = True
+        if self.initiator and self.remote[1] == IKE_PORT:
+            self.counters["floated_to_natt"] += 1
+            self.local, self.remote = (self.local[0], NATT_PORT), (self.remote[0], NATT_PORT)
 
     def _install_keys(self, suite: crypto.IkeSuite, seed: bytes) -> None:
         self.suite = suite
@@ -451,6 +468,7 @@ class IkeSession:
         shared = self._ke.shared(ke.data)
         self._ni, self._nr, self._message1 = nonce.data, self._random(NONCE_LEN), message
         self._check_natd(payloads, ZERO_SPI, self.remote)
+        self._float()
         response = [SaPayload((chosen,)), KePayload(suite.dh, self._ke.public), NoncePayload(self._nr),
                     *self._natd_payloads_responder()]
         self._message2 = encode_message(Header(self.spi_i, self.spi_r, 0, ExchangeType.IKE_SA_INIT,
@@ -590,7 +608,7 @@ class IkeSession:
             ke = _at_most_one(payloads, KePayload)
         except Malformed as e:
             return self._refuse_child(f"request:{e.reason}", Notify.INVALID_SYNTAX)
-        acceptable = self._offered_children(exchange)
+        acceptable = self._encapsulable(self._offered_children(exchange))
         chosen = choose(prefer_group(sa.proposals, ke.group if ke else None), acceptable)
         transport = Notify.USE_TRANSPORT_MODE in _notify_types(payloads)
         if chosen is None or len(chosen.spi) != 4 or (self.config.mode == "transport") != transport:
@@ -621,6 +639,10 @@ class IkeSession:
         self.counters[f"refused_child_sa:{reason}"] += 1
         self._events.append(ChildFailed(reason))
         return [NotifyPayload(notify, data)]
+
+    def _encapsulable(self, offers: tuple[Proposal, ...]) -> tuple[Proposal, ...]:
+        """RFC 3948 carries ESP only (AH's ICV covers the addresses a NAT rewrites): behind a NAT, never AH."""
+        return tuple(p for p in offers if not (self.udp_encap and p.protocol == ProtocolId.AH))
 
     def _finish_child_initiator(self, payloads: list[Payload], ni: bytes, nr: bytes, pfs: crypto.KeyExchange | None,
                                 old: ChildSa | None, now: float) -> None:
@@ -699,7 +721,7 @@ class IkeSession:
         # Only the IKE SA's original initiator schedules rekeys, so the two sides never collide (section 2.8.1).
         rekey_at = now + self.config.child_rekey if self.config.child_rekey else None
         return ChildSa(ProtocolId(chosen.protocol), mode, inbound, outbound, suite, into[0], into[1], out[0], out[1],
-                       tuple(local), tuple(remote), now, rekey_at if self.initiator else None)
+                       tuple(local), tuple(remote), now, rekey_at if self.initiator else None, self.udp_encap)
 
     def _add_child(self, child: ChildSa, old: ChildSa | None) -> None:
         self.children[child.inbound_spi] = child
@@ -883,6 +905,7 @@ class IkeSession:
         new.spi_i, new.spi_r, new._ni, new._nr = spi_i, spi_r, ni, nr
         new._install_keys(suite, seed)
         new.nat_local, new.nat_peer, new.ike_spi_source = self.nat_local, self.nat_peer, self.ike_spi_source
+        new.udp_encap = self.udp_encap  # still behind the same NAT: its CHILD_SAs stay in UDP (RFC 3948)
         new._established(self.peer_id, now)
         self._events.append(IkeRekeyed(new))
         return new
