@@ -22,6 +22,7 @@ from client_agent.ipsec.errors import DropReason, IPsecError, Malformed
 from client_agent.ipsec.ipheader import lengths, rewrite
 from netwire.checksum import internet_checksum, pseudo_header_sum
 from netwire.ipv4 import IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI, build_ipv4_header
+from netwire.ipv4 import UDP_HEADER_LEN as UDP_HEADER_LEN
 from netwire.view import PROTOCOL_OFFSET, TRANSPORT_CHECKSUM_OFFSET
 
 __pure__ = True
@@ -30,7 +31,6 @@ NATT_PORT = 4500  # RFC 3948 section 2 / RFC 7296 section 2.23: ESP-in-UDP and I
 NON_ESP_MARKER = b"\0\0\0\0"  # RFC 3948 section 2.2: where an ESP SPI would be, four zero bytes mean IKE
 KEEPALIVE = b"\xff"  # RFC 3948 section 2.3: one octet, 0xFF
 KEEPALIVE_INTERVAL = 20.0  # RFC 3948 section 4: "the default value ... SHOULD be 20 seconds"
-UDP_HEADER_LEN = 8
 ESP_MIN_LEN = 8  # SPI and sequence number (RFC 4303 section 2)
 IKE_HEADER_LEN = 28  # RFC 7296 section 3.1
 _UDP = struct.Struct("!HHHH")
