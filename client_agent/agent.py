@@ -70,9 +70,15 @@ from netwire.ftp import FTP_CONTROL_PORT
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI
 
 STATUS_NAME = "status.json"
+
 CONF = Path("/proc/sys/net/ipv4/conf")
 
 log = logging.getLogger("natlab.agent")
+
+
+def _fresh_child_spi() -> int:
+    """A random CHILD SPI to lease, above the range RFC 4303 section 2.1 reserves."""
+    return MIN_SPI + secrets.randbelow(2**32 - MIN_SPI)
 
 
 class Agent:
@@ -161,7 +167,7 @@ class Agent:
         if ike is None or nat is None:
             raise RuntimeError("IKE SPI leases need both the [ike] and the [nat] table")
         protocols = ([IPPROTO_ESP] if ike.esp else []) + ([IPPROTO_AH] if ike.ah else [])
-        children = [(p, MIN_SPI + secrets.randbelow(2**32 - MIN_SPI)) for p in protocols for _ in range(IKE_CHILD_SPIS)]
+        children = [(p, _fresh_child_spi()) for p in protocols for _ in range(IKE_CHILD_SPIS)]
         return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global,
                          held=self._child_spi_held, on_released=self._replace_child_spi)
 
@@ -173,7 +179,7 @@ class Agent:
         assert self.leases is not None
         now, plan = time.monotonic(), self.leases.plan
         plan.retire(child_spi_label(protocol, spi), now)
-        fresh = MIN_SPI + secrets.randbelow(2**32 - MIN_SPI)
+        fresh = _fresh_child_spi()
         plan.add(child_spi_lease(self.config, protocol, fresh), now)
         self.leases.flush(now)
         log.info("agent %s: CHILD SPI 0x%08x released, 0x%08x being leased", self.config.name, spi, fresh)

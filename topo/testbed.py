@@ -307,8 +307,7 @@ class Testbed:
 
     def dump_flows(self) -> str:
         self._controller("dump_flows()")
-        return subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", "r1"],
-                              capture_output=True, text=True).stdout
+        return self._ofctl("dump-flows")
 
     def set_bypass(self, on: bool, timeout: float = 5.0) -> None:
         """Make r1 a plain L2 switch (or a NAT again) and wait until its datapath switches that way.
