@@ -629,21 +629,21 @@ class NatCore:
         self.tcp.forget(entry.id)
         msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
         msgs += self.ftp.forget(entry)
-        if entry.protocol in _PORT_FIELDS and entry.private_gpn is not None:
+        if entry.port_keyed and entry.private_gpn is not None:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
                                       leased=entry.kind is EntryKind.CLIENT_ALG)
         elif entry.global_gpn is not None:
             pair = (entry.private_ip, entry.foreign or "")
             if entry.protocol == IPPROTO_ICMP and self._icmp_pairs.get(pair) is entry:
                 del self._icmp_pairs[pair]
-            self.pool.space(entry.global_ip, entry.protocol).release(
+            self.pool.space(entry.global_ip, entry.space).release(
                 entry.global_gpn, now, owner=entry.private_ip if entry.kind is EntryKind.CLIENT_ALG else None)
-        triple = (entry.protocol, entry.global_ip, entry.foreign)
+        triple = (entry.space, entry.global_ip, entry.foreign)
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
         if entry.kind is EntryKind.CLIENT_ALG:
             self.leases.forget(entry.id, now)
-            if entry.protocol in self.leases.definitions:
+            if entry.space in self.leases.definitions:
                 msgs += self.client_alg.removed(entry)
         return msgs
 
@@ -684,7 +684,7 @@ class NatCore:
     def _client_alg_added(self, entry: Entry, private_mac: str) -> tuple[list[Message], bool]:
         """Inbound flows for a new lease; MAP/PEER port leases translate like NAPT entries."""
         self.counters.add("leases_granted")
-        if entry.protocol in _PORT_FIELDS:
+        if entry.port_keyed:
             c = self.config
             match = {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
                      "ipv4_dst": entry.global_ip, _PORT_FIELDS[entry.protocol][1]: entry.global_gpn}

@@ -28,7 +28,7 @@ from typing import Any
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
 from nat_app.savi import SaviCore
-from nat_app.table import Entry, TableConflict, entry_from_dict
+from nat_app.table import Entry, TableConflict, entry_from_dict, space_of_record
 
 __pure__ = True
 
@@ -91,8 +91,9 @@ class Journal:
             if entry is not None:
                 records[key] = record
             if record is not None:
-                mappings.add((record["protocol"], record["private_ip"], record["private_gpn"]))
-                spaces.add((record["global_ip"], record["protocol"]))
+                space = int(space_of_record(record))  # the pool's records name the space by its int
+                mappings.add((space, record["private_ip"], record["private_gpn"]))
+                spaces.add((record["global_ip"], space))
         looked_at |= {"mapping:{}:{}:{}".format(*m) for m in mappings} | {"space:{}:{}".format(*s) for s in spaces}
         records.update(core.pool.export(mappings, spaces))
         return records, looked_at

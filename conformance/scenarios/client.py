@@ -43,6 +43,7 @@ from conformance.oracles import TsharkSummary, check_cleartext_capture, tshark_s
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
 from nat_app.gpn import GpnSpace
+from nat_app.table import space_of_record
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP
 
 HTTP_PORT, IPERF_TCP_BASE, IPERF_UDP_BASE, NC_TCP_BASE = 8000, 5201, 5301, 7101  # one server per client and test
@@ -660,8 +661,8 @@ PORT_SPACES = frozenset({GpnSpace.ip(IPPROTO_TCP), GpnSpace.ip(IPPROTO_UDP)})  #
 
 
 def _space(entry: dict) -> GpnSpace:
-    """The GPN space of an entry of ``natlab table`` (its ``protocol`` field is the space's key)."""
-    return GpnSpace(entry["protocol"])
+    """The GPN space of an entry of ``natlab table`` (its ``protocol`` and ``udp_port`` fields)."""
+    return space_of_record(entry)
 
 
 def _judge_leases(rec: Record, run: CellRun, views: Views) -> list[ScenarioResult]:
