@@ -8,13 +8,13 @@ equation 3, ``HC' = ~(~HC + ~m + m')``, does that without touching the payload.
 from __future__ import annotations
 
 
-def ones_complement_sum(data: bytes, initial: int = 0) -> int:
+def ones_complement_sum(data: bytes | bytearray, initial: int = 0) -> int:
     """16-bit one's-complement sum of ``data`` (odd length padded with a zero byte).
 
     ``initial`` and the result are big-endian 16-bit values.
     """
     if len(data) % 2:
-        data += b"\x00"
+        data = data + b"\x00"  # a new object: ``+=`` would pad a caller's bytearray in place
     total = _to_native(initial) + (sum(memoryview(data).cast("H")) if data else 0)
     # cast("H") reads native byte order; the folded sum is byte-order independent
     # (RFC 1071 section 2(B)) but must be swapped back on little-endian hosts.

@@ -43,6 +43,9 @@ TRANSPORT_CHECKSUM_OFFSET = {IPPROTO_TCP: TCP_CHECKSUM_OFFSET, IPPROTO_UDP: UDP_
 MF_AND_OFFSET_HIGH = 0x3F  # byte 6: more-fragments and the high bits of the fragment offset
 _OFFSET_HIGH = 0x1F
 _PORTS = struct.Struct("!HH")
+# A packet as the per-packet path hands it on: bytes as read, or the bytearray a rewrite made (the
+# agent's compensation, seed FIG. 9/10), passed on uncopied because ESP/AH copy it anyway.
+Packet = bytes | bytearray
 
 
 def ipv4_lengths(buf: bytes | bytearray | memoryview) -> tuple[int, int]:

@@ -33,9 +33,9 @@ from client_agent.ipsec.spd import SPD, Action
 from netwire.checksum import ip_bytes
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_ESP
-from netwire.view import PROTOCOL_OFFSET, SPI_OFFSET, IPv4View
+from netwire.view import PROTOCOL_OFFSET, SPI_OFFSET, IPv4View, Packet
 
-Hook = Callable[[bytes, SAState], bytes]
+Hook = Callable[[Packet, SAState], Packet]  # a rewrite may hand on its bytearray uncopied
 
 
 class Decapsulated(NamedTuple):
@@ -45,7 +45,7 @@ class Decapsulated(NamedTuple):
     state: SAState
 
 
-def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+def encapsulate(packet: Packet, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
     """Protect the IPv4 ``packet`` with the outbound SA ``state`` (ESP or AH, as the SA says)."""
     if state.protocol == IPPROTO_ESP:
         return esp.encapsulate(packet, state)
@@ -75,13 +75,12 @@ def outbound(packet: bytes, spd: SPD, *, icv_src: Address = None, icv_dst: Addre
         return packet
     if policy.action is Action.DISCARD or policy.outbound is None:
         raise PolicyDrop(f"outbound packet discarded by policy {policy.name!r}")
-    if before is not None:
-        packet = before(packet, policy.outbound)
-    return encapsulate(packet, policy.outbound, icv_src=icv_src, icv_dst=icv_dst)
+    cleartext = packet if before is None else before(packet, policy.outbound)
+    return encapsulate(cleartext, policy.outbound, icv_src=icv_src, icv_dst=icv_dst)
 
 
 def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None,
-            after: Hook | None = None) -> bytes:
+            after: Hook | None = None) -> Packet:
     """RFC 4301 section 5.2: the packet to deliver for a received ``packet``, or an IPsecError.
 
     ESP/AH is unprotected, and the result must be selected by a PROTECT policy
@@ -90,6 +89,7 @@ def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_d
     """
     ipheader.lengths(packet)
     if packet[PROTOCOL_OFFSET] in SPI_OFFSET:
+        inner: Packet
         inner, state = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
         if after is not None:
             inner = after(inner, state)
