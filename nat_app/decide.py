@@ -321,7 +321,7 @@ class NatCore:
         segment = packet[ip.header_len:]
         transport = parse_transport(ip.protocol, segment)
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
-            return self._outbound_icmp_error(frame, packet, ip, now)
+            return self._icmp_error(frame, packet, ip, now, outbound=True)
         leased = self._leased_outbound(frame, ip, transport, now)
         if leased is not None:
             return leased
@@ -478,22 +478,41 @@ class NatCore:
         out = rewrite(packet, src=entry.global_ip, src_port=entry.global_gpn)
         return [PacketOut(self._eth(foreign_mac, c.outside_mac) + out, (Output(c.outside_port),), delay=hold)]
 
-    def _outbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
-        """A private host's ICMP error about an inbound packet: quote the global side."""
+    def _icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float, *,
+                    outbound: bool) -> list[Message]:
+        """An ICMP error about a translated flow, either way (RFC 5508 REQ-3): it quotes a packet of the
+        flow going the other way, which names the flow's entry; the outer and quoted addresses on the
+        NAT's side, and the quoted port, are rewritten to the other side's."""
         c = self.config
         if not icmp_checksum_ok(packet, ip):
             return self._drop("icmp-error-bad-checksum")  # RFC 5508 REQ-3
-        inner, inner_t = self._quoted(packet, ip)
-        entry = self.table.lookup_out(inner.protocol, inner.dst, inner_t.dst_port, inner.src)
-        if entry is None or inner.dst != ip.src:
+        entry = self._icmp_error_entry(packet, ip, outbound)
+        if entry is None:
             return self._drop("icmp-error-no-entry")
-        mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
+        to_port, from_port = (c.outside_port, c.inside_port) if outbound else (c.inside_port, c.outside_port)
+        mac, msgs = self._resolve(to_port, ip.dst if outbound else entry.private_ip, frame, from_port, now)
         if mac is None:
             return msgs
-        out = rewrite_icmp_error(packet, outer_src=entry.global_ip, inner_dst=entry.global_ip,
-                                 inner_dst_port=entry.global_gpn)
+        if outbound:
+            out = rewrite_icmp_error(packet, outer_src=entry.global_ip, inner_dst=entry.global_ip,
+                                     inner_dst_port=entry.global_gpn)
+        else:
+            out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
+                                     inner_src_port=entry.private_gpn)
         self.counters.add("icmp_errors_translated")
-        return [PacketOut(self._eth(mac, c.outside_mac) + out, (Output(c.outside_port),))]
+        own_mac = c.outside_mac if outbound else c.inside_mac
+        return [PacketOut(self._eth(mac, own_mac) + out, (Output(to_port),))]
+
+    def _icmp_error_entry(self, packet: bytes, ip: IPv4Header, outbound: bool) -> Entry | None:
+        """The entry an ICMP error's quoted packet belongs to, None unless the error comes from the
+        quoted packet's NAT-side end: a private host about a packet sent to it (outbound), or the
+        foreign end about a packet sent from a global address (inbound)."""
+        inner, inner_t = self._quoted(packet, ip)
+        if outbound:
+            entry = self.table.lookup_out(inner.protocol, inner.dst, inner_t.dst_port, inner.src)
+            return entry if inner.dst == ip.src else None
+        entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
+        return entry if inner.src == ip.dst else None
 
     # --------------------------------------------------------------- inbound
 
@@ -509,7 +528,7 @@ class NatCore:
             return self._drop("ttl-expired")
         transport = parse_transport(ip.protocol, packet[ip.header_len:])
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
-            return self._inbound_icmp_error(frame, packet, ip, now)
+            return self._icmp_error(frame, packet, ip, now, outbound=False)
         entry = self._inbound_entry(packet, ip, transport)
         if entry is None:
             syn = ip.protocol == IPPROTO_TCP and (transport.tcp_flags or 0) & TCP_SYN
@@ -537,24 +556,6 @@ class NatCore:
         else:
             self._refresh(entry, now, c.icmp_timeout)
             out = rewrite(packet, dst=entry.private_ip, dst_port=entry.private_gpn)
-        return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
-
-    def _inbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
-        """An ICMP error about a translated flow goes back to its private host, inner header too
-        (RFC 5508 REQ-3)."""
-        c = self.config
-        if not icmp_checksum_ok(packet, ip):
-            return self._drop("icmp-error-bad-checksum")  # RFC 5508 REQ-3
-        inner, inner_t = self._quoted(packet, ip)
-        entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
-        if entry is None or inner.src != ip.dst:
-            return self._drop("icmp-error-no-entry")
-        mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
-        if mac is None:
-            return msgs
-        self.counters.add("icmp_errors_translated")
-        out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
-                                 inner_src_port=entry.private_gpn)
         return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
 
     def _inbound_entry(self, packet: bytes, ip: IPv4Header, transport: Transport) -> Entry | None:
