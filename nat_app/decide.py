@@ -364,7 +364,7 @@ class NatCore:
         if entry.path is DataPath.SLOW:
             demoted = any(isinstance(m, DeleteFlows) for m in msgs)
             return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
-        return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
+        return msgs + [PacketOut(frame, self._actions(entry, mac, outbound=True), c.inside_port)]
 
     def _new_napt_entry(self, packet: bytes, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
@@ -548,7 +548,7 @@ class NatCore:
         if entry.path is DataPath.FAST:  # a punted SYN/FIN/RST, or raced its flow: send it the same way
             if ip.protocol == IPPROTO_TCP:
                 msgs = self._tcp_seen(entry, transport.tcp_flags, outbound=False)
-            return msgs + [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
+            return msgs + [PacketOut(frame, self._actions(entry, mac, outbound=False), c.outside_port)]
         entry.slow_packets += 1
         self.counters.add("slow_path_packets")
         if entry.kind is EntryKind.CLIENT_ALG:  # a lease: its GPN is never rewritten, its expiry never refreshed
@@ -577,7 +577,7 @@ class NatCore:
                      "ipv4_src": entry.private_ip, "ipv4_dst": entry.foreign}
         in_match = {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
                     "ipv4_src": entry.foreign, "ipv4_dst": entry.global_ip}
-        if entry.protocol in _PORT_FIELDS:
+        if entry.port_keyed:
             src_field, dst_field = _PORT_FIELDS[entry.protocol]
             out_match[src_field] = entry.private_gpn
             in_match[dst_field] = entry.global_gpn
@@ -585,9 +585,9 @@ class NatCore:
             out_match["icmpv4_type"] = ICMP_ECHO_REQUEST
             in_match["icmpv4_type"] = ICMP_ECHO_REPLY
         return [
-            AddFlow(PRIO_TRANSLATE, out_match, self._out_actions(entry, foreign_mac), cookie=entry.id,
+            AddFlow(PRIO_TRANSLATE, out_match, self._actions(entry, foreign_mac, outbound=True), cookie=entry.id,
                     idle_timeout=entry.idle_timeout or 0, notify_removal=True),
-            AddFlow(PRIO_TRANSLATE, in_match, self._in_actions(entry, private_mac), cookie=entry.id,
+            AddFlow(PRIO_TRANSLATE, in_match, self._actions(entry, private_mac, outbound=False), cookie=entry.id,
                     notify_removal=True),
         ]
 
@@ -607,21 +607,20 @@ class NatCore:
         self.counters.add(f"tcp_{phase.value}")
         return self._translation_flows(entry, private_mac, foreign_mac)[:1]
 
-    def _out_actions(self, entry: Entry, foreign_mac: str) -> tuple[Action, ...]:
+    def _actions(self, entry: Entry, mac: str, *, outbound: bool) -> tuple[Action, ...]:
+        """r1's rewrite of ``entry``'s packets one way (steps 707/709): the address on the side the packet
+        leaves to the other side's, the port with it for a port-keyed entry (a leased GPN, UDP-borne
+        too, is never rewritten), then on to ``mac`` through the port the packet leaves by."""
         c = self.config
-        actions = [SetField("ipv4_src", entry.global_ip)]
-        if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
-            actions.append(SetField(_PORT_FIELDS[entry.protocol][0], entry.global_gpn))
-        return (*actions, SetField("eth_src", c.outside_mac), SetField("eth_dst", foreign_mac), DecTtl(),
-                Output(c.outside_port))
-
-    def _in_actions(self, entry: Entry, private_mac: str) -> tuple[Action, ...]:
-        c = self.config
-        actions = [SetField("ipv4_dst", entry.private_ip)]
-        if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
-            actions.append(SetField(_PORT_FIELDS[entry.protocol][1], entry.private_gpn))
-        return (*actions, SetField("eth_src", c.inside_mac), SetField("eth_dst", private_mac), DecTtl(),
-                Output(c.inside_port))
+        if outbound:
+            field, address, gpn, end = "ipv4_src", entry.global_ip, entry.global_gpn, 0
+        else:
+            field, address, gpn, end = "ipv4_dst", entry.private_ip, entry.private_gpn, 1
+        actions = [SetField(field, address)]
+        if entry.port_keyed and entry.global_gpn != entry.private_gpn:
+            actions.append(SetField(_PORT_FIELDS[entry.protocol][end], gpn))
+        own_mac, port = (c.outside_mac, c.outside_port) if outbound else (c.inside_mac, c.inside_port)
+        return (*actions, SetField("eth_src", own_mac), SetField("eth_dst", mac), DecTtl(), Output(port))
 
     def _forget(self, entry: Entry, now: float, removed: bool = False) -> list[Message]:
         """Remove an entry with its flows, and free what it held."""
@@ -691,7 +690,7 @@ class NatCore:
                      "ipv4_dst": entry.global_ip, _PORT_FIELDS[entry.protocol][1]: entry.global_gpn}
             if entry.foreign is not None:
                 match["ipv4_src"] = entry.foreign
-            return [AddFlow(PRIO_TRANSLATE, match, self._in_actions(entry, private_mac), cookie=entry.id)], False
+            return [AddFlow(PRIO_TRANSLATE, match, self._actions(entry, private_mac, outbound=False), cookie=entry.id)], False
         return self.client_alg.added(entry, self.leases.definitions[entry.space], private_mac)
 
     def _definition_of(self, ip: IPv4Header, udp_port: int | None) -> Definition | None:

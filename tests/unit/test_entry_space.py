@@ -13,7 +13,9 @@ import pytest
 
 from nat_app import state
 from nat_app.config import NatConfig, global_pool
+from nat_app.decide import NatCore
 from nat_app.gpn import GpnSpace
+from nat_app.messages import SetField
 from nat_app.table import EntryKind, TranslationTable, space_of_record
 from netwire import pcp
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
@@ -135,3 +137,19 @@ def test_a_space_saved_as_its_int_reads_back_as_the_same_space():
     for bad in (-1, 256, 0x10000, 0x20000 | 1, 0x1FFFF + 1):
         with pytest.raises(ValueError):
             GpnSpace.legacy(bad)
+
+
+def test_r1_rewrites_the_ports_of_napt_entries_but_never_a_leased_udp_borne_gpn():
+    """An ISAKMP lease's protocol is UDP, yet its GPN is a cookie: r1 must leave UDP 500 as it is."""
+    core = NatCore(NatConfig(**CONFIG), random.Random(1))
+    common = {"private_ip": "10.0.0.1", "private_gpn": 40001, "global_ip": GLOBAL, "global_gpn": 40002,
+              "foreign": SRV1, "now": 0.0}
+    leased = core.table.add(kind=EntryKind.CLIENT_ALG, protocol=IPPROTO_UDP, udp_port=ISAKMP_PORT, **common)
+    napt = core.table.add(kind=EntryKind.NAT_ALG, protocol=IPPROTO_UDP, **common)
+
+    def ports_set(entry, outbound):
+        return {a.name: a.value for a in core._actions(entry, "02:00:00:00:00:09", outbound=outbound)
+                if isinstance(a, SetField) and a.name.startswith("udp_")}
+
+    assert ports_set(leased, True) == ports_set(leased, False) == {}
+    assert ports_set(napt, True) == {"udp_src": 40002} and ports_set(napt, False) == {"udp_dst": 40001}
