@@ -78,12 +78,14 @@ from netwire.ipv4 import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
+    UDP_HEADER_LEN,
     IPv4Header,
     Transport,
     build_icmp_error,
     build_udp,
     parse_transport,
 )
+from netwire.view import IPv4View, ipv4_lengths
 
 __pure__ = True
 
@@ -187,10 +189,9 @@ class NatCore:
             if eth.ethertype != ETH_TYPE_IPV4:
                 return self._drop("not-ipv4")
             packet = frame[ETH_HEADER_LEN:]
+            _, total_len = ipv4_lengths(packet)  # netwire.view's one check: version, header and total lengths
+            packet = packet[:total_len]
             ip = IPv4Header.parse(packet)
-            if ip.total_len > len(packet):
-                raise MalformedPacket("IPv4 total length beyond the frame")
-            packet = packet[: ip.total_len]
             if ip.is_fragment:  # RFC 4787 REQ-14: translated fragment by fragment (nat_app/fragments.py)
                 frame = frame[: ETH_HEADER_LEN + ip.total_len]
                 return self.fragments.handle(in_port, frame, ip, packet, now,
@@ -652,17 +653,19 @@ class NatCore:
     def _lease_request(self, eth: EthernetHeader, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
         """A PCP-framed request to the gateway (FIG. 7), answered through r1."""
         c = self.config
-        segment = packet[ip.header_len:]
-        if len(segment) < 8:
+        view = IPv4View(packet)
+        ports = view.ports()
+        if ports is None or view.payload_len < UDP_HEADER_LEN:
             return self._drop("malformed")
-        sport, dport, length = int.from_bytes(segment[0:2], "big"), int.from_bytes(segment[2:4], "big"), \
-            int.from_bytes(segment[4:6], "big")
+        sport, dport = ports
         if dport != pcp.SERVER_PORT:
             return self._drop("not-routed")
-        if not 8 <= length <= len(segment):
+        try:
+            start, end = view.udp_payload()
+        except MalformedPacket:
             return self._drop("malformed")
         origin = Origin(self._access_port(eth.src, ip.src), eth.src, ip.src)
-        datagram = segment[8:length]
+        datagram = packet[start:end]
         if natpmp.is_natpmp(datagram):  # version 0 beside PCP (RFC 6887 9, Appendix A)
             outcome = natpmp_server.handle(self.leases, datagram, origin, now)
         else:

@@ -16,12 +16,11 @@ from dataclasses import dataclass, fields
 
 from nat_app.ports import DYNAMIC_LOW
 from netwire import pcp
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI, UDP_HEADER_LEN
 from netwire.pcp import UNDERLYING_IP, UNDERLYING_UDP
 
 __pure__ = True
 
-UDP_HEADER_LEN = 8
 _UDP_KEYED = 0x10000  # GpnSpace's encoding bit: above every IP protocol number
 
 
