@@ -394,7 +394,7 @@ def eim_tcp(f: dict) -> Outcome:
 def paired(f: dict) -> Outcome:
     """RFC 4787 REQ-2: every entry of h1 (UDP, TCP, ICMP) on one global address."""
     globals_ = {e["global_ip"] for e in f["h1_entries"] if e["kind"] == "NAT-ALG"}
-    protos = {e["protocol"] for e in f["h1_entries"]}
+    protos = {e["protocol"] for e in f["h1_entries"] if e["kind"] == "NAT-ALG"}  # a lease's UDP is no NAPT mapping
     return Outcome(len(globals_) == 1 and {IPPROTO_TCP, IPPROTO_UDP} <= protos, f"h1's entries of protocols {sorted(protos)} all on "
                    f"{sorted(globals_)}", f"{len(globals_)} global addresses for one host")
 
