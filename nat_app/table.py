@@ -7,6 +7,12 @@ it cannot (ESP, AH, ISAKMP). Lookups are O(1) both ways, with a fallback to
 foreign = any (None); expiry pops a heap, never scans; NAT-UNIQ (step 704: one
 private (IP, GPN) per global (IP, GPN), protocol and foreign address) is
 enforced on insertion.
+
+An entry's ``protocol`` is always an IP protocol; a leased protocol carried
+over UDP (ISAKMP on port 500, FIG. 7's underlying UDP) also names its port in
+``udp_port``. The indices key by the GPN space the two make
+(:class:`nat_app.gpn.GpnSpace`), so such a lease never meets NAPT's own UDP
+entries of the same global number.
 """
 
 from __future__ import annotations
