@@ -51,9 +51,11 @@ from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
+from client_agent.ipsec.udpencap import KEEPALIVE_INTERVAL, UDP_HEADER_LEN
 
 IKE_FIELDS = {"role", "peer", "local_id", "remote_id", "psk", "psk_file", "proposals", "esp", "ah", "mode",
-              "local_ts", "remote_ts", "child_rekey", "ike_rekey", "liveness", "natd", "natd_global"}
+              "local_ts", "remote_ts", "child_rekey", "ike_rekey", "liveness", "natd", "natd_global",
+              "force_encap", "keepalive"}
 ROLES = ("initiator", "responder")
 
 
@@ -81,21 +83,26 @@ class IkeTable:
     liveness: float | None = None
     natd: bool = True
     natd_global: bool = True  # with [nat]: NAT-D over the global address (false: the private one, a control)
+    force_encap: bool = False  # NAT-T even without a NAT (RFC 7296 section 2.23, strongSwan's encap=yes)
+    keepalive: float = KEEPALIVE_INTERVAL  # NAT-keepalive interval in seconds (RFC 3948 section 4)
 
-    def config(self, natd_source: tuple[str, int] | None = None) -> IkeConfig:
+    def config(self, natd_source: tuple[str, int] | None = None, own_ike_rekeys: bool = False) -> IkeConfig:
+        """``own_ike_rekeys``: behind the extensible NAT, where only a leased SPI may become an SPIi."""
         return IkeConfig.build(local_id=self.local_id, remote_id=self.remote_id, psk=self.psk, ike=self.proposals,
                                esp=self.esp, ah=self.ah, local_ts=self.local_ts, remote_ts=self.remote_ts,
                                mode=self.mode, child_rekey=self.child_rekey, ike_rekey=self.ike_rekey,
                                liveness=self.liveness,
-                               natd=self.natd, natd_source=natd_source)
+                               natd=self.natd, natd_source=natd_source, own_ike_rekeys=own_ike_rekeys,
+                               force_encap=self.force_encap)
 
     def largest_overhead(self, overhead: Callable[[SecurityAssociation], int]) -> int:
-        """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU)."""
+        """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU), with NAT-T's UDP header when
+        ESP is proposed: whether a NAT sits on the path is learnt only in IKE_SA_INIT (RFC 3948, RFC 7296 2.23)."""
         worst = 0
         for proposal in self.config().child_proposals:
             suite = child_suite(_first_of_each(proposal))
             worst = max(worst, overhead(_dummy_sa(suite, self.mode)))
-        return worst
+        return worst + (UDP_HEADER_LEN if self.esp else 0)
 
 
 def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()) -> IkeTable:
@@ -119,8 +126,10 @@ def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(
         child_rekey=_seconds(table, "child_rekey"), ike_rekey=_seconds(table, "ike_rekey"),
         liveness=_seconds(table, "liveness"),
         natd=_bool(table, "natd", True), natd_global=_bool(table, "natd_global", True),
+        force_encap=_bool(table, "force_encap", False), keepalive=_seconds(table, "keepalive") or KEEPALIVE_INTERVAL,
     )
     _check_proposals(parsed)
+    _check_encap(parsed)
     return parsed
 
 
@@ -139,6 +148,15 @@ def _check_proposals(parsed: IkeTable) -> None:
                 parse_selector(text)
             except (ValueError, KeyError) as err:
                 raise IkeConfigError(f"[ike] {key}: {text!r}: {err}") from None
+
+
+def _check_encap(parsed: IkeTable) -> None:
+    """AH cannot be UDP-encapsulated (RFC 3948 is ESP only; AH's ICV covers the addresses a NAT rewrites)."""
+    if parsed.force_encap and parsed.ah:
+        raise IkeConfigError(f"[ike] force_encap=true with ah={list(parsed.ah)!r}: AH cannot be UDP-encapsulated "
+                             "(NAT-T, RFC 3948, carries ESP only); drop ah or force_encap")
+    if parsed.force_encap and not parsed.natd:
+        raise IkeConfigError("[ike] force_encap=true with natd=false: encapsulation is forced through NAT-D")
 
 
 def _choice(table: dict, key: str, choices: tuple[str, ...], default: str) -> str:

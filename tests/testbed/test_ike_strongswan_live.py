@@ -211,20 +211,25 @@ def lease_cookie(h1) -> dict:
 def test_natlab_initiator_behind_the_extensible_nat_with_a_leased_cookie(make_testbed, tmp_path: Path,
                                                                        natd: str) -> None:
     """The leased SPIi crosses r1 unchanged from UDP port 500; NAT-D over the global address hides the NAT
-    from strongSwan, NAT-D over the private address (the control) lets strongSwan see it."""
+    from strongSwan, NAT-D over the private address (the control) lets strongSwan see it. With NAT-D global,
+    charon then rekeys the IKE SA (RFC 7296 2.18): natlab refuses (its SPIi must be leased, step 801) with
+    TEMPORARY_FAILURE and rekeys itself with a second leased SPIi; the CHILD_SA moves to the new IKE SA."""
     tb = make_testbed(clients=1, servers=1, globals=1)
     h1, srv1 = tb.host("h1"), tb.host("srv1")
     keys = tmp_path / "natlab-keys"
     cookie = lease_cookie(h1)
     spi = f"{cookie['global_gpn']:016x}"
     natd_args = ["--natd-address", cookie["global_ip"]] if natd == "global" else []
+    spare = f"{lease_cookie(h1)['global_gpn']:016x}" if natd == "global" else None
+    rekey_args = ["--next-spi", spare, "--hold", "4"] if spare else ["--hold", "1"]
     with ExitStack() as stack:
         charon = stack.enter_context(charon_in(srv1, tmp_path / "charon", Peering(
             SRV1, "%any", "srv1.natlab", "h1.natlab", PSK, local_ts=(f"{SRV1}/32",), remote_ts=("0.0.0.0/0",))))
         with captures([(srv1, "srv1-eth0"), (h1, "h1-eth0")], tmp_path / "pcap") as pcaps:
             proc = natlab_ike(h1, "initiate", keys, "--local", H1, "--remote", SRV1, "--id", "h1.natlab",
                               "--remote-id", "srv1.natlab", "--spi", spi, "--local-ts", f"{H1}/32",
-                              "--remote-ts", f"{SRV1}/32", "--hold", "1", *natd_args)
+                              "--remote-ts", f"{SRV1}/32", *rekey_args, *natd_args)
+            moved = charon_rekeys_ike(srv1, charon, spare) if spare else ""
             seen = events(proc)
     h1.cmd("natlab lease release --all 2>&1")
     log = charon.log.read_text(errors="replace")
@@ -240,3 +245,44 @@ def test_natlab_initiator_behind_the_extensible_nat_with_a_leased_cookie(make_te
         assert not behind and seen[0]["nat_local"] is False, _tail(charon.log)
     else:  # control (b): strongSwan's own NAT detection sees the NAT, as a standard responder should
         assert behind and seen[0]["nat_local"] is True, _tail(charon.log)
+    if spare:
+        assert_ike_sa_rekeyed_behind_the_nat(log, wire, moved, seen, spare, cookie["global_ip"])
+
+
+def charon_rekeys_ike(srv1, charon: Charon, spare: str, timeout: float = 5) -> str:
+    """``swanctl --rekey --ike`` once the CHILD_SA is up; then --list-sas once the IKE SA of SPIi ``spare``
+    (natlab's own rekey) shows."""
+    installed_sas(srv1, charon)
+    srv1.cmd(shlex.join(charon.swanctl("--rekey", "--ike", "natlab")) + " 2>&1")
+    deadline = time.monotonic() + timeout
+    while True:
+        sas = srv1.cmd(shlex.join(charon.swanctl("--list-sas")) + " 2>/dev/null")
+        if f"{spare}_i" in sas or time.monotonic() > deadline:
+            return sas
+        time.sleep(0.2)
+
+
+def assert_ike_sa_rekeyed_behind_the_nat(log: str, wire: str, sas: str, seen: list[dict], spare: str,
+                                         global_ip: str) -> None:
+    """charon saw TEMPORARY_FAILURE, then natlab's rekey from the global IP with the spare leased SPIi,
+    which crossed r1 unchanged; the CHILD_SA stands under the new IKE SA, which natlab finally deletes."""
+    assert "TEMPORARY_FAILURE" in log, _tail_text(log)
+    assert re.search(r"IKE_SA natlab\[\d+\] rekeyed between 203\.0\.113\.100\[srv1\.natlab\]\.\.\."
+                     + re.escape(global_ip) + r"\[h1\.natlab\]", log), _tail_text(log)
+    assert f"Initiator SPI: {spare}" in wire
+    assert "INSTALLED" in ike_sa_section(sas, f"{spare}_i"), sas
+    assert {"event": "IkeRekeyed"} in seen and seen[-1] == {"event": "IkeClosed", "reason": "deleted"}, seen
+    assert "received DELETE for IKE_SA" in log
+
+
+def ike_sa_section(sas: str, marker: str) -> str:
+    """The lines of ``swanctl --list-sas`` for the IKE SA whose header line holds ``marker`` (its CHILD_SAs are
+    the indented lines under it)."""
+    lines = sas.splitlines()
+    start = next((i for i, line in enumerate(lines) if marker in line), len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def _tail_text(text: str, n: int = 3000) -> str:
+    return text[-n:]
