@@ -803,8 +803,12 @@ NOVERIFY_FAILS = frozenset({"IN-AH"})  # what a client that accepts any AH ICV l
 @scenario(covers=("CTRL-NOVERIFY",), order=70, cells=("ah-transport",))
 def client_noverify(ctx: Context) -> list[ScenarioResult]:
     """CTRL-NOVERIFY: the matrix's AH transport cell with the clients' ICV verification off (the
-    agent's ``verify_icv = false`` fault switch): the matrix judges must fail exactly IN-AH."""
-    cell, members = Cell("ah", "transport"), clients(3, 1)
+    agent's ``verify_icv = false`` fault switch): the matrix judges must fail exactly IN-AH.
+
+    Its three clients sit on two global IPs (h1 and h3 share one, h2 is alone), where the matrix has
+    one: every other judge passing here is the live check that each client compensates for its own
+    global in the cell where that matters most (the AH ICV covers the addresses)."""
+    cell, members = Cell("ah", "transport"), clients(3, 2)
     with ctx.recorded("control-noverify") as rec:
         run = run_cell(ctx, cell, members, rec.folder, verify_icv=False)
     return [judge_fault(rec, judge_cell(rec, run, read_views(run)), "CTRL-NOVERIFY", NOVERIFY_FAILS, run.evidence,
