@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
+
+import pytest
 
 from client_agent.agent_cli import AgentProcess
 from client_agent.ipsec.udpencap import KEEPALIVE, NATT_PORT, UDP_HEADER_LEN
 from conformance.oracles import tshark_summary, tshark_verdicts
 from netwire.ipv4 import IPPROTO_ESP
 from netwire.plan import global_ips
+from tests.testbed.natt_fixtures import curls_at_once, natt_rows, server_config, spi_owners, start_agent, start_clients
 from tests.testbed.test_ike_agents_live import wait_for_child
 from tests.testbed.test_ipsec_live import web_root
 from topo.natlab import client_ip, server_ip
@@ -182,3 +186,115 @@ def test_natlab_agent_behind_the_napt_carries_curl_through_strongswan_libipsec(m
     assert len(esp_in) > 5 and len(esp_out) > 5 and keepalives, rows[-10:]
     print(f"natlab -> strongSwan NAT-T: {len(esp_in)} ESP-in-UDP in, {len(esp_out)} out, {len(keepalives)} "
           f"keepalives; {shlex.quote(sas.strip().splitlines()[0]) if sas.strip() else ''}")
+
+
+# --- three clients behind one global IP, tunnel then transport, through either NAT (issue 15 item 2) -----------
+
+URL = f"http://{SRV1}:8000/secret.txt"
+TUNNEL_PORTS, ALONE_PORTS, TOGETHER_PORTS = 43000, 41000, 42000  # curl's local port: base + client number
+
+
+def web_service(srv1, www: Path):
+    import sys
+
+    from conformance import apps
+
+    return apps.Service(srv1, [sys.executable, "-m", "http.server", "8000", "--bind", SRV1, "--directory", str(www)],
+                        settle=0.8)
+
+
+def connection_owner(row: dict[str, str], base: int) -> str | None:
+    """Whose curl a decrypted TCP segment belongs to, by the local port each client's curl was given."""
+    for field in ("tcp.srcport", "tcp.dstport"):
+        port = int(row[field]) if row[field] else 0
+        if base < port <= base + 3:
+            return f"h{port - base}"
+    return None
+
+
+def crossings(rows: list[dict[str, str]], owners: dict[int, str], base: int) -> dict[str, int]:
+    """Per direction, how many ESP packets of each client's connection travelled under whose SA:
+    ``"srv1->GLOBAL h1-conn under h2-SA": 12`` (judged on tshark's decryption of srv1's wire)."""
+    counts: Counter[str] = Counter()
+    for row in rows:
+        conn = connection_owner(row, base)
+        if conn is None or not row["esp.spi"]:
+            continue
+        way = "srv1->global" if row["ip.src"] == SRV1 else "global->srv1"
+        counts[f"{way} {conn}-conn under {owners.get(int(row['esp.spi'], 16), '?')}-SA"] += 1
+    return dict(sorted(counts.items()))
+
+
+def tunnel_phase(srv1, hosts: list, www: Path, folder: Path) -> dict:
+    """srv1 in tunnel mode, all clients at once: the selectors differ (each client's own inner address)."""
+    from conformance.evidence import captures
+
+    with ExitStack() as stack:
+        server = start_agent(stack, srv1, server_config("tunnel"), folder / "agent-srv1")
+        pcaps = stack.enter_context(captures([(srv1, "srv1-eth0")], folder / "pcap"))
+        agents = start_clients(stack, hosts, "tunnel", folder)
+        with web_service(srv1, www):
+            bodies = curls_at_once(hosts, URL, TUNNEL_PORTS)
+        drops = server.refresh()["counters"]["drops"]
+        assert all(a.stop() == 0 for a in agents), [a.log_tail() for a in agents]
+    assert server.stop() == 0, server.log_tail()
+    return {"bodies": bodies, "rows": natt_rows(pcaps["srv1-eth0"], server.run_dir), "owners": spi_owners(agents),
+            "drops": drops}
+
+
+def transport_phase(srv1, hosts: list, www: Path, folder: Path) -> dict:
+    """srv1 in transport mode: h1 alone first, then h2 and h3 join and all three fetch at once."""
+    from conformance.evidence import captures
+
+    with ExitStack() as stack:
+        server = start_agent(stack, srv1, server_config("transport"), folder / "agent-srv1")
+        pcaps = stack.enter_context(captures([(srv1, "srv1-eth0"), (srv1, "ipsec0")], folder / "pcap"))
+        agents = start_clients(stack, hosts[:1], "transport", folder)
+        with web_service(srv1, www):
+            alone = curls_at_once(hosts[:1], URL, ALONE_PORTS)
+            agents += start_clients(stack, hosts[1:], "transport", folder)
+            together = curls_at_once(hosts, URL, TOGETHER_PORTS)
+        status = server.refresh()
+        assert all(a.stop() == 0 for a in agents), [a.log_tail() for a in agents]
+    assert server.stop() == 0, server.log_tail()
+    return {"alone": alone, "together": together, "rows": natt_rows(pcaps["srv1-eth0"], server.run_dir),
+            "owners": spi_owners(agents), "drops": status["counters"]["drops"], "tun": pcaps["ipsec0"],
+            "server_sas": status["sas"]}
+
+
+@pytest.mark.parametrize("nat", ["extensible", "classic"])
+def test_three_clients_behind_one_global_ip_in_tunnel_then_transport_mode(make_testbed, tmp_path: Path,
+                                                                          nat: str) -> None:
+    """Tunnel mode: every client's curl crosses, each under its own SA and NAT mapping. Transport mode: h1 alone
+    crosses with the inner checksum fixed (tshark: bad on srv1's wire, good in srv1's TUN); then three
+    clients' SAs with one peer have the same selector at srv1 (RFC 3948 section 5.2): what happens is
+    recorded from tshark's decryption of srv1's wire, packet by packet, SA against connection."""
+    tb = make_testbed(clients=3, servers=1, globals=1, nat=nat)
+    hosts, srv1 = [tb.host(f"h{i}") for i in (1, 2, 3)], tb.host("srv1")
+    www, marker = web_root(tmp_path)
+    tunnel = tunnel_phase(srv1, hosts, www, tmp_path / "tunnel")
+    transport = transport_phase(srv1, hosts, www, tmp_path / "transport")
+    want = (marker * 200).decode()
+
+    assert {name: body.strip() == want for name, body in tunnel["bodies"].items()} == {"h1": True, "h2": True,
+                                                                                        "h3": True}
+    rows = tunnel["rows"]
+    assert rows and all(r["esp.icv_good"] in ("1", "True") for r in rows), rows[:5]
+    assert {r["ip.src"] for r in rows} == {GLOBAL, SRV1} and len({r["udp.srcport"] for r in rows
+                                                                  if r["ip.src"] == GLOBAL}) == 3
+    tunnel_crossings = crossings(rows, tunnel["owners"], TUNNEL_PORTS)
+    assert all(k.split()[1].split("-")[0] == k.split()[-1].split("-")[0] for k in tunnel_crossings), tunnel_crossings
+    assert not tunnel["drops"], tunnel["drops"]
+
+    assert transport["alone"]["h1"].strip() == want  # item 1: curl over transport-mode NAT-T through the NAT
+    alone = [r for r in transport["rows"] if connection_owner(r, ALONE_PORTS) == "h1"]
+    inbound = [r["tcp.checksum.status"] for r in alone if r["ip.src"] == GLOBAL]
+    assert inbound and set(inbound) == {"0"}, inbound  # on srv1's wire: h1's checksum, the NAT's address
+    tun = tshark_summary(tshark_verdicts(transport["tun"], tmp_path))
+    assert tun.tcp_checksum_good > len(inbound) and not tun.tcp_checksum_bad, tun  # what srv1's stack got: fixed
+    assert all(r["esp.icv_good"] in ("1", "True") for r in transport["rows"])
+    outcome = {"nat": nat, "together_ok": {n: b.strip() == want for n, b in transport["together"].items()},
+               "crossings": crossings(transport["rows"], transport["owners"], TOGETHER_PORTS),
+               "srv1_drops": transport["drops"], "srv1_sas": len(transport["server_sas"])}
+    (tmp_path / "overlap.json").write_text(json.dumps(outcome, indent=1))
+    print(f"RFC 3948 5.2 through the {nat} NAT:", json.dumps(outcome))
