@@ -298,3 +298,99 @@ def test_three_clients_behind_one_global_ip_in_tunnel_then_transport_mode(make_t
                "srv1_drops": transport["drops"], "srv1_sas": len(transport["server_sas"])}
     (tmp_path / "overlap.json").write_text(json.dumps(outcome, indent=1))
     print(f"RFC 3948 5.2 through the {nat} NAT:", json.dumps(outcome))
+
+
+# --- strongSwan initiating NAT-T to natlab's agent (issue 15 item 3) --------------------------------------------
+
+def iperf3_bytes(out: str) -> int:
+    """What iperf3 -J says the receiving side got (0 when it printed no report)."""
+    try:
+        return int(json.loads(out[out.index("{"):])["end"]["sum_received"]["bytes"])
+    except (ValueError, KeyError):
+        return 0
+
+
+def both_ways(h1, srv1, www: Path, h1_inner: str, srv1_inner: str) -> dict[str, object]:
+    """Unmodified ping, curl and iperf3 between the inner addresses, each started from either side."""
+    import sys
+
+    from conformance import apps
+
+    out: dict[str, object] = {
+        "ping h1->srv1": h1.cmd(f"ping -c 3 -W 2 -I {h1_inner} {srv1_inner}"),
+        "ping srv1->h1": srv1.cmd(f"ping -c 3 -W 2 -I {srv1_inner} {h1_inner}"),
+    }
+    for server, client, there, here in ((srv1, h1, srv1_inner, h1_inner), (h1, srv1, h1_inner, srv1_inner)):
+        serve = [sys.executable, "-m", "http.server", "8000", "--bind", there, "--directory", str(www)]
+        with apps.Service(server, serve, settle=0.8):
+            out[f"curl {client.name}->{server.name}"] = client.cmd(
+                f"curl -s --max-time 10 --interface {here} http://{there}:8000/secret.txt")
+    with apps.Service(srv1, ["iperf3", "-s", "-B", srv1_inner]):
+        for flag, way in (("", "h1->srv1"), ("-R", "srv1->h1")):
+            out[f"iperf3 {way}"] = iperf3_bytes(h1.cmd(f"iperf3 -c {srv1_inner} -B {h1_inner} -n 2M {flag} -J"))
+    return out
+
+
+def key_pairs(esp_sa: str) -> set[tuple[str, str, str]]:
+    """(SPI, encryption key, integrity key) of every line of an ``esp_sa`` file, addresses left out."""
+    fields = [[f.strip('"') for f in line.split(",")] for line in esp_sa.splitlines()]
+    return {(f[3], f[5], f[7]) for f in fields}
+
+
+def test_strongswan_behind_the_napt_initiates_to_natlab_and_ping_curl_iperf3_cross_both_ways(make_testbed,
+                                                                                           tmp_path: Path) -> None:
+    """charon (libipsec) on h1, behind natlab's NAPT, initiates; natlab's agent on srv1 answers and follows it to
+    port 4500. Unmodified ping, curl and iperf3 run in both directions through charon's ipsec0 and natlab's TUN;
+    tshark decrypts srv1's wire once with natlab's keys and once with the keys charon logged, every ICV good."""
+    from conformance.evidence import captures
+    from tests.testbed.test_ike_strongswan_live import (
+        H1_INNER,
+        SRV1_INNER,
+        _tail,
+        charon_in,
+        inner_addresses,
+        installed_sas,
+        peering,
+    )
+    from tests.testbed.test_ike_strongswan_live import PSK as SWAN_PSK
+    from topo.strongswan import charon_esp_sa
+
+    tb = make_testbed(clients=1, servers=1, globals=1)
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    inner_addresses(h1, srv1)
+    www, marker = web_root(tmp_path)
+    srv1_config = (f'[agent]\nname = "srv1"\nroutes = ["{H1_INNER}/32"]\naddress = "{SRV1}"\n\n[ike]\n'
+                   f'role = "responder"\nlocal_id = "srv1.natlab"\nremote_id = "h1.natlab"\npsk = "{SWAN_PSK}"\n'
+                   f'proposals = ["aes128-sha256-modp2048"]\nesp = ["aes128gcm16"]\nmode = "tunnel"\n'
+                   f'local_ts = ["{SRV1_INNER}/32"]\nremote_ts = ["{H1_INNER}/32"]\nkeepalive = {KEEPALIVE_SECONDS}\n')
+    with ExitStack() as stack:
+        responder = start_agent(stack, srv1, srv1_config, tmp_path / "agent-srv1")
+        charon = stack.enter_context(charon_in(h1, tmp_path / "charon", peering(False, "h1")))
+        pcaps = stack.enter_context(captures([(srv1, "srv1-eth0")], tmp_path / "pcap"))
+        initiated = h1.cmd(" ".join(charon.swanctl("--initiate", "--child", "natlab", "--timeout", "10")) + " 2>&1")
+        sas = installed_sas(h1, charon)
+        wait_for_child(responder)
+        routes = h1.cmd("ip route show table all | grep ipsec0")
+        seen = both_ways(h1, srv1, www, H1_INNER, SRV1_INNER)
+        status = responder.refresh()
+    assert responder.stop() == 0, responder.log_tail()
+    log = charon.log.read_text(errors="replace")
+    assert "initiate completed successfully" in initiated, (initiated[-2000:], _tail(charon.log))
+    assert any("TUNNEL-in-UDP" in line for line in sas.splitlines()), sas
+    assert "local host is behind NAT" in log, _tail(charon.log)  # the NAPT, not only libipsec's faked NAT
+    want = (marker * 200).decode()
+    assert [seen[k].count(" 0% packet loss") for k in ("ping h1->srv1", "ping srv1->h1")] == [1, 1], (seen, routes)
+    assert [str(seen[k]).strip() == want for k in ("curl h1->srv1", "curl srv1->h1")] == [True, True], seen
+    assert seen["iperf3 h1->srv1"] == seen["iperf3 srv1->h1"] == 2 * 1024 * 1024, seen
+    assert not status["counters"]["drops"], status["counters"]
+    swan_keys = tmp_path / "charon-keys"
+    swan_keys.mkdir()
+    (swan_keys / "esp_sa").write_text(charon_esp_sa(log, initiator=True))
+    assert key_pairs((swan_keys / "esp_sa").read_text()) == key_pairs(responder.keyfile.read_text())
+    for keys in (responder.run_dir, swan_keys):
+        rows = natt_rows(pcaps["srv1-eth0"], keys)
+        ways = Counter("in" if r["ip.src"] == GLOBAL else "out" for r in rows)
+        assert ways["in"] > 1000 and ways["out"] > 1000, ways  # iperf3's 2 MB each way among them
+        assert all(r["esp.icv_good"] in ("1", "True") for r in rows), [r for r in rows if r["esp.icv_good"] != "1"][:3]
+    print(f"strongSwan -> natlab NAT-T: {dict(ways)} ESP-in-UDP frames, ICVs good with both sides' keys; "
+          f"natt {status['ike']['natt']['counters']}")
