@@ -214,14 +214,15 @@ def connection_owner(row: dict[str, str], base: int) -> str | None:
 
 def crossings(rows: list[dict[str, str]], owners: dict[int, str], base: int) -> dict[str, int]:
     """Per direction, how many ESP packets of each client's connection travelled under whose SA:
-    ``"srv1->GLOBAL h1-conn under h2-SA": 12`` (judged on tshark's decryption of srv1's wire)."""
+    ``"srv1->global h1-conn under h2-SA": 12``, resets counted apart (tshark's decryption of srv1's wire)."""
     counts: Counter[str] = Counter()
     for row in rows:
         conn = connection_owner(row, base)
         if conn is None or not row["esp.spi"]:
             continue
         way = "srv1->global" if row["ip.src"] == SRV1 else "global->srv1"
-        counts[f"{way} {conn}-conn under {owners.get(int(row['esp.spi'], 16), '?')}-SA"] += 1
+        reset = " RST" if row["tcp.flags.reset"] in ("1", "True") else ""
+        counts[f"{way} {conn}-conn under {owners.get(int(row['esp.spi'], 16), '?')}-SA{reset}"] += 1
     return dict(sorted(counts.items()))
 
 
@@ -283,7 +284,7 @@ def test_three_clients_behind_one_global_ip_in_tunnel_then_transport_mode(make_t
     assert {r["ip.src"] for r in rows} == {GLOBAL, SRV1} and len({r["udp.srcport"] for r in rows
                                                                   if r["ip.src"] == GLOBAL}) == 3
     tunnel_crossings = crossings(rows, tunnel["owners"], TUNNEL_PORTS)
-    assert all(k.split()[1].split("-")[0] == k.split()[-1].split("-")[0] for k in tunnel_crossings), tunnel_crossings
+    assert all(k.split()[1].split("-")[0] == k.split()[3].split("-")[0] for k in tunnel_crossings), tunnel_crossings
     assert not tunnel["drops"], tunnel["drops"]
 
     assert transport["alone"]["h1"].strip() == want  # item 1: curl over transport-mode NAT-T through the NAT
