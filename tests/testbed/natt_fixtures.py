@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -94,3 +96,24 @@ def spi_owners(agents: list[AgentProcess]) -> dict[int, str]:
             spi = int(line.split(",")[3].strip('"'), 16)
             owners[spi] = agent.run_dir.name.removeprefix("agent-")
     return owners
+
+
+def serving(host, argv: list[str], address: str, port: int, timeout: float = 10.0):
+    """A server process (apps.Service) that is entered only once ``address:port`` is listening in ``host``:
+    a fixed settle time loses the first connection whenever the machine is busy (measured: an http.server
+    in h1 not yet bound 0.8 s after its start, the client got a RST)."""
+    from conformance import apps
+
+    service = apps.Service(host, argv, settle=0)
+    deadline = time.monotonic() + timeout
+    while f"{address}:{port}" not in host.cmd(f"ss -Hltn src {address}"):
+        if service.proc.poll() is not None or time.monotonic() > deadline:
+            service.__exit__(None, None, None)
+            raise AssertionError(f"{argv[:3]} in {host.name} never listened on {address}:{port}")
+        time.sleep(0.05)
+    return service
+
+
+def web_server(host, address: str, www: Path):
+    return serving(host, [sys.executable, "-m", "http.server", "8000", "--bind", address, "--directory", str(www)],
+                   address, 8000)

@@ -24,7 +24,16 @@ from client_agent.ipsec.udpencap import KEEPALIVE, NATT_PORT, UDP_HEADER_LEN
 from conformance.oracles import tshark_summary, tshark_verdicts
 from netwire.ipv4 import IPPROTO_ESP
 from netwire.plan import global_ips
-from tests.testbed.natt_fixtures import curls_at_once, natt_rows, server_config, spi_owners, start_agent, start_clients
+from tests.testbed.natt_fixtures import (
+    curls_at_once,
+    natt_rows,
+    server_config,
+    serving,
+    spi_owners,
+    start_agent,
+    start_clients,
+    web_server,
+)
 from tests.testbed.test_ike_agents_live import wait_for_child
 from tests.testbed.test_ipsec_live import web_root
 from topo.natlab import client_ip, server_ip
@@ -195,12 +204,7 @@ TUNNEL_PORTS, ALONE_PORTS, TOGETHER_PORTS = 43000, 41000, 42000  # curl's local 
 
 
 def web_service(srv1, www: Path):
-    import sys
-
-    from conformance import apps
-
-    return apps.Service(srv1, [sys.executable, "-m", "http.server", "8000", "--bind", SRV1, "--directory", str(www)],
-                        settle=0.8)
+    return web_server(srv1, SRV1, www)
 
 
 def connection_owner(row: dict[str, str], base: int) -> str | None:
@@ -299,6 +303,20 @@ def test_three_clients_behind_one_global_ip_in_tunnel_then_transport_mode(make_t
                "srv1_drops": transport["drops"], "srv1_sas": len(transport["server_sas"])}
     (tmp_path / "overlap.json").write_text(json.dumps(outcome, indent=1))
     print(f"RFC 3948 5.2 through the {nat} NAT:", json.dumps(outcome))
+    assert_newest_sa_takes_the_selector(outcome)
+
+
+def assert_newest_sa_takes_the_selector(outcome: dict) -> None:
+    """What the wire showed on the first runs (README, "NAT-T completed"): each client sends under its own SA,
+    but srv1's three policies have one selector (srv1 <-> the global IP), and the newest, a late joiner's,
+    wins. srv1 drops the others' segments as policy violations and answers the winner's connection only."""
+    winners = [name for name, ok in outcome["together_ok"].items() if ok]
+    assert len(winners) == 1 and winners != ["h1"], outcome
+    crossed = outcome["crossings"]
+    assert all(k.split()[1][:2] == k.split()[3][:2] for k in crossed if k.startswith("global->srv1")), crossed
+    assert {k for k in crossed if k.startswith("srv1->global")} == {f"srv1->global {winners[0]}-conn under "
+                                                                    f"{winners[0]}-SA"}, crossed
+    assert outcome["srv1_drops"].get("policy", 0) > 0, outcome
 
 
 # --- strongSwan initiating NAT-T to natlab's agent (issue 15 item 3) --------------------------------------------
@@ -313,20 +331,15 @@ def iperf3_bytes(out: str) -> int:
 
 def both_ways(h1, srv1, www: Path, h1_inner: str, srv1_inner: str) -> dict[str, object]:
     """Unmodified ping, curl and iperf3 between the inner addresses, each started from either side."""
-    import sys
-
-    from conformance import apps
-
     out: dict[str, object] = {
         "ping h1->srv1": h1.cmd(f"ping -c 3 -W 2 -I {h1_inner} {srv1_inner}"),
         "ping srv1->h1": srv1.cmd(f"ping -c 3 -W 2 -I {srv1_inner} {h1_inner}"),
     }
     for server, client, there, here in ((srv1, h1, srv1_inner, h1_inner), (h1, srv1, h1_inner, srv1_inner)):
-        serve = [sys.executable, "-m", "http.server", "8000", "--bind", there, "--directory", str(www)]
-        with apps.Service(server, serve, settle=0.8):
+        with web_server(server, there, www):
             out[f"curl {client.name}->{server.name}"] = client.cmd(
                 f"curl -s --max-time 10 --interface {here} http://{there}:8000/secret.txt")
-    with apps.Service(srv1, ["iperf3", "-s", "-B", srv1_inner]):
+    with serving(srv1, ["iperf3", "-s", "-B", srv1_inner], srv1_inner, 5201):
         for flag, way in (("", "h1->srv1"), ("-R", "srv1->h1")):
             out[f"iperf3 {way}"] = iperf3_bytes(h1.cmd(f"iperf3 -c {srv1_inner} -B {h1_inner} -n 2M {flag} -J"))
     return out
