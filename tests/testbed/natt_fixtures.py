@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from client_agent.agent_cli import AgentProcess
@@ -98,20 +100,25 @@ def spi_owners(agents: list[AgentProcess]) -> dict[int, str]:
     return owners
 
 
-def serving(host, argv: list[str], address: str, port: int, timeout: float = 10.0):
-    """A server process (apps.Service) that is entered only once ``address:port`` is listening in ``host``:
-    a fixed settle time loses the first connection whenever the machine is busy (measured: an http.server
-    in h1 not yet bound 0.8 s after its start, the client got a RST)."""
-    from conformance import apps
-
-    service = apps.Service(host, argv, settle=0)
-    deadline = time.monotonic() + timeout
-    while f"{address}:{port}" not in host.cmd(f"ss -Hltn src {address}"):
-        if service.proc.poll() is not None or time.monotonic() > deadline:
-            service.__exit__(None, None, None)
-            raise AssertionError(f"{argv[:3]} in {host.name} never listened on {address}:{port}")
-        time.sleep(0.05)
-    return service
+@contextmanager
+def serving(host, argv: list[str], address: str, port: int, timeout: float = 10.0) -> Iterator[None]:
+    """A server process in ``host``, the block entered only once ``address:port`` is listening: a fixed
+    settle time loses the first connection whenever the machine is busy. Its output goes to a log whose
+    tail a failure shows."""
+    with tempfile.TemporaryFile() as log:
+        proc = host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while f"{address}:{port}" not in host.cmd(f"ss -Hltn src {address}"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise AssertionError(f"{argv} in {host.name} never listened on {address}:{port} (exit "
+                                         f"{proc.poll()}): {log.read()[-1500:].decode(errors='replace')}")
+                time.sleep(0.05)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
 
 
 def web_server(host, address: str, www: Path):
