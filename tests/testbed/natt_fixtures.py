@@ -121,6 +121,18 @@ def serving(host, argv: list[str], address: str, port: int, timeout: float = 10.
             proc.wait(timeout=5)
 
 
-def web_server(host, address: str, www: Path):
-    return serving(host, [sys.executable, "-m", "http.server", "8000", "--bind", address, "--directory", str(www)],
-                   address, 8000)
+# http.server's HTTPServer.server_bind asks for the bound address's FQDN (a reverse DNS lookup) before it
+# listens; in a client behind the NAT that query dies silently at r1 and the server stays deaf for the
+# resolver's timeouts (measured: not listening after 10 s in h1). The same server, named by its address.
+_HTTP = ("import functools, http.server as h, socketserver, sys\n"
+         "class Server(h.ThreadingHTTPServer):\n"
+         "    def server_bind(self):\n"
+         "        socketserver.TCPServer.server_bind(self)\n"
+         "        self.server_name, self.server_port = self.server_address[:2]\n"
+         "handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[3])\n"
+         "Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()\n")
+
+
+def web_server(host, address: str, www: Path, port: int = 8000):
+    """Python's http.server serving ``www`` on ``address:port`` in ``host``, without the reverse lookup."""
+    return serving(host, [sys.executable, "-c", _HTTP, address, str(port), str(www)], address, port)
