@@ -19,7 +19,7 @@ from client_agent.agent_ike import IkeKeying
 from client_agent.ike.endpoint import IkeEndpoint
 from client_agent.ike.keyfile import security_associations
 from client_agent.ipsec import esp
-from client_agent.ipsec.errors import IPsecError
+from client_agent.ipsec.errors import DropReason, IPsecError
 from client_agent.ipsec.processing import decapsulate, inbound, outbound
 from client_agent.ipsec.sa import Mode, SAState
 from client_agent.ipsec.sad import SAD
@@ -136,3 +136,15 @@ def test_keyfile_marks_encapsulated_sas() -> None:
     child = next(iter(next(iter(a.sessions.values())).children.values()))
     inbound_sa, outbound_sa = security_associations(child, H1, SRV1)
     assert inbound_sa.udp_encap and outbound_sa.udp_encap
+
+
+def test_a_truncated_inner_header_under_an_encapsulated_sa_is_refused_with_a_reason() -> None:
+    """A peer (or anyone holding the keys) sealing 10 bytes of "TCP": the fix-up refuses, the datapath counts it."""
+    out, into = transport_pair(udp_encap=True)
+    stub = bytes(IP(src=H1, dst=SRV1, proto=6) / bytes(10))
+    try:
+        decapsulate(through_the_nat(esp.encapsulate(stub, out), GLOBAL, SRV1), sad_of(into))
+    except IPsecError as err:
+        assert err.reason == DropReason.MALFORMED
+    else:
+        raise AssertionError("a truncated TCP header was delivered")
