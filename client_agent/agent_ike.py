@@ -291,9 +291,11 @@ class IkeKeying:
             inbound = dataclasses.replace(inbound, dst=self.global_ip)
         states = self.sad.add_inbound(inbound), self.sad.add_outbound(outbound)
         self.history += [inbound, outbound]
-        local_ts = tuple(self._private(ts) for ts in child.local_ts)
+        local_ts, remote_ts = tuple(self._private(ts) for ts in child.local_ts), child.remote_ts
+        if child.udp_encap and child.mode == "transport":
+            local_ts, remote_ts = _at(local_ts, self.local), _at(remote_ts, self.remote)
         policies = [Policy(selector, Action.PROTECT, states[1], states[0], name=f"ike-{child.inbound_spi:08x}")
-                    for selector in selectors(local_ts, child.remote_ts)]
+                    for selector in selectors(local_ts, remote_ts)]
         self.spd.prepend(policies)  # the newest SA wins: after a rekey, traffic moves at once
         self.installed[child.inbound_spi] = _Installed(states[0], states[1], policies)
 
@@ -320,6 +322,15 @@ class IkeKeying:
     def esp_sa(self) -> str:
         """Wireshark's esp_sa for every SA this agent ever had (a capture may hold packets of deleted ones)."""
         return esp_sa_file(self.history)
+
+
+def _at(selectors: tuple[TrafficSelector, ...], address: str) -> tuple[TrafficSelector, ...]:
+    """Transport mode through a NAT (RFC 7296 section 2.23.1): a selector's addresses become the SA endpoint's
+    as the IKE packets showed it, protocol and ports kept. The peer's selector names its private address,
+    which a NAT hides: traffic to and from it is what arrives from, and goes to, the NAT's address and port.
+    Two peers behind one NAT then get the same selector (RFC 3948 section 5.2; see the README)."""
+    where = ipaddress.IPv4Address(address)
+    return tuple(dict.fromkeys(dataclasses.replace(ts, start=where, end=where) for ts in selectors))
 
 
 def selectors(local: tuple[TrafficSelector, ...], remote: tuple[TrafficSelector, ...]) -> list[Selector]:

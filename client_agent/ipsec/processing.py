@@ -30,6 +30,7 @@ from client_agent.ipsec.errors import Malformed, PolicyDrop
 from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action
+from client_agent.ipsec.udpencap import fix_transport_checksum
 from netwire.checksum import ip_bytes
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_ESP
@@ -53,7 +54,12 @@ def encapsulate(packet: Packet, state: SAState, *, icv_src: Address = None, icv_
 
 
 def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Address = None) -> Decapsulated:
-    """Find the inbound SA of a received ESP/AH ``packet`` and unprotect it (RFC 4301 section 5.2)."""
+    """Find the inbound SA of a received ESP/AH ``packet`` and unprotect it (RFC 4301 section 5.2).
+
+    Under a UDP-encapsulated transport-mode SA the inner TCP/UDP checksum is recomputed over the
+    addresses as received (RFC 3948 section 3.1.2; :func:`~client_agent.ipsec.udpencap.fix_transport_checksum`
+    says why that option): the peer computed it over addresses a NAT has since rewritten.
+    """
     try:
         view = IPv4View(packet)
         spi = view.spi()
@@ -63,7 +69,8 @@ def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Ad
     dst = view.dst if icv_dst is None else ip_bytes(icv_dst)
     state = sad.lookup(protocol, spi, dst)
     if protocol == IPPROTO_ESP:
-        return Decapsulated(esp.decapsulate(packet, state), state)
+        inner = esp.decapsulate(packet, state)
+        return Decapsulated(fix_transport_checksum(inner) if state.natt_transport else inner, state)
     return Decapsulated(ah.decapsulate(packet, state, icv_src=icv_src, icv_dst=icv_dst), state)
 
 

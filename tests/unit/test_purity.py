@@ -19,7 +19,8 @@ FORBIDDEN = {"socket", "os_ken", "mininet", "subprocess", "select", "asyncio"}
 CORES = {"netwire/pcp.py", "netwire/plan.py", "nat_app/decide.py", "nat_app/lease_server.py", "nat_app/gpn.py",
          "nat_app/client_alg.py", "client_agent/lease_client.py", "client_agent/compensate.py",
          "client_agent/traversal.py", "client_agent/ipsec/esp.py",
-         "client_agent/ipsec/udpencap.py"}
+         "client_agent/ipsec/udpencap.py",
+         "topo/strongswan.py"}
 
 
 def declares_pure(tree: ast.Module) -> bool:
