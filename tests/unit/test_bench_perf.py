@@ -29,3 +29,12 @@ def test_table_scale_finds_every_entry_both_ways_and_weighs_them():
     scale = bench_nat_core.table_scale(500, lookups=2000)
     assert scale["entries"] == 500 and scale["bytes_per_entry"] > 0
     assert scale["lookups_per_second"]["out"] > 0 and scale["lookups_per_second"]["in"] > 0
+
+
+def test_nat_core_against_a_baseline_takes_each_steps_minimum_and_prints_the_ratio_of_totals():
+    steps = dict.fromkeys(bench_nat_core.STEPS, 1.0)
+    rounds = [[{"entries": 10, **steps, "os-ken": 2.0}], [{"entries": 10, **steps, "journal": 0.5, "os-ken": 3.0}]]
+    assert bench_nat_core.best_rows(rounds) == [{"entries": 10, **steps, "journal": 0.5, "os-ken": 2.0}]
+    base = [{"entries": 10, **dict.fromkeys(bench_nat_core.STEPS, 2.0), "os-ken": 1.0}]
+    table = bench_nat_core.format_comparison("main", {"baseline": base, "current": bench_nat_core.best_rows(rounds)})
+    assert "main vs this tree" in table and "8.0       3.5    2.3x" in table
