@@ -36,5 +36,12 @@ def test_nat_core_against_a_baseline_takes_each_steps_minimum_and_prints_the_rat
     rounds = [[{"entries": 10, **steps, "os-ken": 2.0}], [{"entries": 10, **steps, "journal": 0.5, "os-ken": 3.0}]]
     assert bench_nat_core.best_rows(rounds) == [{"entries": 10, **steps, "journal": 0.5, "os-ken": 2.0}]
     base = [{"entries": 10, **dict.fromkeys(bench_nat_core.STEPS, 2.0), "os-ken": 1.0}]
-    table = bench_nat_core.format_comparison("main", {"baseline": base, "current": bench_nat_core.best_rows(rounds)})
-    assert "main vs this tree" in table and "8.0       3.5    2.3x" in table
+    slow = {"clients": 3, "us_per_packet": 10.0}
+    table = bench_nat_core.format_comparison("main", {"baseline": {"rows": base, "slow": {**slow, "us_per_packet": 30.0}},
+                                                      "current": {"rows": bench_nat_core.best_rows(rounds), "slow": slow}})
+    assert "main vs this tree" in table and "8.0       3.5    2.3x" in table and "30.0 -> 10.0 us (3.0x)" in table
+
+
+def test_the_slow_path_figure_is_a_packet_the_controller_delivers():
+    slow = bench_nat_core.slow_path(3, packets=200)
+    assert slow["clients"] == 3 and slow["us_per_packet"] > 0
