@@ -45,3 +45,8 @@ def test_nat_core_against_a_baseline_takes_each_steps_minimum_and_prints_the_rat
 def test_the_slow_path_figure_is_a_packet_the_controller_delivers():
     slow = bench_nat_core.slow_path(3, packets=200)
     assert slow["clients"] == 3 and slow["us_per_packet"] > 0
+
+
+def test_os_ken_parses_the_flow_stats_reply_the_benchmark_builds_flow_by_flow():
+    stats = bench_nat_core.flow_stats_parse(20)
+    assert stats["flows"] == 20 and stats["us_per_flow"] > 0
