@@ -31,6 +31,7 @@ from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 __pure__ = True
 
 ANY = None  # foreign address "any" (FIG. 6 field 606 unspecified)
+CHANGED_LINK = "_changed"  # an indexed entry's link to its table's set of changed ids (not a field: never saved)
 Key = tuple[int, str, "int | None", "str | None"]  # (GPN space, IP, GPN, foreign): one side of an entry
 Triple = tuple[int, str, "str | None"]  # (GPN space, global IP, foreign)
 
@@ -99,6 +100,15 @@ class Entry:
     def in_key(self) -> Key:
         return (self.space_key, self.global_ip, self.global_gpn, self.foreign)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Any field set on an entry of a table is noted in that table's set of changed ids
+        (``TranslationTable.take_changed``): the state journal then writes just those entries, and
+        a change made anywhere (path, expiry, idle timeout, slow-path count) cannot be missed."""
+        object.__setattr__(self, name, value)
+        changed = self.__dict__.get(CHANGED_LINK)
+        if changed is not None:
+            changed.add(self.id)
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["kind"] = self.kind.value
@@ -116,6 +126,7 @@ class TranslationTable:
         self._triples: dict[Triple, Counter[str]] = defaultdict(Counter)
         self._by_global: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)  # (protocol, global IP) -> hosts
         self._by_private: dict[tuple[int, str], set[int]] = defaultdict(set)  # (protocol, private IP) -> entry ids
+        self._changed: set[int] | None = None  # ids changed since take_changed(); None: nobody asks (no journal)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -159,6 +170,9 @@ class TranslationTable:
         ids.discard(entry.id)
         if not ids:
             del self._by_private[(space, entry.private_ip)]
+        if self._changed is not None:
+            self._changed.add(entry_id)
+            entry.__dict__.pop(CHANGED_LINK, None)  # a removed entry's later changes are nobody's
         return entry
 
     def _index(self, entry: Entry) -> None:
@@ -168,6 +182,22 @@ class TranslationTable:
         self._triples[(space, entry.global_ip, entry.foreign)][entry.private_ip] += 1
         self._by_global[(space, entry.global_ip)][entry.private_ip] += 1
         self._by_private[(space, entry.private_ip)].add(entry.id)
+        if self._changed is not None:
+            entry.__dict__[CHANGED_LINK] = self._changed
+            self._changed.add(entry.id)
+
+    def take_changed(self) -> set[int] | None:
+        """Ids of the entries added, changed or removed since the last call (nat_app/state.py's Journal
+        writes only those: O(1) per event, not a scan of the table); None on the first call, which
+        starts the tracking (a controller without a journal keeps no set that grows)."""
+        if self._changed is None:
+            self._changed = set()
+            for entry in self._by_id.values():
+                entry.__dict__[CHANGED_LINK] = self._changed
+            return None
+        ids = set(self._changed)
+        self._changed.clear()  # in place: the indexed entries hold this very set
+        return ids
 
     def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None,
                    foreign: str | None) -> Entry | None:

@@ -133,7 +133,7 @@ def build_ipv4_header(
 
 def dotted(raw: bytes) -> str:
     """The dotted-quad text of a 4-byte IPv4 address (the inverse of ``netwire.checksum.ip_bytes``)."""
-    return ".".join(str(b) for b in raw)
+    return ".".join(map(str, raw))  # per packet-in, twice: map, not a generator (issue 16)
 
 
 def build_udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: int = 64) -> bytes:
