@@ -71,7 +71,7 @@ def _negotiate(cell: Cell):
             peer_keys.remote = session.remote[0]
             peer_keys.apply(event)
         answers = responder.datagrams_to_send()
-        for c, endpoint, _keys, _spd in sides:
+        for _c, endpoint, _keys, _spd in sides:
             for data, _ in answers:
                 endpoint.receive_datagram(data, (cell.peer_ip, 500), 0.0)  # the NAT demuxes by SPIi; others drop it
     return members, sides, peer_keys, peer_spd
