@@ -103,8 +103,9 @@ def path_summary(snapshot: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    only = getattr(args, "only", None)
     try:
-        run_dir, results = run_suite(out)
+        run_dir, results = run_suite(out, scenarios=[r for r in registered() if r.name in only] if only else None)
     except TestbedError as exc:
         print(f"natlab demo: {exc}", file=sys.stderr)
         return 1
