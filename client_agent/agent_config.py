@@ -1,4 +1,4 @@
-"""The agent's configuration file (TOML, manual keying), parsed and validated; pure.
+"""The agent's configuration file (TOML: manual keys in [[sa]] tables, or [ike] for IKEv2), parsed and validated; pure.
 
 One file describes one agent: its TUN device and the prefixes routed into it
 (``[agent]``), its SAs (``[[sa]]``, RFC 4301 section 4.4.2.1 fields with keys

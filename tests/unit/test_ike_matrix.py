@@ -170,3 +170,13 @@ def test_the_global_ip_with_a_port_block_becomes_the_private_ip_with_any_port() 
         ipaddress.IPv4Address("10.0.0.1"), IPPROTO_UDP, 0, 65535)
     other = parse_selector("203.0.113.2/32[udp/20000-20015]")
     assert keying._private(other) == other
+
+
+def test_natlab_agent_help_names_both_ways_of_keying(capsys) -> None:
+    from natlab.cli import build_parser
+
+    for argv in (["agent", "--help"], ["--help"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(argv)
+        out = " ".join(capsys.readouterr().out.split())
+        assert "IKEv2" in out and "manual keys" in out, out[:300]
