@@ -80,7 +80,8 @@ def _e2e(rounds: int, out: Path) -> dict:
           "(seconds from the agent's launch)")
     figure = e2e(rounds, out / "bench-ike-e2e")
     for keying, m in figure["medians"].items():
-        print(f"  median {keying:6s} running {m['running']} s, CHILD_SA {m['child']} s, first packet {m['first']} s")
+        print(f"  median {keying:6s} running {m['running']} s, CHILD_SA {m['child']} s, first packet {m['first']} s"
+              + (f", IKE exchange {m['ike_setup']} s" if m["ike_setup"] is not None else ""))
     print(f"  IKE's cost per agent (first packet, IKE - manual): {figure['ike_cost_s']} s; "
           f"IKE_SA + CHILD_SA setups/s end to end: {figure['e2e_setups_per_s']}")
     return figure

@@ -24,7 +24,8 @@ def add_demo_parser(sub) -> None:
                                    "(HTML, Markdown, CSV, and each run's evidence).", formatter_class=_DemoHelp)
     p.add_argument("--out", default="reports", help="report folder (default reports/)")
     p.add_argument("--only", type=scenario_names, metavar="NAME[,NAME]",
-                   help="run only these scenarios (names below); the report shows the others as not run")
+                   help="run only these scenarios (names below); the report's environment says which ran, and "
+                        "behaviours no scenario of the run covered show as not implemented")
     p.set_defaults(func=run_demo)
 
 
