@@ -47,10 +47,10 @@ def test_first_reply_gives_up_at_its_timeout() -> None:
 
 def test_the_ike_exchange_is_timed_from_the_agents_own_log(tmp_path) -> None:
     log = tmp_path / "agent.log"
-    log.write_text("2026-12-03 08:00:41,720 natlab.agent INFO agent h1: 38 leases granted by 10.0.0.254\n"
+    log.write_text("2026-12-03 08:00:41,720 natlab.agent INFO agent h1: 38 leases granted by the gateway\n"
                    '2026-12-03 08:00:41,753 natlab.agent.ike INFO ike: {"event": "IkeEstablished"}\n'
                    '2026-12-03 08:00:41,754 natlab.agent.ike INFO ike: {"event": "ChildEstablished"}\n'
                    '2026-12-03 08:00:49,000 natlab.agent.ike INFO ike: {"event": "ChildEstablished"}\n')
     assert ike_setup(log) == 0.034
-    log.write_text("2026-12-03 08:00:41,720 natlab.agent INFO agent h1: 38 leases granted by 10.0.0.254\n")
+    log.write_text("2026-12-03 08:00:41,720 natlab.agent INFO agent h1: 38 leases granted by the gateway\n")
     assert ike_setup(log) is None
