@@ -47,7 +47,7 @@ from client_agent.ike.keyfile import ikev2_line, security_associations
 from client_agent.ike.proposals import ChildSuite, child_suite, parse_proposal
 from client_agent.ike.registry import ProtocolId
 from client_agent.ike.selectors import parse_selector
-from client_agent.ipsec.keyfile import esp_sa_file
+from client_agent.ipsec.keyfile import ah_sa_file, esp_sa_file
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
@@ -94,6 +94,17 @@ class IkeTable:
                                liveness=self.liveness,
                                natd=self.natd, natd_source=natd_source, own_ike_rekeys=own_ike_rekeys,
                                force_encap=self.force_encap)
+
+    def toml_fields(self) -> dict[str, Any]:
+        """The table as ``[ike]`` fields that :func:`parse_ike` reads back to an equal table (the PSK inline:
+        the file it may have come from is not kept); unset optional fields are left out."""
+        fields: dict[str, Any] = {"role": self.role, "peer": self.peer, "local_id": self.local_id,
+                                  "remote_id": self.remote_id, "psk": self.psk.decode()}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        fields |= {k: list(getattr(self, k)) for k in ("proposals", "esp", "ah", "local_ts", "remote_ts")}
+        fields |= {k: getattr(self, k) for k in ("child_rekey", "ike_rekey", "liveness") if getattr(self, k) is not None}
+        return fields | {"mode": self.mode, "natd": self.natd, "natd_global": self.natd_global,
+                         "force_encap": self.force_encap, "keepalive": self.keepalive}
 
     def largest_overhead(self, overhead: Callable[[SecurityAssociation], int]) -> int:
         """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU), with NAT-T's UDP header when
@@ -300,12 +311,14 @@ class IkeKeying:
         self.installed[child.inbound_spi] = _Installed(states[0], states[1], policies)
 
     def _private(self, ts: TrafficSelector) -> TrafficSelector:
-        """The SPD sees packets before pre-compensation: the global IP in a selector stands for our own."""
+        """The SPD sees packets before pre-compensation: the global IP in a selector stands for our own, and
+        a port range on it for every port of ours, since pre-compensation maps each private port into the
+        leased block (claims 6, 12) that the selector names so that the peer can tell clients apart."""
         glob = self.global_ip
         if glob is None or not (ts.start == ts.end == ipaddress.IPv4Address(glob)):
             return ts
         private = ipaddress.IPv4Address(self.local)
-        return dataclasses.replace(ts, start=private, end=private)
+        return dataclasses.replace(ts, start=private, end=private, start_port=0, end_port=65535)
 
     def _remove(self, child: ChildSa) -> None:
         entry = self.installed.pop(child.inbound_spi, None)
@@ -322,6 +335,10 @@ class IkeKeying:
     def esp_sa(self) -> str:
         """Wireshark's esp_sa for every SA this agent ever had (a capture may hold packets of deleted ones)."""
         return esp_sa_file(self.history)
+
+    def ah_sa(self) -> str:
+        """The same for AH (``ah_sa``: Wireshark has no AH key table; scapy and people read it)."""
+        return ah_sa_file(self.history)
 
 
 def _at(selectors: tuple[TrafficSelector, ...], address: str) -> tuple[TrafficSelector, ...]:

@@ -26,6 +26,7 @@ from client_agent.ike.events import ChildDeleted, ChildEstablished, Event, IkeCl
 from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
 from client_agent.ike.registry import IKE_PORT, NATT_PORT, ProtocolId
 from client_agent.ike.session import IkeSession, random_child_spi
+from client_agent.ipsec.keyfile import AH_FILENAME as AH_KEYFILE
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYFILE
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD
@@ -184,6 +185,7 @@ class IkeShell:
         if changed:
             _write_private(self.run_dir / IKE_KEYFILE, self.keying.ikev2_table())
             _write_private(self.run_dir / ESP_KEYFILE, self.keying.esp_sa())
+            _write_private(self.run_dir / AH_KEYFILE, self.keying.ah_sa())
 
     def close(self) -> None:
         """Delete our IKE SA (best effort, one datagram) and close the socket."""
