@@ -28,20 +28,27 @@ ESP_PROPOSAL = "aes128gcm16"  # AES-GCM-128 (RFC 4106), what every variant of th
 TUN_MTU = 1400  # libipsec's ipsec0 MTU: every variant's inner MTU, so that all carry the same packets
 
 
-def agent_config(side: str, *, keepalive: float, inner: bool = False, mtu: int = TUN_MTU, mode: str = "tunnel") -> str:
-    """The TOML of natlab's NAT-T agent on ``side`` (h1 initiates, srv1 responds).
+def agent_config(side: str, *, keepalive: float, inner: bool = False, mtu: int = TUN_MTU, mode: str = "tunnel",
+                 clients: int = 1, esp: str = ESP_PROPOSAL, ah: str = "") -> str:
+    """The TOML of natlab's NAT-T agent on ``side`` (h1..hN initiate, srv1 responds).
 
     ``inner``: selectors on the :data:`topo.charon.INNER` addresses (the peer is strongSwan, whose
-    libipsec routes must not cover the IKE peers); otherwise the hosts' own addresses.
+    libipsec routes must not cover the IKE peers); otherwise the hosts' own addresses. A responder
+    for ``clients`` > 1 takes any initiator of the inside network (selectors narrowed to each, RFC
+    7296 section 2.9) and no fixed remote identity.
     """
-    other = "srv1" if side == "h1" else "h1"
-    address = {"h1": client_ip(1), "srv1": server_ip(1)}
-    ts = INNER if inner else address
-    ike = ('role = "initiator"\n' f'peer = "{address["srv1"]}"\n') if side == "h1" else 'role = "responder"\n'
-    return (f'[agent]\nname = "{side}"\nroutes = ["{ts[other]}/32"]\naddress = "{address[side]}"\nmtu = {mtu}\n\n'
-            f'[ike]\n{ike}local_id = "{side}.natlab"\nremote_id = "{other}.natlab"\npsk = "{PSK}"\n'
-            f'proposals = ["{IKE_PROPOSAL}"]\nesp = ["{ESP_PROPOSAL}"]\nmode = "{mode}"\n'
-            f'local_ts = ["{ts[side]}/32"]\nremote_ts = ["{ts[other]}/32"]\nkeepalive = {keepalive:g}\n')
+    own = server_ip(1) if side == "srv1" else client_ip(int(side[1:]))
+    other = "h1" if side == "srv1" else "srv1"
+    mine, theirs = (INNER[side], INNER[other]) if inner else (own, server_ip(1) if other == "srv1" else client_ip(1))
+    remote = f"{theirs}/32" if side != "srv1" or clients == 1 else INSIDE_NET
+    if side == "srv1":
+        ike = 'role = "responder"\n' + ('remote_id = "h1.natlab"\n' if clients == 1 else "")
+    else:
+        ike = f'role = "initiator"\npeer = "{server_ip(1)}"\nremote_id = "srv1.natlab"\n'
+    child = f'ah = ["{ah}"]\n' if ah else f'esp = ["{esp}"]\n'
+    return (f'[agent]\nname = "{side}"\nroutes = ["{remote}"]\naddress = "{own}"\nmtu = {mtu}\n\n'
+            f'[ike]\n{ike}local_id = "{side}.natlab"\npsk = "{PSK}"\nproposals = ["{IKE_PROPOSAL}"]\n{child}'
+            f'mode = "{mode}"\nlocal_ts = ["{mine}/32"]\nremote_ts = ["{remote}"]\nkeepalive = {keepalive:g}\n')
 
 
 def write_config(folder: Path, side: str, **kw) -> Path:

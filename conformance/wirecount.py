@@ -136,12 +136,12 @@ class WireCount:
             self.lease_ip_bytes += p.total_length
 
 
-def count(pcap: bytes) -> WireCount:
-    """Count every IPv4 frame of ``pcap`` (capture markers and ARP left out)."""
+def count(pcap: bytes, start: float = 0.0, end: float = float("inf")) -> WireCount:
+    """Count every IPv4 frame of ``pcap`` captured in [start, end] (capture markers and ARP left out)."""
     seen = WireCount()
     for frame in frames(pcap):
         p = ipv4(frame)
-        if p is not None:
+        if p is not None and start <= frame.time <= end:
             seen.add(frame, p)
     return seen
 

@@ -67,3 +67,8 @@ def test_a_truncated_last_record_and_short_frames_are_left_out():
     short = HEADER + struct.pack("<IIII", 1, 0, 20, 1500) + ETH + bytes(6)
     assert wirecount.count(short).frames == 0
     assert wirecount.largest({}) == 0
+
+
+def test_a_time_window_counts_only_its_frames():
+    pcap = _pcap((1.0, _esp(100)), (2.0, _esp(200)), (3.0, _esp(300)))
+    assert wirecount.count(pcap, 1.5, 2.5).ip_bytes == 200

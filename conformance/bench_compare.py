@@ -1,0 +1,322 @@
+"""``natlab bench compare``: a benchmark, not a test. The seed's method beside NAT-T, side by side (issue 15 item 4).
+
+On one testbed, h1 -> s1 -> r1 -> s2 -> srv1, the same applications (iperf3 TCP and UDP), the same suite
+(ESP AES-GCM-128) and the same inner MTU (1400: libipsec's ``ipsec0``; TCP MSS 1360, UDP datagrams of
+1372 bytes), variants in alternating rounds with fresh peers each time:
+
+- ``seed``: (a) the extensible NAT and the client module: raw ESP, transport mode, leases, compensation;
+- ``natt-napt``: (b) natlab's NAT-T (tunnel mode, ESP in UDP/4500) through natlab's NAPT, no leases;
+- ``swan-napt``: (d) strongSwan's charon (kernel-libipsec) on both ends, NAT-T tunnel through the NAPT;
+- ``clear-napt``: (e) cleartext through the NAPT;
+
+then, on a second testbed whose r1 is a Linux conntrack masquerade (one testbed at a time), ``natt-classic``
+(c) beside ``clear-classic``. Per variant and round: TCP and UDP goodput (iperf3), bytes on the wire per
+payload byte (from a capture of srv1's link during a fixed TCP transfer, both directions, never computed),
+time from starting the peers to the first protected packet on srv1's wire, CPU per packet of each peer
+(its process's CPU time over the packets through its TUN); in the first round, a quiet spell captured for
+keepalives and lease frames per client per hour. Then which of {ESP, AH} x {transport, tunnel} each
+method sets up at all, 1/3/8 clients behind one global IP (aggregate goodput; r1's fast path vs the
+controller), and natlab NAT-T / strongSwan with a cProfile of natlab's agents if they are the slower.
+Writes ``bench-compare.json``, ``.txt`` and ``.png`` in ``reports/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from client_agent.agent_cli import AgentProcess
+from conformance import wirecount
+from conformance.bench import save_result
+from conformance.bench_e2e import nat_path
+from conformance.evidence import captures
+from conformance.matrix import Cell, behind_nat, clients
+from conformance.natt_peers import PSK, TUN_MTU, write_config
+from conformance.scenarios.baseline import wait_for_child
+from netwire.plan import client_ip, server_ip
+from topo.charon import INNER, CharonError, charon_in, initiate, inner_addresses, installed_sas, peering
+from topo.testbed import Testbed, TestbedError
+
+SEED, NATT, SWAN, CLEAR = "seed", "natt-napt", "swan-napt", "clear-napt"
+NATT_CLASSIC, CLEAR_CLASSIC = "natt-classic", "clear-classic"
+EXTENSIBLE = (SEED, NATT, SWAN, CLEAR)
+CLASSIC = (NATT_CLASSIC, CLEAR_CLASSIC)
+LABELS = {
+    SEED: "(a) seed: extensible NAT + compensation, raw ESP transport, leases",
+    NATT: "(b) natlab NAT-T tunnel through natlab's NAPT",
+    NATT_CLASSIC: "(c) natlab NAT-T tunnel through the classic Linux NAT",
+    SWAN: "(d) strongSwan libipsec NAT-T tunnel through natlab's NAPT",
+    CLEAR: "(e) cleartext through natlab's NAPT",
+    CLEAR_CLASSIC: "cleartext through the classic Linux NAT (the reference for (c))",
+}
+CELL = Cell("esp", "transport")  # (a)'s suite: ESP AES-GCM-128, what every NAT-T variant proposes too
+MSS = TUN_MTU - 40  # TCP's segments as a 1400-byte MTU makes them, in every variant
+UDP_LEN = TUN_MTU - 28
+IPERF_PORT = 5201
+PROBE_PORT = 9  # discard: the probe's datagrams need no answer
+TRANSFER = "4M"  # the captured fixed TCP transfer (bytes on the wire per payload byte)
+SNAPLEN = 128  # enough for the headers, the UDP/4500 payload's first bytes and a capture marker
+KEEPALIVE_S = 20  # RFC 3948 section 4's default, natlab's and charon's
+STATS_S = 2.5  # r1's flow counters are read every 2 s
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=3, help="length of each iperf3 run (default 3)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants (default 2)")
+    p.add_argument("--clients", default="1,3,8", help="client counts behind one global IP (default 1,3,8; '' none)")
+    p.add_argument("--udp-rate", default="400M", help="iperf3 UDP offered rate (default 400M)")
+    p.add_argument("--quiet", type=float, default=21, help="quiet capture for keepalives, round 1 (default 21 s)")
+    p.add_argument("--no-classic", action="store_true", help="skip (c), the classic-NAT testbed")
+    p.add_argument("--no-profile", action="store_true", help="skip the profiled run of the slower NAT-T datapath")
+    p.add_argument("--out", default="reports", help="where bench-compare.json, .txt and .png go (default reports/)")
+
+
+@dataclass
+class Peer:
+    """One IPsec peer process: its host, pid (for CPU time) and TUN device (for packet counts)."""
+
+    side: str
+    host: object
+    pid: int
+    tun: str = "ipsec0"
+
+
+@dataclass
+class Session:
+    """A variant's peers, up: where the applications send, from which address, and who does the work."""
+
+    target: str
+    bind: str | None = None
+    peers: list[Peer] = field(default_factory=list)
+
+
+def run(args: argparse.Namespace) -> int:
+    counts = [int(n) for n in args.clients.split(",") if n.strip()]
+    print(f"natlab bench compare: {args.rounds} alternating rounds of {', '.join(EXTENSIBLE)} "
+          f"({args.seconds:g} s iperf3 TCP and UDP each)" + ("" if args.no_classic else f", then {', '.join(CLASSIC)}")
+          + (f"; clients {counts}" if counts else ""))
+    try:
+        result = bench_compare(args, counts)
+    except (TestbedError, RuntimeError, CharonError) as exc:
+        print(f"natlab bench compare: {exc}", file=sys.stderr)
+        return 1
+    path = save_result("compare", result, args.out)
+    table = format_table(result)
+    path.with_suffix(".txt").write_text(table + "\n")
+    from conformance.plots import compare as compare_plot
+
+    path.with_suffix(".png").write_bytes(compare_plot(result))
+    print(table)
+    print(f"written to {path}, {path.with_suffix('.txt')} and {path.with_suffix('.png')}")
+    return 0
+
+
+def bench_compare(args: argparse.Namespace, counts: list[int], log=print) -> dict:
+    with tempfile.TemporaryDirectory(prefix="natlab-bench-compare-") as tmp:
+        work = Path(tmp)
+        size = max([1, *counts])
+        with Testbed(clients=size, servers=1, globals=1) as tb:
+            runs = _rounds(tb, EXTENSIBLE, args, work / "extensible", log)
+            modes = supported_modes(tb, work / "modes", log)
+            scaling = {n: _scaling(tb, n, args.seconds, work / f"clients-{n}", log) for n in counts}
+            profile = _profile_slower(tb, runs, args, work / "profile", log)
+        if not args.no_classic:
+            with Testbed(clients=1, servers=1, globals=1, nat="classic") as tb:
+                runs |= _rounds(tb, CLASSIC, args, work / "classic", log)
+    return summarise(runs, modes, scaling, profile, args)
+
+
+def _rounds(tb: Testbed, variants: tuple[str, ...], args: argparse.Namespace, work: Path, log) -> dict[str, list]:
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    srv1 = tb.host("srv1")
+    from conformance.apps import iperf3_server
+
+    with iperf3_server(srv1, IPERF_PORT):
+        for r in range(1, args.rounds + 1):
+            for variant in variants:
+                quiet = args.quiet if r == 1 else 0
+                runs[variant].append(one_run(tb, variant, args, work / f"r{r}-{variant}", quiet))
+            log(f"  round {r}/{args.rounds}: " + ", ".join(
+                f"{v} TCP {runs[v][-1]['tcp_bps'] / 1e6:.0f} UDP {runs[v][-1]['udp_bps'] / 1e6:.0f}"
+                for v in variants) + " Mbit/s")
+    return runs
+
+
+# ----------------------------------------------------------------------------- one variant's peers
+
+
+@contextmanager
+def session(tb: Testbed, variant: str, work: Path, n: int = 1) -> Iterator[Session]:
+    """The peers of ``variant`` up (SAs installed) for clients h1..hn; torn down on leaving."""
+    makers = {SEED: _seed, NATT: _natt, NATT_CLASSIC: _natt, SWAN: _swan, CLEAR: _clear, CLEAR_CLASSIC: _clear}
+    with makers[variant](tb, work, n) as s:
+        yield s
+
+
+@contextmanager
+def _clear(tb: Testbed, work: Path, n: int) -> Iterator[Session]:
+    yield Session(server_ip(1))
+
+
+@contextmanager
+def _seed(tb: Testbed, work: Path, n: int) -> Iterator[Session]:
+    members, peer = behind_nat(CELL, clients(n, 1))
+    with ExitStack() as stack:
+        receiver = stack.enter_context(AgentProcess(tb.host("srv1"), replace(peer, mtu=TUN_MTU), work / "srv1"))
+        senders = [stack.enter_context(AgentProcess(tb.host(c.name), replace(c, mtu=TUN_MTU), work / c.name))
+                   for c in members]
+        yield Session(server_ip(1), peers=[_agent_peer(a) for a in (*senders, receiver)])
+
+
+@contextmanager
+def _natt(tb: Testbed, work: Path, n: int) -> Iterator[Session]:
+    hosts = [f"h{i}" for i in range(1, n + 1)]
+    with ExitStack() as stack:
+        responder = stack.enter_context(AgentProcess(
+            tb.host("srv1"), write_config(work, "srv1", keepalive=KEEPALIVE_S, clients=n), work / "srv1"))
+        initiators = [stack.enter_context(AgentProcess(
+            tb.host(h), write_config(work, h, keepalive=KEEPALIVE_S), work / h)) for h in hosts]
+        for agent in (*initiators, responder):
+            if not wait_for_child(agent):
+                raise RuntimeError(f"NAT-T: no CHILD_SA in {agent.host.name}: {agent.log_tail()}")
+        yield Session(server_ip(1), peers=[_agent_peer(a) for a in (*initiators, responder)])
+
+
+@contextmanager
+def _swan(tb: Testbed, work: Path, n: int) -> Iterator[Session]:
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    inner_addresses(h1, srv1)
+    try:
+        with ExitStack() as stack:
+            responder, rpid = stack.enter_context(charon_in(srv1, work / "srv1", peering("srv1", PSK, initiator=False)))
+            initiator, ipid = stack.enter_context(charon_in(h1, work / "h1", peering("h1", PSK, initiator=True)))
+            initiate(h1, initiator)
+            if "INSTALLED" not in installed_sas(srv1, responder):
+                raise RuntimeError("strongSwan: no CHILD_SA installed")
+            yield Session(INNER["srv1"], INNER["h1"], [Peer("h1", h1, ipid), Peer("srv1", srv1, rpid)])
+    finally:
+        for host in (h1, srv1):
+            host.cmd(f"ip addr del {INNER[host.name]}/32 dev lo")
+
+
+def _agent_peer(agent: AgentProcess) -> Peer:
+    if agent.proc is None:
+        raise RuntimeError(f"agent in {agent.host.name} is not running")
+    return Peer(agent.host.name, agent.host, agent.proc.pid, agent.config.tun if agent.config else "ipsec0")
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+def one_run(tb: Testbed, variant: str, args: argparse.Namespace, work: Path, quiet: float) -> dict:
+    """Peers up under capture (time to first protected packet), a captured fixed transfer (wire bytes per
+    payload byte), TCP and UDP goodput with CPU per packet, and a captured quiet spell (keepalives)."""
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    out: dict = {}
+    with ExitStack() as stack:
+        pcaps = stack.enter_context(captures([(srv1, "srv1-eth0"), (h1, "h1-eth0")], work / "pcap", SNAPLEN))
+        t0 = time.time()
+        probe = _probe(h1, _probe_target(variant), INNER["h1"] if variant == SWAN else None)
+        s = stack.enter_context(session(tb, variant, work))
+        out["setup_s"] = round(time.time() - t0, 3)
+        stack.callback(probe.kill)
+        a = time.time()
+        transfer = iperf3(h1, s.target, s.bind, count=TRANSFER)
+        b = time.time()
+        out |= goodput(s, h1, args)
+        quiet_from = time.time()
+        time.sleep(quiet)
+        quiet_to = time.time()
+        stack.close()
+    out |= wire_figures(pcaps, t0, (a, b), transfer, (quiet_from, quiet_to) if quiet else None)
+    return out
+
+
+def _probe_target(variant: str) -> str:
+    return INNER["srv1"] if variant == SWAN else server_ip(1)
+
+
+def _probe(host, target: str, source: str | None):
+    """A UDP datagram to ``target`` every 10 ms for up to 30 s, from ``source``: the first protected packet on
+    the wire comes as soon as the peers can protect one. (Before that, what leaves in clear is not counted.)"""
+    code = ("import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            + (f"s.bind(('{source}',0))\n" if source else "")
+            + "end=time.time()+30\nwhile time.time()<end:\n"
+            + f" try: s.sendto(b'p',('{target}',{PROBE_PORT}))\n except OSError: pass\n time.sleep(0.01)\n")
+    return host.popen([sys.executable, "-c", code])
+
+
+def goodput(s: Session, h1, args: argparse.Namespace) -> dict:
+    """iperf3 TCP with the peers' CPU and TUN packets read around it, then iperf3 UDP."""
+    before = [_cpu_and_packets(p) for p in s.peers]
+    tcp = iperf3(h1, s.target, s.bind, seconds=args.seconds)
+    after = [_cpu_and_packets(p) for p in s.peers]
+    udp = iperf3(h1, s.target, s.bind, seconds=args.seconds, udp_rate=args.udp_rate)
+    cpu = {p.side: round((a[0] - b[0]) / max(a[1] - b[1], 1) * 1e6, 1) for p, b, a in zip(s.peers, before, after,
+                                                                                          strict=True)}
+    return {"tcp_bps": tcp["bps"], "udp_bps": udp["bps"], "udp_loss": udp.get("loss"), "cpu_us_per_packet": cpu,
+            **({"errors": [e for e in (tcp.get("error"), udp.get("error")) if e]}
+               if tcp.get("error") or udp.get("error") else {})}
+
+
+def _cpu_and_packets(p: Peer) -> tuple[float, int]:
+    """(user + system CPU seconds of the peer's process, packets through its TUN both ways)."""
+    from conformance.bench_ipsec import TICKS
+
+    fields = Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    stats = p.host.cmd(f"cat /sys/class/net/{p.tun}/statistics/rx_packets /sys/class/net/{p.tun}/statistics/tx_packets")
+    packets = sum(int(x) for x in stats.split() if x.isdigit())
+    return (int(fields[11]) + int(fields[12])) / TICKS, packets
+
+
+def iperf3(host, target: str, bind: str | None, *, seconds: float = 0, count: str = "",
+           udp_rate: str | None = None) -> dict:
+    """iperf3 client from ``host``: TCP (MSS :data:`MSS`) or UDP (``udp_rate``, :data:`UDP_LEN`-byte datagrams);
+    ``bps`` is the goodput the receiver saw, ``bytes`` what it received."""
+    length = f"-u -b {udp_rate} -l {UDP_LEN}" if udp_rate else f"-M {MSS}"
+    span = f"-n {count}" if count else f"-t {seconds:g}"
+    out = host.cmd(f"iperf3 -c {target} -p {IPERF_PORT} {span} {length} {'-B ' + bind if bind else ''} -J")
+    try:
+        end = json.loads(out[out.index("{"):])["end"]
+    except (ValueError, KeyError):
+        return {"bps": 0.0, "bytes": 0, "error": out.strip()[-300:]}
+    if udp_rate:
+        s = end["sum"]
+        got = s.get("packets", 0) - s.get("lost_packets", 0)
+        return {"bps": got * UDP_LEN * 8 / max(s.get("seconds", seconds), 1e-9), "bytes": got * UDP_LEN,
+                "loss": round(s.get("lost_percent", 0.0), 1)}
+    r = end["sum_received"]
+    return {"bps": r["bits_per_second"], "bytes": r["bytes"]}
+
+
+def wire_figures(pcaps: dict[str, Path], t0: float, transfer_span: tuple[float, float], transfer: dict,
+                 quiet: tuple[float, float] | None) -> dict:
+    """From the captures: first protected packet, wire bytes per payload byte, keepalives and leases per hour."""
+    srv1, h1 = pcaps["srv1-eth0"].read_bytes(), pcaps["h1-eth0"].read_bytes()
+    setup = wirecount.count(srv1, t0)
+    moved = wirecount.count(srv1, *transfer_span)
+    out = {
+        "first_protected_s": round(setup.first_protected - t0, 3) if setup.first_protected else None,
+        "wire_bytes_per_payload_byte": round(moved.ip_bytes / max(transfer["bytes"], 1), 4),
+        "wire_frame_bytes_per_payload_byte": round(moved.frame_bytes / max(transfer["bytes"], 1), 4),
+        "data_packet_ip_bytes": wirecount.largest(moved.sizes),
+        "transfer_frames": moved.frames,
+    }
+    if quiet:
+        span = quiet[1] - quiet[0]
+        at_srv1, at_h1 = wirecount.count(srv1, *quiet), wirecount.count(h1, *quiet)
+        out["quiet"] = {"seconds": round(span, 1), "keepalives": at_srv1.keepalives,
+                        "keepalives_per_hour": round(at_srv1.keepalives * 3600 / span, 1),
+                        "keepalive_bytes_per_hour": round(at_srv1.keepalive_ip_bytes * 3600 / span),
+                        "lease_frames": at_h1.lease_frames, "frames_at_srv1": at_srv1.frames,
+                        "frames_at_srv1_per_hour": round(at_srv1.frames * 3600 / span, 1)}
+    return out
