@@ -33,6 +33,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from client_agent.agent_cli import AgentProcess
 from conformance import wirecount
@@ -40,9 +41,8 @@ from conformance.bench import save_result
 from conformance.bench_e2e import nat_path
 from conformance.evidence import captures
 from conformance.matrix import Cell, behind_nat, clients
-from conformance.natt_peers import PSK, TUN_MTU, write_config
-from conformance.scenarios.baseline import wait_for_child
-from netwire.plan import client_ip, server_ip
+from conformance.natt_peers import PSK, TUN_MTU, wait_for_child, write_config
+from netwire.plan import server_ip
 from topo.charon import INNER, CharonError, charon_in, initiate, inner_addresses, installed_sas, peering
 from topo.testbed import Testbed, TestbedError
 
@@ -85,7 +85,7 @@ class Peer:
     """One IPsec peer process: its host, pid (for CPU time) and TUN device (for packet counts)."""
 
     side: str
-    host: object
+    host: Any  # a Mininet host
     pid: int
     tun: str = "ipsec0"
 
@@ -320,3 +320,277 @@ def wire_figures(pcaps: dict[str, Path], t0: float, transfer_span: tuple[float, 
                         "lease_frames": at_h1.lease_frames, "frames_at_srv1": at_srv1.frames,
                         "frames_at_srv1_per_hour": round(at_srv1.frames * 3600 / span, 1)}
     return out
+
+
+# ----------------------------------------------------------------------------- which modes work at all
+
+METHODS = (SEED, NATT, SWAN)
+SUITE_OF = {"esp": "aes128gcm16", "ah": "sha256"}  # natlab's and strongSwan's keywords for the matrix's suites
+
+
+def supported_modes(tb: Testbed, work: Path, log) -> dict[str, dict[str, str]]:
+    """For each method, each of {ESP, AH} x {transport, tunnel}: "works", or how it failed (never skipped)."""
+    from conformance.matrix import CELLS
+
+    attempts = {SEED: _seed_cell, NATT: _natt_cell, SWAN: _swan_cell}
+    table: dict[str, dict[str, str]] = {}
+    for method in METHODS:
+        for cell in CELLS:
+            try:
+                verdict = attempts[method](tb, cell, work / f"{method}-{cell.name}")
+            except (RuntimeError, CharonError, OSError) as exc:
+                verdict = f"fails: {str(exc).splitlines()[0][:160]}"
+            table.setdefault(method, {})[cell.name] = verdict
+        log(f"  modes, {method}: " + ", ".join(f"{c} {v.split(':')[0]}" for c, v in table[method].items()))
+    return table
+
+
+def _moved(host, target: str, bind: str | None, server) -> str:
+    """A 512 KB TCP transfer through the protected path: "works" if the receiver got all of it."""
+    from conformance.apps import Service
+
+    with Service(server, ["iperf3", "-s", "-p", str(IPERF_PORT + 1)]):
+        out = host.cmd(f"iperf3 -c {target} -p {IPERF_PORT + 1} -n 512K {'-B ' + bind if bind else ''} "
+                       "--connect-timeout 3000 -J")
+    try:
+        got = json.loads(out[out.index("{"):])["end"]["sum_received"]["bytes"]
+    except (ValueError, KeyError):
+        return "fails: iperf3 moved nothing (" + out.strip().splitlines()[-1][:120] + ")" if out.strip() else "fails"
+    return "works" if got >= 512 * 1024 else f"fails: {got} of {512 * 1024} bytes arrived"
+
+
+def _seed_cell(tb: Testbed, cell: Cell, work: Path) -> str:
+    (member,), peer = behind_nat(cell, clients(1, 1))
+    with AgentProcess(tb.host(cell.peer), peer, work / cell.peer), AgentProcess(tb.host("h1"), member, work / "h1"):
+        return _moved(tb.host("h1"), cell.target[1], None, tb.host(cell.target[0]))
+
+
+def _natt_cell(tb: Testbed, cell: Cell, work: Path) -> str:
+    """natlab's agents negotiate ``cell`` by IKE through the NAPT (NAT-D finds the NAT); does traffic cross?"""
+    refused = _check_refuses(cell, work)
+    kw = {"ah": SUITE_OF["ah"]} if cell.protocol == "ah" else {}
+    with AgentProcess(tb.host("srv1"), write_config(work, "srv1", keepalive=KEEPALIVE_S, mode=cell.mode, **kw),
+                      work / "srv1") as responder, \
+            AgentProcess(tb.host("h1"), write_config(work, "h1", keepalive=KEEPALIVE_S, mode=cell.mode, **kw),
+                         work / "h1") as initiator:
+        if not wait_for_child(initiator, timeout=8):
+            return f"fails: no CHILD_SA ({initiator.log_tail(1)[-140:]}){refused}"
+        moved = _moved(tb.host("h1"), server_ip(1), None, tb.host("srv1"))
+        encap = (initiator.status().get("ike") or {}).get("natt", {}).get("counters", {}).get("esp_sent", 0)
+        responder.refresh()
+    return f"{moved}{'' if encap or moved != 'works' else ' (but not UDP-encapsulated)'}{refused}"
+
+
+def _check_refuses(cell: Cell, work: Path) -> str:
+    """With AH, ``natlab agent --check`` on the same config with ``force_encap = true``: its refusal, quoted."""
+    if cell.protocol != "ah":
+        return ""
+    import subprocess
+
+    path = write_config(work / "check", "h1", keepalive=KEEPALIVE_S, mode=cell.mode, ah=SUITE_OF["ah"])
+    path.write_text(path.read_text() + "force_encap = true\n")
+    out = subprocess.run([sys.executable, "-m", "client_agent.agent_cli", "--check", "--config", str(path)],
+                         capture_output=True, text=True, timeout=30)
+    said = (out.stdout + out.stderr).strip().splitlines()
+    return f"; force_encap refused at --check: {said[-1][:140]}" if out.returncode and said else ""
+
+
+def _swan_cell(tb: Testbed, cell: Cell, work: Path) -> str:
+    """charon on both ends asked for ``cell``: libipsec installs only ESP-in-UDP tunnels; what it says otherwise."""
+    h1, srv1 = tb.host("h1"), tb.host("srv1")
+    kw = {"mode": cell.mode, **({"ah": SUITE_OF["ah"]} if cell.protocol == "ah" else {})}
+    inner_addresses(h1, srv1)
+    try:
+        with charon_in(srv1, work / "srv1", peering("srv1", PSK, initiator=False, **kw)) as (responder, _), \
+                charon_in(h1, work / "h1", peering("h1", PSK, initiator=True, **kw)) as (initiator, _):
+            said = initiate(h1, initiator)
+            if "INSTALLED" not in installed_sas(srv1, responder, timeout=3):
+                return "fails: " + _charon_refusal(said, initiator.log, responder.log)
+            return _moved(h1, INNER["srv1"], INNER["h1"], srv1)
+    finally:
+        for host in (h1, srv1):
+            host.cmd(f"ip addr del {INNER[host.name]}/32 dev lo")
+
+
+def _charon_refusal(said: str, *logs: Path) -> str:
+    """charon's own words for a refused CHILD_SA (libipsec: "unsupported mode", "protocol not supported")."""
+    keys = ("unsupported", "not supported", "NO_PROPOSAL_CHOSEN", "failed to establish CHILD_SA", "only UDP")
+    lines = [line.strip() for log in logs if log.exists() for line in log.read_text(errors="replace").splitlines()]
+    found = [line for line in lines if any(k in line for k in keys)]
+    return (found[0] if found else said.strip().splitlines()[-1] if said.strip() else "no CHILD_SA")[:160]
+
+
+# ----------------------------------------------------------------------------- clients behind one global IP
+
+
+def _scaling(tb: Testbed, n: int, seconds: float, work: Path, log) -> dict[str, dict]:
+    """``n`` clients behind one global IP at once to srv1: aggregate TCP goodput, r1's fast vs slow path."""
+    out = {}
+    for variant in (SEED, NATT, CLEAR):
+        try:
+            with session(tb, variant, work / variant, n):
+                out[variant] = _all_at_once(tb, n, seconds)
+        except (RuntimeError, CharonError) as exc:
+            out[variant] = {"error": str(exc)[:300]}
+        row = out[variant]
+        log(f"  {n} clients, {variant}: " + (f"{row['aggregate_bps'] / 1e6:.0f} Mbit/s, fast path "
+                                              f"{row['path']['fast_path']}, slow path {row['path']['slow_path']} pkts"
+                                              if "error" not in row else row["error"][:120]))
+    return out
+
+
+def _all_at_once(tb: Testbed, n: int, seconds: float) -> dict:
+    from conformance.apps import Service
+
+    srv1 = tb.host("srv1")
+    ports = [IPERF_PORT + 100 + i for i in range(n)]
+    with ExitStack() as stack:
+        for port in ports:
+            stack.enter_context(Service(srv1, ["iperf3", "-s", "-p", str(port)]))
+        time.sleep(STATS_S)
+        before = tb.table()
+        procs = [tb.host(f"h{i + 1}").popen(f"iperf3 -c {server_ip(1)} -p {port} -t {seconds:g} -M {MSS} -J".split(),
+                                            stdout=-1, stderr=-1, text=True) for i, port in enumerate(ports)]
+        results = [_received_bps(p.communicate(timeout=seconds + 60)[0]) for p in procs]
+        time.sleep(STATS_S)
+        after = tb.table()
+    return {"aggregate_bps": sum(results), "per_client_bps": [round(x) for x in results],
+            "path": nat_path(before, after)}
+
+
+def _received_bps(out: str) -> float:
+    try:
+        return float(json.loads(out[out.index("{"):])["end"]["sum_received"]["bits_per_second"])
+    except (ValueError, KeyError):
+        return 0.0
+
+
+# ----------------------------------------------------------------------------- the slower datapath's profile
+
+
+def _profile_slower(tb: Testbed, runs: dict[str, list], args: argparse.Namespace, work: Path, log) -> dict:
+    """natlab NAT-T / strongSwan; if natlab's is the slower, one more run with both agents under cProfile."""
+    tcp = {v: statistics.median(r["tcp_bps"] for r in runs[v]) for v in (NATT, SWAN)}
+    slower = NATT if tcp[NATT] <= tcp[SWAN] else SWAN
+    out: dict = {"slower": slower, "tcp_bps": tcp}
+    if slower == SWAN:
+        out["note"] = "strongSwan is the slower: no profiler for charon here (py-spy and perf are not installed)"
+        return out
+    if args.no_profile:
+        return out
+    from conformance.bench_ipsec import _profile_summary
+
+    with _natt_profiled(tb, work) as (target, prof):
+        out["bps_while_profiled"] = iperf3(tb.host("h1"), target, None, seconds=args.seconds)["bps"]
+    out |= {side: _profile_summary(path) for side, path in prof.items()}
+    log(f"  profiled natlab NAT-T: {out['bps_while_profiled'] / 1e6:.0f} Mbit/s under cProfile")
+    return out
+
+
+@contextmanager
+def _natt_profiled(tb: Testbed, work: Path) -> Iterator[tuple[str, dict[str, Path]]]:
+    prof = {side: work / f"{side}.prof" for side in ("h1", "srv1")}
+    from conformance.apps import iperf3_server
+
+    with AgentProcess(tb.host("srv1"), write_config(work, "srv1", keepalive=KEEPALIVE_S), work / "srv1",
+                      "--profile", str(prof["srv1"])) as responder, \
+            AgentProcess(tb.host("h1"), write_config(work, "h1", keepalive=KEEPALIVE_S), work / "h1",
+                         "--profile", str(prof["h1"])) as initiator, iperf3_server(tb.host("srv1"), IPERF_PORT):
+        if not (wait_for_child(initiator) and wait_for_child(responder)):
+            raise RuntimeError(f"profiled NAT-T run: no CHILD_SA: {initiator.log_tail()}")
+        yield server_ip(1), prof
+
+
+# ----------------------------------------------------------------------------- summary and table
+
+
+def _median(rows: list[dict], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarise(runs: dict[str, list], modes: dict, scaling: dict, profile: dict, args: argparse.Namespace) -> dict:
+    medians: dict[str, dict[str, Any]] = {v: {k: _median(rows, k) for k in ("tcp_bps", "udp_bps", "wire_bytes_per_payload_byte",
+                                                   "first_protected_s", "setup_s", "data_packet_ip_bytes")}
+               for v, rows in runs.items()}
+    for v, rows in runs.items():
+        sides = sorted({s for r in rows for s in r.get("cpu_us_per_packet", {})})
+        medians[v]["cpu_us_per_packet"] = {s: statistics.median(r["cpu_us_per_packet"][s] for r in rows
+                                                                if s in r.get("cpu_us_per_packet", {})) for s in sides}
+        medians[v]["quiet"] = rows[0].get("quiet")
+    per_round = [round(a["tcp_bps"] / b["tcp_bps"], 3) if b["tcp_bps"] else 0.0
+                 for a, b in zip(runs.get(NATT, []), runs.get(SWAN, []), strict=False)]
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "labels": {v: LABELS[v] for v in runs},
+        "settings": {"seconds": args.seconds, "rounds": args.rounds, "udp_rate": args.udp_rate, "tun_mtu": TUN_MTU,
+                     "tcp_mss": MSS, "udp_len": UDP_LEN, "suite": "ESP AES-GCM-128 (RFC 4106)",
+                     "quiet_s": args.quiet, "keepalive_s": KEEPALIVE_S},
+        "order": "alternating per round: " + ", ".join(EXTENSIBLE) + "; then on the classic testbed: "
+                 + ", ".join(CLASSIC),
+        "runs": runs, "medians": medians, "modes": modes,
+        "natlab_natt_over_strongswan": {"per_round": per_round,
+                                        "of_medians": _ratio(medians.get(NATT), medians.get(SWAN))},
+        "scaling": {str(n): rows for n, rows in scaling.items()}, "profile": profile,
+    }
+
+
+def _ratio(a: dict | None, b: dict | None) -> float | None:
+    if not a or not b or not a.get("tcp_bps") or not b.get("tcp_bps"):
+        return None
+    return round(a["tcp_bps"] / b["tcp_bps"], 3)
+
+
+def _fmt(x: float | None, scale: float = 1.0, digits: int = 0) -> str:
+    return "-" if x is None else f"{x / scale:.{digits}f}"
+
+
+def format_table(result: dict) -> str:
+    med, s = result["medians"], result["settings"]
+    lines = [f"natlab bench compare: {s['suite']}, inner MTU {s['tun_mtu']} (TCP MSS {s['tcp_mss']}, UDP "
+             f"{s['udp_len']} B), {s['rounds']} rounds of {s['seconds']:g} s, medians",
+             f"  {'variant':13s} {'TCP':>6s} {'UDP':>6s} {'wire/payload':>12s} {'data pkt':>8s} {'1st prot.':>9s} "
+             f"{'keepalives/h':>12s} {'CPU us/pkt (peers)':>22s}"]
+    for v, m in med.items():
+        quiet = m.get("quiet") or {}
+        cpu = ", ".join(f"{k} {x:.1f}" for k, x in m["cpu_us_per_packet"].items()) or "-"
+        lines.append(f"  {v:13s} {_fmt(m['tcp_bps'], 1e6):>6s} {_fmt(m['udp_bps'], 1e6):>6s} "
+                     f"{_fmt(m['wire_bytes_per_payload_byte'], digits=3):>12s} {_fmt(m['data_packet_ip_bytes']):>8s} "
+                     f"{_fmt(m['first_protected_s'], digits=2):>8s}s {_fmt(quiet.get('keepalives_per_hour')):>12s} "
+                     f"{cpu:>22s}")
+    ratio = result["natlab_natt_over_strongswan"]
+    lines.append("  (Mbit/s; wire = IP bytes on srv1's link, both directions, per iperf3 payload byte; 1st prot. = "
+                 "peers started -> first protected packet on srv1's wire)")
+    lines.append(f"  natlab NAT-T / strongSwan, TCP: {ratio['of_medians']} (rounds {ratio['per_round']})")
+    lines += _modes_lines(result["modes"]) + _scaling_lines(result["scaling"]) + _profile_lines(result["profile"])
+    return "\n".join(lines)
+
+
+def _modes_lines(modes: dict) -> list[str]:
+    lines = ["", "which {ESP, AH} x {transport, tunnel} each method sets up (an iperf3 transfer through it)"]
+    for method, cells in modes.items():
+        for cell, verdict in cells.items():
+            lines.append(f"  {method:10s} {cell:14s} {verdict}")
+    return lines
+
+
+def _scaling_lines(scaling: dict) -> list[str]:
+    lines = ["", "clients behind one global IP, all at once to srv1: aggregate TCP Mbit/s; r1 fast path / slow path pkts"]
+    for n, rows in scaling.items():
+        cells = [f"{v} " + (f"{r['aggregate_bps'] / 1e6:.0f} ({r['path']['fast_path']:,d} / {r['path']['slow_path']:,d})"
+                            if "error" not in r else "error") for v, r in rows.items()]
+        lines.append(f"  {n:>2s} clients: " + "; ".join(cells))
+    return lines
+
+
+def _profile_lines(profile: dict) -> list[str]:
+    if not profile:
+        return []
+    lines = ["", f"slower NAT-T datapath: {profile.get('slower')} {profile.get('note', '')}".rstrip()]
+    for side in ("h1", "srv1"):
+        if side in profile:
+            share = profile[side]["share"]
+            lines.append(f"  {side}: busy {profile[side]['busy_seconds']:.1f} s: crypto {share['crypto']:.0%}, system "
+                         f"calls {share['syscalls']:.0%}, Python {share['python']:.0%}; top: " + ", ".join(
+                             f"{t['function'].rsplit('/', 1)[-1]} {t['share']:.0%}" for t in profile[side]["top"][:4]))
+    return lines

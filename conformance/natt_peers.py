@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,16 @@ def agent_config(side: str, *, keepalive: float, inner: bool = False, mtu: int =
     return (f'[agent]\nname = "{side}"\nroutes = ["{remote}"]\naddress = "{own}"\nmtu = {mtu}\n\n'
             f'[ike]\n{ike}local_id = "{side}.natlab"\npsk = "{PSK}"\nproposals = ["{IKE_PROPOSAL}"]\n{child}'
             f'mode = "{mode}"\nlocal_ts = ["{mine}/32"]\nremote_ts = ["{remote}"]\nkeepalive = {keepalive:g}\n')
+
+
+def wait_for_child(agent, timeout: float = 15) -> bool:
+    """Until the agent's status shows a negotiated CHILD_SA (False at ``timeout``: the judges then fail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (agent.status().get("ike") or {}).get("children", 0) >= 1:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def write_config(folder: Path, side: str, **kw) -> Path:

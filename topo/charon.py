@@ -35,12 +35,13 @@ def inner_addresses(*hosts) -> None:
         host.cmd(f"ip addr add {INNER[host.name]}/32 dev lo")
 
 
-def peering(host_name: str, psk: str, *, initiator: bool, esp: str = "aes128gcm16", mode: str = "tunnel") -> Peering:
+def peering(host_name: str, psk: str, *, initiator: bool, esp: str = "aes128gcm16", mode: str = "tunnel",
+            ah: str = "") -> Peering:
     """The swanctl connection of charon in ``host_name`` (h1 or srv1) to the other one; srv1 answers %any."""
     other = "srv1" if host_name == "h1" else "h1"
     address = {"h1": client_ip(1), "srv1": server_ip(1)}
     remote = address[other] if initiator else "%any"
-    return Peering(address[host_name], remote, IDS[host_name], IDS[other], psk, esp=esp, mode=mode,
+    return Peering(address[host_name], remote, IDS[host_name], IDS[other], psk, esp=esp, mode=mode, ah=ah,
                    local_ts=(f"{INNER[host_name]}/32",), remote_ts=(f"{INNER[other]}/32",))
 
 

@@ -30,7 +30,7 @@ from conformance import apps
 from conformance.bench import PlainForwarding
 from conformance.context import Context, Record
 from conformance.evidence import captures
-from conformance.natt_peers import PSK, NattWire, natt_checks, natt_wire, write_config
+from conformance.natt_peers import PSK, NattWire, natt_checks, natt_wire, wait_for_child, write_config
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
 from netwire.plan import server_ip
@@ -38,7 +38,6 @@ from topo.charon import INNER, charon_in, inner_addresses, installed_sas, peerin
 
 KEEPALIVE_S = 2  # short, so that a quiet spell of KEEPALIVE_S + 1.5 s must show one (RFC 3948 default: 20 s)
 HTTP_PORT = 8000
-WAIT_CHILD_S = 15
 
 
 @dataclass
@@ -67,16 +66,6 @@ def _fetch(h1, srv1, www: Path, marker: bytes, server: str, source: str | None =
     with apps.Service(srv1, serve, settle=0.8):
         body = h1.cmd(f"curl -s --max-time 10 {interface}http://{server}:{HTTP_PORT}/secret.txt")
     return body.encode().strip() == marker * 200
-
-
-def wait_for_child(agent: AgentProcess, timeout: float = WAIT_CHILD_S) -> bool:
-    """Until the agent's status shows a negotiated CHILD_SA (False at ``timeout``: the judges then fail)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (agent.status().get("ike") or {}).get("children", 0) >= 1:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def run_natlab_pair(tb, folder: Path, *, nat: bool) -> NattRun:
