@@ -10,6 +10,7 @@ from client_agent.ipsec.udpencap import KEEPALIVE, NATT_PORT, NON_ESP_MARKER
 from conformance import marker, wirecount
 from netwire.ipv4 import IPPROTO_ESP, IPPROTO_UDP, build_ipv4_header
 from netwire.pcp import SERVER_PORT
+from netwire.plan import global_ips, server_ip
 
 HEADER = struct.pack("<IHHiIII", wirecount.MAGIC_US, 2, 4, 0, 0, 128, 1)
 ETH = bytes(12) + (0x0800).to_bytes(2, "big")
@@ -17,11 +18,11 @@ ETH = bytes(12) + (0x0800).to_bytes(2, "big")
 
 def _udp(sport: int, dport: int, payload: bytes) -> bytes:
     udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    return build_ipv4_header(src="203.0.113.1", dst="203.0.113.100", protocol=IPPROTO_UDP, payload_len=len(udp)) + udp
+    return build_ipv4_header(src=global_ips(1)[0], dst=server_ip(1), protocol=IPPROTO_UDP, payload_len=len(udp)) + udp
 
 
 def _esp(size: int) -> bytes:
-    return build_ipv4_header(src="203.0.113.1", dst="203.0.113.100", protocol=IPPROTO_ESP,
+    return build_ipv4_header(src=global_ips(1)[0], dst=server_ip(1), protocol=IPPROTO_ESP,
                              payload_len=size - 20) + bytes(size - 20)
 
 
