@@ -11,6 +11,7 @@ every ESP ICV checked with the keys the agents logged.
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -93,8 +94,19 @@ def udp_rows(pcap: Path) -> list[list[str]]:
     return [(line.split("\t") + [""] * 8)[:8] for line in out.splitlines()]
 
 
+def wildcard_keys(keys: Path, folder: Path) -> Path:
+    """A copy of ``keys/esp_sa`` with "*" for both addresses: an SA logged behind the NAT names the private
+    address, which srv1's wire never shows; the SPI alone picks the SA (RFC 4303 section 2.1)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = (keys / "esp_sa").read_text().splitlines() if (keys / "esp_sa").exists() else []
+    (folder / "esp_sa").write_text("".join(re.sub(r'^"IPv4","[^"]*","[^"]*"', '"IPv4","*","*"', line) + "\n"
+                                           for line in lines))
+    return folder
+
+
 def natt_wire(pcap: Path, keys: Path, marker: bytes = b"") -> NattWire:
     """Read srv1's capture; ``keys`` is a folder with an ``esp_sa`` that covers both directions."""
+    keys = wildcard_keys(keys, pcap.parent / "tshark-keys")
     rows = udp_rows(pcap)
     srv1, port = server_ip(1), str(NATT_PORT)
     keepalive_len = str(UDP_HEADER_LEN + len(KEEPALIVE))

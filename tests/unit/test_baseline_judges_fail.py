@@ -74,3 +74,13 @@ def test_no_nat_control_passes_only_for_raw_esp_with_the_application_working(tmp
     broken = judge_no_nat(_record(tmp_path), _run(RAW, fetched=False))  # failed, but not for the predicted reason
     assert broken.verdict == "fail" and "curl" in broken.reason
     assert judge_no_nat(_record(tmp_path), _run(NattWire())).verdict == "fail"  # nothing on the wire at all
+
+
+def test_tshark_keys_name_no_address_so_an_sa_logged_behind_the_nat_still_opens_srv1s_wire(tmp_path):
+    from conformance.natt_peers import wildcard_keys
+    from netwire.plan import client_ip, server_ip
+
+    (tmp_path / "esp_sa").write_text(f'"IPv4","{client_ip(1)}","{server_ip(1)}","0x00001000","AES-GCM","0xab","NULL",""\n')
+    out = wildcard_keys(tmp_path, tmp_path / "w")
+    assert (out / "esp_sa").read_text() == '"IPv4","*","*","0x00001000","AES-GCM","0xab","NULL",""\n'
+    assert (wildcard_keys(tmp_path / "none", tmp_path / "w2") / "esp_sa").read_text() == ""
