@@ -84,3 +84,17 @@ def test_tshark_keys_name_no_address_so_an_sa_logged_behind_the_nat_still_opens_
     out = wildcard_keys(tmp_path, tmp_path / "w")
     assert (out / "esp_sa").read_text() == '"IPv4","*","*","0x00001000","AES-GCM","0xab","NULL",""\n'
     assert (wildcard_keys(tmp_path / "none", tmp_path / "w2") / "esp_sa").read_text() == ""
+
+
+def test_the_report_has_the_baseline_group_as_its_own_section_with_verdicts(tmp_path):
+    from conformance import registry, report
+    from conformance.results import ScenarioResult
+
+    reg = registry.load()
+    results = [ScenarioResult(behaviour="BASE-NATT", scenario="baseline-natt/natlab-natlab", verdict="pass",
+                              started="2026-01-01T00:00:00+00:00")]
+    beh = report.behaviours_frame(reg, results)
+    sections = dict(report._sections({}, beh, report.claims_frame(reg, results), report.controls_frame(reg, results),
+                                     report.cells_frame(results)))
+    baseline = sections[report.BASELINE_SECTION].set_index("id")["verdict"].to_dict()
+    assert baseline == {"BASE-NATT": "pass", "BASE-SWAN": "not implemented"}
