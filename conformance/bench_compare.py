@@ -74,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants (default 2)")
     p.add_argument("--clients", default="1,3,8", help="client counts behind one global IP (default 1,3,8; '' none)")
     p.add_argument("--udp-rate", default="400M", help="iperf3 UDP offered rate (default 400M)")
-    p.add_argument("--quiet", type=float, default=21, help="quiet capture for keepalives, round 1 (default 21 s)")
+    p.add_argument("--quiet", type=float, default=25,
+                   help="idle capture for keepalives, round 1, IPsec variants (default 25 s; they are due after 20 s idle)")
     p.add_argument("--no-classic", action="store_true", help="skip (c), the classic-NAT testbed")
     p.add_argument("--no-profile", action="store_true", help="skip the profiled run of the slower NAT-T datapath")
     p.add_argument("--out", default="reports", help="where bench-compare.json, .txt and .png go (default reports/)")
@@ -143,7 +144,7 @@ def _rounds(tb: Testbed, variants: tuple[str, ...], args: argparse.Namespace, wo
     with iperf3_server(srv1, IPERF_PORT):
         for r in range(1, args.rounds + 1):
             for variant in variants:
-                quiet = args.quiet if r == 1 else 0
+                quiet = args.quiet if r == 1 and variant not in (CLEAR, CLEAR_CLASSIC) else 0
                 runs[variant].append(one_run(tb, variant, args, work / f"r{r}-{variant}", quiet))
             log(f"  round {r}/{args.rounds}: " + ", ".join(
                 f"{v} TCP {runs[v][-1]['tcp_bps'] / 1e6:.0f} UDP {runs[v][-1]['udp_bps'] / 1e6:.0f}"
@@ -222,22 +223,27 @@ def one_run(tb: Testbed, variant: str, args: argparse.Namespace, work: Path, qui
     payload byte), TCP and UDP goodput with CPU per packet, and a captured quiet spell (keepalives)."""
     h1, srv1 = tb.host("h1"), tb.host("srv1")
     out: dict = {}
+    if variant == SWAN:
+        inner_addresses(h1, srv1)  # the probe's source; the session takes them away again
     with ExitStack() as stack:
         pcaps = stack.enter_context(captures([(srv1, "srv1-eth0"), (h1, "h1-eth0")], work / "pcap", SNAPLEN))
         t0 = time.time()
         probe = _probe(h1, _probe_target(variant), INNER["h1"] if variant == SWAN else None)
+        stack.callback(probe.kill)
         s = stack.enter_context(session(tb, variant, work))
         out["setup_s"] = round(time.time() - t0, 3)
-        stack.callback(probe.kill)
         a = time.time()
         transfer = iperf3(h1, s.target, s.bind, count=TRANSFER)
         b = time.time()
+        probe.kill()  # from here on only the applications and the peers' own traffic
         out |= goodput(s, h1, args)
         quiet_from = time.time()
         time.sleep(quiet)
         quiet_to = time.time()
         stack.close()
+        ended = time.time()
     out |= wire_figures(pcaps, t0, (a, b), transfer, (quiet_from, quiet_to) if quiet else None)
+    out["lease_frames_per_session"] = wirecount.count(pcaps["h1-eth0"].read_bytes(), t0, ended).lease_frames
     return out
 
 
@@ -313,7 +319,7 @@ def wire_figures(pcaps: dict[str, Path], t0: float, transfer_span: tuple[float, 
     }
     if quiet:
         span = quiet[1] - quiet[0]
-        at_srv1, at_h1 = wirecount.count(srv1, *quiet), wirecount.count(h1, *quiet)
+        at_srv1, at_h1 = wirecount.count(srv1, *quiet), wirecount.count(h1, *quiet)  # keepalives; lease renewals
         out["quiet"] = {"seconds": round(span, 1), "keepalives": at_srv1.keepalives,
                         "keepalives_per_hour": round(at_srv1.keepalives * 3600 / span, 1),
                         "keepalive_bytes_per_hour": round(at_srv1.keepalive_ip_bytes * 3600 / span),
