@@ -116,6 +116,7 @@ class WireCount:
     first_protected: float | None = None  # capture time of the first protected packet
     keepalives: int = 0
     keepalive_ip_bytes: int = 0
+    keepalive_sources: dict[bytes, int] = field(default_factory=dict)  # who sent them (the peer behind the NAT?)
     lease_frames: int = 0
     lease_ip_bytes: int = 0
     sizes: dict[int, int] = field(default_factory=dict)  # IP length -> frames
@@ -131,6 +132,7 @@ class WireCount:
         if is_keepalive(p):
             self.keepalives += 1
             self.keepalive_ip_bytes += p.total_length
+            self.keepalive_sources[p.src] = self.keepalive_sources.get(p.src, 0) + 1
         if is_lease(p):
             self.lease_frames += 1
             self.lease_ip_bytes += p.total_length

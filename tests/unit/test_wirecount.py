@@ -8,6 +8,7 @@ import pytest
 
 from client_agent.ipsec.udpencap import KEEPALIVE, NATT_PORT, NON_ESP_MARKER
 from conformance import marker, wirecount
+from netwire.checksum import ip_bytes
 from netwire.ipv4 import IPPROTO_ESP, IPPROTO_UDP, build_ipv4_header
 from netwire.pcp import SERVER_PORT
 from netwire.plan import global_ips, server_ip
@@ -45,6 +46,7 @@ def test_counts_original_lengths_protected_packets_keepalives_and_leases():
     seen = wirecount.count(pcap)
     assert seen.frames == 6 and seen.protected == 2 and seen.first_protected == pytest.approx(2.25)
     assert seen.keepalives == 1 and seen.keepalive_ip_bytes == 29 and seen.lease_frames == 1
+    assert seen.keepalive_sources == {ip_bytes(global_ips(1)[0]): 1}
     assert seen.ip_bytes == 68 + 92 + 1432 + 1436 + 29 + 88 and seen.frame_bytes == seen.ip_bytes + 6 * 14
     assert wirecount.largest(seen.sizes) in (1432, 1436)
 
