@@ -65,6 +65,7 @@ UDP_LEN = TUN_MTU - 28
 IPERF_PORT = 5201
 PROBE_PORT = 9  # discard: the probe's datagrams need no answer
 TRANSFER = "4M"  # the captured fixed TCP transfer (bytes on the wire per payload byte)
+TRANSFER_PACE = "40M"  # paced, so that the captures keep every frame (at line rate tcpdump dropped ~20%)
 SNAPLEN = 128  # enough for the headers, the UDP/4500 payload's first bytes and a capture marker
 KEEPALIVE_S = 20  # RFC 3948 section 4's default, natlab's and charon's
 STATS_S = 2.5  # r1's flow counters are read every 2 s
@@ -235,7 +236,7 @@ def one_run(tb: Testbed, variant: str, args: argparse.Namespace, work: Path, qui
         s = stack.enter_context(session(tb, variant, work))
         out["setup_s"] = round(time.time() - t0, 3)
         a = time.time()
-        transfer = iperf3(h1, s.target, s.bind, count=TRANSFER)
+        transfer = iperf3(h1, s.target, s.bind, count=TRANSFER, pace=TRANSFER_PACE)
         b = time.time()
         probe.kill()  # from here on only the applications and the peers' own traffic
         out |= goodput(s, h1, args)
@@ -287,10 +288,10 @@ def _cpu_and_packets(p: Peer) -> tuple[float, int]:
 
 
 def iperf3(host, target: str, bind: str | None, *, seconds: float = 0, count: str = "",
-           udp_rate: str | None = None) -> dict:
+           udp_rate: str | None = None, pace: str = "") -> dict:
     """iperf3 client from ``host``: TCP (MSS :data:`MSS`) or UDP (``udp_rate``, :data:`UDP_LEN`-byte datagrams);
     ``bps`` is the goodput the receiver saw, ``bytes`` what it received."""
-    length = f"-u -b {udp_rate} -l {UDP_LEN}" if udp_rate else f"-M {MSS}"
+    length = f"-u -b {udp_rate} -l {UDP_LEN}" if udp_rate else f"-M {MSS}" + (f" -b {pace}" if pace else "")
     span = f"-n {count}" if count else f"-t {seconds:g}"
     out = host.cmd(f"iperf3 -c {target} -p {IPERF_PORT} {span} {length} {'-B ' + bind if bind else ''} -J")
     try:

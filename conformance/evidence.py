@@ -40,6 +40,9 @@ class Packet:
     icmp_id: int | None
 
 
+CAPTURE_BUFFER_KIB = 32768  # with a snap length (benchmarks): a deep kernel buffer, or tcpdump drops at line rate
+
+
 @contextmanager
 def captures(hosts_intfs: list[tuple], folder: Path, snaplen: int = 0):
     """tcpdump on each (host, interface) while the block runs; yields {name: pcap path}.
@@ -58,7 +61,7 @@ def captures(hosts_intfs: list[tuple], folder: Path, snaplen: int = 0):
         path = folder / f"{intf}.pcap"
         path.unlink(missing_ok=True)
         paths[intf] = path
-        snap = ["-s", str(snaplen)] if snaplen else []
+        snap = ["-s", str(snaplen), "-B", str(CAPTURE_BUFFER_KIB)] if snaplen else []
         procs.append(host.popen(["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", *snap, "-w",
                                  str(path), "ip"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     finished = False
