@@ -14,6 +14,7 @@ BENCHMARKS = {
     "e2e": ("conformance.bench_e2e", "iperf3 over ESP through the extensible NAT vs no NAT; compensation us/packet"),
     "core": ("conformance.bench_core", "the agent's per-packet sans-IO core, us/packet (--baseline REV: side by side)"),
     "nat-core": ("conformance.bench_nat_core", "the controller's steps per new NAPT connection, sans-IO, as the table grows"),
+    "compare": ("conformance.bench_compare", "the seed's method vs NAT-T (natlab's, strongSwan's) vs cleartext, side by side"),
     "ike": ("conformance.bench_ike", "IKEv2 IKE_SA + CHILD_SA setups/s per key-exchange group (sans-IO)"),
 }
 

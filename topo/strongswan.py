@@ -41,6 +41,7 @@ class Peering:
     ike: str = "aes128-sha256-modp2048"
     esp: str = "aes128gcm16"
     mode: str = "tunnel"
+    ah: str = ""  # AH proposals instead of ESP's (libipsec refuses AH: the comparison shows it failing)
     local_ts: tuple[str, ...] = ()
     remote_ts: tuple[str, ...] = ()
     options: dict[str, str] = field(default_factory=dict)
@@ -113,7 +114,7 @@ def swanctl_conf(p: Peering) -> str:
         *(f"    {k} = {v}" for k, v in p.options.items()),
         "    local {", "      auth = psk", f"      id = {p.local_id}", "    }",
         "    remote {", "      auth = psk", f"      id = {p.remote_id}", "    }",
-        "    children {", "      natlab {", f"        mode = {p.mode}", f"        esp_proposals = {p.esp}",
+        "    children {", "      natlab {", f"        mode = {p.mode}", f"        ah_proposals = {p.ah}" if p.ah else f"        esp_proposals = {p.esp}",
         *([f"        local_ts = {','.join(p.local_ts)}"] if p.local_ts else []),
         *([f"        remote_ts = {','.join(p.remote_ts)}"] if p.remote_ts else []),
         "      }", "    }", "  }", "}",
