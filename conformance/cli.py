@@ -14,6 +14,8 @@ BENCHMARKS = {
     "core": ("conformance.bench_core", "the agent's per-packet sans-IO core, us/packet (--baseline REV: side by side)"),
     "nat-core": ("conformance.bench_nat_core", "the controller's steps per new NAPT connection, sans-IO, as the table grows"),
     "ike": ("conformance.bench_ike", "IKEv2 IKE_SA + CHILD_SA setups/s per key-exchange group (sans-IO)"),
+    "scale": ("conformance.bench_scale", "1..64 clients leasing and sending ESP at once: leases/s, table, controller, "
+                                         "goodput, fast path, first protected packet"),
 }
 
 
