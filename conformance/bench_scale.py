@@ -48,13 +48,14 @@ from client_agent.agent_cli import AgentProcess
 from conformance.apps import Service
 from conformance.bench import save_result
 from conformance.bench_e2e import REFUSED_PORT, STATS_S, nat_path
-from conformance.bench_ipsec import TICKS
+from conformance.bench_ipsec import TICKS, _profile_summary
 from conformance.matrix import Cell, Client, behind_nat, clients
 from conformance.scale_report import (
     DEFAULT_STEPS,
     Datagram,
     cpu_share,
     first_protected,
+    format_profile,
     format_table,
     iperf3_result,
     lease_exchange,
@@ -121,6 +122,9 @@ def _write(result: dict, out: str) -> int:
         text += (f"\nsans-IO translation table, {scale['entries']:,d} NAPT entries: {scale['bytes_per_entry']:,d} "
                  f"bytes per entry, lookups/s out {scale['lookups_per_second']['out']:,d}, "
                  f"in {scale['lookups_per_second']['in']:,d} (bench_nat_core.table_scale)")
+    profiled = result["steps"][-1].get("srv1_profile") if result["steps"] else None
+    if profiled:
+        text += "\n" + format_profile(f"srv1's agent, {result['steps'][-1]['clients']} clients", profiled)
     text += f"\nin all {result['wall_s']:.0f} s"
     print(text)
     path.with_suffix(".txt").write_text(text + "\n")
@@ -165,8 +169,8 @@ def run_step(tb: Testbed, n: int, seconds: float, work: Path, *, profile: bool =
         raw["agents"] = {a.host.name: _lease_counters(a.status()) for a in agents}
         stop_all(agents)
         raw["leftover"], raw["release_drain_s"] = _drain(tb)
-    if profile:
-        raw["srv1_profile"] = str(work / "srv1.prof")
+    if profile:  # written by the agent as it stopped
+        raw["srv1_profile"] = _profile_summary(work / "srv1.prof")
     return raw
 
 

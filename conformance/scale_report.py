@@ -240,3 +240,11 @@ def format_table(rows: Iterable[Mapping[str, Any]], seconds: float) -> str:
                  "and CPU (1 core = 100%); fast path: r1's flows' share of the translated packets; 1st ESP: "
                  "launch to the last client's first ESP packet at srv1")
     return "\n".join(lines)
+
+
+def format_profile(who: str, summary: Mapping[str, Any]) -> str:
+    """One line of a cProfile summary (``bench_ipsec._profile_summary``): busy time, its split, the top functions."""
+    share = summary["share"]
+    top = ", ".join(f"{t['function'].rsplit('/', 1)[-1]} {t['share']:.0%}" for t in summary["top"][:5])
+    return (f"{who} under cProfile: busy {summary['busy_seconds']:.1f} s, crypto {share['crypto']:.0%}, "
+            f"system calls {share['syscalls']:.0%}, Python {share['python']:.0%}; top: {top}")

@@ -243,3 +243,11 @@ def test_captures_are_read_by_scapy(tmp_path):
     assert math.isclose(pcp_datagram.time, 1000.0)
     assert read_esp(tmp_path / "c.pcap") == [(1001.0, 0x5004)]
     assert scale_report.MAX_SECONDS >= 5
+
+
+def test_a_profile_summary_in_one_line():
+    summary = {"busy_seconds": 4.25, "share": {"crypto": 0.1, "syscalls": 0.3, "python": 0.6},
+               "top": [{"function": "/x/client_agent/datapath.py:10(run)", "share": 0.2}]}
+    line = scale_report.format_profile("srv1's agent", summary)
+    assert line == ("srv1's agent under cProfile: busy 4.2 s, crypto 10%, system calls 30%, Python 60%; "
+                    "top: datapath.py:10(run) 20%")
