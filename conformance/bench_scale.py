@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -76,6 +77,10 @@ POKE_S = 3  # the first protected packet: a TCP connect to srv1's closed port, a
 CAPTURE_READY_S = 5.0
 DRAIN_S = 10.0  # how long the released leases may take to leave the table
 OVS_PIDFILE = Path("/var/run/openvswitch/ovs-vswitchd.pid")
+# Open vSwitch's own counts of packets it dropped on the way to the controller (coverage/read-counter): a packet-in
+# over the controller connection's queue (rconn_overflow), a userspace action (the punt) that failed, the meter.
+OVS_DROPS = ("rconn_overflow", "rconn_discarded", "datapath_drop_userspace_action_error", "datapath_drop_meter")
+RELEASED = re.compile(r"released (\d+) leases \((\d+) answered\)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -167,8 +172,11 @@ def run_step(tb: Testbed, n: int, seconds: float, work: Path, *, profile: bool =
         raw["accepted_by_peer"] = _accepted(peer_agent.refresh(), members)
         raw.update(traffic(tb, agents, members, seconds, peer_agent))
         raw["agents"] = {a.host.name: _lease_counters(a.status()) for a in agents}
+        drops = ovs_drops()
         stop_all(agents)
-        raw["leftover"], raw["release_drain_s"] = _drain(tb)
+        raw["releases"] = _releases(agents)
+        raw["leftover"], raw["release_drain_s"], raw["left_by_client"] = _drain(tb)
+        raw["ovs_drops_release"] = ovs_drops(since=drops)
     if profile:  # written by the agent as it stopped
         raw["srv1_profile"] = _profile_summary(work / "srv1.prof")
     return raw
@@ -180,7 +188,7 @@ def start_up(tb: Testbed, agents: list[AgentProcess], members: list[Client], wor
     pokes: list[subprocess.Popen] = []
     with Capture(subprocess.Popen, f"r1-eth{R1_INSIDE_PORT}", f"udp port {SERVER_PORT}", work / "pcp.pcap") as pcp, \
             Capture(tb.host(CELL.peer).popen, f"{CELL.peer}-eth0", "esp", work / "esp.pcap", snaplen=96) as esp:
-        before = usage(controller)
+        before, drops = usage(controller), ovs_drops()
         t0 = time.time()
         try:
             launch = launch_all(agents, lambda a: pokes.append(_poke(a.host)))
@@ -190,7 +198,7 @@ def start_up(tb: Testbed, agents: list[AgentProcess], members: list[Client], wor
         finally:
             _reap(pokes)
     table = tb.table()
-    return {"t0": t0, "launch": launch, "table": _table_size(table),
+    return {"t0": t0, "launch": launch, "table": _table_size(table), "ovs_drops_start": ovs_drops(since=drops),
             "leases": {**lease_exchange(read_pcp(pcp.path), GATEWAY_IP), "capture_dropped": pcp.dropped},
             "first_protected": first_protected(read_esp(esp.path), {c.spi_out: c.name for c in members}, t0),
             "esp_capture_dropped": esp.dropped,
@@ -230,7 +238,7 @@ def traffic(tb: Testbed, agents: list[AgentProcess], members: list[Client], seco
     pids = {"controller": _controller_pid(tb), "ovs": _ovs_pid(), "srv1_agent": _pid(peer_agent)}
     running = [(i, c) for i, (c, a) in enumerate(zip(members, agents, strict=True)) if a.proc is not None]
     time.sleep(STATS_S)  # r1's flow counters, as the controller last read them, include the start-up
-    before, cpu_before = tb.table(), {k: usage(p) for k, p in pids.items() if p}
+    before, cpu_before, drops = tb.table(), {k: usage(p) for k, p in pids.items() if p}, ovs_drops()
     procs = {c.name: tb.host(c.name).popen(["iperf3", "-c", CELL.peer_ip, "-p", str(IPERF_BASE + i),
                                             "-t", f"{seconds:g}", "-J"], stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, text=True) for i, c in running}
@@ -243,7 +251,7 @@ def traffic(tb: Testbed, agents: list[AgentProcess], members: list[Client], seco
     path = nat_path(before, tb.table())
     path.pop("esp_entries", None)
     cpu = {k: cpu_share(cpu_before[k], cpu_after[k]) for k in cpu_after}
-    return {"iperf3": results, "path": path, "cpu_traffic": cpu}
+    return {"iperf3": results, "path": path, "cpu_traffic": cpu, "ovs_drops_traffic": ovs_drops(since=drops)}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -332,14 +340,34 @@ def _reap(procs: list) -> None:
             p.wait()
 
 
-def _drain(tb: Testbed) -> tuple[int, float]:
-    """Client-ALG entries left once every agent released its leases, and how long the table took to empty."""
+def _drain(tb: Testbed) -> tuple[int, float, dict[str, int]]:
+    """Client-ALG entries left once every agent released its leases, how long the table took to empty (up to
+    :data:`DRAIN_S`: the controller may still be answering the releases), and whose the entries left are."""
     began = time.monotonic()
     while True:
-        left = _table_size(tb.table())["client_alg"]
-        if left == 0 or time.monotonic() - began > DRAIN_S:
-            return left, round(time.monotonic() - began, 2)
+        entries = [e for e in tb.table().get("entries", []) if e.get("kind") == "CLIENT-ALG"]
+        if not entries or time.monotonic() - began > DRAIN_S:
+            by_client = Counter(str(e.get("private_ip")) for e in entries)
+            return len(entries), round(time.monotonic() - began, 2), dict(sorted(by_client.items()))
         time.sleep(0.2)
+
+
+def _releases(agents: list[AgentProcess]) -> dict[str, int]:
+    """What the agents' logs say of their releases (FIG. 8 step 807): sent, and answered within their 1 s."""
+    sent = answered = 0
+    for agent in agents:
+        for match in RELEASED.finditer(agent.log_tail(5)):
+            sent, answered = sent + int(match.group(1)), answered + int(match.group(2))
+    return {"sent": sent, "answered": answered}
+
+
+def ovs_drops(since: dict[str, int] | None = None) -> dict[str, int]:
+    """Open vSwitch's drop counters (:data:`OVS_DROPS`), or their growth ``since`` an earlier reading."""
+    now = {}
+    for name in OVS_DROPS:
+        out = subprocess.run(["ovs-appctl", "coverage/read-counter", name], capture_output=True, text=True).stdout
+        now[name] = int(out.strip()) if out.strip().isdigit() else 0
+    return now if since is None else {k: v - since.get(k, 0) for k, v in now.items()}
 
 
 def _table_size(table: dict) -> dict[str, int]:

@@ -190,6 +190,7 @@ def step_row(raw: Mapping[str, Any]) -> dict[str, Any]:
         "lost": sum(a.get("lost", 0) for a in raw["agents"].values()),
         "left_after_release": raw["leftover"],
         "leases_granted": raw["leases"]["grants"],
+        "leases_granted_by_agents": sum(a.get("granted", 0) for a in raw["agents"].values()),
         "leases_per_s": raw["leases"]["per_second"],
         "lease_refusals": sum(raw["leases"]["refused"].values()),
         "table_entries": raw["table"]["entries"],
@@ -203,6 +204,7 @@ def step_row(raw: Mapping[str, Any]) -> dict[str, Any]:
         "fast_share": path_share(raw["path"]),
         "packet_ins": raw["path"].get("to_controller", 0),
         "slow_path_packets": raw["path"].get("slow_path", 0),
+        "ovs_drops_traffic": sum(raw["ovs_drops_traffic"].values()),
         "unprotected": n - len(first),
         "first_protected_s": max(first) if len(first) == n else None,
     }

@@ -181,6 +181,7 @@ def _raw(n: int = 2, **changes) -> dict:
         "iperf3": {h: {"bps": 5e7, "bytes": 1} for h in names},
         "path": {"fast_path": 900, "slow_path": 100, "to_controller": 120},
         "agents": {h: {"granted": 33, "lost": 0} for h in names}, "leftover": 0,
+        "ovs_drops_traffic": {"rconn_overflow": 0, "datapath_drop_userspace_action_error": 0},
     }
     raw.update(changes)
     return raw
@@ -189,10 +190,12 @@ def _raw(n: int = 2, **changes) -> dict:
 def test_a_step_row_from_given_measurements():
     row = step_row(_raw())
     assert row == {
-        "clients": 2, "refused": 0, "lost": 0, "left_after_release": 0, "leases_granted": 66, "leases_per_s": 800.0,
+        "clients": 2, "refused": 0, "lost": 0, "left_after_release": 0, "leases_granted": 66,
+        "leases_granted_by_agents": 66, "leases_per_s": 800.0,
         "lease_refusals": 0, "table_entries": 66, "controller_rss_mib": 100.0, "controller_cpu_leases": 0.9,
         "controller_cpu_traffic": 0.5, "srv1_agent_cpu_traffic": 0.95, "ovs_cpu_traffic": 0.4,
         "goodput_mbit": 100.0, "iperf3_failed": 0, "fast_share": 0.9, "packet_ins": 120, "slow_path_packets": 100,
+        "ovs_drops_traffic": 0,
         "unprotected": 0, "first_protected_s": 3.0}
     assert goal_met(row)
 
