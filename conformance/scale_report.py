@@ -37,8 +37,8 @@ PCP_RESPONSE_BIT = 0x80  # RFC 6887 7.1: the R bit of the opcode octet
 def parse_steps(text: str, limit: int = MAX_HOSTS) -> tuple[int, ...]:
     """``--steps 1,8,32,64``: client counts, each 1..``limit`` (the plan's host range), strictly increasing.
 
-    One testbed sized for the largest step serves them all, in the order given; a repeated or falling
-    count would measure a table the earlier step left behind twice, so it is refused.
+    Each step gets a fresh testbed, in the order given; a repeated or falling count measures nothing new,
+    so it is refused.
     """
     try:
         steps = tuple(int(part) for part in text.split(","))
