@@ -118,21 +118,31 @@ class AgentProcess:
         return self.run_dir / "esp_sa"
 
     def start(self) -> AgentProcess:
+        self.launch()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.poll_running():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"agent in {self.host.name} did not start within {START_TIMEOUT_S}s: {self.log_tail()}")
+
+    def launch(self) -> AgentProcess:
+        """Start the process and return at once (many agents launched together: ``natlab bench scale``)."""
         argv = [sys.executable, "-m", "client_agent.agent_cli", "--config", str(self.config_path),
                 "--run-dir", str(self.run_dir), *self.extra_args]
         (self.run_dir / "status.json").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = self.host.popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent in {self.host.name} exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.status().get("state") == "running":
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"agent in {self.host.name} did not start within {START_TIMEOUT_S}s: {self.log_tail()}")
+        return self
+
+    def poll_running(self) -> bool:
+        """Is the launched agent running (its leases granted)? RuntimeError if it exited instead."""
+        assert self.proc is not None, "launch the agent first"
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"agent in {self.host.name} exited with {self.proc.returncode}: {self.log_tail()}")
+        return bool(self.status().get("state") == "running")
 
     def status(self) -> dict[str, Any]:
         """The agent's ``status.json`` ({} before it wrote one)."""

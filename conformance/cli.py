@@ -16,6 +16,8 @@ BENCHMARKS = {
     "nat-core": ("conformance.bench_nat_core", "the controller's steps per new NAPT connection, sans-IO, as the table grows"),
     "compare": ("conformance.bench_compare", "the seed's method vs NAT-T (natlab's, strongSwan's) vs cleartext, side by side"),
     "ike": ("conformance.bench_ike", "IKEv2 IKE_SA + CHILD_SA setups/s per key-exchange group (sans-IO)"),
+    "scale": ("conformance.bench_scale", "1..64 clients leasing and sending ESP at once: leases/s, table, controller, "
+                                         "goodput, fast path, first protected packet"),
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -150,5 +151,25 @@ def compare(result: Mapping) -> bytes:
     scale.legend(fontsize=7, frameon=False)
     for a in (ax, wire, scale):
         a.spines[["top", "right"]].set_visible(False)
+
+
+def scale_steps(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """``natlab bench scale``: how each figure grows with the number of clients (one panel per figure)."""
+    panels = (("leases_per_s", "lease grants/s (end to end)"), ("goodput_mbit", "aggregate goodput, Mbit/s"),
+              ("controller_rss_mib", "controller RSS, MiB"), ("fast_share", "fast path share of packets"),
+              ("controller_cpu_traffic", "controller CPU (1 = a core)"), ("first_protected_s",
+                                                                           "s to every first ESP packet"))
+    clients = [row["clients"] for row in rows]
+    fig = Figure(figsize=(9.0, 5.0))
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(2, 3, i + 1)
+        points = [(c, row[key]) for c, row in zip(clients, rows, strict=True) if row[key] is not None]
+        ax.plot([c for c, _ in points], [v for _, v in points], "o-", color="#6a8fc7")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(clients, [str(c) for c in clients], fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.supxlabel("clients (log scale)", fontsize=8)
     fig.tight_layout()
     return _png(fig)
