@@ -151,6 +151,8 @@ def compare(result: Mapping) -> bytes:
     scale.legend(fontsize=7, frameon=False)
     for a in (ax, wire, scale):
         a.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
 
 
 def scale_steps(rows: Sequence[Mapping[str, Any]]) -> bytes:
