@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -30,34 +31,24 @@ import pytest
 
 from conformance.bench import PlainForwarding
 from conformance.evidence import captures
+from topo import charon as charon_shell
+from topo.charon import inner_addresses, installed_sas
+from topo.charon import tail as _tail
 from topo.natlab import client_ip, server_ip
 from topo.strongswan import Charon, Peering
 
 H1, SRV1 = client_ip(1), server_ip(1)
 PSK = "natlab-interop-psk-0123456789"
 # Tunnel-mode selectors on addresses put on lo, so that libipsec's routes never cover the IKE peers themselves.
-H1_INNER, SRV1_INNER = "10.99.1.1", "10.99.2.2"
+H1_INNER, SRV1_INNER = charon_shell.INNER["h1"], charon_shell.INNER["srv1"]
 TSHARK_FIELDS = ("isakmp.ispi", "isakmp.exchangetype", "isakmp.id.data.fqdn", "ip.src", "udp.srcport")
 
 
 @contextmanager
-def charon_in(host, folder: Path, peering: Peering):
-    """charon in ``host`` with its own /run, connection loaded; stopped (SIGTERM) and checked clean after."""
-    charon = Charon(folder)
-    charon.write(peering)
-    proc = host.popen(charon.command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not (folder / "charon.vici").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, f"charon did not start: {_tail(charon.log)}"
-            time.sleep(0.1)
-        loaded = host.cmd(shlex.join(charon.load()) + " 2>&1")
-        assert "loaded connection 'natlab'" in loaded, loaded
-        yield charon
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert "ipsec0" not in host.cmd("ip -o link"), f"charon left its TUN device in {host.name}"
+def charon_in(host, folder: Path, peering: Peering) -> Iterator[Charon]:
+    """charon in ``host`` (topo.charon, the one way to start it), its connection loaded; checked clean after."""
+    with charon_shell.charon_in(host, folder, peering) as (started, _pid):
+        yield started
 
 
 def natlab_ike(host, role: str, folder: Path, *args: str, timeout: float = 15):
@@ -81,16 +72,6 @@ def events(proc) -> list[dict]:
     return parsed
 
 
-def installed_sas(host, charon: Charon, timeout: float = 10) -> str:
-    """charon's --list-sas once it shows an INSTALLED CHILD_SA (or what it shows at ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sas = host.cmd(shlex.join(charon.swanctl("--list-sas")) + " 2>/dev/null")
-        if "INSTALLED" in sas or time.monotonic() > deadline:
-            return sas
-        time.sleep(0.2)
-
-
 def tshark_ike(pcap: Path, keys: Path) -> str:
     """tshark's verbose dissection of the IKE on ``pcap``, decrypting with natlab's key table."""
     result = subprocess.run(["tshark", "-n", "-r", str(pcap), "-V", "-Y", "isakmp"], capture_output=True,
@@ -106,21 +87,12 @@ def assert_tshark_opens_ike_auth(text: str) -> None:
     assert len(checks) >= 2 and set(checks) == {"correct"}, checks
 
 
-def _tail(path: Path, n: int = 3000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
-
-
 def peering(initiator_is_h1: bool, charon_host: str) -> Peering:
     mine, theirs = ("srv1.natlab", "h1.natlab") if charon_host == "srv1" else ("h1.natlab", "srv1.natlab")
     local_addr, remote_addr = (SRV1, "%any") if charon_host == "srv1" else (H1, SRV1)
     local_ts, remote_ts = (SRV1_INNER, H1_INNER) if charon_host == "srv1" else (H1_INNER, SRV1_INNER)
     return Peering(local_addr, remote_addr, mine, theirs, PSK, local_ts=(f"{local_ts}/32",),
                    remote_ts=(f"{remote_ts}/32",))
-
-
-def inner_addresses(h1, srv1):
-    h1.cmd(f"ip addr add {H1_INNER}/32 dev lo")
-    srv1.cmd(f"ip addr add {SRV1_INNER}/32 dev lo")
 
 
 def test_natlab_initiator_establishes_an_ike_sa_with_strongswan_direct(make_testbed, tmp_path: Path) -> None:
