@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import time
 from collections import Counter
@@ -25,7 +26,7 @@ from client_agent.ike.endpoint import IkeEndpoint
 from client_agent.ike.events import ChildDeleted, ChildEstablished, Event, IkeClosed, SpiReleased, describe
 from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
 from client_agent.ike.registry import IKE_PORT, NATT_PORT, ProtocolId
-from client_agent.ike.session import IkeSession, random_child_spi
+from client_agent.ike.session import IkeSession, State, random_child_spi
 from client_agent.ipsec.keyfile import AH_FILENAME as AH_KEYFILE
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYFILE
 from client_agent.ipsec.sad import SAD
@@ -35,6 +36,7 @@ from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("natlab.agent.ike")
 IP_PROTOCOL = {ProtocolId.ESP: IPPROTO_ESP, ProtocolId.AH: IPPROTO_AH}
+CLOSE_WAIT_S = 0.5  # how long a stopping agent waits for the answers to its Deletes
 
 
 @dataclass
@@ -187,16 +189,28 @@ class IkeShell:
             _write_private(self.run_dir / ESP_KEYFILE, self.keying.esp_sa())
             _write_private(self.run_dir / AH_KEYFILE, self.keying.ah_sa())
 
-    def close(self) -> None:
-        """Delete our IKE SA (best effort, one datagram) and close the socket."""
+    def close(self, wait: float = CLOSE_WAIT_S) -> None:
+        """Delete our IKE SAs (RFC 7296 section 1.4.1) and wait, at most ``wait`` seconds, for the peers'
+        answers before closing the socket: closed at once, it made each answer meet a closed port (an ICMP
+        port unreachable on the peer's wire). A peer that does not answer costs the whole wait, no more."""
+        now = time.monotonic()
         for session in list(self.endpoint.sessions.values()):
-            session.close(time.monotonic())
+            session.close(now)
+        deadline = now + wait
         try:
-            for data, addr in self.endpoint.datagrams_to_send():
-                self._send(data, addr)
+            self.flush()
+            while self._deleting() and (left := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([s for s in (self.sock, self.natt) if s is not None], [], [], left)
+                self.pump()
+                if self.natt is not None and self.natt in readable:
+                    while self.natt.read() is not None:  # IKE on 4500 reaches _on_natt_ike; ESP now is dropped
+                        pass
         except OSError as err:
-            log.warning("ike: cannot send the Delete: %s", err)
+            log.warning("ike: cannot finish the Delete: %s", err)
         self.sock.close()
+
+    def _deleting(self) -> bool:
+        return any(session.state is not State.CLOSED for session in self.endpoint.sessions.values())
 
     def status(self) -> dict[str, Any]:
         drops = Counter(self.endpoint.counters)
