@@ -53,7 +53,7 @@ def charon_in(host, folder: Path, peering: Peering, start_timeout: float = 10) -
     proc = host.popen(charon.command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + start_timeout
-        while not (folder / "charon.vici").exists():
+        while not charon.vici_path.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise CharonError(f"charon did not start in {host.name}: {tail(charon.log)}")
             time.sleep(0.1)

@@ -14,6 +14,7 @@ decrypts a capture with the keys strongSwan itself used (natlab's agent writes i
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from client_agent.ipsec.sa import Mode, Protocol, SecurityAssociation
 __pure__ = True
 
 CHARON = "/usr/lib/ipsec/charon"
+VICI_DIR = Path("/tmp")  # where the vici sockets go (see Charon.vici_path)
 PLUGINS = ("random nonce openssl pem pkcs1 x509 revocation constraints pubkey kdf kernel-libipsec kernel-netlink "
            "socket-default vici updown")
 
@@ -52,8 +54,14 @@ class Charon:
     directory: Path
 
     @property
+    def vici_path(self) -> Path:
+        """The vici socket: a short path of its own, named after ``directory``, since a unix socket's path
+        must fit in 108 bytes and a run folder's may not (the demo's evidence folders do not)."""
+        return VICI_DIR / f"natlab-charon-{hashlib.sha256(str(self.directory).encode()).hexdigest()[:16]}.vici"
+
+    @property
     def vici(self) -> str:
-        return f"unix://{self.directory / 'charon.vici'}"
+        return f"unix://{self.vici_path}"
 
     @property
     def log(self) -> Path:

@@ -3,6 +3,8 @@ keys strongSwan itself used. The log below has charon 5.9.8's filelog shape (thr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from topo.strongswan import charon_children, charon_esp_sa, natlab_names
@@ -51,3 +53,14 @@ def test_charon_proposals_map_to_natlab_names(proposal: str, names: tuple[str, s
 
 def test_a_log_without_children_has_no_keys() -> None:
     assert charon_esp_sa("07[IKE] initiating IKE_SA natlab[1]\n", initiator=True) == ""
+
+
+def test_the_vici_socket_path_fits_a_unix_socket_whatever_the_run_folder():
+    """sun_path holds 108 bytes: the demo's evidence folders are longer, and charon then never listened."""
+    from topo.strongswan import Charon
+
+    deep = Path("/tmp/pytest-of-root/pytest-400/test_natlab_demo_writes_the_re0/runs/20261203T084024Z/evidence"
+                "/baseline-strongswan/charon")
+    paths = {Charon(deep).vici_path, Charon(deep.parent / "other").vici_path}
+    assert len(paths) == 2 and all(len(str(p).encode()) < 108 for p in paths)
+    assert f"unix://{Charon(deep).vici_path}" in Charon(deep).strongswan_conf()
