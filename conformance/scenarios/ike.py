@@ -52,10 +52,9 @@ def run_round(tb, folder: Path, lease: bool, natd_global: bool) -> dict:
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for h in clients}
         seen = {name: _events(proc) for name, proc in initiators.items()}
         answered = _events(responder)
-    for h in clients:
-        if lease:
-            h.cmd("natlab lease release --all 2>&1")
+    released = {h.name: h.cmd("natlab lease release --all 2>&1") for h in clients if lease}
     return {"cookies": cookies, "clients": seen, "responder": answered, "pcaps": pcaps, "keys": keys,
+            "released": released,
             "wire": {name: _ike_on(path, keys) for name, path in pcaps.items()},
             "client_ips": {h.name: h.IP() for h in clients}, "decrypted": _decrypted(pcaps["srv1-eth0"], keys)}
 
@@ -115,6 +114,9 @@ def cookie_judge(seen: dict) -> list[str]:
     globals_ = {c["global_ip"] for c in seen["cookies"].values() if c is not None}
     if len(globals_) > 1:
         failed.append(f"the cookies were leased on several global IPs {sorted(globals_)}, not one")
+    kept = {name: out.strip()[-200:] for name, out in seen.get("released", {}).items() if "released" not in out}
+    if kept:
+        failed.append(f"cookie leases not released (a later scenario's IKE from port 500 would meet them): {kept}")
     return failed + _responder_checks(seen)
 
 
