@@ -133,6 +133,7 @@ class TrafficRun:
     leases: dict = field(default_factory=dict)  # client -> its ESP lease's answer
     spi: dict = field(default_factory=dict)  # client -> the SPI it leased on g1
     ike_replies: dict = field(default_factory=dict)  # client -> ISAKMP replies it got by its cookie
+    ike_released: dict = field(default_factory=dict)  # client -> the answer to releasing its cookie
     fast: dict = field(default_factory=dict)  # h1's AH lease alone on g2
     slow: tuple[int, int] = (0, 0)  # slow-path packets before and after AH flowed on g2
     fast_flows: list = field(default_factory=list)
@@ -194,6 +195,9 @@ def _esp_and_isakmp(tb, run: TrafficRun) -> None:
     ike = {h.name: lease(h, 17, port=500, global_ip=g1) for h in clients}
     run.ike_replies = {h.name: apps.probe(h, "isakmp", SRV1, "--cookie", ike[h.name]["info"]["global_gpn"],
                                           "--count", 2, "--wait", 0.5)["replies"] for h in clients}
+    # The cookies go back (lifetime 0): a later IKE SA from port 500 (BASE-NATT) must not meet a stale lease.
+    run.ike_released = {h.name: lease(h, 17, port=500, global_ip=g1, private_gpn=ike[h.name]["info"]["global_gpn"],
+                                      nonce=ike[h.name]["nonce"], lifetime=0).get("result") for h in clients}
 
 
 def _fast_path(tb, run: TrafficRun) -> None:
@@ -285,6 +289,7 @@ def judge_nat_in_demux(rec, run: TrafficRun, seen: Seen) -> ScenarioResult:
         (unleased >= 2 and not any(UNLEASED_SPI in s for s in got.values()),
          f"an unleased SPI ({unleased} on srv2's wire) reached no one"),
         (all(n >= 1 for n in run.ike_replies.values()), f"ISAKMP replies demultiplexed by cookie: {run.ike_replies}"),
+        (set(run.ike_released.values()) == {"SUCCESS"}, f"cookie leases released: {run.ike_released}"),
     ], positive=f"srv1's ESP to {run.g1} reached the client that leased each SPI {spi}; ISAKMP by cookie "
                 f"{run.ike_replies}", negative="no client received another's SPI; an unleased SPI was dropped",
         extra_evidence=seen.evidence)
