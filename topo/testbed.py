@@ -290,9 +290,11 @@ class Testbed:
         try:
             if self.net is not None:
                 controllers = list(self.net.controllers)
+                shells = [n.shell for n in (*self.net.hosts, *self.net.switches, *controllers) if n.shell]
                 self.net.stop()
                 for c in controllers:  # RemoteController.stop() leaves its shell running
                     c.terminate()
+                _reap(shells)
                 self.net = None
         finally:
             if self.controller is not None:
@@ -341,6 +343,18 @@ class Testbed:
             raise TestbedError(f"{what}: this testbed has nat={self.nat!r}, whose r1 has no controller "
                                "(a Linux masquerade, RFC 3022); see nat_ruleset()")
         return self.controller
+
+
+def _reap(shells: list[subprocess.Popen], timeout: float = 5) -> None:
+    """Wait until every node's shell has exited: Mininet's terminate() sends SIGHUP and returns (and forgets
+    the shell), and a switch stopped by the batch ovs-vsctl (see switch_class) was still a live
+    ``mininet:s1`` shell when the next check for leftovers looked. One that outlives ``timeout`` is killed."""
+    for shell in shells:
+        try:
+            shell.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            shell.kill()
+            shell.wait(timeout=timeout)
 
 
 def switch_class() -> type:
