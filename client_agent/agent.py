@@ -54,6 +54,8 @@ from client_agent.agent_leases import (
     child_spi_label,
     child_spi_lease,
     ike_leases,
+    ike_spi_label,
+    ike_spi_lease,
     wanted_leases,
 )
 from client_agent.alg import TEST_ALG_PORT, AddressTextAlg, AlgRegistry
@@ -63,6 +65,7 @@ from client_agent.ipsec.keyfile import FILENAME as KEYFILE_NAME
 from client_agent.ipsec.keyfile import esp_sa_file
 from client_agent.ipsec.sa import SAState
 from client_agent.lease_client import LeaseClient
+from client_agent.natt import NattSocket
 from client_agent.raw import RawReceiver, RawSender
 from client_agent.traversal import Traversal
 from client_agent.tun import Tun
@@ -148,18 +151,33 @@ class Agent:
             receivers.append(receiver)
         leased = self._ike_leases() if config.nat is not None and config.ike is not None else None
         if config.nat is not None:
-            self._lease(ike_leases(config, leased.spi_i, leased.child_spis) if leased else [])
+            self._lease(ike_leases(config, leased.spi_i, leased.child_spis, leased.spare_spi_i) if leased else [])
             self.traversal = traversal_of(config)
-        self.datapath = Datapath(tun, tun.write, receivers, sender.send, self.sad, self.spd, traversal=self.traversal,
+        natt = self._natt(config, leased, receivers)
+        self.datapath = Datapath(tun, tun.write, receivers, natt.sender(sender.send) if natt else sender.send,
+                                 self.sad, self.spd, traversal=self.traversal,
                                  deliver_frame=tun.write_frame if config.coalesce else None)
+        if natt is not None:
+            natt.drop = self.datapath._drop  # UDP-level refusals counted with ESP's (issue 15)
         if config.ike is not None:  # keyed by IKEv2: SAs arrive as they are negotiated
             self.ike = IkeShell(config.ike, config.address or "0.0.0.0", self.sad, self.spd, self.run_dir, config.mark,
-                                leased)
+                                leased, natt)
             self._stack.callback(self.ike.close)
         self.state = "running"
         log.info("agent %s: %s up, mtu %d, routes %s, %d SAs, %d policies; run directory %s", config.name,
                  config.tun, tun.mtu, ", ".join(config.routes) or "none", len(self.sad), len(self.spd.policies),
                  self.run_dir)
+
+    def _natt(self, config: AgentConfig, leased: LeasedIke | None, receivers: list) -> NattSocket | None:
+        """With ``[ike]``, UDP/4500 (RFC 3948): IKE floats there and ESP-in-UDP arrives there when a NAT is seen."""
+        if config.ike is None:
+            return None
+        address = config.address or "0.0.0.0"
+        natt = NattSocket(address, leased.global_ip if leased and leased.global_ip else address, config.mark,
+                          keepalive=config.ike.keepalive)
+        self._stack.callback(natt.close)
+        receivers.append(natt)
+        return natt
 
     def _ike_leases(self) -> LeasedIke:
         """The IKE SPI and CHILD SPIs to lease (steps 801-802): drawn at random, the NAT refuses any in use."""
@@ -168,8 +186,29 @@ class Agent:
             raise RuntimeError("IKE SPI leases need both the [ike] and the [nat] table")
         protocols = ([IPPROTO_ESP] if ike.esp else []) + ([IPPROTO_AH] if ike.ah else [])
         children = [(p, _fresh_child_spi()) for p in protocols for _ in range(IKE_CHILD_SPIS)]
-        return LeasedIke(nat.global_ip, 1 + secrets.randbelow(2**64 - 1), children, natd_global=ike.natd_global,
-                         held=self._child_spi_held, on_released=self._replace_child_spi)
+        return LeasedIke(nat.global_ip, _ike_spi(), children, natd_global=ike.natd_global,
+                         held=self._child_spi_held, on_released=self._replace_child_spi, spare_spi_i=_ike_spi(),
+                         ike_held=self._ike_spi_held, on_ike_spi_taken=self._lease_spare_ike_spi,
+                         on_ike_spi_released=self._retire_ike_spi)
+
+    def _ike_spi_held(self, spi: int) -> bool:
+        return self.leases is not None and spi in self.leases.plan.held_gpns(IPPROTO_UDP)
+
+    def _lease_spare_ike_spi(self, taken: int) -> int:
+        """Step 801 ahead of the next IKE SA rekey: ``taken`` became an SPIi, a fresh spare is leased."""
+        assert self.leases is not None
+        spare = _ike_spi()
+        self.leases.plan.add(ike_spi_lease(self.config, spare), time.monotonic())
+        self.leases.flush(time.monotonic())
+        log.info("agent %s: IKE SPI 0x%016x taken for a rekey, 0x%016x being leased", self.config.name, taken, spare)
+        return spare
+
+    def _retire_ike_spi(self, spi: int) -> None:
+        """The IKE SA of SPIi ``spi`` was rekeyed away: its lease goes back."""
+        assert self.leases is not None
+        self.leases.plan.retire(ike_spi_label(spi), time.monotonic())
+        self.leases.flush(time.monotonic())
+        log.info("agent %s: IKE SPI 0x%016x released (its IKE SA was rekeyed)", self.config.name, spi)
 
     def _child_spi_held(self, protocol: int, spi: int) -> bool:
         return self.leases is not None and spi in self.leases.plan.held_gpns(protocol)
@@ -338,6 +377,11 @@ def _ip(*args: str, check: bool = True, quiet: bool = False) -> None:
             raise OSError(message)
         if not quiet:
             log.warning("%s", message)
+
+
+def _ike_spi() -> int:
+    """A non-zero 64-bit IKE SPI (RFC 7296 3.1) to lease; the NAT refuses one already in use."""
+    return 1 + secrets.randbelow(2**64 - 1)
 
 
 def _rp_filter_on() -> list[str]:

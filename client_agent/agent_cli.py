@@ -23,12 +23,16 @@ from typing import Any
 from client_agent.agent_config import AgentConfig, ConfigError, load, render
 
 DESCRIPTION = """\
-Run this host's IPsec agent (ESP/AH with manual keys) in its network namespace, as root,
-until SIGTERM or SIGINT. It routes the config's protected prefixes into a TUN device and
-protects what the SPD selects; on exit it removes its device, routes and rule and restores
-rp_filter. In its run directory it writes esp_sa (Wireshark key file: use the directory as
-WIRESHARK_CONFIG_DIR) and status.json (counters, every second and on SIGUSR1).
-Config format: client_agent/agent_config.py; examples: client_agent/examples/."""
+Run this host's IPsec agent (ESP/AH, keyed by hand with [[sa]] tables or by IKEv2 with an
+[ike] table) in its network namespace, as root, until SIGTERM or SIGINT. It routes the
+config's protected prefixes into a TUN device and protects what the SPD selects; with [nat]
+it leases its SPIs, ports and, for IKE, its initiator SPI from the extensible NAT first. On
+exit it removes its device, routes and rule and restores rp_filter. In its run directory it
+writes esp_sa (and, keyed by IKE, ikev2_decryption_table: Wireshark key files, use the
+directory as WIRESHARK_CONFIG_DIR; ah_sa holds AH keys in esp_sa's format) and status.json
+(counters, every second and on SIGUSR1).
+Config format: client_agent/agent_config.py, [ike]: client_agent/agent_ike.py;
+examples: client_agent/examples/ (ike-*.toml keyed by IKE)."""
 EXIT_CONFIG = 2
 START_TIMEOUT_S = 20.0  # more than [nat] lease_timeout: a lease failure is reported by the agent itself
 STOP_TIMEOUT_S = 5.0
@@ -45,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_agent_parser(subparsers) -> None:
     """Register ``natlab agent`` on the ``natlab`` command's subparsers."""
-    p = subparsers.add_parser("agent", help="run this host's IPsec agent (TUN + raw sockets, manual keys)",
+    p = subparsers.add_parser("agent", help="run this host's IPsec agent (TUN + raw sockets; manual keys or IKEv2)",
                               description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
     p.set_defaults(func=run)
@@ -114,21 +118,31 @@ class AgentProcess:
         return self.run_dir / "esp_sa"
 
     def start(self) -> AgentProcess:
+        self.launch()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.poll_running():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"agent in {self.host.name} did not start within {START_TIMEOUT_S}s: {self.log_tail()}")
+
+    def launch(self) -> AgentProcess:
+        """Start the process and return at once (many agents launched together: ``natlab bench scale``)."""
         argv = [sys.executable, "-m", "client_agent.agent_cli", "--config", str(self.config_path),
                 "--run-dir", str(self.run_dir), *self.extra_args]
         (self.run_dir / "status.json").unlink(missing_ok=True)
         with open(self.log, "ab") as log:
             self.proc = self.host.popen(argv, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"agent in {self.host.name} exited with {self.proc.returncode}: {self.log_tail()}")
-            if self.status().get("state") == "running":
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"agent in {self.host.name} did not start within {START_TIMEOUT_S}s: {self.log_tail()}")
+        return self
+
+    def poll_running(self) -> bool:
+        """Is the launched agent running (its leases granted)? RuntimeError if it exited instead."""
+        assert self.proc is not None, "launch the agent first"
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"agent in {self.host.name} exited with {self.proc.returncode}: {self.log_tail()}")
+        return bool(self.status().get("state") == "running")
 
     def status(self) -> dict[str, Any]:
         """The agent's ``status.json`` ({} before it wrote one)."""

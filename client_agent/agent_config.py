@@ -1,4 +1,4 @@
-"""The agent's configuration file (TOML, manual keying), parsed and validated; pure.
+"""The agent's configuration file (TOML: manual keys in [[sa]] tables, or [ike] for IKEv2), parsed and validated; pure.
 
 One file describes one agent: its TUN device and the prefixes routed into it
 (``[agent]``), its SAs (``[[sa]]``, RFC 4301 section 4.4.2.1 fields with keys
@@ -607,6 +607,8 @@ def render(config: AgentConfig) -> str:
         names = {IPPROTO_TCP: "tcp_ports", IPPROTO_UDP: "udp_ports"}
         fields |= {names[proto]: list(block) for proto, block in sorted(nat.ports.items())}
         lines += ["", "[nat]", *_assignments(fields)]
+    if config.ike is not None:
+        lines += ["", "[ike]", *_assignments(config.ike.toml_fields())]
     return "\n".join(lines) + "\n"
 
 
@@ -619,6 +621,8 @@ def _toml_value(key: str, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return f"0x{value:08x}" if key == "spi" else str(value)
+    if isinstance(value, float):
+        return repr(value)
     if isinstance(value, str):
         if any(c in value for c in '"\\\n') or not value.isprintable():
             raise ValueError(f"{key}={value!r}: cannot be written as a plain TOML string")

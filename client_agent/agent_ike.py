@@ -47,13 +47,15 @@ from client_agent.ike.keyfile import ikev2_line, security_associations
 from client_agent.ike.proposals import ChildSuite, child_suite, parse_proposal
 from client_agent.ike.registry import ProtocolId
 from client_agent.ike.selectors import parse_selector
-from client_agent.ipsec.keyfile import esp_sa_file
+from client_agent.ipsec.keyfile import ah_sa_file, esp_sa_file
 from client_agent.ipsec.sa import Mode, Protocol, SAState, SecurityAssociation
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action, Policy, Selector
+from client_agent.ipsec.udpencap import KEEPALIVE_INTERVAL, UDP_HEADER_LEN
 
 IKE_FIELDS = {"role", "peer", "local_id", "remote_id", "psk", "psk_file", "proposals", "esp", "ah", "mode",
-              "local_ts", "remote_ts", "child_rekey", "ike_rekey", "liveness", "natd", "natd_global"}
+              "local_ts", "remote_ts", "child_rekey", "ike_rekey", "liveness", "natd", "natd_global",
+              "force_encap", "keepalive"}
 ROLES = ("initiator", "responder")
 
 
@@ -81,21 +83,37 @@ class IkeTable:
     liveness: float | None = None
     natd: bool = True
     natd_global: bool = True  # with [nat]: NAT-D over the global address (false: the private one, a control)
+    force_encap: bool = False  # NAT-T even without a NAT (RFC 7296 section 2.23, strongSwan's encap=yes)
+    keepalive: float = KEEPALIVE_INTERVAL  # NAT-keepalive interval in seconds (RFC 3948 section 4)
 
-    def config(self, natd_source: tuple[str, int] | None = None) -> IkeConfig:
+    def config(self, natd_source: tuple[str, int] | None = None, own_ike_rekeys: bool = False) -> IkeConfig:
+        """``own_ike_rekeys``: behind the extensible NAT, where only a leased SPI may become an SPIi."""
         return IkeConfig.build(local_id=self.local_id, remote_id=self.remote_id, psk=self.psk, ike=self.proposals,
                                esp=self.esp, ah=self.ah, local_ts=self.local_ts, remote_ts=self.remote_ts,
                                mode=self.mode, child_rekey=self.child_rekey, ike_rekey=self.ike_rekey,
                                liveness=self.liveness,
-                               natd=self.natd, natd_source=natd_source)
+                               natd=self.natd, natd_source=natd_source, own_ike_rekeys=own_ike_rekeys,
+                               force_encap=self.force_encap)
+
+    def toml_fields(self) -> dict[str, Any]:
+        """The table as ``[ike]`` fields that :func:`parse_ike` reads back to an equal table (the PSK inline:
+        the file it may have come from is not kept); unset optional fields are left out."""
+        fields: dict[str, Any] = {"role": self.role, "peer": self.peer, "local_id": self.local_id,
+                                  "remote_id": self.remote_id, "psk": self.psk.decode()}
+        fields = {k: v for k, v in fields.items() if v is not None}
+        fields |= {k: list(getattr(self, k)) for k in ("proposals", "esp", "ah", "local_ts", "remote_ts")}
+        fields |= {k: getattr(self, k) for k in ("child_rekey", "ike_rekey", "liveness") if getattr(self, k) is not None}
+        return fields | {"mode": self.mode, "natd": self.natd, "natd_global": self.natd_global,
+                         "force_encap": self.force_encap, "keepalive": self.keepalive}
 
     def largest_overhead(self, overhead: Callable[[SecurityAssociation], int]) -> int:
-        """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU)."""
+        """The most bytes any proposed CHILD_SA adds to a packet (for the TUN MTU), with NAT-T's UDP header when
+        ESP is proposed: whether a NAT sits on the path is learnt only in IKE_SA_INIT (RFC 3948, RFC 7296 2.23)."""
         worst = 0
         for proposal in self.config().child_proposals:
             suite = child_suite(_first_of_each(proposal))
             worst = max(worst, overhead(_dummy_sa(suite, self.mode)))
-        return worst
+        return worst + (UDP_HEADER_LEN if self.esp else 0)
 
 
 def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()) -> IkeTable:
@@ -119,8 +137,10 @@ def parse_ike(table: object, read_file: Callable[[str], bytes] = lambda p: Path(
         child_rekey=_seconds(table, "child_rekey"), ike_rekey=_seconds(table, "ike_rekey"),
         liveness=_seconds(table, "liveness"),
         natd=_bool(table, "natd", True), natd_global=_bool(table, "natd_global", True),
+        force_encap=_bool(table, "force_encap", False), keepalive=_seconds(table, "keepalive") or KEEPALIVE_INTERVAL,
     )
     _check_proposals(parsed)
+    _check_encap(parsed)
     return parsed
 
 
@@ -139,6 +159,15 @@ def _check_proposals(parsed: IkeTable) -> None:
                 parse_selector(text)
             except (ValueError, KeyError) as err:
                 raise IkeConfigError(f"[ike] {key}: {text!r}: {err}") from None
+
+
+def _check_encap(parsed: IkeTable) -> None:
+    """AH cannot be UDP-encapsulated (RFC 3948 is ESP only; AH's ICV covers the addresses a NAT rewrites)."""
+    if parsed.force_encap and parsed.ah:
+        raise IkeConfigError(f"[ike] force_encap=true with ah={list(parsed.ah)!r}: AH cannot be UDP-encapsulated "
+                             "(NAT-T, RFC 3948, carries ESP only); drop ah or force_encap")
+    if parsed.force_encap and not parsed.natd:
+        raise IkeConfigError("[ike] force_encap=true with natd=false: encapsulation is forced through NAT-D")
 
 
 def _choice(table: dict, key: str, choices: tuple[str, ...], default: str) -> str:
@@ -273,19 +302,23 @@ class IkeKeying:
             inbound = dataclasses.replace(inbound, dst=self.global_ip)
         states = self.sad.add_inbound(inbound), self.sad.add_outbound(outbound)
         self.history += [inbound, outbound]
-        local_ts = tuple(self._private(ts) for ts in child.local_ts)
+        local_ts, remote_ts = tuple(self._private(ts) for ts in child.local_ts), child.remote_ts
+        if child.udp_encap and child.mode == "transport":
+            local_ts, remote_ts = _at(local_ts, self.local), _at(remote_ts, self.remote)
         policies = [Policy(selector, Action.PROTECT, states[1], states[0], name=f"ike-{child.inbound_spi:08x}")
-                    for selector in selectors(local_ts, child.remote_ts)]
+                    for selector in selectors(local_ts, remote_ts)]
         self.spd.prepend(policies)  # the newest SA wins: after a rekey, traffic moves at once
         self.installed[child.inbound_spi] = _Installed(states[0], states[1], policies)
 
     def _private(self, ts: TrafficSelector) -> TrafficSelector:
-        """The SPD sees packets before pre-compensation: the global IP in a selector stands for our own."""
+        """The SPD sees packets before pre-compensation: the global IP in a selector stands for our own, and
+        a port range on it for every port of ours, since pre-compensation maps each private port into the
+        leased block (claims 6, 12) that the selector names so that the peer can tell clients apart."""
         glob = self.global_ip
         if glob is None or not (ts.start == ts.end == ipaddress.IPv4Address(glob)):
             return ts
         private = ipaddress.IPv4Address(self.local)
-        return dataclasses.replace(ts, start=private, end=private)
+        return dataclasses.replace(ts, start=private, end=private, start_port=0, end_port=65535)
 
     def _remove(self, child: ChildSa) -> None:
         entry = self.installed.pop(child.inbound_spi, None)
@@ -302,6 +335,19 @@ class IkeKeying:
     def esp_sa(self) -> str:
         """Wireshark's esp_sa for every SA this agent ever had (a capture may hold packets of deleted ones)."""
         return esp_sa_file(self.history)
+
+    def ah_sa(self) -> str:
+        """The same for AH (``ah_sa``: Wireshark has no AH key table; scapy and people read it)."""
+        return ah_sa_file(self.history)
+
+
+def _at(selectors: tuple[TrafficSelector, ...], address: str) -> tuple[TrafficSelector, ...]:
+    """Transport mode through a NAT (RFC 7296 section 2.23.1): a selector's addresses become the SA endpoint's
+    as the IKE packets showed it, protocol and ports kept. The peer's selector names its private address,
+    which a NAT hides: traffic to and from it is what arrives from, and goes to, the NAT's address and port.
+    Two peers behind one NAT then get the same selector (RFC 3948 section 5.2; see the README)."""
+    where = ipaddress.IPv4Address(address)
+    return tuple(dict.fromkeys(dataclasses.replace(ts, start=where, end=where) for ts in selectors))
 
 
 def selectors(local: tuple[TrafficSelector, ...], remote: tuple[TrafficSelector, ...]) -> list[Selector]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import time
 from collections import Counter
@@ -22,17 +23,20 @@ from typing import Any
 
 from client_agent.agent_ike import IkeKeying, IkeTable
 from client_agent.ike.endpoint import IkeEndpoint
-from client_agent.ike.events import ChildEstablished, IkeClosed, SpiReleased, describe
+from client_agent.ike.events import ChildDeleted, ChildEstablished, Event, IkeClosed, SpiReleased, describe
 from client_agent.ike.keyfile import FILENAME as IKE_KEYFILE
-from client_agent.ike.registry import IKE_PORT, ProtocolId
-from client_agent.ike.session import random_child_spi
+from client_agent.ike.registry import IKE_PORT, NATT_PORT, ProtocolId
+from client_agent.ike.session import IkeSession, State, random_child_spi
+from client_agent.ipsec.keyfile import AH_FILENAME as AH_KEYFILE
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYFILE
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD
+from client_agent.natt import NattSocket
 from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 log = logging.getLogger("natlab.agent.ike")
 IP_PROTOCOL = {ProtocolId.ESP: IPPROTO_ESP, ProtocolId.AH: IPPROTO_AH}
+CLOSE_WAIT_S = 0.5  # how long a stopping agent waits for the answers to its Deletes
 
 
 @dataclass
@@ -54,6 +58,10 @@ class LeasedIke:
     held: Callable[[int, int], bool] = lambda protocol, spi: True
     on_released: Callable[[int, int], int] | None = None
     free: list[tuple[int, int]] = field(default_factory=list)
+    spare_spi_i: int | None = None  # the next IKE SA's SPIi (an IKE SA rekey, RFC 7296 2.18), leased ahead
+    ike_held: Callable[[int], bool] = lambda spi: True
+    on_ike_spi_taken: Callable[[int], int] | None = None  # leases the spare after this one, returns it
+    on_ike_spi_released: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         self.free = list(self.child_spis)
@@ -66,6 +74,20 @@ class LeasedIke:
                 self.free.remove(entry)
                 return entry[1]
         raise RuntimeError(f"no leased {protocol.name} CHILD SPI is free")
+
+    def next_ike_spi(self) -> bytes | None:
+        """Step 801 again, for an IKE SA rekey: the spare SPIi once its lease is held (None: not yet, the
+        session retries); a fresh spare is then leased for the rekey after this one."""
+        spare = self.spare_spi_i
+        if spare is None or not self.ike_held(spare):
+            return None
+        self.spare_spi_i = self.on_ike_spi_taken(spare) if self.on_ike_spi_taken is not None else None
+        return spare.to_bytes(8, "big")
+
+    def ike_sa_gone(self, spi_i: bytes) -> None:
+        """An IKE SA we initiated was rekeyed away: its SPIi lease goes back (the successor has its own)."""
+        if self.on_ike_spi_released is not None:
+            self.on_ike_spi_released(int.from_bytes(spi_i, "big"))
 
     def give_back(self, spi: int) -> None:
         for entry in list(self.child_spis):
@@ -82,14 +104,18 @@ class LeasedIke:
 
 class IkeShell:
     def __init__(self, table: IkeTable, address: str, sad: SAD, spd: SPD, run_dir: Path, mark: int,
-                 leased: LeasedIke | None = None) -> None:
-        self.table, self.run_dir, self.leased = table, run_dir, leased
+                 leased: LeasedIke | None = None, natt: NattSocket | None = None) -> None:
+        self.table, self.run_dir, self.leased, self.natt = table, run_dir, leased, natt
+        self.floated: set[tuple[str, int]] = set()  # peers whose IKE came on 4500 (RFC 7296 section 2.23)
+        if natt is not None:
+            natt.on_ike = self._on_natt_ike
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
         self.sock.setblocking(False)
         self.sock.bind((address, IKE_PORT))
         global_ip = leased.global_ip if leased else None
-        config = table.config(natd_source=(global_ip, IKE_PORT) if leased and global_ip and leased.natd_global else None)
+        config = table.config(natd_source=(global_ip, IKE_PORT) if leased and global_ip and leased.natd_global else None,
+                              own_ike_rekeys=leased is not None)
         child_spi = leased.take if leased else random_child_spi
         self.endpoint = IkeEndpoint(config if table.role == "responder" else None, (address, IKE_PORT),
                                     child_spi=child_spi)
@@ -99,6 +125,8 @@ class IkeShell:
         if table.role == "initiator":
             spi = leased.spi_i.to_bytes(8, "big") if leased else None
             self.session = self.endpoint.initiate(config, (_initiator_peer(table), IKE_PORT), time.monotonic(), spi)
+            if leased is not None:  # rekeyed IKE SAs take leased SPIs too (their successors inherit the source)
+                self.session.ike_spi_source = leased.next_ike_spi
         self.flush()
 
     def fileno(self) -> int:
@@ -114,42 +142,82 @@ class IkeShell:
             self.endpoint.receive_datagram(data, addr, time.monotonic())
         self.flush()
 
+    def _on_natt_ike(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.floated.add(addr)
+        self.endpoint.receive_datagram(data, addr, time.monotonic())
+        self.flush()
+
     def tick(self) -> None:
         self.endpoint.handle_timer(time.monotonic())
         self.flush()
+        if self.natt is not None:
+            self.natt.tick()
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.natt is not None and (addr[1] == NATT_PORT or addr in self.floated):
+            self.natt.send_ike(data, addr)
+        else:
+            self.sock.sendto(data, addr)
+
+    def _encap(self, session: IkeSession, event: Event) -> None:
+        """A UDP-encapsulated CHILD_SA's ESP goes to the peer's NAT-T address (RFC 3948); a deleted one's stops."""
+        if self.natt is None:
+            return
+        if isinstance(event, ChildEstablished) and event.child.udp_encap:
+            self.natt.route(event.child.outbound_spi, session.remote)
+        elif isinstance(event, ChildDeleted):
+            self.natt.unroute(event.child.outbound_spi)
 
     def flush(self) -> None:
         for data, addr in self.endpoint.datagrams_to_send():
-            self.sock.sendto(data, addr)
+            self._send(data, addr)
         changed = False
         for session, event in self.endpoint.next_events():
+            self._encap(session, event)
             if self.table.role == "responder":
                 self.keying.remote = session.remote[0]
             log.info("ike: %s", json.dumps(describe(event)))
             self.counts[type(event).__name__] += 1
             if isinstance(event, SpiReleased) and self.leased is not None:
                 self.leased.give_back(event.spi)
+            if (isinstance(event, IkeClosed) and event.reason in ("rekeyed", "rekey_collision") and self.leased is not None
+                    and session.initiator):
+                self.leased.ike_sa_gone(session.spi_i)
             changed |= self.keying.apply(event)
         if changed:
             _write_private(self.run_dir / IKE_KEYFILE, self.keying.ikev2_table())
             _write_private(self.run_dir / ESP_KEYFILE, self.keying.esp_sa())
+            _write_private(self.run_dir / AH_KEYFILE, self.keying.ah_sa())
 
-    def close(self) -> None:
-        """Delete our IKE SA (best effort, one datagram) and close the socket."""
+    def close(self, wait: float = CLOSE_WAIT_S) -> None:
+        """Delete our IKE SAs (RFC 7296 section 1.4.1) and wait, at most ``wait`` seconds, for the peers'
+        answers before closing the socket: closed at once, it made each answer meet a closed port (an ICMP
+        port unreachable on the peer's wire). A peer that does not answer costs the whole wait, no more."""
+        now = time.monotonic()
         for session in list(self.endpoint.sessions.values()):
-            session.close(time.monotonic())
+            session.close(now)
+        deadline = now + wait
         try:
-            for data, addr in self.endpoint.datagrams_to_send():
-                self.sock.sendto(data, addr)
+            self.flush()
+            while self._deleting() and (left := deadline - time.monotonic()) > 0:
+                readable, _, _ = select.select([s for s in (self.sock, self.natt) if s is not None], [], [], left)
+                self.pump()
+                if self.natt is not None and self.natt in readable:
+                    while self.natt.read() is not None:  # IKE on 4500 reaches _on_natt_ike; ESP now is dropped
+                        pass
         except OSError as err:
-            log.warning("ike: cannot send the Delete: %s", err)
+            log.warning("ike: cannot finish the Delete: %s", err)
         self.sock.close()
+
+    def _deleting(self) -> bool:
+        return any(session.state is not State.CLOSED for session in self.endpoint.sessions.values())
 
     def status(self) -> dict[str, Any]:
         drops = Counter(self.endpoint.counters)
         for session in self.endpoint.sessions.values():
             drops.update(session.counters)
         return {"role": self.table.role, "events": dict(self.counts),
+                "natt": None if self.natt is None else self.natt.status(),
                 "children": self.counts[ChildEstablished.__name__] - self.counts["ChildDeleted"],
                 "closed": self.counts[IkeClosed.__name__], "counters": dict(drops)}
 

@@ -91,14 +91,25 @@ def wanted_leases(config: AgentConfig) -> list[Wanted]:
     return wanted
 
 
-def ike_leases(config: AgentConfig, spi_i: int, child_spis: list[tuple[int, int]]) -> list[Wanted]:
-    """FIG. 8 step 801 for IKE: the initiator SPI (ISAKMP's GPN: UDP 500, 64 bits at 0) and, step 802, the
-    inbound CHILD SPIs IKE will propose, each leased on the global IP with the peer as the foreign host."""
+def ike_leases(config: AgentConfig, spi_i: int, child_spis: list[tuple[int, int]],
+               spare_spi_i: int | None = None) -> list[Wanted]:
+    """FIG. 8 step 801 for IKE: the initiator SPI (ISAKMP's GPN: UDP 500, 64 bits at 0), and the spare one an
+    IKE SA rekey will use (RFC 7296 2.18: the rekey's initiator picks the new SPIi); step 802, the inbound
+    CHILD SPIs IKE will propose; each leased on the global IP with the peer as the foreign host."""
+    wanted = [ike_spi_lease(config, spi) for spi in (spi_i, spare_spi_i) if spi is not None]
+    return wanted + [child_spi_lease(config, proto, spi) for proto, spi in child_spis]
+
+
+def ike_spi_lease(config: AgentConfig, spi_i: int) -> Wanted:
+    """Step 801: one IKE initiator SPI (the seed's cookie) on the global IP, the IKE peer as the foreign host."""
     nat, ike = config.nat, config.ike
     assert nat is not None and ike is not None and ike.peer is not None
-    wanted = [Wanted(f"IKE SPI 0x{spi_i:016x}", LeaseInfo(b"", IPPROTO_UDP, spi_i, spi_i, nat.global_ip, ike.peer,
-                                                           port=ISAKMP_DEFINITION.port), IPPROTO_UDP)]
-    return wanted + [child_spi_lease(config, proto, spi) for proto, spi in child_spis]
+    return Wanted(ike_spi_label(spi_i), LeaseInfo(b"", IPPROTO_UDP, spi_i, spi_i, nat.global_ip, ike.peer,
+                                                  port=ISAKMP_DEFINITION.port), IPPROTO_UDP)
+
+
+def ike_spi_label(spi_i: int) -> str:
+    return f"IKE SPI 0x{spi_i:016x}"
 
 
 def child_spi_lease(config: AgentConfig, protocol: int, spi: int) -> Wanted:

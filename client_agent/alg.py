@@ -23,7 +23,7 @@ from client_agent.compensate import Binding, NotCompensable
 from netwire.checksum import internet_checksum, ip_bytes, pseudo_header_sum
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_UDP
-from netwire.view import IPv4View
+from netwire.view import IPv4View, Packet
 
 __pure__ = True
 
@@ -35,9 +35,9 @@ class ClientAlg(Protocol):
 
     name: str
 
-    def outgoing(self, packet: bytes, binding: Binding) -> bytes: ...
+    def outgoing(self, packet: Packet, binding: Binding) -> Packet: ...
 
-    def incoming(self, packet: bytes, binding: Binding) -> bytes: ...
+    def incoming(self, packet: Packet, binding: Binding) -> Packet: ...
 
 
 class AlgRegistry:
@@ -61,7 +61,7 @@ class AlgRegistry:
     def lookup(self, protocol: int, port: int) -> ClientAlg | None:
         return self._algs.get((protocol, port))
 
-    def outgoing(self, packet: bytes, protocol: int, service_port: int, binding: Binding) -> bytes:
+    def outgoing(self, packet: Packet, protocol: int, service_port: int, binding: Binding) -> Packet:
         """Step 813: the ALG of the destination port, if any, on an outgoing packet."""
         alg = self._algs.get((protocol, service_port))
         if alg is None:
@@ -69,7 +69,7 @@ class AlgRegistry:
         self.counters[f"{alg.name}:out"] += 1
         return alg.outgoing(packet, binding)
 
-    def incoming(self, packet: bytes, protocol: int, service_port: int, binding: Binding) -> bytes:
+    def incoming(self, packet: Packet, protocol: int, service_port: int, binding: Binding) -> Packet:
         """Step 822: the ALG of the source port, if any, on an incoming packet."""
         alg = self._algs.get((protocol, service_port))
         if alg is None:
@@ -93,11 +93,11 @@ class AddressTextAlg:
 
     name = "address-text"
 
-    def outgoing(self, packet: bytes, binding: Binding) -> bytes:
+    def outgoing(self, packet: Packet, binding: Binding) -> Packet:
         return _replace_text(packet, _text(binding.private_ip, binding.private_port),
                              _text(binding.global_ip, binding.global_port), binding, outgoing=True)
 
-    def incoming(self, packet: bytes, binding: Binding) -> bytes:
+    def incoming(self, packet: Packet, binding: Binding) -> Packet:
         return _replace_text(packet, _text(binding.global_ip, binding.global_port),
                              _text(binding.private_ip, binding.private_port), binding, outgoing=False)
 
@@ -106,7 +106,7 @@ def _text(ip: str, port: int | None) -> bytes:
     return f"{ip}:{port}".encode()
 
 
-def _replace_text(packet: bytes, old: bytes, new: bytes, binding: Binding, *, outgoing: bool) -> bytes:
+def _replace_text(packet: Packet, old: bytes, new: bytes, binding: Binding, *, outgoing: bool) -> Packet:
     try:
         view = IPv4View(packet)
     except MalformedPacket as err:

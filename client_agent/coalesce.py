@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 
 from netwire.checksum import ones_complement_sum
 from netwire.ipv4 import IPPROTO_TCP, TCP_ACK
-from netwire.view import PROTOCOL_OFFSET
+from netwire.view import PROTOCOL_OFFSET, Packet
 
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
 VNET_HDR_LEN = VNET_HDR.size
@@ -53,7 +53,7 @@ class _Segment:
 
     __slots__ = ("packet", "key", "same", "seq", "thlen", "payload_len", "flags")
 
-    def __init__(self, packet: bytes, thlen: int) -> None:
+    def __init__(self, packet: Packet, thlen: int) -> None:
         self.packet, self.thlen = packet, thlen
         self.key = packet[12:24]  # addresses and ports
         # TOS, TTL, then acknowledgment, data offset, window, urgent pointer and options (not flags, seq, checksum)
@@ -63,7 +63,7 @@ class _Segment:
         self.flags = packet[33]
 
 
-def frames(packets: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
+def frames(packets: Iterable[Packet]) -> Iterator[tuple[bytes, int]]:
     """``(frame, packets in it)`` to write, in order: each a virtio-net header and a packet or a super-segment."""
     run: list[_Segment] = []
     for packet in packets:
@@ -80,7 +80,7 @@ def frames(packets: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:
     yield from _flush(run)
 
 
-def _mergeable(packet: bytes) -> _Segment | None:
+def _mergeable(packet: Packet) -> _Segment | None:
     """A TCP segment with data that GRO's rules let merge; None for anything else."""
     if len(packet) < 40 or packet[0] != 0x45 or packet[PROTOCOL_OFFSET] != IPPROTO_TCP:
         return None

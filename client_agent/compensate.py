@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from netwire.checksum import difference, ip_bytes
 from netwire.ethernet import MalformedPacket
-from netwire.ipv4 import UDP_CHECKSUM_OFFSET
+from netwire.ipv4 import UDP_CHECKSUM_OFFSET, dotted
 from netwire.view import (
     CHECKSUM_OFFSET,
     DST_OFFSET,
@@ -169,12 +169,8 @@ def _rewrite_port(buf: bytearray, port_at: int, way: Direction) -> None:
 def _rewrite_address(buf: bytearray, way: Direction) -> None:
     at = way.address_at
     if buf[at:at + 4] != way.old_ip:
-        raise NotCompensable(f"{'source' if at == SRC_OFFSET else 'destination'} is not {_dotted(way.old_ip)}")
+        raise NotCompensable(f"{'source' if at == SRC_OFFSET else 'destination'} is not {dotted(way.old_ip)}")
     buf[at:at + 4] = way.new_ip
     total = (~(buf[CHECKSUM_OFFSET] << 8 | buf[CHECKSUM_OFFSET + 1]) & 0xFFFF) + way.ip_difference
     checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF  # RFC 1624 eq. 3, one fold for two 16-bit addends
     buf[CHECKSUM_OFFSET], buf[CHECKSUM_OFFSET + 1] = checksum >> 8, checksum & 0xFF
-
-
-def _dotted(raw: bytes) -> str:
-    return ".".join(str(b) for b in raw)

@@ -43,6 +43,7 @@ from client_agent.ipsec.processing import inbound, outbound
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD
 from client_agent.traversal import Traversal
+from netwire.view import Packet
 
 BATCH = 64  # packets taken from one descriptor before the others get a turn
 SEND_ERROR = "send_error"  # the kernel refused to send (EMSGSIZE, ENOBUFS, unreachable)
@@ -59,7 +60,14 @@ class PacketSource(Protocol):
 
 
 class PacketSink(Protocol):
-    """Where packets go: the TUN device (``write``) or the raw sender (``send``)."""
+    """Where delivered packets go: the TUN device (``write``); a compensated packet arrives as the
+    bytearray the rewrite made (client_agent/traversal.py), uncopied."""
+
+    def __call__(self, packet: Packet, /) -> None: ...
+
+
+class WireSink(Protocol):
+    """Where protected packets go: the raw sender (``send``); ESP/AH always build new bytes."""
 
     def __call__(self, packet: bytes, /) -> None: ...
 
@@ -124,7 +132,7 @@ class Datapath:
     """
 
     def __init__(
-        self, tun: PacketSource, deliver: PacketSink, receivers: Sequence[PacketSource], send: PacketSink,
+        self, tun: PacketSource, deliver: PacketSink, receivers: Sequence[PacketSource], send: WireSink,
         sad: SAD, spd: SPD, *, drop_log: Callable[[str, str, object], None] | None = None,
         traversal: Traversal | None = None, deliver_frame: PacketSink | None = None,
     ) -> None:
@@ -178,7 +186,7 @@ class Datapath:
         """
         read, deliver, sad, spd, count = receiver.read, self.deliver, self.sad, self.spd, self.counters
         hooks = self._in_hooks
-        ready: list[bytes] | None = None if self.deliver_frame is None else []
+        ready: list[Packet] | None = None if self.deliver_frame is None else []
         taken = 0
         while taken < BATCH:
             packet = read()
@@ -204,7 +212,7 @@ class Datapath:
             self._deliver_frames(ready)
         return taken
 
-    def _deliver_frames(self, packets: list[bytes]) -> None:
+    def _deliver_frames(self, packets: list[Packet]) -> None:
         """Write ``packets`` as coalesced frames; a refused frame drops every packet in it."""
         count, write = self.counters, self.deliver_frame
         assert write is not None

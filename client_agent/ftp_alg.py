@@ -31,7 +31,7 @@ from client_agent.compensate import Binding, NotCompensable
 from client_agent.traversal import NoGlobalPort, PortBlock
 from netwire.ftp import data_rewriter, might_be_data_command
 from netwire.tcprewrite import LineRewriter, PrefixedCounters, rewrite_segment
-from netwire.view import DST_OFFSET, SRC_OFFSET
+from netwire.view import DST_OFFSET, SRC_OFFSET, Packet
 
 __pure__ = True
 
@@ -66,7 +66,7 @@ class FtpAlg:
         self.connections: OrderedDict[Key, _Control] = OrderedDict()
         self.counters = PrefixedCounters(counters if counters is not None else Counter(), "ftp:")
 
-    def outgoing(self, packet: bytes, binding: Binding) -> bytes:
+    def outgoing(self, packet: Packet, binding: Binding) -> Packet:
         """Step 813: rewrite PORT/EPRT, move SEQ by what earlier rewrites added, map ACKs of the server's data."""
         key = _key(packet, binding, outgoing=True)
         if key is None:
@@ -74,15 +74,15 @@ class FtpAlg:
             return packet
         control = self.connections.get(key) or self._open(key, binding)
         self.connections.move_to_end(key)
-        return _checked(rewrite_segment(packet, control.out, control.in_, self.counters))
+        return _checked(rewrite_segment(bytes(packet), control.out, control.in_, self.counters))  # FTP control only
 
-    def incoming(self, packet: bytes, binding: Binding) -> bytes:
+    def incoming(self, packet: Packet, binding: Binding) -> Packet:
         """Step 822: the server's ACK and SACK edges moved back into the sequence space our stack sent."""
         key = _key(packet, binding, outgoing=False)
         control = None if key is None else self.connections.get(key)
         if control is None:
             return packet
-        return _checked(rewrite_segment(packet, control.in_, control.out, self.counters))
+        return _checked(rewrite_segment(bytes(packet), control.in_, control.out, self.counters))
 
     def expected(self, private_port: int) -> int | None:
         """The global port the server's data connection for ``private_port`` will come to (None: block full)."""
@@ -100,7 +100,7 @@ class FtpAlg:
         return control
 
 
-def _key(packet: bytes, binding: Binding, *, outgoing: bool) -> Key | None:
+def _key(packet: Packet, binding: Binding, *, outgoing: bool) -> Key | None:
     ihl = (packet[0] & 0x0F) * 4
     if len(packet) < ihl + 4 or binding.global_port is None:
         return None

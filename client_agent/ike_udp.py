@@ -21,6 +21,7 @@ import select
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from client_agent.ike.config import IkeConfig
@@ -31,6 +32,7 @@ from client_agent.ike.keyfile import ikev2_line, security_associations
 from client_agent.ike.registry import IKE_PORT, NATT_PORT
 from client_agent.ipsec.keyfile import FILENAME as ESP_KEYS
 from client_agent.ipsec.keyfile import esp_sa_file
+from client_agent.ipsec.udpencap import NON_ESP_MARKER
 
 
 def build_config(args: argparse.Namespace) -> IkeConfig:
@@ -45,11 +47,11 @@ def build_config(args: argparse.Namespace) -> IkeConfig:
         remote_ts=tuple(args.remote_ts or (["0.0.0.0/0"] if args.role == "respond" else [args.remote])),
         mode=args.mode, natd=not args.no_natd,
         natd_source=(args.natd_address, IKE_PORT) if args.natd_address else None,
-        child_rekey=args.child_rekey, ike_rekey=args.ike_rekey,
+        child_rekey=args.child_rekey, ike_rekey=args.ike_rekey, own_ike_rekeys=bool(args.next_spi),
     )
 
 
-NON_ESP_MARKER = b"\0\0\0\0"  # RFC 3948 section 2.2: IKE on port 4500 starts with four zero bytes
+REKEYED = ("rekeyed", "rekey_collision")  # closed for a successor, or the redundant one of a collision (2.8.2)
 
 
 class Shell:
@@ -88,7 +90,7 @@ class Shell:
 
     def flush(self) -> None:
         for data, addr in self.endpoint.datagrams_to_send():
-            if addr in self.natt_peers and self.natt is not None:
+            if self.natt is not None and (addr in self.natt_peers or addr[1] == NATT_PORT):  # floated (RFC 7296 2.23)
                 self.natt.sendto(NON_ESP_MARKER + data, addr)
             else:
                 self.sock.sendto(data, addr)
@@ -102,7 +104,7 @@ class Shell:
             self.ike_lines.append(ikev2_line(event.spi_i, event.spi_r, event.suite, event.keys))
         elif isinstance(event, ChildEstablished):
             self.children += security_associations(event.child, session.local[0], session.remote[0])
-        elif isinstance(event, IkeClosed) and event.reason != "rekeyed":  # a rekeyed SA lives on in its successor
+        elif isinstance(event, IkeClosed) and event.reason not in REKEYED:  # a rekeyed SA lives on in its successor
             self.closed += 1
         if self.keys is not None:
             self.keys.mkdir(parents=True, exist_ok=True)
@@ -116,10 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.local, IKE_PORT))
-    natt = None
-    if args.ike_on_4500:
-        natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        natt.bind((args.local, NATT_PORT))
+    natt = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # an initiator that detects a NAT floats there
+    natt.bind((args.local, NATT_PORT))
     endpoint = IkeEndpoint(config if args.role == "respond" else None, (args.local, IKE_PORT))
     shell = Shell(endpoint, sock, Path(args.keys) if args.keys else None, natt)
     print(json.dumps({"event": "Listening", "local": args.local}), flush=True)  # sockets bound: peers may start
@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "initiate":
         spi = bytes.fromhex(args.spi) if args.spi else None
         session = endpoint.initiate(config, (args.remote, IKE_PORT), time.monotonic(), spi)
+        if args.next_spi:  # behind the extensible NAT: the rekeyed IKE SA's SPIi is a second leased cookie
+            session.ike_spi_source = spares([bytes.fromhex(args.next_spi)])
         shell.flush()
         return run_initiator(shell, session, args, deadline)
     while time.monotonic() < deadline and not (args.sas and shell.closed >= args.sas):
@@ -152,6 +154,13 @@ def run_initiator(shell: Shell, session, args: argparse.Namespace, deadline: flo
     return 0
 
 
+def spares(spis: list[bytes]) -> Callable[[], bytes | None]:
+    """The leased SPIs an IKE SA rekey may take, each once; then None (the session waits, then gives up)."""
+    def take() -> bytes | None:
+        return spis.pop(0) if spis else None
+    return take
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m client_agent.ike_udp", description=__doc__.split("\n")[0])
     p.add_argument("role", choices=("initiate", "respond"))
@@ -168,10 +177,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--local-ts", action="append")
     p.add_argument("--remote-ts", action="append")
     p.add_argument("--spi", help="our IKE SPI (hex, 16 digits): the leased cookie behind the extensible NAT")
+    p.add_argument("--next-spi", help="the SPIi (hex) for an IKE SA rekey, leased too; peers' IKE rekeys are then "
+                   "refused with TEMPORARY_FAILURE and redone with it (RFC 7296 2.25)")
     p.add_argument("--natd-address", help="compute NAT_DETECTION_SOURCE_IP over this address (the global one)")
     p.add_argument("--no-natd", action="store_true")
     p.add_argument("--ike-on-4500", action="store_true",
-                   help="also take IKE (non-ESP marker) on UDP 4500, where a peer that sees a NAT moves it")
+                   help="(always on now: IKE with the non-ESP marker is taken on UDP 4500, where NAT-T moves it)")
     p.add_argument("--keys", help="directory for ikev2_decryption_table and esp_sa")
     p.add_argument("--child-rekey", type=float, help="initiator: rekey the CHILD_SA after this many seconds")
     p.add_argument("--ike-rekey", type=float, help="initiator: rekey the IKE SA after this many seconds")

@@ -250,11 +250,7 @@ def _define(args: argparse.Namespace) -> int:
         definition = dataclasses.replace(base, **given)
     except ValueError as exc:
         return _usage(args, f"invalid definition: {exc}")
-    with _Session(args) as session:
-        tx = session.client.request(definition, args.lifetime or pcp.LIFETIME_UNSPECIFIED, session.now(),
-                                    give_up_after=args.timeout)
-        event = session.run([tx])[0]
-        return session.report("define", event)
+    return _ask_once(args, definition, "define")
 
 
 def _alloc(args: argparse.Namespace) -> int:
@@ -282,11 +278,16 @@ def _alloc(args: argparse.Namespace) -> int:
             return _usage(args, "--foreign-port applies to udp and tcp only")
         info = pcp.LeaseInfo(nonce, protocol, args.private_gpn, args.global_gpn, args.global_ip, args.foreign,
                              port=port)
+    return _ask_once(args, info, "alloc")
+
+
+def _ask_once(args: argparse.Namespace, info: pcp.Info, verb: str) -> int:
+    """One request (DEFINE, LEASE, MAP or PEER) with the lifetime asked for, its outcome reported as ``verb``'s."""
     with _Session(args) as session:
         tx = session.client.request(info, args.lifetime or pcp.LIFETIME_UNSPECIFIED, session.now(),
                                     give_up_after=args.timeout)
         event = session.run([tx])[0]
-        return session.report("alloc", event)
+        return session.report(verb, event)
 
 
 def _renew(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 from client_agent.alg import AlgRegistry
 from client_agent.compensate import Binding, NotCompensable, compensate
@@ -36,7 +36,7 @@ from client_agent.ipsec.errors import DropReason, IPsecError
 from client_agent.ipsec.sa import SAState
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
-from netwire.view import PROTOCOL_OFFSET, IPv4View
+from netwire.view import PROTOCOL_OFFSET, IPv4View, Packet
 
 __pure__ = True
 
@@ -167,15 +167,15 @@ class Traversal:
         self.icv_dst = global_ip if compensate else None
         self.compensated_out = self.compensated_in = 0  # plain ints: a Counter costs a lookup per packet
 
-    def before_protect(self, packet: bytes, state: SAState) -> bytes:
+    def before_protect(self, packet: Packet, state: SAState) -> Packet:
         """Steps 810-813 on a packet the SPD chose to protect under ``state``."""
         if not self.compensate:
             return packet
         view, block, ports = self._parse(packet)
         binding = self._address_only if block is None else block.bind(_ports(ports)[0], self.clock())
         try:
-            # compensate's bytearray goes on uncopied (ESP/AH copy it anyway); the IPsec path reads it as bytes
-            packet = cast(bytes, compensate(view, binding.out, tunnel=state.tunnel))
+            # compensate's bytearray goes on uncopied (ESP/AH copy it anyway)
+            packet = compensate(view, binding.out, tunnel=state.tunnel)
             if ports is not None and self.algs.active:
                 packet = self.algs.outgoing(packet, view.protocol, ports[1], binding)
         except NotCompensable as err:
@@ -183,7 +183,7 @@ class Traversal:
         self.compensated_out += 1
         return packet
 
-    def after_unprotect(self, packet: bytes, state: SAState) -> bytes:
+    def after_unprotect(self, packet: Packet, state: SAState) -> Packet:
         """Steps 822-826 on a packet verified and decrypted under ``state``."""
         if not self.compensate:
             return packet
@@ -201,13 +201,13 @@ class Traversal:
                 changed = self.algs.incoming(packet, view.protocol, ports[0], binding)
                 if changed is not packet:  # an ALG may have changed the lengths
                     packet, view = changed, IPv4View(changed)
-            packet = cast(bytes, compensate(view, binding.into, tunnel=state.tunnel))  # uncopied, as above
+            packet = compensate(view, binding.into, tunnel=state.tunnel)  # uncopied, as above
         except (NotCompensable, MalformedPacket) as err:
             raise Uncompensable(str(err)) from None
         self.compensated_in += 1
         return packet
 
-    def _parse(self, packet: bytes) -> tuple[IPv4View, PortBlock | None, tuple[int, int] | None]:
+    def _parse(self, packet: Packet) -> tuple[IPv4View, PortBlock | None, tuple[int, int] | None]:
         """The view, port block and ports of ``packet``, read once; a packet of a ported protocol without
         ports to read (a fragment, a truncated header) is refused before any port is bound."""
         try:

@@ -69,11 +69,11 @@ class Tun:
         except BlockingIOError:
             return None
 
-    def write(self, packet: bytes) -> None:
+    def write(self, packet: bytes | bytearray) -> None:
         """Hand ``packet`` to the kernel as received on this device."""
         os.write(self.fd, packet)
 
-    def write_frame(self, frame: bytes) -> None:
+    def write_frame(self, frame: bytes | bytearray) -> None:
         """Hand the kernel a frame that starts with its virtio-net header (``vnet_hdr`` devices only)."""
         os.write(self.fd, frame)
 
@@ -83,7 +83,7 @@ class Tun:
         except BlockingIOError:
             return None
 
-    def _write_vnet(self, packet: bytes) -> None:
+    def _write_vnet(self, packet: bytes | bytearray) -> None:
         os.write(self.fd, PLAIN + packet)
 
     def close(self) -> None:

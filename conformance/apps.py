@@ -49,9 +49,12 @@ def iperf3(host, dst: str, port: int = 5201, seconds: float = 2, udp_rate: str |
     udp = f"-u -b {udp_rate}" if udp_rate else ""
     out = host.cmd(f"iperf3 -c {dst} -p {port} -t {seconds} {udp} -J")
     try:
-        end = json.loads(out[out.index("{"):])["end"]
+        summary = json.loads(out[out.index("{"):])
+        end = summary["end"]
     except (ValueError, KeyError):
         return {"bps": 0.0, "received": 0, "error": out.strip()[-300:]}
+    if "error" in summary:  # e.g. "the server is busy running a test": the JSON has an empty "end"
+        return {"bps": 0.0, "received": 0, "error": summary["error"]}
     if udp_rate:
         s = end["sum"]
         return {"bps": s.get("bits_per_second", 0.0), "received": s.get("packets", 0) - s.get("lost_packets", 0),

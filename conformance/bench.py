@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -66,9 +68,13 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
                 with PlainForwarding(tb, h1, srv1):
                     cps[mode] = apps.probe(h1, "connect-rate", server_ip(1), 7000, "--seconds", 3)
             else:
+                before = (tb.table()["counters"], meter_drops())
                 cps[mode] = apps.probe(h1, "connect-rate", server_ip(1), 7000, "--seconds", 3)
+                cps[mode]["controller"] = per_connection(before, (tb.table()["counters"], meter_drops()),
+                                                         cps[mode]["connections"])
             sink.wait()
-            log(f"  new TCP connections/s ({mode}): {cps[mode]['per_second']:.0f}, {cps[mode]['failed']} failed")
+            log(f"  new TCP connections/s ({mode}): {cps[mode]['per_second']:.0f}, {cps[mode]['failed']} failed"
+                + (f"; per connection {cps[mode]['controller']}" if mode == "nat" else ""))
         packet_ins = tb.table()["counters"].get("packet_in", 0)
     result = {
         "command": "natlab bench nat " + " ".join(sys.argv[3:]),
@@ -79,10 +85,26 @@ def bench_nat(seconds: float = 5, rounds: int = 3, log=print) -> dict:
         "connections_per_second": {k: v["per_second"] for k, v in cps.items()},
         "connections_failed": {k: v["failed"] for k, v in cps.items()},  # a 2 s connect timeout each
         "connections_ratio": cps["nat"]["per_second"] / cps["plain"]["per_second"],
+        "controller_per_connection": cps["nat"]["controller"],
         "controller_packet_ins": packet_ins,
         "path": f"{client_ip(1)} -> s1 -> r1 -> s2 -> {server_ip(1)}, OVS userspace datapath",
     }
     return result
+
+
+def meter_drops() -> int:
+    """Packets r1's meters dropped so far (the outside-miss meter also meters punted SYN, FIN and RST
+    from outside: a connection's SYN-ACK and FIN are two of its packet-ins)."""
+    out = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "meter-stats", "r1"], capture_output=True, text=True).stdout
+    return sum(int(n) for n in re.findall(r"\d+: packet_count:(\d+)", out))
+
+
+def per_connection(before: tuple[dict, int], after: tuple[dict, int], connections: int) -> dict[str, float]:
+    """What each new connection cost the controller: packet-ins, entries, phase changes, meter drops."""
+    n = max(connections, 1)
+    keys = ("packet_in", "entries_created", "tcp_established", "tcp_transitory")
+    spent = {k: (after[0].get(k, 0) - before[0].get(k, 0)) / n for k in keys}
+    return {**{k: round(v, 2) for k, v in spent.items()}, "meter_drops": round((after[1] - before[1]) / n, 2)}
 
 
 def save_result(name: str, result: dict, out: str | Path) -> Path:

@@ -235,9 +235,9 @@ def with_destination(packet: bytes, dst: str) -> bytes:
     return bytes(header) + packet[20:]
 
 
-def checksum_ok(packet: bytes, src: str, dst: str) -> bool:
+def checksum_ok(packet: bytes | bytearray, src: str, dst: str) -> bool:
     """Does the TCP/UDP checksum of ``packet`` verify over a pseudo-header of ``src`` and ``dst``?"""
-    segment = packet[(packet[0] & 0x0F) * 4:]
+    segment = bytes(packet[(packet[0] & 0x0F) * 4:])
     return internet_checksum(segment, pseudo_header_sum(ip_bytes(src), ip_bytes(dst), packet[9], len(segment))) == 0
 
 

@@ -2,9 +2,10 @@
 
 Sans-IO: initiator and responder endpoints in one process, no sockets, each
 key-exchange group side by side in one run (the ratio between groups is the
-figure that travels between machines). The end-to-end figure through the
-NAT and the time from agent start to the first protected packet are not
-measured yet.
+figure that travels between machines). With ``--e2e`` (root, the testbed):
+the time from ``natlab agent`` start to its first protected packet through
+the extensible NAT, keyed by IKE and by hand side by side, and IKE setups per
+second end to end (:mod:`conformance.bench_ike_e2e`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def sans_io_setups(ike: str, seconds: float) -> dict:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=2, help="timing of each sans-IO figure (default 2)")
     p.add_argument("--out", default="reports", help="where bench-ike.json goes (default reports/)")
+    p.add_argument("--e2e", type=int, default=0, metavar="ROUNDS",
+                   help="also ROUNDS alternating rounds end to end on the testbed (root; default 0: sans-IO only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +66,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"  ratio {name}/modp2048: {result['sans_io'][name]['per_second'] / base:.2f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.e2e:
+        result["e2e"] = _e2e(args.e2e, out)
     (out / "bench-ike.json").write_text(json.dumps(result, indent=2))
     print(f"written {out / 'bench-ike.json'}")
     return 0
+
+
+def _e2e(rounds: int, out: Path) -> dict:
+    from conformance.bench_ike_e2e import e2e
+
+    print(f"natlab bench ike: end to end through the extensible NAT, {rounds} alternating rounds "
+          "(seconds from the agent's launch)")
+    figure = e2e(rounds, out / "bench-ike-e2e")
+    for keying, m in figure["medians"].items():
+        print(f"  median {keying:6s} running {m['running']} s, CHILD_SA {m['child']} s, first packet {m['first']} s"
+              + (f", IKE exchange {m['ike_setup']} s" if m["ike_setup"] is not None else ""))
+    print(f"  IKE's cost per agent (first packet, IKE - manual): {figure['ike_cost_s']} s; "
+          f"IKE_SA + CHILD_SA setups/s end to end: {figure['e2e_setups_per_s']}")
+    return figure

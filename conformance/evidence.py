@@ -40,9 +40,15 @@ class Packet:
     icmp_id: int | None
 
 
+CAPTURE_BUFFER_KIB = 32768  # with a snap length (benchmarks): a deep kernel buffer, or tcpdump drops at line rate
+
+
 @contextmanager
-def captures(hosts_intfs: list[tuple], folder: Path):
+def captures(hosts_intfs: list[tuple], folder: Path, snaplen: int = 0):
     """tcpdump on each (host, interface) while the block runs; yields {name: pcap path}.
+
+    ``snaplen`` > 0 keeps only that many bytes of each frame (the record keeps its original length):
+    what a benchmark that counts bytes needs at high rates.
 
     Immediate mode, so nothing waits in a buffer when tcpdump stops. Each
     capture must hold its begin marker before the block starts and its end
@@ -55,8 +61,9 @@ def captures(hosts_intfs: list[tuple], folder: Path):
         path = folder / f"{intf}.pcap"
         path.unlink(missing_ok=True)
         paths[intf] = path
-        procs.append(host.popen(["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", "-w", str(path),
-                                 "ip"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        snap = ["-s", str(snaplen), "-B", str(CAPTURE_BUFFER_KIB)] if snaplen else []
+        procs.append(host.popen(["tcpdump", "-i", intf, "-n", "-U", "--immediate-mode", "-Z", "root", *snap, "-w",
+                                 str(path), "ip"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     finished = False
     try:
         _mark_until_seen(hosts_intfs, paths, f"{token}-begin")

@@ -9,6 +9,13 @@ own inbound SPI, CL-SPI) and, for the traffic it sends, by destination port
 range (the client's leased block of global ports). Nothing in the peer's
 config says "NAT". For the control without compensation (one client per
 global IP), the peer selects by address only, as it would for any host.
+
+:func:`ike_behind_nat` writes the same cell keyed by IKEv2 instead (the
+agents' ``[ike]`` table): each client leases its IKE SPI and its inbound CHILD
+SPIs before IKE_SA_INIT (FIG. 8 steps 801-802) and offers its port blocks as
+traffic selectors (RFC 7296 2.9), which is how the peer, a plain responder,
+tells the clients on one global IP apart. Every cell but :data:`MANUAL_CELLS`
+is keyed so; that one keeps manual keys, so that both paths stay tested.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig, NatSettings, PolicyConfig, SAConfig
+from client_agent.agent_ike import IkeTable, parse_ike
 from client_agent.ipsec.sa import Mode
 from client_agent.ipsec.spd import ANY_PORT, Action, Selector
 from client_agent.ipsec.suites import Suite, suite
@@ -29,6 +37,10 @@ SUITES = {"esp": "esp:AES_GCM_16-128:NONE", "ah": "ah:HMAC_SHA2_256_128"}  # the
 PORT_BLOCK = 16  # global ports leased ahead per client and transport protocol
 FIRST_PORT = 20000  # below Linux's ephemeral range (32768-60999): no local socket of the client uses them
 LEASE_LIFETIME_S = 60
+MANUAL_CELLS = frozenset({"esp-transport"})  # keyed by hand in the matrix; every other cell by IKEv2
+IKE_PROPOSAL = "aes128-sha256-x25519"  # the IKE SA; group 31, the cheapest of the three (natlab bench ike)
+IKE_CHILD = {"esp": "aes128gcm16", "ah": "sha256"}  # the CHILD_SAs: SUITES' transforms, as IKE names them
+IKE_PSK = "natlab matrix pre-shared key"  # testbed only
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,11 @@ class Cell:
     @property
     def peer_ip(self) -> str:
         return server_ip(1) if self.mode == "transport" else SGW_OUTSIDE_IP
+
+    @property
+    def keying(self) -> str:
+        """How the matrix keys this cell: "manual" ([[sa]] tables) or "ike" ([ike] tables)."""
+        return "manual" if self.name in MANUAL_CELLS else "ike"
 
     @property
     def target(self) -> tuple[str, str]:
@@ -130,3 +147,36 @@ def behind_nat(
                        policies=tuple(peer_policies))
     return configs, peer
 
+
+
+def ike_behind_nat(cell: Cell, members: list[Client], *, algs: tuple[str, ...] = ("address-text",),
+                   lifetime: int = LEASE_LIFETIME_S) -> tuple[list[AgentConfig], AgentConfig]:
+    """The clients' configs (``[ike]`` initiators with ``[nat]``) and the peer's (a responder knowing no NAT).
+
+    Each client offers TSi = its global IP with its leased TCP and UDP port
+    blocks (what the peer sees after pre-compensation); the responder allows
+    the clients' global IPs, so its SPD picks each client's SA by port, as
+    the manual peer config does. The clients' SPIs are leased, not chosen here.
+    """
+    peer_prefix = f"{cell.peer_ip}/32" if cell.mode == "transport" else INTRANET
+    configs = []
+    for c in members:
+        nat = NatSettings(global_ip=c.global_ip, ports={IPPROTO_TCP: c.ports, IPPROTO_UDP: c.ports},
+                          server=GATEWAY_IP, lifetime=lifetime, algs=algs)
+        blocks = [f"{c.global_ip}/32[{name}/{c.ports[0]}-{c.ports[1]}]" for name in ("tcp", "udp")]
+        ike = _ike_table(cell, role="initiator", peer=cell.peer_ip, local_id=f"{c.name}.natlab",
+                         remote_id=f"{cell.peer}.natlab", local_ts=blocks, remote_ts=[peer_prefix])
+        configs.append(AgentConfig(name=c.name, routes=(peer_prefix,), address=c.private_ip, nat=nat, sas=(),
+                                   policies=(), ike=ike))
+    globals_ = sorted({f"{c.global_ip}/32" for c in members})
+    ike = _ike_table(cell, role="responder", local_id=f"{cell.peer}.natlab", local_ts=[peer_prefix],
+                     remote_ts=globals_)
+    # [ike] needs the address IKE and the SAs use: in tunnel mode too (the tunnel's outer source).
+    peer = AgentConfig(name=cell.peer, routes=tuple(globals_), address=cell.peer_ip, sas=(), policies=(), ike=ike)
+    return configs, peer
+
+
+def _ike_table(cell: Cell, **fields: object) -> IkeTable:
+    """An ``[ike]`` table for ``cell``, validated as a config file's would be."""
+    return parse_ike({"psk": IKE_PSK, "proposals": [IKE_PROPOSAL], cell.protocol: [IKE_CHILD[cell.protocol]],
+                      "mode": cell.mode, **{k: v for k, v in fields.items() if v is not None}})

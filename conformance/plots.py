@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
@@ -117,4 +118,60 @@ def path_shares(shares: Mapping[str, int]) -> bytes:
     ax.set_xlabel(f"share of the translated packets; r1 also sent {shares['to_controller']} packets to the "
                   "controller (first packets, punts)")
     ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.7))
+    return _png(fig)
+
+
+def compare(result: Mapping) -> bytes:
+    """``natlab bench compare``: per variant, TCP and UDP goodput (median bars, rounds as dots) and bytes on the
+    wire per payload byte; then aggregate TCP goodput against clients behind one global IP."""
+    variants = list(result["medians"])
+    fig = Figure(figsize=(max(8.0, 1.3 * len(variants) + 4), 3.8))
+    ax, wire, scale = fig.add_subplot(1, 3, (1, 1)), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
+    for offset, key, colour in ((-0.2, "tcp_bps", "#6a8fc7"), (0.2, "udp_bps", "#d4a03d")):
+        medians = [(result["medians"][v][key] or 0) / 1e6 for v in variants]
+        ax.bar([i + offset for i in range(len(variants))], medians, width=0.4, color=colour, label=key[:3].upper())
+        for i, v in enumerate(variants):
+            points = [r[key] / 1e6 for r in result["runs"][v]]
+            ax.plot([i + offset] * len(points), points, "o", color="#222", markersize=3)
+    ax.set_xticks(range(len(variants)), [v.replace("-", "\n") for v in variants], fontsize=7)
+    ax.set_ylabel("iperf3 goodput, Mbit/s (median; rounds as dots)")
+    ax.legend(fontsize=7, frameon=False)
+    ratios = [result["medians"][v]["wire_bytes_per_payload_byte"] or 0 for v in variants]
+    wire.bar(range(len(variants)), ratios, color="#8a8a8a")
+    wire.set_ylim(min([1.0, *[r for r in ratios if r]]) * 0.98, max([1.0, *ratios]) * 1.01)
+    wire.set_xticks(range(len(variants)), [v.replace("-", "\n") for v in variants], fontsize=7)
+    wire.set_ylabel("IP bytes on the wire per payload byte (captured)")
+    for variant, colour in (("seed", "#3a9d4a"), ("natt-napt", "#d47a3d"), ("clear-napt", "#888")):
+        points = sorted((int(n), rows[variant]["aggregate_bps"] / 1e6) for n, rows in result["scaling"].items()
+                        if "aggregate_bps" in rows.get(variant, {}))
+        if points:
+            scale.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colour, label=variant)
+    scale.set_xlabel("clients behind one global IP")
+    scale.set_ylabel("aggregate TCP goodput, Mbit/s")
+    scale.legend(fontsize=7, frameon=False)
+    for a in (ax, wire, scale):
+        a.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def scale_steps(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """``natlab bench scale``: how each figure grows with the number of clients (one panel per figure)."""
+    panels = (("leases_per_s", "lease grants/s (end to end)"), ("goodput_mbit", "aggregate goodput, Mbit/s"),
+              ("controller_rss_mib", "controller RSS, MiB"), ("fast_share", "fast path share of packets"),
+              ("controller_cpu_traffic", "controller CPU (1 = a core)"), ("first_protected_s",
+                                                                           "s to every first ESP packet"))
+    clients = [row["clients"] for row in rows]
+    fig = Figure(figsize=(9.0, 5.0))
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(2, 3, i + 1)
+        points = [(c, row[key]) for c, row in zip(clients, rows, strict=True) if row[key] is not None]
+        ax.plot([c for c, _ in points], [v for _, v in points], "o-", color="#6a8fc7")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(clients, [str(c) for c in clients], fontsize=7)
+        ax.set_title(title, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.spines[["top", "right"]].set_visible(False)
+    fig.supxlabel("clients (log scale)", fontsize=8)
+    fig.tight_layout()
     return _png(fig)

@@ -328,6 +328,29 @@ def udp_echo(ip: str, port: int, seconds: float, log: str) -> dict:
     return {"echoed": echoed}
 
 
+def first_reply(dst: str, dport: int, interval: float, timeout: float) -> dict:
+    """Send a datagram every ``interval`` s until one is answered: the wall-clock time of the first answer
+    (the benchmarks' "first packet through": started once the agent routes the path, an answer is protected)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    sent = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(interval)
+        while time.monotonic() < deadline:
+            s.sendto(f"natlab first {sent}".encode(), (dst, dport))
+            sent += 1
+            try:
+                s.recvfrom(2048)
+            except TimeoutError:
+                continue
+            except ConnectionRefusedError:  # an ICMP error came back at once: keep the pace
+                time.sleep(interval)
+                continue
+            return {"first_reply": time.time(), "sent": sent}
+    return {"first_reply": None, "sent": sent}
+
+
 def marker(intfs: str, token: str) -> dict:
     """Send the capture marker (:mod:`conformance.marker`) out of each of ``intfs`` (comma-separated),
     framed for its link type; the token names the interface."""
@@ -380,6 +403,7 @@ def main() -> None:
     probe("forge-ah", forge_ah, "dst", spi=0, icv_len=12, seq=1, count=3, mark=1, dport=9, text="",
           inner_src="", inner_dst="")
     probe("udp-echo", udp_echo, "ip", "port", seconds=60.0, log="/dev/null")
+    probe("first-reply", first_reply, "dst", "dport", interval=0.01, timeout=20.0)
     args = vars(p.parse_args())
     func = args.pop("func")
     args.pop("probe")

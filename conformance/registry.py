@@ -18,7 +18,7 @@ from typing import Any
 PACKAGED = Path(__file__).with_name("behaviours.toml")
 
 CLAIMS = range(1, 41)  # the seed has claims 1..40
-GROUPS = ("client-outgoing", "client-incoming", "nat", "client-procedure")
+GROUPS = ("client-outgoing", "client-incoming", "nat", "client-procedure", "baseline")  # baseline: NAT-T, not the seed
 
 # The matrix of CLAIMS.md: {AH, ESP} x {transport, tunnel} x {TCP, UDP}.
 IPSEC = ("AH", "ESP")

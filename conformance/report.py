@@ -283,6 +283,9 @@ _CONTROL_VIEW = ["id", "verdict", "scenarios", "text", "predicts", "cells", "cel
 _CELL_VIEW = ["behaviour", "scenario", "control", "cell", "verdict", "duration_s", "reason", "evidence"]
 
 
+BASELINE_SECTION = "Baseline: NAT traversal, not the seed's method"  # issue 15: the group of BASE-* rows
+
+
 def _sections(
     environment: Mapping[str, Any], beh: pd.DataFrame, claims: pd.DataFrame, ctl: pd.DataFrame, cells: pd.DataFrame
 ) -> list[tuple[str, pd.DataFrame]]:
@@ -291,6 +294,7 @@ def _sections(
         ("Environment", _environment_frame(environment)),
         ("Summary", _counts_frame({"behaviours": beh, "claims": claims, "controls": ctl})),
         ("Behaviours", beh[_BEHAVIOUR_VIEW]),
+        (BASELINE_SECTION, beh[beh["group"] == "baseline"][["id", "verdict", "text", "positive", "reasons"]]),
         ("Claims", claims[["claim", "verdict", "behaviour_verdicts"]]),
         ("Controls", ctl[_CONTROL_VIEW]),
         ("Scenario results", cells[_CELL_VIEW]),

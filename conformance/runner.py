@@ -103,8 +103,9 @@ def path_summary(snapshot: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    only = getattr(args, "only", None)
     try:
-        run_dir, results = run_suite(out)
+        run_dir, results = run_suite(out, scenarios=[r for r in registered() if r.name in only] if only else None)
     except TestbedError as exc:
         print(f"natlab demo: {exc}", file=sys.stderr)
         return 1
@@ -112,6 +113,8 @@ def main(args: argparse.Namespace) -> int:
     env = collect()
     paths = run_dir / "paths.txt"
     env["NAT paths"] = paths.read_text().strip() if paths.exists() else "not measured"
+    if only:
+        env["Scenarios run"] = f"only {', '.join(only)} (natlab demo --only)"
     for folder, base in ((run_dir, ""), (out, str(run_dir.relative_to(out.resolve())) + "/")):
         write_report(registry, results, env, folder, evidence_base=base)
     print(summary_table(registry, results))

@@ -35,6 +35,9 @@ class Pool:
         self._mappings: dict[tuple[int, str, int], list[Any]] = {}  # key -> [global IP, global port, users]
         self._owners: dict[tuple[int, str, int], tuple[str, int]] = {}  # (proto, global IP, port) -> private
         self._held: Counter[tuple[int, str, str]] = Counter()  # (protocol, private IP, global IP) -> ports
+        self._changed: set[tuple[int, str, int]] | None = None  # mappings changed since take_changes(); None: untracked
+        self._changed_spaces: set[tuple[str, int]] = set()  # spaces made since take_changes()
+        self._paired_changed = False
 
     def largest_share(self) -> int:
         """The most ports any host holds of one global IP (the fuzzer checks it against the limit)."""
@@ -52,6 +55,7 @@ class Pool:
             for g in self._paired.values():
                 load[g] += 1
             global_ip = self._paired[private_ip] = min(self.globals, key=lambda g: (load[g], g))
+            self._paired_changed = True
         return global_ip
 
     def for_client_alg(self, private_ip: str, protocol: int, table: TranslationTable,
@@ -73,6 +77,9 @@ class Pool:
         space = self._spaces.get((global_ip, protocol))
         if space is None:
             space = self._spaces[(global_ip, protocol)] = PortSpace(low, high, self._quarantine, self._rng)
+            self._changed_spaces.add((global_ip, protocol))
+            if self._changed is not None:
+                space.take_changed()  # tracked from its start
         return space
 
     def acquire_mapping(self, protocol: int, private_ip: str, port: int, now: float,
@@ -105,6 +112,7 @@ class Pool:
             self._owners[(protocol, global_ip, global_port)] = (private_ip, port)
             self._held[held] += 1
         mapping[2] += 1
+        self._note(key)
         return mapping[0], mapping[1]
 
     def mapping_of(self, protocol: int, private_ip: str, port: int | None) -> tuple[str, int] | None:
@@ -128,6 +136,7 @@ class Pool:
         if mapping is None:
             return
         mapping[2] -= 1
+        self._note(key)
         if mapping[2] <= 0:
             del self._mappings[key]
             self._owners.pop((protocol, mapping[0], mapping[1]), None)
@@ -139,17 +148,47 @@ class Pool:
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
 
-    def export(self, mappings: set[tuple[int, str, int]] | None = None, spaces: set[tuple[str, int]] | None = None) -> dict[str, Any]:
-        """Generic records: the paired map, each mapping with its user count, each GPN space; only the
-        ``mappings`` keys (protocol, private IP, port) and ``spaces`` keys (global IP, protocol) given,
-        if given (a record absent from the answer no longer exists)."""
+    def export(self) -> dict[str, Any]:
+        """Every record: the paired map, each mapping with its user count, each GPN space's range and
+        each of its taken ports (one record each, so that an event rewrites only what it touched)."""
         records: dict[str, Any] = {"pool:paired": dict(sorted(self._paired.items()))}
-        for key in self._mappings if mappings is None else mappings & self._mappings.keys():
-            gip, gport, users = self._mappings[key]
-            records["mapping:{}:{}:{}".format(*key)] = [*key, gip, gport, users]
-        for skey in self._spaces if spaces is None else spaces & self._spaces.keys():
-            records["space:{}:{}".format(*skey)] = [*skey, self._spaces[skey].export()]
+        for key, (gip, gport, users) in self._mappings.items():
+            records[_mapping_key(key)] = [*key, gip, gport, users]
+        for skey, space in self._spaces.items():
+            records[_space_key(skey)] = [*skey, space.export()]
+            records.update({_port_key(skey, p): [*skey, p, r] for p, r in space.port_records().items()})
         return records
+
+    def _note(self, key: tuple[int, str, int]) -> None:
+        if self._changed is not None:
+            self._changed.add(key)
+
+    def take_changes(self) -> tuple[dict[str, Any], set[str]] | None:
+        """(records of what changed since the last call, keys of records that no longer exist): the
+        mappings made, used or freed, the ports taken, released or woken, new spaces, the pairings.
+        None on the first call, which starts the tracking (the caller reads everything then)."""
+        if self._changed is None:
+            self._changed, self._changed_spaces, self._paired_changed = set(), set(), False
+            for space in self._spaces.values():
+                space.take_changed()
+            return None
+        records: dict[str, Any] = {"pool:paired": dict(sorted(self._paired.items()))} if self._paired_changed else {}
+        gone: set[str] = set()
+        for key in self._changed:
+            mapping = self._mappings.get(key)
+            if mapping is None:
+                gone.add(_mapping_key(key))
+            else:
+                records[_mapping_key(key)] = [*key, *mapping]
+        for skey in self._changed_spaces:
+            records[_space_key(skey)] = [*skey, self._spaces[skey].export()]
+        for skey, space in self._spaces.items():
+            ports = space.take_changed()
+            taken = space.port_records(ports)
+            records.update({_port_key(skey, p): [*skey, p, r] for p, r in taken.items()})
+            gone.update(_port_key(skey, p) for p in ports - taken.keys())
+        self._changed, self._changed_spaces, self._paired_changed = set(), set(), False
+        return records, gone
 
     def restore(self, records: dict[str, Any]) -> None:
         """Rebuild an empty pool from ``export()``'s records, the per-host port counts (RFC 6888 REQ-4)
@@ -171,3 +210,21 @@ class Pool:
                 if gip not in self.globals:
                     raise ValueError(f"saved space {key} is outside the pool")
                 self._spaces[(gip, int(proto))] = PortSpace.restored(saved, self._quarantine, self._rng)
+        for key, value in records.items():  # ports after their spaces
+            if key.startswith("port:"):
+                gip, proto, port, record = value
+                if (gip, proto) not in self._spaces or key != _port_key((gip, proto), port):
+                    raise ValueError(f"saved port {key} names no saved space or another port")
+                self._spaces[(gip, proto)].restore_port(port, record)
+
+
+def _mapping_key(key: tuple[int, str, int]) -> str:
+    return "mapping:{}:{}:{}".format(*key)
+
+
+def _space_key(skey: tuple[str, int]) -> str:
+    return "space:{}:{}".format(*skey)
+
+
+def _port_key(skey: tuple[str, int], port: int) -> str:
+    return "port:{}:{}:{}".format(*skey, port)

@@ -117,13 +117,13 @@ def show_table(args: argparse.Namespace) -> int:
     return 0
 
 
-_COLUMNS = ("id", "kind", "protocol", "private_ip", "private_gpn", "global_ip", "global_gpn", "foreign",
+_COLUMNS = ("id", "kind", "protocol", "udp_port", "private_ip", "private_gpn", "global_ip", "global_gpn", "foreign",
             "expires_in", "idle_timeout", "path", "slow_packets")
 
 
 def format_table(snap: dict) -> str:
     """The FIG. 6 fields of every entry, then the counters, as aligned text."""
-    rows = [_COLUMNS] + [tuple(_cell(c, e[c]) for c in _COLUMNS) for e in snap["entries"]]
+    rows = [_COLUMNS] + [tuple(_cell(c, e.get(c)) for c in _COLUMNS) for e in snap["entries"]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.append(f"{len(snap['entries'])} entries; r1 {'connected' if snap.get('connected') else 'NOT connected'}"

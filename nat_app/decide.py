@@ -78,12 +78,14 @@ from netwire.ipv4 import (
     TCP_FIN,
     TCP_RST,
     TCP_SYN,
+    UDP_HEADER_LEN,
     IPv4Header,
     Transport,
     build_icmp_error,
     build_udp,
     parse_transport,
 )
+from netwire.view import IPv4View, ipv4_lengths
 
 __pure__ = True
 
@@ -187,10 +189,9 @@ class NatCore:
             if eth.ethertype != ETH_TYPE_IPV4:
                 return self._drop("not-ipv4")
             packet = frame[ETH_HEADER_LEN:]
+            _, total_len = ipv4_lengths(packet)  # netwire.view's one check: version, header and total lengths
+            packet = packet[:total_len]
             ip = IPv4Header.parse(packet)
-            if ip.total_len > len(packet):
-                raise MalformedPacket("IPv4 total length beyond the frame")
-            packet = packet[: ip.total_len]
             if ip.is_fragment:  # RFC 4787 REQ-14: translated fragment by fragment (nat_app/fragments.py)
                 frame = frame[: ETH_HEADER_LEN + ip.total_len]
                 return self.fragments.handle(in_port, frame, ip, packet, now,
@@ -321,7 +322,7 @@ class NatCore:
         segment = packet[ip.header_len:]
         transport = parse_transport(ip.protocol, segment)
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
-            return self._outbound_icmp_error(frame, packet, ip, now)
+            return self._icmp_error(frame, packet, ip, now, outbound=True)
         leased = self._leased_outbound(frame, ip, transport, now)
         if leased is not None:
             return leased
@@ -364,7 +365,7 @@ class NatCore:
         if entry.path is DataPath.SLOW:
             demoted = any(isinstance(m, DeleteFlows) for m in msgs)
             return msgs + self._slow_out(entry, packet, mac, now, DEMOTION_HOLD_S if demoted else 0.0)
-        return msgs + [PacketOut(frame, self._out_actions(entry, mac), c.inside_port)]
+        return msgs + [PacketOut(frame, self._actions(entry, mac, outbound=True), c.inside_port)]
 
     def _new_napt_entry(self, packet: bytes, ip: IPv4Header, port: int, private_mac: str, foreign_mac: str,
                         now: float) -> tuple[Entry | None, list[Message]]:
@@ -478,22 +479,41 @@ class NatCore:
         out = rewrite(packet, src=entry.global_ip, src_port=entry.global_gpn)
         return [PacketOut(self._eth(foreign_mac, c.outside_mac) + out, (Output(c.outside_port),), delay=hold)]
 
-    def _outbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
-        """A private host's ICMP error about an inbound packet: quote the global side."""
+    def _icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float, *,
+                    outbound: bool) -> list[Message]:
+        """An ICMP error about a translated flow, either way (RFC 5508 REQ-3): it quotes a packet of the
+        flow going the other way, which names the flow's entry; the outer and quoted addresses on the
+        NAT's side, and the quoted port, are rewritten to the other side's."""
         c = self.config
         if not icmp_checksum_ok(packet, ip):
             return self._drop("icmp-error-bad-checksum")  # RFC 5508 REQ-3
-        inner, inner_t = self._quoted(packet, ip)
-        entry = self.table.lookup_out(inner.protocol, inner.dst, inner_t.dst_port, inner.src)
-        if entry is None or inner.dst != ip.src:
+        entry = self._icmp_error_entry(packet, ip, outbound)
+        if entry is None:
             return self._drop("icmp-error-no-entry")
-        mac, msgs = self._resolve(c.outside_port, ip.dst, frame, c.inside_port, now)
+        to_port, from_port = (c.outside_port, c.inside_port) if outbound else (c.inside_port, c.outside_port)
+        mac, msgs = self._resolve(to_port, ip.dst if outbound else entry.private_ip, frame, from_port, now)
         if mac is None:
             return msgs
-        out = rewrite_icmp_error(packet, outer_src=entry.global_ip, inner_dst=entry.global_ip,
-                                 inner_dst_port=entry.global_gpn)
+        if outbound:
+            out = rewrite_icmp_error(packet, outer_src=entry.global_ip, inner_dst=entry.global_ip,
+                                     inner_dst_port=entry.global_gpn)
+        else:
+            out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
+                                     inner_src_port=entry.private_gpn)
         self.counters.add("icmp_errors_translated")
-        return [PacketOut(self._eth(mac, c.outside_mac) + out, (Output(c.outside_port),))]
+        own_mac = c.outside_mac if outbound else c.inside_mac
+        return [PacketOut(self._eth(mac, own_mac) + out, (Output(to_port),))]
+
+    def _icmp_error_entry(self, packet: bytes, ip: IPv4Header, outbound: bool) -> Entry | None:
+        """The entry an ICMP error's quoted packet belongs to, None unless the error comes from the
+        quoted packet's NAT-side end: a private host about a packet sent to it (outbound), or the
+        foreign end about a packet sent from a global address (inbound)."""
+        inner, inner_t = self._quoted(packet, ip)
+        if outbound:
+            entry = self.table.lookup_out(inner.protocol, inner.dst, inner_t.dst_port, inner.src)
+            return entry if inner.dst == ip.src else None
+        entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
+        return entry if inner.src == ip.dst else None
 
     # --------------------------------------------------------------- inbound
 
@@ -509,7 +529,7 @@ class NatCore:
             return self._drop("ttl-expired")
         transport = parse_transport(ip.protocol, packet[ip.header_len:])
         if ip.protocol == IPPROTO_ICMP and transport.icmp_type in ICMP_ERROR_TYPES:
-            return self._inbound_icmp_error(frame, packet, ip, now)
+            return self._icmp_error(frame, packet, ip, now, outbound=False)
         entry = self._inbound_entry(packet, ip, transport)
         if entry is None:
             syn = ip.protocol == IPPROTO_TCP and (transport.tcp_flags or 0) & TCP_SYN
@@ -529,7 +549,7 @@ class NatCore:
         if entry.path is DataPath.FAST:  # a punted SYN/FIN/RST, or raced its flow: send it the same way
             if ip.protocol == IPPROTO_TCP:
                 msgs = self._tcp_seen(entry, transport.tcp_flags, outbound=False)
-            return msgs + [PacketOut(frame, self._in_actions(entry, mac), c.outside_port)]
+            return msgs + [PacketOut(frame, self._actions(entry, mac, outbound=False), c.outside_port)]
         entry.slow_packets += 1
         self.counters.add("slow_path_packets")
         if entry.kind is EntryKind.CLIENT_ALG:  # a lease: its GPN is never rewritten, its expiry never refreshed
@@ -537,24 +557,6 @@ class NatCore:
         else:
             self._refresh(entry, now, c.icmp_timeout)
             out = rewrite(packet, dst=entry.private_ip, dst_port=entry.private_gpn)
-        return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
-
-    def _inbound_icmp_error(self, frame: bytes, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
-        """An ICMP error about a translated flow goes back to its private host, inner header too
-        (RFC 5508 REQ-3)."""
-        c = self.config
-        if not icmp_checksum_ok(packet, ip):
-            return self._drop("icmp-error-bad-checksum")  # RFC 5508 REQ-3
-        inner, inner_t = self._quoted(packet, ip)
-        entry = self.table.lookup_in(inner.protocol, inner.src, inner_t.src_port, inner.dst)
-        if entry is None or inner.src != ip.dst:
-            return self._drop("icmp-error-no-entry")
-        mac, msgs = self._resolve(c.inside_port, entry.private_ip, frame, c.outside_port, now)
-        if mac is None:
-            return msgs
-        self.counters.add("icmp_errors_translated")
-        out = rewrite_icmp_error(packet, outer_dst=entry.private_ip, inner_src=entry.private_ip,
-                                 inner_src_port=entry.private_gpn)
         return [PacketOut(self._eth(mac, c.inside_mac) + out, (Output(c.inside_port),))]
 
     def _inbound_entry(self, packet: bytes, ip: IPv4Header, transport: Transport) -> Entry | None:
@@ -576,7 +578,7 @@ class NatCore:
                      "ipv4_src": entry.private_ip, "ipv4_dst": entry.foreign}
         in_match = {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
                     "ipv4_src": entry.foreign, "ipv4_dst": entry.global_ip}
-        if entry.protocol in _PORT_FIELDS:
+        if entry.port_keyed:
             src_field, dst_field = _PORT_FIELDS[entry.protocol]
             out_match[src_field] = entry.private_gpn
             in_match[dst_field] = entry.global_gpn
@@ -584,9 +586,9 @@ class NatCore:
             out_match["icmpv4_type"] = ICMP_ECHO_REQUEST
             in_match["icmpv4_type"] = ICMP_ECHO_REPLY
         return [
-            AddFlow(PRIO_TRANSLATE, out_match, self._out_actions(entry, foreign_mac), cookie=entry.id,
+            AddFlow(PRIO_TRANSLATE, out_match, self._actions(entry, foreign_mac, outbound=True), cookie=entry.id,
                     idle_timeout=entry.idle_timeout or 0, notify_removal=True),
-            AddFlow(PRIO_TRANSLATE, in_match, self._in_actions(entry, private_mac), cookie=entry.id,
+            AddFlow(PRIO_TRANSLATE, in_match, self._actions(entry, private_mac, outbound=False), cookie=entry.id,
                     notify_removal=True),
         ]
 
@@ -606,21 +608,20 @@ class NatCore:
         self.counters.add(f"tcp_{phase.value}")
         return self._translation_flows(entry, private_mac, foreign_mac)[:1]
 
-    def _out_actions(self, entry: Entry, foreign_mac: str) -> tuple[Action, ...]:
+    def _actions(self, entry: Entry, mac: str, *, outbound: bool) -> tuple[Action, ...]:
+        """r1's rewrite of ``entry``'s packets one way (steps 707/709): the address on the side the packet
+        leaves to the other side's, the port with it for a port-keyed entry (a leased GPN, UDP-borne
+        too, is never rewritten), then on to ``mac`` through the port the packet leaves by."""
         c = self.config
-        actions = [SetField("ipv4_src", entry.global_ip)]
-        if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
-            actions.append(SetField(_PORT_FIELDS[entry.protocol][0], entry.global_gpn))
-        return (*actions, SetField("eth_src", c.outside_mac), SetField("eth_dst", foreign_mac), DecTtl(),
-                Output(c.outside_port))
-
-    def _in_actions(self, entry: Entry, private_mac: str) -> tuple[Action, ...]:
-        c = self.config
-        actions = [SetField("ipv4_dst", entry.private_ip)]
-        if entry.protocol in _PORT_FIELDS and entry.global_gpn != entry.private_gpn:
-            actions.append(SetField(_PORT_FIELDS[entry.protocol][1], entry.private_gpn))
-        return (*actions, SetField("eth_src", c.inside_mac), SetField("eth_dst", private_mac), DecTtl(),
-                Output(c.inside_port))
+        if outbound:
+            field, address, gpn, end = "ipv4_src", entry.global_ip, entry.global_gpn, 0
+        else:
+            field, address, gpn, end = "ipv4_dst", entry.private_ip, entry.private_gpn, 1
+        actions = [SetField(field, address)]
+        if entry.port_keyed and entry.global_gpn != entry.private_gpn:
+            actions.append(SetField(_PORT_FIELDS[entry.protocol][end], gpn))
+        own_mac, port = (c.outside_mac, c.outside_port) if outbound else (c.inside_mac, c.inside_port)
+        return (*actions, SetField("eth_src", own_mac), SetField("eth_dst", mac), DecTtl(), Output(port))
 
     def _forget(self, entry: Entry, now: float, removed: bool = False) -> list[Message]:
         """Remove an entry with its flows, and free what it held."""
@@ -629,21 +630,21 @@ class NatCore:
         self.tcp.forget(entry.id)
         msgs: list[Message] = [DeleteFlows(entry.id)] if entry.path is DataPath.FAST else []
         msgs += self.ftp.forget(entry)
-        if entry.protocol in _PORT_FIELDS and entry.private_gpn is not None:
+        if entry.port_keyed and entry.private_gpn is not None:
             self.pool.release_mapping(entry.protocol, entry.private_ip, entry.private_gpn, now,
                                       leased=entry.kind is EntryKind.CLIENT_ALG)
         elif entry.global_gpn is not None:
             pair = (entry.private_ip, entry.foreign or "")
             if entry.protocol == IPPROTO_ICMP and self._icmp_pairs.get(pair) is entry:
                 del self._icmp_pairs[pair]
-            self.pool.space(entry.global_ip, entry.protocol).release(
+            self.pool.space(entry.global_ip, entry.space).release(
                 entry.global_gpn, now, owner=entry.private_ip if entry.kind is EntryKind.CLIENT_ALG else None)
-        triple = (entry.protocol, entry.global_ip, entry.foreign)
+        triple = (entry.space, entry.global_ip, entry.foreign)
         if triple in self._slow_triples and not self.table.private_hosts_of(*triple):
             msgs.append(DeleteFlows(self._slow_triples.pop(triple)))
         if entry.kind is EntryKind.CLIENT_ALG:
             self.leases.forget(entry.id, now)
-            if entry.protocol in self.leases.definitions:
+            if entry.space in self.leases.definitions:
                 msgs += self.client_alg.removed(entry)
         return msgs
 
@@ -652,17 +653,19 @@ class NatCore:
     def _lease_request(self, eth: EthernetHeader, packet: bytes, ip: IPv4Header, now: float) -> list[Message]:
         """A PCP-framed request to the gateway (FIG. 7), answered through r1."""
         c = self.config
-        segment = packet[ip.header_len:]
-        if len(segment) < 8:
+        view = IPv4View(packet)
+        ports = view.ports()
+        if ports is None or view.payload_len < UDP_HEADER_LEN:
             return self._drop("malformed")
-        sport, dport, length = int.from_bytes(segment[0:2], "big"), int.from_bytes(segment[2:4], "big"), \
-            int.from_bytes(segment[4:6], "big")
+        sport, dport = ports
         if dport != pcp.SERVER_PORT:
             return self._drop("not-routed")
-        if not 8 <= length <= len(segment):
+        try:
+            start, end = view.udp_payload()
+        except MalformedPacket:
             return self._drop("malformed")
         origin = Origin(self._access_port(eth.src, ip.src), eth.src, ip.src)
-        datagram = segment[8:length]
+        datagram = packet[start:end]
         if natpmp.is_natpmp(datagram):  # version 0 beside PCP (RFC 6887 9, Appendix A)
             outcome = natpmp_server.handle(self.leases, datagram, origin, now)
         else:
@@ -684,13 +687,13 @@ class NatCore:
     def _client_alg_added(self, entry: Entry, private_mac: str) -> tuple[list[Message], bool]:
         """Inbound flows for a new lease; MAP/PEER port leases translate like NAPT entries."""
         self.counters.add("leases_granted")
-        if entry.protocol in _PORT_FIELDS:
+        if entry.port_keyed:
             c = self.config
             match = {"in_port": c.outside_port, "eth_type": ETH_TYPE_IPV4, "ip_proto": entry.protocol,
                      "ipv4_dst": entry.global_ip, _PORT_FIELDS[entry.protocol][1]: entry.global_gpn}
             if entry.foreign is not None:
                 match["ipv4_src"] = entry.foreign
-            return [AddFlow(PRIO_TRANSLATE, match, self._in_actions(entry, private_mac), cookie=entry.id)], False
+            return [AddFlow(PRIO_TRANSLATE, match, self._actions(entry, private_mac, outbound=False), cookie=entry.id)], False
         return self.client_alg.added(entry, self.leases.definitions[entry.space], private_mac)
 
     def _definition_of(self, ip: IPv4Header, udp_port: int | None) -> Definition | None:

@@ -36,7 +36,8 @@ from nat_app.messages import Counters, DecTtl, Message, Output, PacketOut, SetFi
 from nat_app.translate import rewrite
 from netwire.checksum import update16
 from netwire.ethernet import ETH_HEADER_LEN, ETH_TYPE_IPV4
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPv4Header
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HEADER_LEN, IPv4Header, dotted
+from netwire.view import CHECKSUM_OFFSET, IDENT_OFFSET, PROTOCOL_OFFSET, IPv4View
 
 __pure__ = True
 
@@ -107,7 +108,7 @@ class Fragments:
         why = _refused(ip, start, end)
         if why:
             return self._drop(why)
-        key = (ip.src, ip.dst, ip.protocol, int.from_bytes(packet[4:6], "big"))
+        key = (ip.src, ip.dst, ip.protocol, IPv4View(packet).ident)
         datagram = self.datagrams.get(key) or self._open(key, ip.src, now)
         if datagram is None:
             return self._drop("table-full")
@@ -197,9 +198,10 @@ class Fragments:
         hosts behind one global address pick their IDs independently, so two of their datagrams to
         one destination could share (source, destination, protocol, ID) and be mixed in its
         reassembly. IDs count up per (global source, destination, protocol); other datagrams keep theirs."""
-        if src == _dotted(packet[12:16]):
+        view = IPv4View(packet)
+        if src == dotted(view.src):
             return None
-        key = (src, dst, packet[9])
+        key = (src, dst, view.protocol)
         if key not in self._idents and len(self._idents) >= MAX_ID_KEYS:
             self._idents.clear()  # bounded memory: counters restart (a collision needs a 16-bit wrap anyway)
         ident = self._idents.get(key, zlib.crc32(repr(key).encode()) & 0xFFFF) % 0xFFFF + 1
@@ -232,11 +234,11 @@ def _translated(msgs: list[Message], frame: bytes, packet: bytes, in_port: int,
         if isinstance(m, PacketOut) and _same_fragment(m.data, packet):
             data, port, dec = (_do_actions(frame, m.actions, in_port) if m.data == frame
                                else (m.data, _port_of(m.actions, in_port), True))
-            ip_at = ETH_HEADER_LEN
-            src, dst = _dotted(data[ip_at + 12: ip_at + 16]), _dotted(data[ip_at + 16: ip_at + 20])
+            sent = IPv4View(data[ETH_HEADER_LEN:])
+            src, dst = dotted(sent.src), dotted(sent.dst)
             ident = renumber(packet, src, dst)
             if ident is not None:
-                data = data[:ip_at] + _with_ident(data[ip_at:], ident)
+                data = data[:ETH_HEADER_LEN] + _with_ident(data[ETH_HEADER_LEN:], ident)
             verdict = Verdict(data[:12], src, dst, port, dec, ident)
             out.append(PacketOut(data, (Output(port),), in_port, m.delay))
         else:
@@ -247,7 +249,8 @@ def _translated(msgs: list[Message], frame: bytes, packet: bytes, in_port: int,
 def _same_fragment(data: bytes, packet: bytes) -> bool:
     """Whether a PacketOut carries this fragment: same IP ID, flags and offset, and protocol."""
     ip = data[ETH_HEADER_LEN:]
-    return len(ip) >= 20 and ip[4:8] == packet[4:8] and ip[9] == packet[9]
+    same = slice(IDENT_OFFSET, IDENT_OFFSET + 4)  # Identification, flags and fragment offset
+    return len(ip) >= IPV4_MIN_HEADER_LEN and ip[same] == packet[same] and ip[PROTOCOL_OFFSET] == packet[PROTOCOL_OFFSET]
 
 
 def _address(fields: dict[str, object], name: str) -> str | None:
@@ -289,9 +292,10 @@ def _apply(verdict: Verdict, packet: bytes, in_port: int) -> PacketOut:
 def _with_ident(packet: bytes, ident: int) -> bytes:
     """The IP packet with its Identification replaced, the header checksum updated (RFC 1624)."""
     buf = bytearray(packet)
-    old = int.from_bytes(buf[4:6], "big")
-    buf[4:6] = ident.to_bytes(2, "big")
-    buf[10:12] = update16(int.from_bytes(buf[10:12], "big"), old, ident).to_bytes(2, "big")
+    old = IPv4View(buf).ident
+    buf[IDENT_OFFSET:IDENT_OFFSET + 2] = ident.to_bytes(2, "big")
+    at = slice(CHECKSUM_OFFSET, CHECKSUM_OFFSET + 2)
+    buf[at] = update16(int.from_bytes(buf[at], "big"), old, ident).to_bytes(2, "big")
     return bytes(buf)
 
 
@@ -302,8 +306,4 @@ def _port_of(actions: tuple, in_port: int) -> int:
 
 def _mac(value: object) -> bytes | None:
     return bytes.fromhex(str(value).replace(":", "")) if value else None
-
-
-def _dotted(raw: bytes) -> str:
-    return ".".join(str(b) for b in raw)
 

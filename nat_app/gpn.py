@@ -16,20 +16,21 @@ from dataclasses import dataclass, fields
 
 from nat_app.ports import DYNAMIC_LOW
 from netwire import pcp
-from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MIN_SPI, UDP_HEADER_LEN
 from netwire.pcp import UNDERLYING_IP, UNDERLYING_UDP
 
 __pure__ = True
 
-UDP_HEADER_LEN = 8
 _UDP_KEYED = 0x10000  # GpnSpace's encoding bit: above every IP protocol number
 
 
 class GpnSpace(int):
     """Where a GPN lives (FIG. 7): the space of an IP protocol (``GpnSpace.ip(50)``: ESP's SPIs), or of a
-    UDP port (``GpnSpace.udp(500)``: ISAKMP's cookies). The table, the port spaces and the saved state key
-    by it. It is the int they always held (an IP protocol, or 0x10000 | port), so flows, saved state and
-    ``natlab table`` are unchanged, but nothing outside this class reads or builds that encoding."""
+    UDP port (``GpnSpace.udp(500)``: ISAKMP's cookies). The table's indices, the port spaces and the
+    client-ALG paths key by it. A table entry holds its parts (``Entry.protocol``, an IP protocol, and
+    ``Entry.udp_port``); the space is an int (an IP protocol's equals it, a UDP port's is 0x10000 | port)
+    only so that NAPT's lookups by a packet's protocol number stay plain dict hits, and nothing outside
+    this class reads or builds that encoding."""
 
     @classmethod
     def ip(cls, protocol: int) -> GpnSpace:
@@ -42,6 +43,16 @@ class GpnSpace(int):
         if not 0 < port <= 0xFFFF:
             raise ValueError(f"UDP port {port} is not 1-65535")
         return cls(_UDP_KEYED | port)
+
+    @classmethod
+    def legacy(cls, value: int) -> GpnSpace:
+        """A space saved as its int (the state files written before ``Entry.udp_port``, whose
+        ``protocol`` held it); ValueError for any other int, so a hostile file is refused."""
+        if 0 <= value <= 0xFF:
+            return cls.ip(value)
+        if value & ~0xFFFF != _UDP_KEYED:
+            raise ValueError(f"{value} is neither an IP protocol nor a UDP port's GPN space")
+        return cls.udp(value & 0xFFFF)
 
     @property
     def over_udp(self) -> bool:

@@ -247,9 +247,10 @@ class LeaseServer:
         global_gpn = self._take_gpn(definition, global_ip, info, origin, now)
         private_gpn = info.private_gpn if info.private_gpn is not None else global_gpn
         try:
-            return self.table.add(kind=EntryKind.CLIENT_ALG, protocol=key, private_ip=origin.ip,
+            return self.table.add(kind=EntryKind.CLIENT_ALG, protocol=definition.ip_protocol, private_ip=origin.ip,
                                   private_gpn=private_gpn, global_ip=global_ip, global_gpn=global_gpn,
-                                  foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST)
+                                  foreign=info.foreign_ip, now=now, expires=now + lifetime, path=DataPath.FAST,
+                                  udp_port=definition.port if key.over_udp else None)
         except TableConflict as exc:
             self.pool.space(global_ip, key).release(global_gpn, now, owner=origin.ip)
             raise Refused(pcp.Result.GPN_IN_USE, str(exc)) from None
@@ -344,9 +345,9 @@ class LeaseServer:
         for entry_id, _ in sorted(mine):
             e = self.table.get(entry_id)
             if e is not None:
-                space = GpnSpace(e.protocol)
-                records.append(pcp.EntryRecord(e.kind.value, space.protocol, e.private_ip, e.private_gpn, e.global_ip,
-                                               e.global_gpn, e.foreign, max(0, int((e.expires or now) - now)), space.port))
+                records.append(pcp.EntryRecord(e.kind.value, e.protocol, e.private_ip, e.private_gpn, e.global_ip,
+                                               e.global_gpn, e.foreign, max(0, int((e.expires or now) - now)),
+                                               e.udp_port or 0))
         return Outcome(None), replace(info, entries=tuple(records)), request.lifetime
 
     # ------------------------------------------------------------------ helpers

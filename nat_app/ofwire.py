@@ -13,6 +13,7 @@ hold every encoding equal, byte for byte, to os-ken's own.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from nat_app.messages import AddFlow, DecTtl, Message, Output, PacketOut, SetField, ToController
@@ -75,7 +76,10 @@ def encode(message: Message, xid: int) -> bytes | None:
     return None
 
 
+@functools.lru_cache(maxsize=8192)
 def _oxm(name: str, value: object) -> tuple[int, bytes]:
+    """One OXM TLV, remembered: a connection's addresses, MACs and ports recur in its two FlowMods and in
+    the next connection's (``natlab bench nat-core``: the text-to-bytes conversions were most of this step)."""
     if name not in OXM or isinstance(value, tuple):  # masked values: os-ken's job
         raise Unsupported(name)
     field, pack = OXM[name]

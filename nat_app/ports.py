@@ -32,6 +32,7 @@ class PortSpace:
     _resting: dict[int, float] = field(default_factory=dict)
     _rest_heap: list[tuple[float, int]] = field(default_factory=list)
     _rested_by: dict[int, str] = field(default_factory=dict)  # resting port -> the host that released it
+    _changed: set[int] | None = None  # ports taken, released or woken since take_changed(); None: untracked
 
     def reserve(self, now: float, preferred: int | None = None, owner: str | None = None) -> int | None:
         """A free port: ``preferred`` if it is free (port preservation), else a random one.
@@ -42,23 +43,29 @@ class PortSpace:
         if preferred is not None and self._take_back(preferred, owner):
             return preferred
         if preferred is not None and self.is_free(preferred, now):
-            self._in_use.add(preferred)
-            return preferred
+            return self._take(preferred)
         size = self.high - self.low + 1
         if len(self._in_use) + len(self._resting) >= size:
             return None
         for _ in range(64):
             port = self.rng.randint(self.low, self.high)
             if port not in self._in_use and port not in self._resting:
-                self._in_use.add(port)
-                return port
+                return self._take(port)
         start = self.rng.randint(self.low, self.high)
         for offset in range(size):
             port = self.low + (start - self.low + offset) % size
             if port not in self._in_use and port not in self._resting:
-                self._in_use.add(port)
-                return port
+                return self._take(port)
         return None
+
+    def _take(self, port: int) -> int:
+        self._in_use.add(port)
+        self._note(port)
+        return port
+
+    def _note(self, port: int) -> None:
+        if self._changed is not None:
+            self._changed.add(port)
 
     def claim(self, port: int, now: float, owner: str | None = None) -> bool:
         """Take a specific port (a client asked for it); False if taken, or resting from another owner."""
@@ -67,13 +74,14 @@ class PortSpace:
             return True
         if not self.is_free(port, now, any_range=True):
             return False
-        self._in_use.add(port)
+        self._take(port)
         return True
 
     def release(self, port: int, now: float, owner: str | None = None) -> None:
         """Give a port back; it rests for the quarantine period first (except for ``owner``)."""
         if port in self._in_use:
             self._in_use.discard(port)
+            self._note(port)
             until = now + self.quarantine
             self._resting[port] = until
             if owner is not None:
@@ -93,7 +101,7 @@ class PortSpace:
         if owner is None or port not in self._resting or self._rested_by.get(port) != owner:
             return False
         del self._resting[port], self._rested_by[port]  # its heap item is skipped when it comes due
-        self._in_use.add(port)
+        self._take(port)
         return True
 
     def _wake(self, now: float) -> None:
@@ -102,24 +110,50 @@ class PortSpace:
             if self._resting.get(port) == until:
                 del self._resting[port]
                 self._rested_by.pop(port, None)
+                self._note(port)
 
     # ------------------------------------------- persistence (nat_app/state.py, nat_app/store.py)
+    # What a restarted controller must not hand out: each taken port is one record, ``None`` in use,
+    # ``[until, owner]`` resting (owner: the host that may take it back, or None), so that an event
+    # writes the ports it touched, never the whole space (``natlab bench nat-core``).
 
     def export(self) -> dict[str, Any]:
-        """In-use and resting ports with who rested them: what a restarted controller must not hand out."""
-        return {"low": self.low, "high": self.high, "in_use": sorted(self._in_use),
-                "resting": [[p, until, self._rested_by.get(p)] for p, until in sorted(self._resting.items())]}
+        """The space's range (its ports are :meth:`port_records`)."""
+        return {"low": self.low, "high": self.high}
+
+    def port_records(self, ports: set[int] | None = None) -> dict[int, list[Any] | None]:
+        """Each taken port of ``ports`` (default: all of them) -> its record; free ones are left out."""
+        if ports is None:
+            ports = self._in_use | self._resting.keys()
+        return {p: None if p in self._in_use else [self._resting[p], self._rested_by.get(p)]
+                for p in ports if p in self._in_use or p in self._resting}
+
+    def take_changed(self) -> set[int]:
+        """Ports taken, released or woken since the last call (the first call starts the tracking:
+        what came before it the caller reads whole, with ``port_records()``)."""
+        ports, self._changed = self._changed or set(), set()
+        return ports
 
     @classmethod
     def restored(cls, saved: dict[str, Any], quarantine: float, rng: random.Random) -> PortSpace:
-        """A space rebuilt from ``export()``; KeyError/ValueError/TypeError if ``saved`` is not one."""
+        """A space rebuilt from ``export()`` (or from a schema-3 file's, which listed its ports inline);
+        KeyError/ValueError/TypeError if ``saved`` is not one."""
         space = cls(int(saved["low"]), int(saved["high"]), quarantine, rng)
-        space._in_use = {int(p) for p in saved["in_use"]}
-        for port, until, owner in saved["resting"]:
-            space._resting[int(port)] = float(until)
-            heapq.heappush(space._rest_heap, (float(until), int(port)))
-            if owner is not None:
-                space._rested_by[int(port)] = str(owner)
-        if space._in_use & space._resting.keys():
-            raise ValueError("a saved port is both in use and resting")
+        for port in saved.get("in_use", ()):
+            space.restore_port(int(port), None)
+        for port, until, owner in saved.get("resting", ()):
+            space.restore_port(int(port), [until, owner])
         return space
+
+    def restore_port(self, port: int, record: list[Any] | None) -> None:
+        """One saved port record; ValueError for a port saved twice or a record that is not one."""
+        if not isinstance(port, int) or port in self._in_use or port in self._resting:
+            raise ValueError(f"saved port {port!r} is not an int or is saved twice")
+        if record is None:
+            self._in_use.add(port)
+            return
+        until, owner = record
+        self._resting[port] = float(until)
+        heapq.heappush(self._rest_heap, (float(until), port))
+        if owner is not None:
+            self._rested_by[port] = str(owner)

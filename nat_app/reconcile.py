@@ -100,7 +100,7 @@ def _lost_its_flows(entry: Entry, cookies: Counter[int], globals_: tuple[str, ..
         # a hairpin sender's entry (foreign = a global of ours) has one flow per target (nat_app/hairpin.py)
         need = 1 if entry.foreign in globals_ else _FLOWS_PER_NAPT_ENTRY
         return cookies.get(entry.id, 0) < need
-    if entry.kind is EntryKind.CLIENT_ALG and entry.protocol in (IPPROTO_TCP, IPPROTO_UDP):
+    if entry.kind is EntryKind.CLIENT_ALG and entry.port_keyed:
         return cookies.get(entry.id, 0) < 1  # a MAP/PEER lease's inbound flow
     return False  # leases of defined protocols share group flows (client_alg.py)
 

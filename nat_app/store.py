@@ -31,7 +31,7 @@ from pathlib import Path
 from nat_app import state
 from nat_app.config import NatConfig
 from nat_app.decide import NatCore
-from nat_app.state import SCHEMA_VERSION
+from nat_app.state import READABLE_VERSIONS, SCHEMA_VERSION
 
 APPLICATION_ID = 0x4E41544C  # "NATL": PRAGMA application_id of a natlab state file
 SQLITE_HEADER = b"SQLite format 3\x00"  # https://sqlite.org/fileformat.html 1.3.1
@@ -80,6 +80,7 @@ class Store:
             self._set_aside(str(exc) if isinstance(exc, StateLost) else f"unreadable ({exc})")
         self._db = db
         _configure(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")  # an older layout is read, then saved as ours
         return records
 
     def write(self, upserts: dict[str, object], deletes: set[str] | frozenset[str] = frozenset()) -> int:
@@ -168,8 +169,8 @@ def _read_checked(db: sqlite3.Connection, path: Path, boot: str) -> dict[str, ob
         raise StateRefused(f"{path} is an SQLite database of another application (application_id {app:#x}, "
                            f"natlab's is {APPLICATION_ID:#x}); refusing to overwrite it")
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        raise StateLost(f"schema version {version}, this controller reads {SCHEMA_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise StateLost(f"schema version {version}, this controller reads {READABLE_VERSIONS}")
     check = [row[0] for row in db.execute("PRAGMA integrity_check")]
     if check != ["ok"]:
         raise StateLost(f"integrity check failed: {'; '.join(check[:3])}")

@@ -7,6 +7,12 @@ it cannot (ESP, AH, ISAKMP). Lookups are O(1) both ways, with a fallback to
 foreign = any (None); expiry pops a heap, never scans; NAT-UNIQ (step 704: one
 private (IP, GPN) per global (IP, GPN), protocol and foreign address) is
 enforced on insertion.
+
+An entry's ``protocol`` is always an IP protocol; a leased protocol carried
+over UDP (ISAKMP on port 500, FIG. 7's underlying UDP) also names its port in
+``udp_port``. The indices key by the GPN space the two make
+(:class:`nat_app.gpn.GpnSpace`), so such a lease never meets NAPT's own UDP
+entries of the same global number.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from nat_app.gpn import GpnSpace
+from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
 
 __pure__ = True
 
 ANY = None  # foreign address "any" (FIG. 6 field 606 unspecified)
-Key = tuple[int, str, "int | None", "str | None"]  # (protocol, IP, GPN, foreign): one side of an entry
-Triple = tuple[int, str, "str | None"]  # (protocol, global IP, foreign)
+CHANGED_LINK = "_changed"  # an indexed entry's link to its table's set of changed ids (not a field: never saved)
+Key = tuple[int, str, "int | None", "str | None"]  # (GPN space, IP, GPN, foreign): one side of an entry
+Triple = tuple[int, str, "str | None"]  # (GPN space, global IP, foreign)
 
 
 class EntryKind(enum.Enum):
@@ -63,19 +71,43 @@ class Entry:
     path: DataPath
     created: float
     slow_packets: int = 0
+    udp_port: int | None = None  # a leased UDP-borne protocol's port (ISAKMP: 500); ``protocol`` is then UDP
 
     @property
     def space(self) -> GpnSpace:
-        """The GPN space ``protocol`` holds: an IP protocol's, or a UDP port's for a leased UDP-borne protocol."""
-        return GpnSpace(self.protocol)
+        """The GPN space the table keys this entry by (FIG. 7): its IP protocol's, or its UDP port's;
+        ValueError if the fields name none (the table refuses such an entry before indexing it)."""
+        return GpnSpace.ip(self.protocol) if self.udp_port is None else _udp_space(self.protocol, self.udp_port)
+
+    @property
+    def space_key(self) -> int:
+        """``space`` as the plain int the indices hold: an IP protocol's is the protocol number itself
+        (a shared small int: measured, GpnSpace objects in the keys cost 14% more memory per entry and
+        12-16% of lookups/s, ``natlab bench nat-core``)."""
+        return self.protocol if self.udp_port is None else int(GpnSpace.udp(self.udp_port))
+
+    @property
+    def port_keyed(self) -> bool:
+        """TCP or UDP keyed by its own ports (NAPT's entries, MAP/PEER leases): r1 rewrites those
+        ports; a leased GPN riding on UDP (``udp_port`` set) is keyed by its GPN instead."""
+        return self.udp_port is None and self.protocol in (IPPROTO_TCP, IPPROTO_UDP)
 
     @property
     def out_key(self) -> Key:
-        return (self.protocol, self.private_ip, self.private_gpn, self.foreign)
+        return (self.space_key, self.private_ip, self.private_gpn, self.foreign)
 
     @property
     def in_key(self) -> Key:
-        return (self.protocol, self.global_ip, self.global_gpn, self.foreign)
+        return (self.space_key, self.global_ip, self.global_gpn, self.foreign)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Any field set on an entry of a table is noted in that table's set of changed ids
+        (``TranslationTable.take_changed``): the state journal then writes just those entries, and
+        a change made anywhere (path, expiry, idle timeout, slow-path count) cannot be missed."""
+        object.__setattr__(self, name, value)
+        changed = self.__dict__.get(CHANGED_LINK)
+        if changed is not None:
+            changed.add(self.id)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,6 +126,7 @@ class TranslationTable:
         self._triples: dict[Triple, Counter[str]] = defaultdict(Counter)
         self._by_global: dict[tuple[int, str], Counter[str]] = defaultdict(Counter)  # (protocol, global IP) -> hosts
         self._by_private: dict[tuple[int, str], set[int]] = defaultdict(set)  # (protocol, private IP) -> entry ids
+        self._changed: set[int] | None = None  # ids changed since take_changed(); None: nobody asks (no journal)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -105,20 +138,18 @@ class TranslationTable:
         self, *, kind: EntryKind, protocol: int, private_ip: str, private_gpn: int | None,
         global_ip: str, global_gpn: int | None, foreign: str | None, now: float,
         expires: float | None = None, idle_timeout: int | None = None, path: DataPath = DataPath.FAST,
+        udp_port: int | None = None,
     ) -> Entry:
-        """Insert an entry (step 704/705); raises TableConflict on a NAT-UNIQ violation."""
+        """Insert an entry (step 704/705); raises TableConflict on a NAT-UNIQ violation.
+        ``protocol`` is an IP protocol; ``udp_port`` the port of a leased UDP-borne GPN space."""
         entry = Entry(next(self._ids), kind, protocol, private_ip, private_gpn, global_ip, global_gpn,
-                      foreign, expires, idle_timeout, path, now)
+                      foreign, expires, idle_timeout, path, now, udp_port=udp_port)
+        space = entry.space  # validates protocol and port: ValueError before anything is indexed
         if entry.in_key in self._in:
-            raise TableConflict(f"global {global_ip}/{global_gpn} proto {protocol} foreign {foreign} is taken")
+            raise TableConflict(f"global {global_ip}/{global_gpn} space {space!r} foreign {foreign} is taken")
         if entry.out_key in self._out:
-            raise TableConflict(f"private {private_ip}/{private_gpn} proto {protocol} foreign {foreign} exists")
-        self._by_id[entry.id] = entry
-        self._out[entry.out_key] = entry
-        self._in[entry.in_key] = entry
-        self._triples[(protocol, global_ip, foreign)][private_ip] += 1
-        self._by_global[(protocol, global_ip)][private_ip] += 1
-        self._by_private[(protocol, private_ip)].add(entry.id)
+            raise TableConflict(f"private {private_ip}/{private_gpn} space {space!r} foreign {foreign} exists")
+        self._index(entry)
         if expires is not None:
             heapq.heappush(self._expiry, (expires, entry.id))
         return entry
@@ -130,15 +161,43 @@ class TranslationTable:
         entry = self._by_id.pop(entry_id, None)
         if entry is None:
             return None
+        space = entry.space_key
         del self._out[entry.out_key]
         del self._in[entry.in_key]
-        _uncount(self._triples, (entry.protocol, entry.global_ip, entry.foreign), entry.private_ip)
-        _uncount(self._by_global, (entry.protocol, entry.global_ip), entry.private_ip)
-        ids = self._by_private[(entry.protocol, entry.private_ip)]
+        _uncount(self._triples, (space, entry.global_ip, entry.foreign), entry.private_ip)
+        _uncount(self._by_global, (space, entry.global_ip), entry.private_ip)
+        ids = self._by_private[(space, entry.private_ip)]
         ids.discard(entry.id)
         if not ids:
-            del self._by_private[(entry.protocol, entry.private_ip)]
+            del self._by_private[(space, entry.private_ip)]
+        if self._changed is not None:
+            self._changed.add(entry_id)
+            entry.__dict__.pop(CHANGED_LINK, None)  # a removed entry's later changes are nobody's
         return entry
+
+    def _index(self, entry: Entry) -> None:
+        """Enter ``entry`` in every index (after the caller checked NAT-UNIQ)."""
+        space = entry.space_key
+        self._by_id[entry.id] = self._out[entry.out_key] = self._in[entry.in_key] = entry
+        self._triples[(space, entry.global_ip, entry.foreign)][entry.private_ip] += 1
+        self._by_global[(space, entry.global_ip)][entry.private_ip] += 1
+        self._by_private[(space, entry.private_ip)].add(entry.id)
+        if self._changed is not None:
+            entry.__dict__[CHANGED_LINK] = self._changed
+            self._changed.add(entry.id)
+
+    def take_changed(self) -> set[int] | None:
+        """Ids of the entries added, changed or removed since the last call (nat_app/state.py's Journal
+        writes only those: O(1) per event, not a scan of the table); None on the first call, which
+        starts the tracking (a controller without a journal keeps no set that grows)."""
+        if self._changed is None:
+            self._changed = set()
+            for entry in self._by_id.values():
+                entry.__dict__[CHANGED_LINK] = self._changed
+            return None
+        ids = set(self._changed)
+        self._changed.clear()  # in place: the indexed entries hold this very set
+        return ids
 
     def lookup_out(self, protocol: int, private_ip: str, private_gpn: int | None,
                    foreign: str | None) -> Entry | None:
@@ -196,7 +255,7 @@ class TranslationTable:
 
     def _indexed(self, entry: Entry) -> bool:
         """Whether every index holds ``entry`` where its fields say it belongs."""
-        protocol, private_ip = entry.protocol, entry.private_ip
+        protocol, private_ip = entry.space_key, entry.private_ip
         return (self._out.get((protocol, private_ip, entry.private_gpn, entry.foreign)) is entry
                 and self._in.get((protocol, entry.global_ip, entry.global_gpn, entry.foreign)) is entry
                 and self._triples.get((protocol, entry.global_ip, entry.foreign), Counter())[private_ip] > 0
@@ -232,10 +291,7 @@ class TranslationTable:
         for entry in sorted(entries, key=lambda e: e.id):
             if entry.id in self._by_id or entry.in_key in self._in or entry.out_key in self._out:
                 raise TableConflict(f"saved entry {entry.id} duplicates another")
-            self._by_id[entry.id] = self._out[entry.out_key] = self._in[entry.in_key] = entry
-            self._triples[(entry.protocol, entry.global_ip, entry.foreign)][entry.private_ip] += 1
-            self._by_global[(entry.protocol, entry.global_ip)][entry.private_ip] += 1
-            self._by_private[(entry.protocol, entry.private_ip)].add(entry.id)
+            self._index(entry)
             if entry.expires is not None:
                 heapq.heappush(self._expiry, (entry.expires, entry.id))
         self._ids = itertools.count(next_id)
@@ -247,12 +303,32 @@ def _require(condition: bool, what: str) -> None:
 
 
 def entry_from_dict(d: dict[str, Any]) -> Entry:
-    """The inverse of ``Entry.as_dict`` (a saved entry); KeyError/ValueError/TypeError if it is not one."""
-    fields = dict(d, kind=EntryKind(d["kind"]), path=DataPath(d["path"]))
+    """The inverse of ``Entry.as_dict`` (a saved entry); KeyError/ValueError/TypeError if it is not one.
+    A record of the old layout (no ``udp_port``; ``protocol`` held the GPN space's int) is read as
+    its space says: nat_app/state.py's files from before keep loading."""
+    space = space_of_record(d)
+    fields = dict(d, kind=EntryKind(d["kind"]), path=DataPath(d["path"]), protocol=space.protocol,
+                  udp_port=space.port if space.over_udp else None)
     entry = Entry(**fields)
-    if not isinstance(entry.id, int) or not isinstance(entry.protocol, int):
-        raise TypeError(f"entry {d!r}: id and protocol must be integers")
+    if not isinstance(entry.id, int):
+        raise TypeError(f"entry {d!r}: id must be an integer")
     return entry
+
+
+def space_of_record(d: dict[str, Any]) -> GpnSpace:
+    """The GPN space of an entry's record (``Entry.as_dict``, ``natlab table``, a saved file of either
+    layout); ValueError/TypeError for a protocol or port out of range or not an integer."""
+    protocol, udp_port = d["protocol"], d.get("udp_port")
+    if not isinstance(protocol, int) or not (udp_port is None or isinstance(udp_port, int)):
+        raise TypeError(f"entry {d!r}: protocol and udp_port must be integers")
+    return GpnSpace.legacy(protocol) if udp_port is None else _udp_space(protocol, udp_port)
+
+
+def _udp_space(protocol: int, udp_port: int) -> GpnSpace:
+    """A UDP port's GPN space (FIG. 7, underlying UDP): its packets are UDP, nothing else."""
+    if protocol != IPPROTO_UDP:
+        raise ValueError(f"a UDP port's GPN space rides on UDP, not on protocol {protocol}")
+    return GpnSpace.udp(udp_port)
 
 
 def _uncount(index: dict[Any, Counter[str]], key: tuple[Any, ...], host: str) -> None:

@@ -7,14 +7,16 @@ equation 3, ``HC' = ~(~HC + ~m + m')``, does that without touching the payload.
 
 from __future__ import annotations
 
+import functools
 
-def ones_complement_sum(data: bytes, initial: int = 0) -> int:
+
+def ones_complement_sum(data: bytes | bytearray, initial: int = 0) -> int:
     """16-bit one's-complement sum of ``data`` (odd length padded with a zero byte).
 
     ``initial`` and the result are big-endian 16-bit values.
     """
     if len(data) % 2:
-        data += b"\x00"
+        data = data + b"\x00"  # a new object: ``+=`` would pad a caller's bytearray in place
     total = _to_native(initial) + (sum(memoryview(data).cast("H")) if data else 0)
     # cast("H") reads native byte order; the folded sum is byte-order independent
     # (RFC 1071 section 2(B)) but must be swapped back on little-endian hosts.
@@ -67,11 +69,18 @@ def apply_difference(checksum: int, diff: int) -> int:
 def ip_bytes(address: str | bytes) -> bytes:
     """Four bytes of a dotted-quad IPv4 address (bytes pass through).
 
-    Per packet on the controller's paths, so parsed by hand: ``ipaddress`` is
-    the slowest part of a lease round trip otherwise.
+    Per packet on the controller's paths, so parsed by hand (``ipaddress`` is
+    the slowest part of a lease round trip otherwise) and remembered: the
+    same few addresses recur in every packet and flow (bounded, so a flood
+    of addresses costs a fixed amount of memory).
     """
     if isinstance(address, bytes):
         return address
+    return _dotted_bytes(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _dotted_bytes(address: str) -> bytes:
     parts = address.split(".")
     if len(parts) == 4 and all(p.isdigit() and len(p) <= 3 for p in parts):
         raw = bytes(int(p) for p in parts if int(p) <= 255)

@@ -27,7 +27,7 @@ def mac_bytes(mac: str) -> bytes:
 
 
 def mac_str(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")  # per packet-in, twice: bytes.hex's separator, not a generator (issue 16)
 
 
 @dataclass(frozen=True)

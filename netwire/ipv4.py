@@ -25,6 +25,7 @@ MAX_SPI = 0xFFFFFFFF
 IPV4_MIN_HEADER_LEN = 20
 TCP_CHECKSUM_OFFSET = 16
 UDP_CHECKSUM_OFFSET = 6
+UDP_HEADER_LEN = 8  # RFC 768: ports, length, checksum
 ICMP_CHECKSUM_OFFSET = 2
 
 ICMP_ECHO_REPLY = 0
@@ -68,7 +69,7 @@ class IPv4Header:
             raise MalformedPacket(f"bad IPv4 header length {header_len}")
         if not truncated_ok and total < header_len:
             raise MalformedPacket(f"IPv4 total length {total} below header length")
-        return cls(header_len, total, ttl, proto, _dotted(src), _dotted(dst), frag & 0x1FFF, bool(frag & 0x2000))
+        return cls(header_len, total, ttl, proto, dotted(src), dotted(dst), frag & 0x1FFF, bool(frag & 0x2000))
 
     @property
     def is_fragment(self) -> bool:
@@ -130,8 +131,9 @@ def build_ipv4_header(
     return bytes(header)
 
 
-def _dotted(raw: bytes) -> str:
-    return ".".join(str(b) for b in raw)
+def dotted(raw: bytes) -> str:
+    """The dotted-quad text of a 4-byte IPv4 address (the inverse of ``netwire.checksum.ip_bytes``)."""
+    return ".".join(map(str, raw))  # per packet-in, twice: map, not a generator (issue 16)
 
 
 def build_udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: int = 64) -> bytes:

@@ -103,11 +103,26 @@ class LineRewriter:
             self.next = max(self.next, u + len(payload) + fin)
             return seq, payload
         if rst:
-            return self._seq_out(self.map.to_new(min(u, self.hold_start))), payload
+            return self._reset(seq, u), payload
         if u > self.next:
             self.counters["out-of-order-dropped"] += 1
             return None
         return self._in_window(u, payload, fin)
+
+    def _reset(self, seq: int, u: int) -> int:
+        """A RST's SEQ: moved like our bytes when it names a position of our stream; left alone when it does not.
+
+        A SYN-SENT stack answers a stale ACK (the far end's old connection on the same ports) with
+        <SEQ=SEG.ACK><CTL=RST> (RFC 9293 section 3.10.7.3): a number of the far end's old connection, which only
+        frees the port if it arrives exactly as sent (RFC 5961 section 3.2). Moved into our stream, it was
+        ignored and every SYN retry met the same stale ACK.
+        """
+        assert self.next is not None
+        start = None if self.isn is None else unwrap(self.isn, self.next) + 1  # joined mid-stream: no start known
+        if u > self.next or (start is not None and u < start):
+            self.counters["reset-outside-stream"] += 1
+            return seq
+        return self._seq_out(self.map.to_new(min(u, self.hold_start)))
 
     def ack_back(self, ack: int) -> int:
         """The original sequence number of an ACK or SACK edge that counts this direction's rewritten bytes."""

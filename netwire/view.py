@@ -31,10 +31,12 @@ from netwire.ipv4 import (
     IPV4_MIN_HEADER_LEN,
     TCP_CHECKSUM_OFFSET,
     UDP_CHECKSUM_OFFSET,
+    UDP_HEADER_LEN,
 )
 
 IPPROTO_SCTP = 132  # RFC 9260: ports in the same place as TCP's and UDP's
 PORTED = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
+IDENT_OFFSET = 4  # Identification: with source, destination and protocol it names a datagram's fragments
 PROTOCOL_OFFSET = 9
 CHECKSUM_OFFSET = 10  # the IPv4 header checksum
 SRC_OFFSET, DST_OFFSET = 12, 16
@@ -43,6 +45,9 @@ TRANSPORT_CHECKSUM_OFFSET = {IPPROTO_TCP: TCP_CHECKSUM_OFFSET, IPPROTO_UDP: UDP_
 MF_AND_OFFSET_HIGH = 0x3F  # byte 6: more-fragments and the high bits of the fragment offset
 _OFFSET_HIGH = 0x1F
 _PORTS = struct.Struct("!HH")
+# A packet as the per-packet path hands it on: bytes as read, or the bytearray a rewrite made (the
+# agent's compensation, seed FIG. 9/10), passed on uncopied because ESP/AH copy it anyway.
+Packet = bytes | bytearray
 
 
 def ipv4_lengths(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
@@ -87,6 +92,11 @@ class IPv4View:
     @property
     def dst(self) -> bytes:
         return bytes(self.buf[DST_OFFSET:DST_OFFSET + 4])
+
+    @property
+    def ident(self) -> int:
+        """The Identification field (RFC 791 section 3.1; RFC 6864 on its uniqueness)."""
+        return self.buf[IDENT_OFFSET] << 8 | self.buf[IDENT_OFFSET + 1]
 
     @property
     def is_fragment(self) -> bool:
@@ -138,6 +148,17 @@ class IPv4View:
         if self.total_len < at + 8:
             raise MalformedPacket("ICMP echo shorter than 8 bytes")
         return kind, code, buf[at + 4] << 8 | buf[at + 5]
+
+    def udp_payload(self) -> tuple[int, int]:
+        """``(start, end)`` in ``buf`` of a UDP datagram's payload as its length field says (RFC 768):
+        MalformedPacket for another protocol, a clipped header, or a length below 8 or beyond the packet."""
+        at, buf = self.header_len, self.buf
+        if buf[PROTOCOL_OFFSET] != IPPROTO_UDP or self.total_len < at + UDP_HEADER_LEN:
+            raise MalformedPacket("not a UDP datagram with a whole header")
+        length = buf[at + 4] << 8 | buf[at + 5]
+        if not UDP_HEADER_LEN <= length <= self.total_len - at:
+            raise MalformedPacket(f"UDP length {length} outside {UDP_HEADER_LEN}..{self.total_len - at}")
+        return at + UDP_HEADER_LEN, at + length
 
     def spi(self) -> int:
         """The SPI of an ESP or AH packet (RFC 4303 section 2.1, RFC 4302 section 2.4)."""

@@ -252,7 +252,7 @@ class Testbed:
         ensure_ovs()
         from mininet.log import setLogLevel
         from mininet.net import Mininet
-        from mininet.node import OVSSwitch, RemoteController
+        from mininet.node import RemoteController
 
         from topo.natlab import NatlabHost, NatlabTopo
 
@@ -268,10 +268,10 @@ class Testbed:
                 self.controller.start()
                 controller = partial(RemoteController, ip="127.0.0.1", port=self.controller.port)
             self.net = Mininet(
-                topo=NatlabTopo(**self.params), host=NatlabHost,
-                switch=partial(OVSSwitch, datapath="user", protocols="OpenFlow13"),
+                topo=NatlabTopo(**self.params), host=NatlabHost, switch=switch_class(),
                 controller=controller, autoSetMacs=True, waitConnected=False)
             self.net.start()
+            check_bridges(self.net.switches)
             if self.controller is not None:
                 # r1 retries a lost controller within 1 s (OVS backs off up to 8 s by default): a restarted
                 # controller gets r1 back at once.
@@ -290,9 +290,11 @@ class Testbed:
         try:
             if self.net is not None:
                 controllers = list(self.net.controllers)
+                shells = [n.shell for n in (*self.net.hosts, *self.net.switches, *controllers) if n.shell]
                 self.net.stop()
                 for c in controllers:  # RemoteController.stop() leaves its shell running
                     c.terminate()
+                _reap(shells)
                 self.net = None
         finally:
             if self.controller is not None:
@@ -341,6 +343,47 @@ class Testbed:
             raise TestbedError(f"{what}: this testbed has nat={self.nat!r}, whose r1 has no controller "
                                "(a Linux masquerade, RFC 3022); see nat_ruleset()")
         return self.controller
+
+
+def _reap(shells: list[subprocess.Popen], timeout: float = 5) -> None:
+    """Wait until every node's shell has exited: Mininet's terminate() sends SIGHUP and returns (and forgets
+    the shell), and a switch stopped by the batch ovs-vsctl (see switch_class) was still a live
+    ``mininet:s1`` shell when the next check for leftovers looked. One that outlives ``timeout`` is killed."""
+    for shell in shells:
+        try:
+            shell.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            shell.kill()
+            shell.wait(timeout=timeout)
+
+
+def switch_class() -> type:
+    """r1's and s1's switch class: OVS's userspace datapath, OpenFlow 1.3.
+
+    A class, not a ``functools.partial``: Mininet starts every switch whose
+    class has ``batchStartup`` with one ovs-vsctl run outside any shell. A
+    partial hides it, and each switch's command then goes through its shell's
+    terminal, whose 4095-byte line cut s1's (an add-port per client) short
+    from 55 clients on: s1 never existed and never connected.
+    """
+    from mininet.node import OVSSwitch
+    from mininet.util import specialClass
+
+    return specialClass(OVSSwitch, defaults={"datapath": "user", "protocols": "OpenFlow13"})
+
+
+def check_bridges(switches: list[Any]) -> None:
+    """Every OVS switch Mininet started exists with all its ports: Mininet ignores a failed ovs-vsctl, and a
+    missing s1 otherwise shows only as "s1 did not connect" 20 s later (the controller never hears of it)."""
+    for switch in switches:
+        if not hasattr(switch, "vsctl"):  # the classic r1 is a host
+            continue
+        wanted = {intf.name for intf in switch.intfList() if switch.ports[intf]}
+        listed = subprocess.run(["ovs-vsctl", "--timeout=5", "list-ports", switch.name], capture_output=True, text=True)
+        missing = wanted - set(listed.stdout.split())
+        if listed.returncode != 0 or missing:
+            raise TestbedError(f"Open vSwitch bridge {switch.name} did not come up whole: "
+                               f"{listed.stderr.strip() or f'{len(missing)} of {len(wanted)} ports missing'}")
 
 
 def check_nat(nat: str, controller_args: list[str] | None, control_socket: str | None) -> None:

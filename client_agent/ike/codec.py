@@ -26,6 +26,8 @@ from client_agent.ike.registry import (
     TsType,
 )
 
+__pure__ = True
+
 _HEADER = struct.Struct("!8s8sBBBBII")
 _GENERIC = struct.Struct("!BBH")
 CRITICAL = 0x80

@@ -110,6 +110,8 @@ class IkeConfig:
     retransmission: Retransmission = Retransmission()
     natd: bool = True
     natd_source: tuple[str, int] | None = None
+    own_ike_rekeys: bool = False  # behind the extensible NAT: only we rekey the IKE SA (leased SPIi, step 801)
+    force_encap: bool = False
 
     def __post_init__(self) -> None:
         if len(self.psk) < 8:
@@ -122,10 +124,21 @@ class IkeConfig:
             raise ValueError(f"child_proposals={self.child_proposals!r}: need ESP or AH proposals")
         if not self.local_ts or not self.remote_ts:
             raise ValueError("local_ts/remote_ts: need at least one selector each")
+        self._check_encap()
         for name in ("child_rekey", "ike_rekey", "liveness"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value!r}: must be positive")
+
+    def _check_encap(self) -> None:
+        """RFC 3948 encapsulates ESP only (AH's ICV covers the addresses a NAT rewrites), and forcing it
+        works through NAT-D (RFC 7296 section 2.23), so ``force_encap`` needs ``natd`` and no AH proposal."""
+        if not self.force_encap:
+            return
+        if not self.natd:
+            raise ValueError("force_encap=True: needs natd=True (encapsulation is forced through NAT-D)")
+        if any(p.protocol == ProtocolId.AH for p in self.child_proposals):
+            raise ValueError("force_encap=True with ah proposals: AH cannot be UDP-encapsulated (RFC 3948 is ESP only)")
 
     @classmethod
     def build(cls, *, local_id: str, psk: bytes | str, remote_id: str | None = None,

@@ -190,6 +190,8 @@ class IkeEndpoint:
         self._out.append((encode_message(reply, [NotifyPayload(notify, data)]), remote))
 
     def _forget(self, spi: bytes, session: IkeSession) -> None:
+        """Drop a closed session; its last datagrams (the answer to the Delete that closed it) still go out."""
+        self._out += session.datagrams_to_send()
         self.sessions.pop(spi, None)
         self._half_open.pop((session.spi_i, session.remote), None)
         for name, count in session.counters.items():

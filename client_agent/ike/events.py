@@ -34,6 +34,7 @@ class ChildSa:
     remote_ts: tuple[TrafficSelector, ...]
     established: float
     rekey_at: float | None = None
+    udp_encap: bool = False  # RFC 3948: ESP travels in UDP/4500 (a NAT was detected or encapsulation forced)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def describe(event: Event) -> dict:
     elif isinstance(event, ChildEstablished):
         child = event.child
         out |= {"protocol": child.protocol.name, "mode": child.mode, "inbound_spi": f"{child.inbound_spi:08x}",
-                "outbound_spi": f"{child.outbound_spi:08x}"}
+                "outbound_spi": f"{child.outbound_spi:08x}", "pfs": child.suite.dh}  # the PFS group, or None
     elif isinstance(event, ChildDeleted):
         out |= {"protocol": event.child.protocol.name, "inbound_spi": f"{event.child.inbound_spi:08x}"}
     elif isinstance(event, SpiReleased):

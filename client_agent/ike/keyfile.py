@@ -50,7 +50,7 @@ def security_associations(child: ChildSa, local: str, remote: str) -> tuple[Secu
     mode = Mode(child.mode)
     suite = child.suite
     sa = functools.partial(SecurityAssociation, protocol=protocol, mode=mode, encryption=suite.encryption_name,
-                           integrity=suite.integrity_name)
+                           integrity=suite.integrity_name, udp_encap=child.udp_encap)
     inbound = sa(spi=child.inbound_spi, enc_key=child.encr_in, auth_key=child.integ_in, src=remote, dst=local)
     outbound = sa(spi=child.outbound_spi, enc_key=child.encr_out, auth_key=child.integ_out, src=local, dst=remote)
     return inbound, outbound

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from client_agent.ike.codec import Proposal, Transform
 from client_agent.ike.crypto import INTEG_ALGORITHMS, IkeSuite, prf_length
-from client_agent.ike.registry import DhGroup, Encr, Esn, Integ, Prf, ProtocolId, TransformType
+from client_agent.ike.registry import TRANSFORM_IDS, DhGroup, Encr, Esn, Integ, Prf, ProtocolId, TransformType
 
 _ENCR_KEY_BITS = {Encr.ENCR_AES_CBC: (128, 256), Encr.ENCR_AES_GCM_16: (128, 256)}
 
@@ -43,8 +43,7 @@ def transform(name: str) -> Transform:
     if key.lower() in _KEYWORDS:
         return _KEYWORDS[key.lower()]
     base, _, bits = key.upper().partition("-")
-    for enum, t_type in ((Encr, TransformType.ENCR), (Prf, TransformType.PRF), (Integ, TransformType.INTEG),
-                         (DhGroup, TransformType.DH), (Esn, TransformType.ESN)):
+    for t_type, enum in TRANSFORM_IDS.items():
         if base in enum.__members__:
             return _checked(Transform(t_type, enum[base], int(bits) if bits.isdigit() else None), name)
     raise ValueError(f"unknown transform {name!r}")

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from client_agent.ipsec.udpencap import NATT_PORT as NATT_PORT  # RFC 7296 section 2.23: IKE moves there behind a NAT
+
+__pure__ = True
+
 IKE_PORT = 500  # RFC 7296 section 2: IKE messages use UDP port 500
-NATT_PORT = 4500  # RFC 7296 section 2.23: where IKE moves once a NAT is detected
 IKEV2_VERSION = 0x20  # major 2, minor 0 (section 3.1)
 HEADER_LEN = 28
 GENERIC_HEADER_LEN = 4
@@ -110,6 +113,12 @@ class Esn(IntEnum):
     NO_ESN = 0
     ESN = 1
 
+
+# Each transform type's ID table, so a name is looked up in one place (proposals.transform).
+TRANSFORM_IDS: dict[TransformType, type[IntEnum]] = {
+    TransformType.ENCR: Encr, TransformType.PRF: Prf, TransformType.INTEG: Integ, TransformType.DH: DhGroup,
+    TransformType.ESN: Esn,
+}
 
 KEY_LENGTH_ATTRIBUTE = 14  # section 3.3.5, the only attribute: TV format (AF=1)
 

@@ -5,7 +5,9 @@ and 1.2), then IKE_AUTH with a PSK (section 2.15) carrying the first CHILD_SA.
 Responder: the same, answered (the stateless part, cookies and group
 corrections, lives in :mod:`client_agent.ike.endpoint`). Both: INFORMATIONAL
 (Delete, liveness, section 1.4), CREATE_CHILD_SA rekeying of CHILD_SAs
-(section 1.3.3, old SA deleted by the rekey's initiator, section 2.8),
+(section 1.3.3, old SA deleted by the rekey's initiator, section 2.8), with
+PFS when the CHILD_SA proposals name a DH group (sections 1.3.1, 2.17; the
+rules in :mod:`client_agent.ike.pfs`),
 retransmission with backoff (section 2.1) and a window of one (section 2.3).
 
 Every message that is malformed, unauthenticated, unexpected or outside the
@@ -56,10 +58,20 @@ from client_agent.ike.events import (
     IkeRekeyed,
     SpiReleased,
 )
+from client_agent.ike.pfs import (
+    dh_group,
+    initiator_problem,
+    offered_groups,
+    prefer_group,
+    responder_refusal,
+    without_dh,
+)
 from client_agent.ike.proposals import accepted_is_offered, child_suite, choose, ike_suite
 from client_agent.ike.registry import (
     ERROR_NOTIFY_LIMIT,
     HEADER_LEN,
+    IKE_PORT,
+    NATT_PORT,
     AuthMethod,
     ExchangeType,
     Flag,
@@ -75,6 +87,7 @@ _P = TypeVar("_P")
 SpiSource = Callable[[ProtocolId], int]
 NONCE_LEN = 32
 MAX_INIT_RETRIES = 3  # COOKIE and INVALID_KE_PAYLOAD round trips before giving up
+IKE_SPI_WAIT = 1.0  # seconds between tries of an IKE SA rekey whose new SPI (a lease) is not held yet
 ZERO_SPI = bytes(8)
 
 
@@ -123,6 +136,7 @@ class IkeSession:
         self.counters: Counter[str] = Counter()
         self.children: dict[int, ChildSa] = {}
         self.nat_local = self.nat_peer = False
+        self.udp_encap = False  # section 2.23: a NAT seen (or encapsulation forced): IKE on 4500, ESP in UDP
         self.suite: crypto.IkeSuite | None = None
         self.keys: crypto.IkeKeys | None = None
         self._child_spi, self._random = child_spi, random
@@ -142,7 +156,15 @@ class IkeSession:
         self._cookie: bytes | None = None
         self._ike_rekey_at: float | None = None
         self._successor: IkeSession | None = None
-        self.ike_spi_source: Callable[[], bytes] = lambda: random_spi(self._random)
+        self._rekey_nonce: bytes | None = None  # our Ni while our IKE SA rekey is in flight (section 2.8.2)
+        self._rival: tuple[IkeSession, bytes, bytes] | None = None  # the peer's colliding new IKE SA, its Ni, Nr
+        self._redundant = False  # a new IKE SA that lost a rekey collision (section 2.8.2)
+        self._rekeys_waiting: set[int] = set()  # CHILD_SAs whose rekey waits in the queue (window of one)
+        self._child_rekey_nonces: dict[int, bytes] = {}  # old inbound SPI -> our Ni, while our rekey is in flight
+        self._child_rivals: dict[int, tuple[int, bytes, bytes]] = {}  # old SPI -> the peer's new child, Ni, Nr
+        # Our SPI for a rekeyed IKE SA; behind the extensible NAT a leased one (FIG. 8 step 801), None while the
+        # lease is not held yet (the rekey then waits, section 2.18 leaves the old SA usable meanwhile).
+        self.ike_spi_source: Callable[[], bytes | None] = lambda: random_spi(self._random)
         self._send: crypto.SkCipher | None = None
         self._recv: crypto.SkCipher | None = None
 
@@ -242,6 +264,7 @@ class IkeSession:
         old = self.children.get(inbound_spi)
         if old is None or self.state is not State.ESTABLISHED:
             return
+        self._rekeys_waiting.add(inbound_spi)
         self._queue_or_run(lambda t: self._send_rekey(old, t), now)
 
     # ------------------------------------------------------------ receiving
@@ -323,19 +346,21 @@ class IkeSession:
         self._transmit(0, self._message1, self._on_init_response, now)
 
     def _ke_group(self) -> int:
-        for group, cls in crypto.KEY_EXCHANGES.items():
-            if isinstance(self._ke, cls):
-                return group
-        raise AssertionError("unknown key exchange")
+        group = group_of(self._ke)
+        if group is None:
+            raise AssertionError("unknown key exchange")
+        return group
 
     def _natd_payloads(self, spi_r: bytes) -> list[Payload]:
         """NAT_DETECTION_SOURCE_IP over ``natd_source`` (the global address behind the extensible NAT)."""
         if not self.config.natd:
             return []
         source = self.config.natd_source or self.local
+        # Forcing encapsulation: a source hash that matches nothing makes the peer see a NAT (as strongSwan's encap=yes).
+        source_hash = self._random(20) if self.config.force_encap else crypto.natd_hash(
+            self.spi_i, spi_r, packed_ip(source[0]), source[1])
         return [
-            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, crypto.natd_hash(self.spi_i, spi_r, packed_ip(source[0]),
-                                                                           source[1])),
+            NotifyPayload(Notify.NAT_DETECTION_SOURCE_IP, source_hash),
             NotifyPayload(Notify.NAT_DETECTION_DESTINATION_IP,
                           crypto.natd_hash(self.spi_i, spi_r, packed_ip(self.remote[0]), self.remote[1])),
         ]
@@ -412,6 +437,18 @@ class IkeSession:
         self.spi_r, self._nr = header.spi_r, nonce.data
         self._install_keys(suite, crypto.skeyseed(suite.prf, self._ni, self._nr, shared))
         self._check_natd(payloads, self.spi_r, self.remote)
+        self._float()
+
+    def _float(self) -> None:
+        """Section 2.23: with a NAT on the path (or encapsulation forced) every CHILD_SA is UDP-encapsulated,
+        and the initiator moves IKE from port 500 to 4500 before IKE_AUTH; the responder follows it there
+        (:meth:`_follow`), wherever the NAT maps that new flow."""
+        if not (self.nat_local or self.nat_peer or self.config.force_encap):
+            return
+        self.udp_encap = True
+        if self.initiator and self.remote[1] == IKE_PORT:
+            self.counters["floated_to_natt"] += 1
+            self.local, self.remote = (self.local[0], NATT_PORT), (self.remote[0], NATT_PORT)
 
     def _install_keys(self, suite: crypto.IkeSuite, seed: bytes) -> None:
         self.suite = suite
@@ -431,6 +468,7 @@ class IkeSession:
         shared = self._ke.shared(ke.data)
         self._ni, self._nr, self._message1 = nonce.data, self._random(NONCE_LEN), message
         self._check_natd(payloads, ZERO_SPI, self.remote)
+        self._float()
         response = [SaPayload((chosen,)), KePayload(suite.dh, self._ke.public), NoncePayload(self._nr),
                     *self._natd_payloads_responder()]
         self._message2 = encode_message(Header(self.spi_i, self.spi_r, 0, ExchangeType.IKE_SA_INIT,
@@ -477,24 +515,33 @@ class IkeSession:
         self._my_mid = 1
         self._request(ExchangeType.IKE_AUTH, payloads, self._on_auth_response, now)
 
-    def _child_request_payloads(self, exchange: ExchangeType, nonce: bytes = b"",
-                                rekey: ChildSa | None = None) -> list[Payload]:
-        """[N(REKEY_SA)], [N(USE_TRANSPORT_MODE)], SA (our inbound SPIs), [Ni], TSi, TSr (sections 1.2, 1.3)."""
+    def _child_request_payloads(self, exchange: ExchangeType, nonce: bytes = b"", rekey: ChildSa | None = None,
+                                ke: KePayload | None = None, same_spis: bool = False) -> list[Payload]:
+        """[N(REKEY_SA)], [N(USE_TRANSPORT_MODE)], SA (our inbound SPIs), [Ni], [KEi], TSi, TSr (sections 1.2,
+        1.3); IKE_AUTH's proposals lose their DH transforms (no KE there); ``same_spis`` after INVALID_KE_PAYLOAD."""
         cfg = self.config
-        self._auth_child_spis = {p: self._child_spi(ProtocolId(p)) for p in {q.protocol for q in cfg.child_proposals}}
+        if not same_spis:
+            self._auth_child_spis = {p: self._child_spi(ProtocolId(p))
+                                     for p in {q.protocol for q in cfg.child_proposals}}
+        offered = self._offered_children(exchange)
         proposals = tuple(Proposal(p.number, p.protocol, self._auth_child_spis[p.protocol].to_bytes(4, "big"),
-                                   p.transforms) for p in cfg.child_proposals)
+                                   p.transforms) for p in offered)
         out: list[Payload] = []
         if rekey is not None:
             out.append(NotifyPayload(Notify.REKEY_SA, b"", rekey.protocol, rekey.inbound_spi.to_bytes(4, "big")))
         if cfg.mode == "transport":
             out.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
         out.append(SaPayload(proposals))
-        if nonce:
-            out.append(NoncePayload(nonce))
+        out += [NoncePayload(nonce)] if nonce else []
+        out += [ke] if ke is not None else []
         local = rekey.local_ts if rekey else cfg.local_ts
         remote = rekey.remote_ts if rekey else cfg.remote_ts
         return [*out, TsPayload(True, local), TsPayload(False, remote)]
+
+    def _offered_children(self, exchange: ExchangeType) -> tuple[Proposal, ...]:
+        """Our CHILD_SA proposals for ``exchange``: IKE_AUTH has no KE, so no DH transform (section 1.2)."""
+        proposals = self.config.child_proposals
+        return without_dh(proposals) if exchange == ExchangeType.IKE_AUTH else proposals
 
     def _on_auth_response(self, header: Header, payloads: list[Payload], now: float) -> None:
         if Notify.AUTHENTICATION_FAILED in _notify_types(payloads):
@@ -507,7 +554,7 @@ class IkeSession:
             self._close(f"authentication_failed:{e.reason}")
             return
         self._established(idr, now)
-        self._finish_child_initiator(payloads, self._ni, self._nr, b"", None, now)
+        self._finish_child_initiator(payloads, self._ni, self._nr, None, None, now)
 
     def _verify_peer(self, peer_id: IdPayload, auth: AuthPayload, initiator_side: bool) -> None:
         if peer_id.initiator != initiator_side:
@@ -553,38 +600,58 @@ class IkeSession:
 
     def _respond_child(self, payloads: list[Payload], ni: bytes, nr: bytes, old: ChildSa | None,
                        now: float, nonce_out: bytes = b"") -> list[Payload]:
-        """Choose, narrow (section 2.9) and key a CHILD_SA the peer asked for; errors become notifies."""
+        """Choose, narrow (section 2.9) and key a CHILD_SA the peer asked for; errors become notifies.
+        ``nonce_out`` marks CREATE_CHILD_SA, where a KE payload brings PFS (section 1.3.1)."""
+        exchange = ExchangeType.CREATE_CHILD_SA if nonce_out else ExchangeType.IKE_AUTH
         try:
             sa, tsi, tsr = one_payload(payloads, SaPayload), _ts(payloads, True), _ts(payloads, False)
+            ke = _at_most_one(payloads, KePayload)
         except Malformed as e:
-            self._events.append(ChildFailed(f"request:{e.reason}"))
-            return [NotifyPayload(Notify.INVALID_SYNTAX)]
-        chosen = choose(sa.proposals, self.config.child_proposals)
+            return self._refuse_child(f"request:{e.reason}", Notify.INVALID_SYNTAX)
+        acceptable = self._encapsulable(self._offered_children(exchange))
+        chosen = choose(prefer_group(sa.proposals, ke.group if ke else None), acceptable)
         transport = Notify.USE_TRANSPORT_MODE in _notify_types(payloads)
         if chosen is None or len(chosen.spi) != 4 or (self.config.mode == "transport") != transport:
-            self._events.append(ChildFailed("NO_PROPOSAL_CHOSEN"))
-            return [NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)]
+            return self._refuse_child("NO_PROPOSAL_CHOSEN", Notify.NO_PROPOSAL_CHOSEN)
         remote_ts, local_ts = narrow(tsi.selectors, self.config.remote_ts), narrow(tsr.selectors, self.config.local_ts)
         if not remote_ts or not local_ts:
-            self._events.append(ChildFailed("TS_UNACCEPTABLE"))
-            return [NotifyPayload(Notify.TS_UNACCEPTABLE)]
+            return self._refuse_child("TS_UNACCEPTABLE", Notify.TS_UNACCEPTABLE)
+        refusal = responder_refusal(chosen, ke, acceptable)
+        if refusal is not None:
+            return self._refuse_child(refusal[2], refusal[0], refusal[1])
+        try:
+            mine, shared = _pfs_answer(chosen, ke)
+        except Malformed as e:  # a KE value of the wrong length or off the curve (section 3.4)
+            return self._refuse_child(e.reason, Notify.INVALID_SYNTAX)
         inbound = self._child_spi(ProtocolId(chosen.protocol))
-        child = self._make_child(chosen, inbound, int.from_bytes(chosen.spi, "big"), ni, nr, b"",
+        child = self._make_child(chosen, inbound, int.from_bytes(chosen.spi, "big"), ni, nr, shared,
                                  remote_ts, local_ts, exchange_initiator=False, now=now)
         self._add_child(child, old)
         reply = Proposal(chosen.number, chosen.protocol, inbound.to_bytes(4, "big"), chosen.transforms)
         out: list[Payload] = [NotifyPayload(Notify.USE_TRANSPORT_MODE)] if transport else []
         out.append(SaPayload((reply,)))
-        if nonce_out:
-            out.append(NoncePayload(nonce_out))
+        out += [NoncePayload(nonce_out)] if nonce_out else []
+        out += [mine] if mine is not None else []
         return [*out, TsPayload(True, remote_ts), TsPayload(False, local_ts)]
 
-    def _finish_child_initiator(self, payloads: list[Payload], ni: bytes, nr: bytes, shared: bytes,
+    def _refuse_child(self, reason: str, notify: Notify, data: bytes = b"") -> list[Payload]:
+        """A refused CHILD_SA request: counted, reported, answered with one error notify."""
+        self.counters[f"refused_child_sa:{reason}"] += 1
+        self._events.append(ChildFailed(reason))
+        return [NotifyPayload(notify, data)]
+
+    def _encapsulable(self, offers: tuple[Proposal, ...]) -> tuple[Proposal, ...]:
+        """RFC 3948 carries ESP only (AH's ICV covers the addresses a NAT rewrites): behind a NAT, never AH."""
+        return tuple(p for p in offers if not (self.udp_encap and p.protocol == ProtocolId.AH))
+
+    def _finish_child_initiator(self, payloads: list[Payload], ni: bytes, nr: bytes, pfs: crypto.KeyExchange | None,
                                 old: ChildSa | None, now: float) -> None:
-        """Accept the responder's CHILD_SA answer if it is one we proposed; otherwise release our SPIs."""
+        """Accept the responder's CHILD_SA answer if it is one we proposed (with the PFS we asked for, KEYMAT
+        from its g^ir, section 2.17); otherwise release our SPIs. ``old`` None: the IKE_AUTH child."""
         offered = self._auth_child_spis
         try:
             chosen = self._check_child_answer(payloads)
+            shared = self._pfs_shared(chosen, payloads, pfs, old is None)
         except Malformed as e:
             self._release(offered)
             self._events.append(ChildFailed(e.reason))
@@ -598,7 +665,30 @@ class IkeSession:
                                  exchange_initiator=True, now=now)
         self._add_child(child, old)
         if old is not None:
+            self._settle_child_rekey(old, child, ni, nr, now)
             self.delete_child(old.inbound_spi, now)
+
+    def _settle_child_rekey(self, old: ChildSa, mine: ChildSa, ni: bytes, nr: bytes, now: float) -> None:
+        """Section 2.8.1: if the peer rekeyed ``old`` at the same time, the new pair created with the lowest of
+        the four nonces is redundant and deleted by its creator (both peers see the same nonces)."""
+        rival = self._child_rivals.pop(old.inbound_spi, None)
+        if rival is None:
+            return
+        if sorted((ni, nr)) < sorted(rival[1:]):
+            self.counters["child_rekey_collision_lost"] += 1
+            self.delete_child(mine.inbound_spi, now)
+        else:
+            self.counters["child_rekey_collision_won"] += 1
+
+    def _pfs_shared(self, chosen: Proposal, payloads: list[Payload], pfs: crypto.KeyExchange | None,
+                    ike_auth: bool) -> bytes:
+        """g^ir of the answer's KEr, b"" without PFS; a dropped group, another group or a bad KEr raise."""
+        offered = self._offered_children(ExchangeType.IKE_AUTH if ike_auth else ExchangeType.CREATE_CHILD_SA)
+        ke = _at_most_one(payloads, KePayload)
+        problem = initiator_problem(chosen, offered, group_of(pfs), ke)
+        if problem is not None:
+            raise Malformed(problem)
+        return pfs.shared(ke.data) if pfs is not None and ke is not None else b""
 
     def _check_child_answer(self, payloads: list[Payload]) -> Proposal:
         errors = [t for t in _notify_types(payloads) if t < ERROR_NOTIFY_LIMIT]
@@ -631,7 +721,7 @@ class IkeSession:
         # Only the IKE SA's original initiator schedules rekeys, so the two sides never collide (section 2.8.1).
         rekey_at = now + self.config.child_rekey if self.config.child_rekey else None
         return ChildSa(ProtocolId(chosen.protocol), mode, inbound, outbound, suite, into[0], into[1], out[0], out[1],
-                       tuple(local), tuple(remote), now, rekey_at if self.initiator else None)
+                       tuple(local), tuple(remote), now, rekey_at if self.initiator else None, self.udp_encap)
 
     def _add_child(self, child: ChildSa, old: ChildSa | None) -> None:
         self.children[child.inbound_spi] = child
@@ -647,34 +737,59 @@ class IkeSession:
             self._events.append(ChildDeleted(child))
             self._events.append(SpiReleased(child.protocol, child.inbound_spi))
 
-    def _send_rekey(self, old: ChildSa, now: float) -> None:
+    def _send_rekey(self, old: ChildSa, now: float, group: int | None = None, attempt: int = 0) -> None:
+        """CREATE_CHILD_SA {[N(REKEY_SA)], SA, Ni, [KEi], TSi, TSr}; KEi in our first group, or in the one
+        the responder named in INVALID_KE_PAYLOAD (section 1.3), with the same SPIs."""
+        self._rekeys_waiting.discard(old.inbound_spi)
         if old.inbound_spi not in self.children or self.state is not State.ESTABLISHED:
             return
+        groups = offered_groups(self.config.child_proposals)
+        group = group if group is not None else (groups[0] if groups else None)
+        pfs = crypto.KEY_EXCHANGES[group]() if group is not None else None
         ni = self._random(NONCE_LEN)
-        payloads = self._child_request_payloads(ExchangeType.CREATE_CHILD_SA, nonce=ni, rekey=old)
+        payloads = self._child_request_payloads(ExchangeType.CREATE_CHILD_SA, nonce=ni, rekey=old,
+                                                ke=KePayload(group, pfs.public) if group and pfs else None,
+                                                same_spis=attempt > 0)
+
+        self._child_rekey_nonces[old.inbound_spi] = ni
 
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
+            self._child_rekey_nonces.pop(old.inbound_spi, None)
+            wanted = self._child_group_wanted(answer, group, attempt)
+            if wanted is not None:
+                self._send_rekey(old, t, wanted, attempt + 1)
+                return
             try:
                 nr = one_payload(answer, NoncePayload).data
             except Malformed as e:
                 self._release(self._auth_child_spis)
-                self._events.append(ChildFailed(e.reason))
+                self._events.append(ChildFailed(_first_error(answer) or e.reason))
                 return
-            self._finish_child_initiator(answer, ni, nr, b"", old, t)
+            self._finish_child_initiator(answer, ni, nr, pfs, old, t)
 
         self._request(ExchangeType.CREATE_CHILD_SA, payloads, on_answer, now)
 
+    def _child_group_wanted(self, answer: list[Payload], sent: int | None, attempt: int) -> int | None:
+        """The group an INVALID_KE_PAYLOAD answer asks for, if we offered it and may still retry (section 1.3)."""
+        notify = next((p for p in answer if isinstance(p, NotifyPayload) and p.type == Notify.INVALID_KE_PAYLOAD),
+                      None)
+        if notify is None or attempt >= MAX_INIT_RETRIES or len(notify.data) != 2:
+            return None
+        group = int.from_bytes(notify.data, "big")
+        if group == sent or group not in offered_groups(self.config.child_proposals):
+            self.counters[f"child_invalid_ke_group:{group}"] += 1
+            return None
+        self.counters["child_invalid_ke_payload"] += 1
+        return group
+
     def _on_create_child_request(self, payloads: list[Payload], now: float) -> list[Payload]:
-        """A CHILD_SA rekey or a new CHILD_SA; IKE SA rekeying is refused (NO_ADDITIONAL_SAS)."""
+        """A CHILD_SA rekey (with PFS when a KE comes and our policy names its group) or an IKE SA rekey."""
         try:
             sa, ni = one_payload(payloads, SaPayload), one_payload(payloads, NoncePayload)
         except Malformed:
             return [NotifyPayload(Notify.INVALID_SYNTAX)]
         if any(p.protocol == ProtocolId.IKE for p in sa.proposals):
             return self._answer_ike_rekey(sa, ni.data, payloads, now)
-        if _one_or_none(payloads, KePayload):  # PFS for a CHILD_SA: not offered, so refused
-            self.counters["refused_create_child_sa"] += 1
-            return [NotifyPayload(Notify.NO_ADDITIONAL_SAS)]
         old = None
         rekey = [p for p in payloads if isinstance(p, NotifyPayload) and p.type == Notify.REKEY_SA]
         if rekey:
@@ -683,8 +798,12 @@ class IkeSession:
             if old is None:
                 return [NotifyPayload(Notify.CHILD_SA_NOT_FOUND, b"", rekey[0].protocol, rekey[0].spi)]
             old.rekey_at = None  # the peer rekeys it: no need to do it ourselves (section 2.8 collision avoided)
-        nr = self._random(NONCE_LEN)
-        return self._respond_child(payloads, ni.data, nr, old, now, nonce_out=nr)
+        nr, before = self._random(NONCE_LEN), set(self.children)
+        answer = self._respond_child(payloads, ni.data, nr, old, now, nonce_out=nr)
+        made = set(self.children) - before
+        if old is not None and old.inbound_spi in self._child_rekey_nonces and len(made) == 1:
+            self._child_rivals[old.inbound_spi] = (made.pop(), ni.data, nr)  # settled by our answer (2.8.1)
+        return answer
 
     # ------------------------------------------------------------ IKE SA rekeying (section 2.18)
 
@@ -693,11 +812,17 @@ class IkeSession:
         if self.state is not State.ESTABLISHED or self._successor is not None:
             return
         assert self.suite is not None
-        spi, ni = self.ike_spi_source(), self._random(NONCE_LEN)
+        spi = self.ike_spi_source()
+        if spi is None:
+            self.counters["ike_rekey_waiting_for_spi"] += 1
+            self._ike_rekey_at = now + IKE_SPI_WAIT
+            return
+        ni = self._rekey_nonce = self._random(NONCE_LEN)
         ke = crypto.KEY_EXCHANGES[self.suite.dh]()
         proposals = tuple(Proposal(p.number, p.protocol, spi, p.transforms) for p in self.config.ike_proposals)
 
         def on_answer(header: Header, answer: list[Payload], t: float) -> None:
+            self._rekey_nonce = None
             try:
                 sa, nr, ker = one_payload(answer, SaPayload), one_payload(answer, NoncePayload), one_payload(answer, KePayload)
                 chosen = sa.proposals[0] if len(sa.proposals) == 1 else None
@@ -707,34 +832,72 @@ class IkeSession:
                     raise Malformed("ke_group_mismatch")
                 shared = ke.shared(ker.data)
             except Malformed as e:
-                self.counters[f"ike_rekey_failed:{e.reason}"] += 1
+                self.counters[f"ike_rekey_failed:{_first_error(answer) or e.reason}"] += 1
+                if self._rival is not None:  # the peer's rekey stands alone (section 2.8.2)
+                    self._take_over(self._rival[0], t)
                 return
-            self._hand_over(True, spi, chosen.spi, ike_suite(chosen), shared, ni, nr.data, t)
-            self._request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE)],
-                          lambda h, p, t2: self._close("rekeyed"), t)
+            mine = self._new_ike_sa(True, spi, chosen.spi, ike_suite(chosen), shared, ni, nr.data, t)
+            self._settle_ike_rekey(mine, ni, nr.data, t)
 
         self._request(ExchangeType.CREATE_CHILD_SA, [SaPayload(proposals), NoncePayload(ni), KePayload(self.suite.dh,
                                                                                                      ke.public)],
                       on_answer, now)
 
+    def _settle_ike_rekey(self, mine: IkeSession, ni: bytes, nr: bytes, now: float) -> None:
+        """Our rekey's new IKE SA is up. Alone, it takes the CHILD_SAs and we delete the old SA. After a
+        collision (section 2.8.2) the new SA created with the lowest of the four nonces is redundant: its
+        creator deletes it, and the creator of the other one deletes the old SA. Both peers see the same nonces,
+        so both pick the same survivor."""
+        rival = self._rival
+        if rival is not None and sorted((ni, nr)) < sorted(rival[1:]):  # a tie of lowest nonces: the next ones
+            self.counters["ike_rekey_collision_lost"] += 1
+            self._take_over(rival[0], now)
+            mine._redundant = True
+            mine.close(now)
+            return
+        if rival is not None:
+            self.counters["ike_rekey_collision_won"] += 1
+            rival[0]._redundant = True  # the peer deletes it
+        self._take_over(mine, now)
+        self._request(ExchangeType.INFORMATIONAL, [DeletePayload(ProtocolId.IKE)],
+                      lambda h, p, t2: self._close("rekeyed"), now)
+
     def _answer_ike_rekey(self, sa: SaPayload, ni: bytes, payloads: list[Payload], now: float) -> list[Payload]:
+        if self.config.own_ike_rekeys and self.initiator:
+            return self._refuse_peer_ike_rekey(now)
+        if self._successor is not None or self._rival is not None:  # being closed: section 2.25.2
+            return [NotifyPayload(Notify.TEMPORARY_FAILURE)]
         chosen = choose(sa.proposals, self.config.ike_proposals)
         ke = _one_or_none(payloads, KePayload)
-        if chosen is None or len(chosen.spi) != 8 or self._successor is not None:
+        if chosen is None or len(chosen.spi) != 8:
             return [NotifyPayload(Notify.NO_PROPOSAL_CHOSEN)]
         suite = ike_suite(chosen)
         if ke is None or ke.group != suite.dh:
             return [NotifyPayload(Notify.INVALID_KE_PAYLOAD, suite.dh.to_bytes(2, "big"))]
         mine = crypto.KEY_EXCHANGES[suite.dh]()
         shared = mine.shared(ke.data)  # a bad value raises Malformed: dropped and counted
-        spi, nr = self.ike_spi_source(), self._random(NONCE_LEN)
-        self._hand_over(False, chosen.spi, spi, suite, shared, ni, nr, now)
+        spi, nr = random_spi(self._random), self._random(NONCE_LEN)  # our SPIr: the NAT demultiplexes on SPIi
+        new = self._new_ike_sa(False, chosen.spi, spi, suite, shared, ni, nr, now)
+        if self._rekey_nonce is not None:  # ours is in flight too: decided when its answer comes (section 2.8.2)
+            self._rival = (new, ni, nr)
+        else:
+            self._take_over(new, now)
         reply = Proposal(chosen.number, chosen.protocol, spi, chosen.transforms)
         return [SaPayload((reply,)), NoncePayload(nr), KePayload(suite.dh, mine.public)]
 
-    def _hand_over(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: crypto.IkeSuite, shared: bytes,
-                   ni: bytes, nr: bytes, now: float) -> None:
-        """The new IKE SA takes the CHILD_SAs; the rekey's initiator is its original initiator (section 2.18)."""
+    def _refuse_peer_ike_rekey(self, now: float) -> list[Payload]:
+        """Behind the extensible NAT the new IKE SA's SPIi must be one we leased (FIG. 8 step 801): a peer's
+        rekey would make its own SPI the SPIi, which the NAT cannot demultiplex. TEMPORARY_FAILURE (section
+        2.25) tells the peer to try later; we rekey at once instead, with a leased SPI."""
+        self.counters["refused_peer_ike_rekey"] += 1
+        if self._successor is None:
+            self._ike_rekey_at = now
+        return [NotifyPayload(Notify.TEMPORARY_FAILURE)]
+
+    def _new_ike_sa(self, initiator: bool, spi_i: bytes, spi_r: bytes, suite: crypto.IkeSuite, shared: bytes,
+                    ni: bytes, nr: bytes, now: float) -> IkeSession:
+        """A rekey's new IKE SA, keyed from SK_d (old); the rekey's initiator is its original initiator (section
+        2.18). It is announced (IkeRekeyed) so the endpoint routes to it; the CHILD_SAs move by _take_over."""
         assert self.suite is not None and self.keys is not None
         seed = crypto.rekey_skeyseed(self.suite.prf, self.keys.sk_d, shared, ni, nr)
         new = IkeSession(self.config, initiator=initiator, local=self.local, remote=self.remote,
@@ -742,11 +905,20 @@ class IkeSession:
         new.spi_i, new.spi_r, new._ni, new._nr = spi_i, spi_r, ni, nr
         new._install_keys(suite, seed)
         new.nat_local, new.nat_peer, new.ike_spi_source = self.nat_local, self.nat_peer, self.ike_spi_source
-        new.children, self.children = self.children, {}
+        new.udp_encap = self.udp_encap  # still behind the same NAT: its CHILD_SAs stay in UDP (RFC 3948)
         new._established(self.peer_id, now)
-        self._successor = new
-        self.counters["ike_rekeyed"] += 1
         self._events.append(IkeRekeyed(new))
+        return new
+
+    def _take_over(self, new: IkeSession, now: float) -> None:
+        """``new`` is the surviving rekeyed IKE SA: the CHILD_SAs move to it (section 2.18), and so do their
+        rekeys still waiting in our queue (they are due: the new SA runs them at once)."""
+        new.children, self.children = self.children, {}
+        for spi in self._rekeys_waiting & set(new.children):
+            new.children[spi].rekey_at = now
+        self._rekeys_waiting.clear()
+        self._successor, self._rival = new, None
+        self.counters["ike_rekeyed"] += 1
 
     # ------------------------------------------------------------ INFORMATIONAL
 
@@ -828,6 +1000,8 @@ class IkeSession:
             return
         if self._successor is not None:
             reason = "rekeyed"
+        elif self._redundant:
+            reason = "rekey_collision"
         self.state = State.CLOSED
         self._pending = None
         self._queue.clear()
@@ -841,6 +1015,35 @@ class IkeSession:
 
 
 # ------------------------------------------------------------ helpers
+
+
+def group_of(ke: crypto.KeyExchange | None) -> int | None:
+    """The DH group of one of our key exchanges, None for none."""
+    for group, cls in crypto.KEY_EXCHANGES.items():
+        if isinstance(ke, cls):
+            return group
+    return None
+
+
+def _pfs_answer(chosen: Proposal, ke: KePayload | None) -> tuple[KePayload | None, bytes]:
+    """The responder's KEr and g^ir for a chosen proposal with a group (already checked against KEi)."""
+    group = dh_group(chosen)
+    if group is None or ke is None:
+        return None, b""
+    mine = crypto.KEY_EXCHANGES[group]()
+    return KePayload(group, mine.public), mine.shared(ke.data)
+
+
+def _first_error(payloads: list[Payload]) -> str | None:
+    errors = [p.type for p in payloads if isinstance(p, NotifyPayload) and p.type < ERROR_NOTIFY_LIMIT]
+    return _notify_name(errors[0]) if errors else None
+
+
+def _at_most_one(payloads: list[Payload], kind: type[_P]) -> _P | None:
+    found = [p for p in payloads if isinstance(p, kind)]
+    if len(found) > 1:
+        raise Malformed(f"more_than_one_{kind.__name__}", f"found {len(found)}")
+    return found[0] if found else None
 
 
 def packed_ip(address: str) -> bytes:

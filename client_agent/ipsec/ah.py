@@ -22,6 +22,7 @@ from client_agent.ipsec.errors import BadICV, Fragment, Malformed, NoSA
 from client_agent.ipsec.sa import SAState
 from netwire.checksum import ip_bytes
 from netwire.ipv4 import IPPROTO_AH, IPV4_MIN_HEADER_LEN
+from netwire.view import Packet
 
 NEXT_HEADER_IPV4 = 4
 
@@ -42,7 +43,7 @@ IMMUTABLE_OPTIONS = frozenset({
 Address = str | bytes | None
 
 
-def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+def encapsulate(packet: Packet, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
     """Authenticate the IPv4 ``packet`` with the outbound SA ``state`` (section 3.3).
 
     ``icv_src``/``icv_dst`` are the addresses the ICV is computed over, when
@@ -152,7 +153,7 @@ def immutable_header(header: bytes | memoryview, src: bytes | None = None, dst: 
 
 def _icv(
     mac: Hmac, header: bytes | memoryview, fixed: bytes | memoryview, field_len: int,
-    payload: bytes | memoryview, src: bytes | None, dst: bytes | None,
+    payload: bytes | bytearray | memoryview, src: bytes | None, dst: bytes | None,
 ) -> bytes:
     return mac.icv(immutable_header(header, src, dst), fixed, _ZEROS[:field_len], payload)
 

@@ -19,6 +19,7 @@ from client_agent.ipsec import ipheader
 from client_agent.ipsec.errors import BadICV, BadPadding, DummyPacket, Fragment, Malformed, NoSA
 from client_agent.ipsec.sa import SAState
 from netwire.ipv4 import IPPROTO_ESP
+from netwire.view import Packet
 
 NEXT_HEADER_IPV4 = 4  # IP-in-IP: a tunnel-mode inner packet
 NEXT_HEADER_NONE = 59  # a dummy packet (section 2.6)
@@ -28,7 +29,7 @@ _PADDING = bytes(range(1, 256))  # section 2.4: the padding bytes are 1, 2, 3, .
 _TRAILER_LEN = 2  # pad length, next header
 
 
-def encapsulate(packet: bytes, state: SAState, *, iv: bytes | None = None) -> bytes:
+def encapsulate(packet: Packet, state: SAState, *, iv: bytes | None = None) -> bytes:
     """Protect the IPv4 ``packet`` with the outbound SA ``state`` (section 3.3).
 
     Returns the ESP packet to send. ``iv`` fixes the IV instead of the cipher's
@@ -77,7 +78,7 @@ def decapsulate(packet: bytes, state: SAState) -> bytes:
     return inner
 
 
-def seal(state: SAState, seq: int, payload: bytes | memoryview, next_header: int, *,
+def seal(state: SAState, seq: int, payload: bytes | bytearray | memoryview, next_header: int, *,
          iv: bytes | None = None) -> tuple[bytes, ...]:
     """The ESP packet, SPI to ICV, carrying ``payload`` (sections 2.4 and 3.3.2), as its parts.
 

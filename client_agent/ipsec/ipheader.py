@@ -17,7 +17,7 @@ TUNNEL_TTL = 64
 _DF = 0x40  # in byte 6
 
 
-def lengths(packet: bytes | memoryview) -> tuple[int, int]:
+def lengths(packet: bytes | bytearray | memoryview) -> tuple[int, int]:
     """``(header_len, total_len)`` of an IPv4 packet, checked against the bytes at hand (:func:`netwire.view.ipv4_lengths`).
 
     Bytes after ``total_len`` (link-layer padding) are not part of the packet.
@@ -28,12 +28,12 @@ def lengths(packet: bytes | memoryview) -> tuple[int, int]:
         raise Malformed(str(err)) from None
 
 
-def is_fragment(packet: bytes | memoryview) -> bool:
+def is_fragment(packet: bytes | bytearray | memoryview) -> bool:
     """More-fragments set or a non-zero fragment offset."""
     return bool(packet[6] & MF_AND_OFFSET_HIGH or packet[7])
 
 
-def rewrite(header: bytes | memoryview, protocol: int, total_len: int) -> bytes:
+def rewrite(header: bytes | bytearray | memoryview, protocol: int, total_len: int) -> bytes:
     """``header`` with a new protocol and total length, and its checksum recomputed."""
     new = bytearray(header)
     new[2], new[3] = total_len >> 8, total_len & 0xFF
@@ -56,7 +56,7 @@ def header_checksum(header: bytes | bytearray) -> int:
     return ~(int.from_bytes(header, "big") % 0xFFFF or 0xFFFF) & 0xFFFF
 
 
-def tunnel_header(src: bytes, dst: bytes, protocol: int, payload_len: int, inner: bytes, ident: int) -> bytes:
+def tunnel_header(src: bytes, dst: bytes, protocol: int, payload_len: int, inner: bytes | bytearray, ident: int) -> bytes:
     """A tunnel-mode outer header (RFC 4301 section 5.1.2.1).
 
     DSCP and ECN are copied from the inner header (ECN "full functionality"),

@@ -30,12 +30,13 @@ from client_agent.ipsec.errors import Malformed, PolicyDrop
 from client_agent.ipsec.sa import SAState
 from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import SPD, Action
+from client_agent.ipsec.udpencap import fix_transport_checksum
 from netwire.checksum import ip_bytes
 from netwire.ethernet import MalformedPacket
 from netwire.ipv4 import IPPROTO_ESP
-from netwire.view import PROTOCOL_OFFSET, SPI_OFFSET, IPv4View
+from netwire.view import PROTOCOL_OFFSET, SPI_OFFSET, IPv4View, Packet
 
-Hook = Callable[[bytes, SAState], bytes]
+Hook = Callable[[Packet, SAState], Packet]  # a rewrite may hand on its bytearray uncopied
 
 
 class Decapsulated(NamedTuple):
@@ -45,7 +46,7 @@ class Decapsulated(NamedTuple):
     state: SAState
 
 
-def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
+def encapsulate(packet: Packet, state: SAState, *, icv_src: Address = None, icv_dst: Address = None) -> bytes:
     """Protect the IPv4 ``packet`` with the outbound SA ``state`` (ESP or AH, as the SA says)."""
     if state.protocol == IPPROTO_ESP:
         return esp.encapsulate(packet, state)
@@ -53,7 +54,12 @@ def encapsulate(packet: bytes, state: SAState, *, icv_src: Address = None, icv_d
 
 
 def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Address = None) -> Decapsulated:
-    """Find the inbound SA of a received ESP/AH ``packet`` and unprotect it (RFC 4301 section 5.2)."""
+    """Find the inbound SA of a received ESP/AH ``packet`` and unprotect it (RFC 4301 section 5.2).
+
+    Under a UDP-encapsulated transport-mode SA the inner TCP/UDP checksum is recomputed over the
+    addresses as received (RFC 3948 section 3.1.2; :func:`~client_agent.ipsec.udpencap.fix_transport_checksum`
+    says why that option): the peer computed it over addresses a NAT has since rewritten.
+    """
     try:
         view = IPv4View(packet)
         spi = view.spi()
@@ -63,7 +69,8 @@ def decapsulate(packet: bytes, sad: SAD, *, icv_src: Address = None, icv_dst: Ad
     dst = view.dst if icv_dst is None else ip_bytes(icv_dst)
     state = sad.lookup(protocol, spi, dst)
     if protocol == IPPROTO_ESP:
-        return Decapsulated(esp.decapsulate(packet, state), state)
+        inner = esp.decapsulate(packet, state)
+        return Decapsulated(fix_transport_checksum(inner) if state.natt_transport else inner, state)
     return Decapsulated(ah.decapsulate(packet, state, icv_src=icv_src, icv_dst=icv_dst), state)
 
 
@@ -75,13 +82,12 @@ def outbound(packet: bytes, spd: SPD, *, icv_src: Address = None, icv_dst: Addre
         return packet
     if policy.action is Action.DISCARD or policy.outbound is None:
         raise PolicyDrop(f"outbound packet discarded by policy {policy.name!r}")
-    if before is not None:
-        packet = before(packet, policy.outbound)
-    return encapsulate(packet, policy.outbound, icv_src=icv_src, icv_dst=icv_dst)
+    cleartext = packet if before is None else before(packet, policy.outbound)
+    return encapsulate(cleartext, policy.outbound, icv_src=icv_src, icv_dst=icv_dst)
 
 
 def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_dst: Address = None,
-            after: Hook | None = None) -> bytes:
+            after: Hook | None = None) -> Packet:
     """RFC 4301 section 5.2: the packet to deliver for a received ``packet``, or an IPsecError.
 
     ESP/AH is unprotected, and the result must be selected by a PROTECT policy
@@ -90,6 +96,7 @@ def inbound(packet: bytes, sad: SAD, spd: SPD, *, icv_src: Address = None, icv_d
     """
     ipheader.lengths(packet)
     if packet[PROTOCOL_OFFSET] in SPI_OFFSET:
+        inner: Packet
         inner, state = decapsulate(packet, sad, icv_src=icv_src, icv_dst=icv_dst)
         if after is not None:
             inner = after(inner, state)

@@ -52,7 +52,9 @@ class SecurityAssociation:
     ``src``/``dst`` are the SA's endpoints: the outer header addresses in tunnel
     mode (required), and in transport mode optional. When ``dst`` is set,
     inbound lookup requires it (RFC 4301 section 4.1: SPI + destination); both
-    go into the Wireshark key file. ``enc_key`` is the keying material,
+    go into the Wireshark key file. ``udp_encap`` marks an SA negotiated with
+    NAT traversal (RFC 3948): in transport mode its inbound packets' TCP/UDP
+    checksums are fixed after decryption (section 3.1.2). ``enc_key`` is the keying material,
     including the 4-byte salt for AES-GCM (RFC 4106 section 8.1). Algorithm
     names are normalised to their IANA names.
     """
@@ -67,6 +69,7 @@ class SecurityAssociation:
     src: str | None = None
     dst: str | None = None
     replay_window: int = MIN_WINDOW
+    udp_encap: bool = False  # RFC 3948: ESP travels in UDP/4500 (NAT-T); set by IKE, never by manual keying
 
     def __post_init__(self) -> None:
         if not isinstance(self.spi, int) or not MIN_SPI <= self.spi <= MAX_SPI:
@@ -162,7 +165,7 @@ class SAState:
 
     __slots__ = (
         "sa", "protocol", "tunnel", "src_bytes", "dst_bytes", "cipher", "mac", "seq", "window", "packets", "octets",
-        "verify_icv",
+        "verify_icv", "natt_transport",
     )
 
     def __init__(self, sa: SecurityAssociation) -> None:
@@ -178,6 +181,8 @@ class SAState:
         self.window = ReplayWindow(sa.replay_window)
         self.packets = 0
         self.octets = 0
+        # RFC 3948 3.1.2: a NAT rewrote the addresses the peer's inner TCP/UDP checksum was computed over
+        self.natt_transport = sa.udp_encap and sa.mode is Mode.TRANSPORT
         self.verify_icv = True  # False only in a conformance fault control (CTRL-NOVERIFY): AH accepts any ICV
 
     def endpoints(self) -> tuple[bytes, bytes]:

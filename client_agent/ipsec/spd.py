@@ -17,7 +17,7 @@ from enum import StrEnum
 from client_agent.ipsec.errors import Malformed
 from client_agent.ipsec.sa import SAState
 from netwire.ethernet import MalformedPacket
-from netwire.view import IPPROTO_SCTP, PROTOCOL_OFFSET, SRC_OFFSET, IPv4View
+from netwire.view import IPPROTO_SCTP, PROTOCOL_OFFSET, SRC_OFFSET, IPv4View, Packet
 
 __all__ = ["IPPROTO_SCTP", "ANY_PORT", "CACHE_SIZE", "Action", "Selector", "Policy", "SPD", "packet_selectors"]
 ANY_PORT = (0, 65535)
@@ -132,7 +132,7 @@ class SPD:
         self.policies = tuple(p for p in self.policies if p is not policy)
         self._cache = ({}, {})
 
-    def lookup(self, packet: bytes, *, inbound: bool = False) -> Policy:
+    def lookup(self, packet: Packet, *, inbound: bool = False) -> Policy:
         """The first policy selecting ``packet``; ``inbound`` matches it mirrored."""
         key = packet_selectors(packet)
         cache = self._cache[inbound]
@@ -156,7 +156,7 @@ class SPD:
 Selectors = tuple[int, int, int, int | None, int | None]  # (src, dst, protocol, src_port, dst_port)
 
 
-def packet_selectors(packet: bytes) -> tuple[int, int, int, int | None, int | None]:
+def packet_selectors(packet: Packet) -> tuple[int, int, int, int | None, int | None]:
     """``(src, dst, protocol, src_port, dst_port)`` of an IPv4 packet; ports None when it has none."""
     try:
         view = IPv4View(packet)

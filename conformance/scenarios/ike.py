@@ -38,7 +38,8 @@ def run_round(tb, folder: Path, lease: bool, natd_global: bool) -> dict:
     clients = [tb.host(f"h{i}") for i in (1, 2, 3)]
     srv1 = tb.host("srv1")
     shared = tb.table()["globals"][0]  # all three behind one global IP: replies need the cookie to be told apart
-    cookies = {h.name: _lease_cookie(h, shared) if lease else None for h in clients}
+    state = {h.name: folder / f"{h.name}-leases.json" for h in clients}  # this round's own lease state files
+    cookies = {h.name: _lease_cookie(h, shared, state[h.name]) if lease else None for h in clients}
     keys = folder / "srv1-keys"
     with ExitStack() as stack:
         pcaps = stack.enter_context(captures([(srv1, "srv1-eth0")] + [(h, f"{h.name}-eth0") for h in clients],
@@ -52,17 +53,18 @@ def run_round(tb, folder: Path, lease: bool, natd_global: bool) -> dict:
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for h in clients}
         seen = {name: _events(proc) for name, proc in initiators.items()}
         answered = _events(responder)
-    for h in clients:
-        if lease:
-            h.cmd("natlab lease release --all 2>&1")
+    released = {h.name: h.cmd(f"natlab lease release --all --state {state[h.name]} 2>&1") for h in clients if lease}
     return {"cookies": cookies, "clients": seen, "responder": answered, "pcaps": pcaps, "keys": keys,
+            "released": released,
             "wire": {name: _ike_on(path, keys) for name, path in pcaps.items()},
             "client_ips": {h.name: h.IP() for h in clients}, "decrypted": _decrypted(pcaps["srv1-eth0"], keys)}
 
 
-def _lease_cookie(host, global_ip: str) -> dict:
+def _lease_cookie(host, global_ip: str, state: Path) -> dict:
+    """The cookie lease (FIG. 8 step 801), kept in ``state``: the host's default state file outlives testbeds
+    and scenarios, and a stale epoch or stale leases in it must not decide what this round releases."""
     out = host.cmd(f"natlab lease alloc --protocol isakmp --foreign {SRV1} --global-ip {global_ip} --lifetime 120 "
-                   "--json")
+                   f"--json --state {state}")
     return json.loads(out[out.index("{"):])
 
 
@@ -115,6 +117,9 @@ def cookie_judge(seen: dict) -> list[str]:
     globals_ = {c["global_ip"] for c in seen["cookies"].values() if c is not None}
     if len(globals_) > 1:
         failed.append(f"the cookies were leased on several global IPs {sorted(globals_)}, not one")
+    kept = {name: out.strip()[-200:] for name, out in seen.get("released", {}).items() if "released" not in out}
+    if kept:
+        failed.append(f"cookie leases not released (a later scenario's IKE from port 500 would meet them): {kept}")
     return failed + _responder_checks(seen)
 
 

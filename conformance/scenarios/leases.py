@@ -22,7 +22,7 @@ from conformance.evidence import captures, read_pcap
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
 from netwire import pcp
-from netwire.ipv4 import MIN_SPI
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, MIN_SPI
 from netwire.plan import OFF_PLAN_IP, server_ip
 
 SRV1, SRV2 = server_ip(1), server_ip(2)
@@ -109,7 +109,7 @@ def lease_protocol(ctx: Context) -> list[ScenarioResult]:
 
 def judge_nat_entry(rec, table: dict, clients: list, shared: list[dict]) -> ScenarioResult:
     """NAT-ENTRY: each granted lease stands in the NAT's table with every FIG. 6 field; refusals left none."""
-    rows = [e for e in table["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == 50]
+    rows = [e for e in table["entries"] if e["kind"] == "CLIENT-ALG" and e["protocol"] == IPPROTO_ESP]
     fig6 = ("protocol", "private_ip", "private_gpn", "global_ip", "global_gpn", "foreign", "expires_in")
     matches = all(any(r["private_ip"] == h.IP() and r["global_gpn"] == a["info"]["global_gpn"] for r in rows)
                   for h, a in zip(clients, shared, strict=True) if _ok(a))
@@ -133,6 +133,7 @@ class TrafficRun:
     leases: dict = field(default_factory=dict)  # client -> its ESP lease's answer
     spi: dict = field(default_factory=dict)  # client -> the SPI it leased on g1
     ike_replies: dict = field(default_factory=dict)  # client -> ISAKMP replies it got by its cookie
+    ike_released: dict = field(default_factory=dict)  # client -> the answer to releasing its cookie
     fast: dict = field(default_factory=dict)  # h1's AH lease alone on g2
     slow: tuple[int, int] = (0, 0)  # slow-path packets before and after AH flowed on g2
     fast_flows: list = field(default_factory=list)
@@ -194,6 +195,9 @@ def _esp_and_isakmp(tb, run: TrafficRun) -> None:
     ike = {h.name: lease(h, 17, port=500, global_ip=g1) for h in clients}
     run.ike_replies = {h.name: apps.probe(h, "isakmp", SRV1, "--cookie", ike[h.name]["info"]["global_gpn"],
                                           "--count", 2, "--wait", 0.5)["replies"] for h in clients}
+    # The cookies go back (lifetime 0): a later IKE SA from port 500 (BASE-NATT) must not meet a stale lease.
+    run.ike_released = {h.name: lease(h, 17, port=500, global_ip=g1, private_gpn=ike[h.name]["info"]["global_gpn"],
+                                      nonce=ike[h.name]["nonce"], lifetime=0).get("result") for h in clients}
 
 
 def _fast_path(tb, run: TrafficRun) -> None:
@@ -227,7 +231,7 @@ def _expiry(tb, run: TrafficRun) -> None:
     run.short = lease(run.h2, 51, global_ip=run.g1, lifetime=2)
     apps.probe(run.h2, "raw", SRV1, 51, "--count", 1, "--reply-spi", run.short["info"]["global_gpn"])
     time.sleep(3.5)
-    run.expired_entry = any(e["global_gpn"] == run.short["info"]["global_gpn"] and e["protocol"] == 51
+    run.expired_entry = any(e["global_gpn"] == run.short["info"]["global_gpn"] and e["protocol"] == IPPROTO_AH
                             for e in tb.table()["entries"])
     apps.probe(tb.host("srv1"), "raw", run.g1, 51, "--count", 2, "--spi", run.short["info"]["global_gpn"])
     time.sleep(0.5)  # what a NAT that kept the entry would deliver reaches h2 well within this
@@ -252,16 +256,16 @@ def _seen(run: TrafficRun) -> Seen:
     return Seen(
         caps=caps, evidence=list(pcaps.values()),
         got={h.name: _spis_received(pcaps[f"{h.name}-eth0"], 50) for h in run.clients},
-        stray=[p for p in caps[f"{h1.name}-eth0"] if p.proto == 50 and p.src == h1.IP() and p.dst == SRV2],
+        stray=[p for p in caps[f"{h1.name}-eth0"] if p.proto == IPPROTO_ESP and p.src == h1.IP() and p.dst == SRV2],
         unleased=_count(pcaps["srv2-eth0"], 50, UNLEASED_SPI, src=SRV2, dst=run.g1),
-        to_srv2=[p for p in caps["srv2-eth0"] if p.proto == 50 and p.dst == SRV2],
+        to_srv2=[p for p in caps["srv2-eth0"] if p.proto == IPPROTO_ESP and p.dst == SRV2],
     )
 
 
 def judge_nat_out(rec, run: TrafficRun, seen: Seen) -> ScenarioResult:
     """NAT-OUT: ESP reached srv1 from g1 with its SPIs unchanged, none from a private source."""
     g1 = run.g1
-    at_srv1 = [p for p in seen.caps["srv1-eth0"] if p.proto == 50 and p.dst == SRV1]
+    at_srv1 = [p for p in seen.caps["srv1-eth0"] if p.proto == IPPROTO_ESP and p.dst == SRV1]
     from_private = [p for p in seen.caps["srv1-eth0"] if p.src.startswith("10.")]
     return rec.result("NAT-OUT", "esp-source-rewrite", [
         (len(at_srv1) >= 6 and all(p.src == g1 for p in at_srv1), f"{len(at_srv1)} ESP packets reached srv1, all "
@@ -285,6 +289,7 @@ def judge_nat_in_demux(rec, run: TrafficRun, seen: Seen) -> ScenarioResult:
         (unleased >= 2 and not any(UNLEASED_SPI in s for s in got.values()),
          f"an unleased SPI ({unleased} on srv2's wire) reached no one"),
         (all(n >= 1 for n in run.ike_replies.values()), f"ISAKMP replies demultiplexed by cookie: {run.ike_replies}"),
+        (set(run.ike_released.values()) == {"SUCCESS"}, f"cookie leases released: {run.ike_released}"),
     ], positive=f"srv1's ESP to {run.g1} reached the client that leased each SPI {spi}; ISAKMP by cookie "
                 f"{run.ike_replies}", negative="no client received another's SPI; an unleased SPI was dropped",
         extra_evidence=seen.evidence)
@@ -382,7 +387,7 @@ def _raw_packets(path, proto: int):
 
 def _spi(ip, proto: int) -> int:
     body = bytes(ip.payload)
-    return int.from_bytes(body[4:8] if proto == 51 else body[0:4], "big")
+    return int.from_bytes(body[4:8] if proto == IPPROTO_AH else body[0:4], "big")
 
 
 def _spis_received(path, proto: int) -> set[int]:

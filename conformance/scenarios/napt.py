@@ -14,6 +14,7 @@ from conformance.context import Context
 from conformance.evidence import captures, read_pcap
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_UDP
 from netwire.plan import INSIDE_NET, server_ip
 
 PRIVATE = ipaddress.IPv4Network(INSIDE_NET)
@@ -100,7 +101,7 @@ def nat_drop(ctx: Context) -> list[ScenarioResult]:
             # A mapping that srv1 may use (h1 sent to it) and srv2 may not (RFC 4787 REQ-8).
             apps.probe(h1, "udp", SRV1, 9, "--sport", 47000, "--count", 1, "--wait", 0.2)
             mapped = [e for e in tb.table()["entries"] if e["private_ip"] == client_ip(h1)
-                      and e["private_gpn"] == 47000 and e["protocol"] == 17]
+                      and e["private_gpn"] == 47000 and e["protocol"] == IPPROTO_UDP]
             target = (mapped[0]["global_ip"], mapped[0]["global_gpn"]) if mapped else (globals_[0], 47000)
             apps.probe(srv1, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)
             attempts = [apps.probe(srv2, "udp", target[0], target[1], "--count", 2, "--wait", 0.2)]
@@ -170,9 +171,9 @@ def _judge_inbound(rec, caps: dict, clients: list, globals_: list[str], target: 
 
 def _judge_outbound(rec, caps: dict, h1, dropped: int, evidence: list) -> ScenarioResult:
     """NAT-DROP outbound: ESP and AH without a lease are on h1's wire, not on srv1's, and counted as drops."""
-    esp = [p for p in caps[f"{h1.name}-eth0"] if p.proto == 50 and p.src == client_ip(h1) and p.dst == SRV1]
-    ah = [p for p in caps[f"{h1.name}-eth0"] if p.proto == 51 and p.src == client_ip(h1) and p.dst == SRV1]
-    arrived = [p for p in caps["srv1-eth0"] if p.proto in (50, 51)]
+    esp = [p for p in caps[f"{h1.name}-eth0"] if p.proto == IPPROTO_ESP and p.src == client_ip(h1) and p.dst == SRV1]
+    ah = [p for p in caps[f"{h1.name}-eth0"] if p.proto == IPPROTO_AH and p.src == client_ip(h1) and p.dst == SRV1]
+    arrived = [p for p in caps["srv1-eth0"] if p.proto in (IPPROTO_ESP, IPPROTO_AH)]
     return rec.result(
         "NAT-DROP", "outbound-unsupported", [
             (len(esp) >= 3 and len(ah) >= 3, f"h1's wire shows {len(esp)} ESP and {len(ah)} AH to srv1 (3 each sent)"),

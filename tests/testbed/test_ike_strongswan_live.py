@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -30,34 +31,24 @@ import pytest
 
 from conformance.bench import PlainForwarding
 from conformance.evidence import captures
+from topo import charon as charon_shell
+from topo.charon import inner_addresses, installed_sas
+from topo.charon import tail as _tail
 from topo.natlab import client_ip, server_ip
 from topo.strongswan import Charon, Peering
 
 H1, SRV1 = client_ip(1), server_ip(1)
 PSK = "natlab-interop-psk-0123456789"
 # Tunnel-mode selectors on addresses put on lo, so that libipsec's routes never cover the IKE peers themselves.
-H1_INNER, SRV1_INNER = "10.99.1.1", "10.99.2.2"
+H1_INNER, SRV1_INNER = charon_shell.INNER["h1"], charon_shell.INNER["srv1"]
 TSHARK_FIELDS = ("isakmp.ispi", "isakmp.exchangetype", "isakmp.id.data.fqdn", "ip.src", "udp.srcport")
 
 
 @contextmanager
-def charon_in(host, folder: Path, peering: Peering):
-    """charon in ``host`` with its own /run, connection loaded; stopped (SIGTERM) and checked clean after."""
-    charon = Charon(folder)
-    charon.write(peering)
-    proc = host.popen(charon.command(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while not (folder / "charon.vici").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, f"charon did not start: {_tail(charon.log)}"
-            time.sleep(0.1)
-        loaded = host.cmd(shlex.join(charon.load()) + " 2>&1")
-        assert "loaded connection 'natlab'" in loaded, loaded
-        yield charon
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert "ipsec0" not in host.cmd("ip -o link"), f"charon left its TUN device in {host.name}"
+def charon_in(host, folder: Path, peering: Peering) -> Iterator[Charon]:
+    """charon in ``host`` (topo.charon, the one way to start it), its connection loaded; checked clean after."""
+    with charon_shell.charon_in(host, folder, peering) as (started, _pid):
+        yield started
 
 
 def natlab_ike(host, role: str, folder: Path, *args: str, timeout: float = 15):
@@ -81,16 +72,6 @@ def events(proc) -> list[dict]:
     return parsed
 
 
-def installed_sas(host, charon: Charon, timeout: float = 10) -> str:
-    """charon's --list-sas once it shows an INSTALLED CHILD_SA (or what it shows at ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        sas = host.cmd(shlex.join(charon.swanctl("--list-sas")) + " 2>/dev/null")
-        if "INSTALLED" in sas or time.monotonic() > deadline:
-            return sas
-        time.sleep(0.2)
-
-
 def tshark_ike(pcap: Path, keys: Path) -> str:
     """tshark's verbose dissection of the IKE on ``pcap``, decrypting with natlab's key table."""
     result = subprocess.run(["tshark", "-n", "-r", str(pcap), "-V", "-Y", "isakmp"], capture_output=True,
@@ -106,21 +87,12 @@ def assert_tshark_opens_ike_auth(text: str) -> None:
     assert len(checks) >= 2 and set(checks) == {"correct"}, checks
 
 
-def _tail(path: Path, n: int = 3000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
-
-
 def peering(initiator_is_h1: bool, charon_host: str) -> Peering:
     mine, theirs = ("srv1.natlab", "h1.natlab") if charon_host == "srv1" else ("h1.natlab", "srv1.natlab")
     local_addr, remote_addr = (SRV1, "%any") if charon_host == "srv1" else (H1, SRV1)
     local_ts, remote_ts = (SRV1_INNER, H1_INNER) if charon_host == "srv1" else (H1_INNER, SRV1_INNER)
     return Peering(local_addr, remote_addr, mine, theirs, PSK, local_ts=(f"{local_ts}/32",),
                    remote_ts=(f"{remote_ts}/32",))
-
-
-def inner_addresses(h1, srv1):
-    h1.cmd(f"ip addr add {H1_INNER}/32 dev lo")
-    srv1.cmd(f"ip addr add {SRV1_INNER}/32 dev lo")
 
 
 def test_natlab_initiator_establishes_an_ike_sa_with_strongswan_direct(make_testbed, tmp_path: Path) -> None:
@@ -211,20 +183,25 @@ def lease_cookie(h1) -> dict:
 def test_natlab_initiator_behind_the_extensible_nat_with_a_leased_cookie(make_testbed, tmp_path: Path,
                                                                        natd: str) -> None:
     """The leased SPIi crosses r1 unchanged from UDP port 500; NAT-D over the global address hides the NAT
-    from strongSwan, NAT-D over the private address (the control) lets strongSwan see it."""
+    from strongSwan, NAT-D over the private address (the control) lets strongSwan see it. With NAT-D global,
+    charon then rekeys the IKE SA (RFC 7296 2.18): natlab refuses (its SPIi must be leased, step 801) with
+    TEMPORARY_FAILURE and rekeys itself with a second leased SPIi; the CHILD_SA moves to the new IKE SA."""
     tb = make_testbed(clients=1, servers=1, globals=1)
     h1, srv1 = tb.host("h1"), tb.host("srv1")
     keys = tmp_path / "natlab-keys"
     cookie = lease_cookie(h1)
     spi = f"{cookie['global_gpn']:016x}"
     natd_args = ["--natd-address", cookie["global_ip"]] if natd == "global" else []
+    spare = f"{lease_cookie(h1)['global_gpn']:016x}" if natd == "global" else None
+    rekey_args = ["--next-spi", spare, "--hold", "4"] if spare else ["--hold", "1"]
     with ExitStack() as stack:
         charon = stack.enter_context(charon_in(srv1, tmp_path / "charon", Peering(
             SRV1, "%any", "srv1.natlab", "h1.natlab", PSK, local_ts=(f"{SRV1}/32",), remote_ts=("0.0.0.0/0",))))
         with captures([(srv1, "srv1-eth0"), (h1, "h1-eth0")], tmp_path / "pcap") as pcaps:
             proc = natlab_ike(h1, "initiate", keys, "--local", H1, "--remote", SRV1, "--id", "h1.natlab",
                               "--remote-id", "srv1.natlab", "--spi", spi, "--local-ts", f"{H1}/32",
-                              "--remote-ts", f"{SRV1}/32", "--hold", "1", *natd_args)
+                              "--remote-ts", f"{SRV1}/32", *rekey_args, *natd_args)
+            moved = charon_rekeys_ike(srv1, charon, spare) if spare else ""
             seen = events(proc)
     h1.cmd("natlab lease release --all 2>&1")
     log = charon.log.read_text(errors="replace")
@@ -240,3 +217,44 @@ def test_natlab_initiator_behind_the_extensible_nat_with_a_leased_cookie(make_te
         assert not behind and seen[0]["nat_local"] is False, _tail(charon.log)
     else:  # control (b): strongSwan's own NAT detection sees the NAT, as a standard responder should
         assert behind and seen[0]["nat_local"] is True, _tail(charon.log)
+    if spare:
+        assert_ike_sa_rekeyed_behind_the_nat(log, wire, moved, seen, spare, cookie["global_ip"])
+
+
+def charon_rekeys_ike(srv1, charon: Charon, spare: str, timeout: float = 5) -> str:
+    """``swanctl --rekey --ike`` once the CHILD_SA is up; then --list-sas once the IKE SA of SPIi ``spare``
+    (natlab's own rekey) shows."""
+    installed_sas(srv1, charon)
+    srv1.cmd(shlex.join(charon.swanctl("--rekey", "--ike", "natlab")) + " 2>&1")
+    deadline = time.monotonic() + timeout
+    while True:
+        sas = srv1.cmd(shlex.join(charon.swanctl("--list-sas")) + " 2>/dev/null")
+        if f"{spare}_i" in sas or time.monotonic() > deadline:
+            return sas
+        time.sleep(0.2)
+
+
+def assert_ike_sa_rekeyed_behind_the_nat(log: str, wire: str, sas: str, seen: list[dict], spare: str,
+                                         global_ip: str) -> None:
+    """charon saw TEMPORARY_FAILURE, then natlab's rekey from the global IP with the spare leased SPIi,
+    which crossed r1 unchanged; the CHILD_SA stands under the new IKE SA, which natlab finally deletes."""
+    assert "TEMPORARY_FAILURE" in log, _tail_text(log)
+    assert re.search(r"IKE_SA natlab\[\d+\] rekeyed between 203\.0\.113\.100\[srv1\.natlab\]\.\.\."
+                     + re.escape(global_ip) + r"\[h1\.natlab\]", log), _tail_text(log)
+    assert f"Initiator SPI: {spare}" in wire
+    assert "INSTALLED" in ike_sa_section(sas, f"{spare}_i"), sas
+    assert {"event": "IkeRekeyed"} in seen and seen[-1] == {"event": "IkeClosed", "reason": "deleted"}, seen
+    assert "received DELETE for IKE_SA" in log
+
+
+def ike_sa_section(sas: str, marker: str) -> str:
+    """The lines of ``swanctl --list-sas`` for the IKE SA whose header line holds ``marker`` (its CHILD_SAs are
+    the indented lines under it)."""
+    lines = sas.splitlines()
+    start = next((i for i, line in enumerate(lines) if marker in line), len(lines))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace()), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def _tail_text(text: str, n: int = 3000) -> str:
+    return text[-n:]

@@ -103,7 +103,7 @@ def test_natlab_demo_writes_the_report(tmp_path):
     assert sorted(claims["claim"]) == list(range(1, 41)) and set(claims["verdict"]) == {"pass"}, claims
     controls = pd.read_csv(tmp_path / "controls.csv").set_index("id")
     assert controls.loc["CTRL-NOCOMP", "verdict"] == "pass", controls.loc["CTRL-NOCOMP"].to_dict()
-    for fault in ("CTRL-NOALG", "CTRL-NOVERIFY", "CTRL-CLASSIC"):  # each fails exactly what it removes
+    for fault in ("CTRL-NOALG", "CTRL-NOVERIFY", "CTRL-CLASSIC", "CTRL-NONAT"):  # each fails exactly what it removes
         assert controls.loc[fault, "verdict"] == "pass", controls.loc[fault].to_dict()
     assert behaviours["fails_without"].notna().all()  # every behaviour names the variant that makes it fail
     assert (tmp_path / "report.html").read_text().count("NAT-AUTO") >= 1

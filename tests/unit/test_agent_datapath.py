@@ -21,6 +21,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from client_agent.agent_config import databases, examples, load
 from client_agent.datapath import BATCH, SEND_ERROR, Datapath, DropLog
 from client_agent.ipsec.errors import DropReason
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 EXAMPLES = examples()
 MARKER = b"natlab-secret-payload"
@@ -99,7 +100,7 @@ def test_packets_cross_protected_both_ways_and_come_out_unchanged(peers: tuple[H
     h1.datapath.pump_inbound(h1.datapath.receivers[0])
     assert h1.kernel.read() == reply
 
-    assert wire[9] in (50, 51) and wire[12:20] == request[12:20]
+    assert wire[9] in (IPPROTO_ESP, IPPROTO_AH) and wire[12:20] == request[12:20]
     esp = wire[9] == 50
     assert (MARKER in wire) is not esp, "ESP must hide the payload; AH leaves it readable"
     counters = h1.datapath.counters
@@ -187,7 +188,7 @@ def test_run_pumps_until_told_to_stop_and_ticks(peers: tuple[Host, Host]) -> Non
         h1.kernel.write(bytes(IP(src="10.0.0.1", dst="203.0.113.100") / UDP() / MARKER))
         h1.wire.sock.setblocking(True)
         h1.wire.sock.settimeout(5)
-        assert h1.wire.sock.recv(65535)[9] in (50, 51)
+        assert h1.wire.sock.recv(65535)[9] in (IPPROTO_ESP, IPPROTO_AH)
         deadline = time.monotonic() + 5
         while not ticks and time.monotonic() < deadline:
             time.sleep(0.01)

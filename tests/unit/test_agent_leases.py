@@ -143,8 +143,8 @@ class Link:
         return self.exchange(now)
 
     def entries(self) -> set[tuple[int, str, int, str | None]]:
-        """This client's entries in the NAT's table: (protocol, global IP, global GPN, foreign)."""
-        return {(e.protocol, e.global_ip, e.global_gpn, e.foreign) for e in self.sw.core.table if e.private_ip == self.ip}
+        """This client's entries in the NAT's table: (GPN space, global IP, global GPN, foreign)."""
+        return {(e.space, e.global_ip, e.global_gpn, e.foreign) for e in self.sw.core.table if e.private_ip == self.ip}
 
 
 def as_asked(config: AgentConfig) -> set[tuple[int, str, int, str | None]]:

@@ -29,3 +29,24 @@ def test_table_scale_finds_every_entry_both_ways_and_weighs_them():
     scale = bench_nat_core.table_scale(500, lookups=2000)
     assert scale["entries"] == 500 and scale["bytes_per_entry"] > 0
     assert scale["lookups_per_second"]["out"] > 0 and scale["lookups_per_second"]["in"] > 0
+
+
+def test_nat_core_against_a_baseline_takes_each_steps_minimum_and_prints_the_ratio_of_totals():
+    steps = dict.fromkeys(bench_nat_core.STEPS, 1.0)
+    rounds = [[{"entries": 10, **steps, "os-ken": 2.0}], [{"entries": 10, **steps, "journal": 0.5, "os-ken": 3.0}]]
+    assert bench_nat_core.best_rows(rounds) == [{"entries": 10, **steps, "journal": 0.5, "os-ken": 2.0}]
+    base = [{"entries": 10, **dict.fromkeys(bench_nat_core.STEPS, 2.0), "os-ken": 1.0}]
+    slow = {"clients": 3, "us_per_packet": 10.0}
+    table = bench_nat_core.format_comparison("main", {"baseline": {"rows": base, "slow": {**slow, "us_per_packet": 30.0}},
+                                                      "current": {"rows": bench_nat_core.best_rows(rounds), "slow": slow}})
+    assert "main vs this tree" in table and "8.0       3.5    2.3x" in table and "30.0 -> 10.0 us (3.0x)" in table
+
+
+def test_the_slow_path_figure_is_a_packet_the_controller_delivers():
+    slow = bench_nat_core.slow_path(3, packets=200)
+    assert slow["clients"] == 3 and slow["us_per_packet"] > 0
+
+
+def test_os_ken_parses_the_flow_stats_reply_the_benchmark_builds_flow_by_flow():
+    stats = bench_nat_core.flow_stats_parse(20)
+    assert stats["flows"] == 20 and stats["us_per_flow"] > 0

@@ -42,6 +42,8 @@ CLAIMS_MD_IDS = [
     "CL-SPI",
     "CL-RENEW",
     "CL-UNIQ",
+    "BASE-NATT",
+    "BASE-SWAN",
 ]
 
 
@@ -68,13 +70,15 @@ def test_claims_sit_on_the_client_rows_and_matrix_follows_the_group(reg):
         client_row = b.id.startswith(("OUT-", "IN-"))
         assert b.matrix is client_row, b.id
         assert bool(b.claims) is client_row, b.id
-        expected_group = {"OUT": "client-outgoing", "IN": "client-incoming", "NAT": "nat", "CL": "client-procedure"}
+        expected_group = {"OUT": "client-outgoing", "IN": "client-incoming", "NAT": "nat", "CL": "client-procedure",
+                          "BASE": "baseline"}
         assert b.group == expected_group[b.id.split("-")[0]], b.id
         assert b.steps, b.id
 
 
 def test_controls_are_data_with_the_predicted_failures(reg):
-    assert [c.id for c in reg.controls] == ["CTRL-NOCOMP", "CTRL-CLASSIC", "CTRL-NOALG", "CTRL-NOVERIFY"]
+    assert [c.id for c in reg.controls] == ["CTRL-NOCOMP", "CTRL-CLASSIC", "CTRL-NOALG", "CTRL-NOVERIFY",
+                                           "CTRL-NONAT"]
     for c in reg.controls[:2]:  # the seed's predictions; the others are fault variants
         ah, esp = c.predicts
         assert "authentication" in ah.failure and "checksum" in esp.failure
@@ -90,7 +94,7 @@ def test_controls_are_data_with_the_predicted_failures(reg):
 def _claims_md_rows(text: str) -> dict[str, tuple[str, str, str]]:
     rows = {}
     for line in text.splitlines():
-        m = re.match(r"^\| ((?:OUT|IN|NAT|CL)-[A-Z]+) \| (.*) \| (.*) \| (.*) \|$", line)
+        m = re.match(r"^\| ((?:OUT|IN|NAT|CL|BASE)-[A-Z]+) \| (.*) \| (.*) \| (.*) \|$", line)
         if m:
             rows[m[1]] = (m[2], m[3], m[4])
     return rows

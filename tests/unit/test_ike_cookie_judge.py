@@ -27,6 +27,7 @@ def good() -> dict:
         "responder": [{"event": "IkeEstablished", "nat_peer": False}] * 3,
         "wire": wire, "client_ips": CLIENTS,
         "decrypted": " ".join(f"ID_FQDN: {n}.natlab" for n in CLIENTS),
+        "released": {n: f"released {SPI[n]:08x}  CLIENT-ALG isakmp" for n in CLIENTS},
     }
 
 
@@ -64,10 +65,14 @@ def _several_globals(seen):  # the clients did not share one global IP: no demul
     seen["cookies"]["h2"]["global_ip"] = "203.0.113.2"
 
 
+def _kept(seen):  # a cookie lease the NAT did not release (the CLI got no answer)
+    seen["released"]["h2"] = "no answer from the NAT within 3 s"
+
+
 @pytest.mark.parametrize(("variant", "reason"), [
     (_napt_ports, "source ports"), (_cross_delivered, "SPIi of others"), (_nat_detected, "detected a NAT"),
     (_not_the_cookie, "not the leased cookie"), (_private_leak, "private source"), (_undecryptable, "tshark"),
-    (_several_globals, "several global IPs"),
+    (_several_globals, "several global IPs"), (_kept, "not released"),
 ])
 def test_each_variant_fails_for_its_reason(variant, reason):
     seen = copy.deepcopy(good())

@@ -22,6 +22,7 @@ from conformance.matrix import Cell, behind_nat, clients
 from conformance.oracles import ClearPacket, TsharkSummary, Verdict
 from conformance.scenarios import client as judge
 from conformance.scenarios import napt
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP
 
 SRV1, SRV2 = "203.0.113.100", "203.0.113.101"
 TRANSPORTS = {"TCP": 6, "UDP": 17}
@@ -256,7 +257,7 @@ def _foreign_spi_at_h1(run, views):
 def _spi_on_other_global(run, views):
     """Variant: the client leases its SPI on a global IP that is not its ports'."""
     for e in run.table["entries"]:
-        if e["protocol"] in (50, 51) and e["private_ip"] == run.members[0].private_ip:
+        if e["protocol"] in (IPPROTO_ESP, IPPROTO_AH) and e["private_ip"] == run.members[0].private_ip:
             e["global_ip"] = "203.0.113.9"
     return run, views
 
@@ -269,7 +270,7 @@ def _shared_endpoint(run, views):
 
 def _shared_spi_lease(run, views):
     """Variant: two clients hold the same SPI lease in the NAT's table."""
-    spi = [e for e in run.table["entries"] if e["protocol"] in (50, 51)]
+    spi = [e for e in run.table["entries"] if e["protocol"] in (IPPROTO_ESP, IPPROTO_AH)]
     spi[1].update(global_gpn=spi[0]["global_gpn"], global_ip=spi[0]["global_ip"])
     return run, views
 
@@ -403,7 +404,7 @@ def test_nat_drop_is_no_pass_when_the_sender_never_sent():
     """Nothing arrived because nothing left: srv2's capture lacks its probes, h1's its ESP/AH."""
     assert _nat_drop(_drop_caps(srv2_sends=False))[0] == "fail"
     caps = _drop_caps()
-    caps["h1-eth0"] = [p for p in caps["h1-eth0"] if p.proto not in (50, 51)]
+    caps["h1-eth0"] = [p for p in caps["h1-eth0"] if p.proto not in (IPPROTO_ESP, IPPROTO_AH)]
     assert _nat_drop(caps)[1] == "fail"
 
 

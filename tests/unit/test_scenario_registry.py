@@ -22,7 +22,8 @@ def test_the_registry_lists_every_scenario_in_run_order_and_matches_behaviours_t
     records = registered()
     assert [r.name for r in records] == [
         "nat-auto", "nat-drop", "ftp-cleartext", "client-matrix", "client-renew", "client-controls", "client-noalg",
-        "client-noverify", "ftp-matrix", "ftp-noalg", "lease-protocol", "leased-traffic", "behave", "cl-cookie", "client-classic", "ftp-classic"]
+        "client-noverify", "ftp-matrix", "ftp-noalg", "lease-protocol", "leased-traffic", "behave", "cl-cookie",
+        "baseline-natt", "baseline-strongswan", "baseline-control-no-nat", "client-classic", "ftp-classic"]
     assert [r.name for r in records if r.testbed == "classic"] == ["client-classic", "ftp-classic"]
     check(records, registry.load())
     covered = {b for r in records for b in r.covers}

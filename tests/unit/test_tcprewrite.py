@@ -353,3 +353,18 @@ def test_an_unchanged_packet_is_returned_as_it_is():
     assert rewrite_segment(syn, out_dir, in_dir) is syn
     data = tcp(6, b"USER anonymous\r\n", ack=9)
     assert rewrite_segment(data, out_dir, in_dir) is data
+
+
+def test_a_reset_answering_the_servers_stale_ack_keeps_its_sequence_number():
+    """RFC 9293 3.10.7.3: a SYN-SENT client answers an unacceptable ACK with <SEQ=SEG.ACK><CTL=RST>. That ACK is
+    a server's challenge from the old connection on the same global port (the previous agent's, in TIME-WAIT: its
+    PAWS refuses our SYN); only a RST carrying exactly that number frees the port (RFC 5961 3.2). Seen live
+    (FTP in the AH tunnel cell right after the ESP one): the ALG moved the RST's SEQ to our SYN+1, the server kept
+    the old connection and answered every SYN retry with the same ACK until curl's connect timed out."""
+    counters: Counter = Counter()
+    out_dir, in_dir = rewriter(counters), LineRewriter(counters=counters)
+    isn, stale = 1021454947, 2271409802
+    assert rewrite_segment(tcp(isn, flags="S"), out_dir, in_dir) == tcp(isn, flags="S")
+    reset = tcp(stale, flags="R")
+    assert IP(rewrite_segment(reset, out_dir, in_dir))[TCP].seq == stale
+    assert counters["reset-outside-stream"] == 1

@@ -31,7 +31,7 @@ from client_agent.ipsec.sad import SAD
 from client_agent.ipsec.spd import ANY_PORT, SPD, Action, Policy, Selector
 from client_agent.ipsec.suites import suite
 from client_agent.traversal import NoBinding, NoGlobalPort, PortBlock, Traversal, Uncompensable
-from netwire.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from netwire.ipv4 import IPPROTO_AH, IPPROTO_ESP, IPPROTO_TCP, IPPROTO_UDP
 
 PRIVATE, PRIVATE2, GLOBAL = "10.0.0.1", "10.0.0.2", "203.0.113.1"
 SRV1, SGW1, IH1, INTRANET = "203.0.113.100", "203.0.113.200", "172.16.0.10", "172.16.0.0/24"
@@ -64,7 +64,7 @@ def _header_checksum(header: bytes) -> int:
 
 def _nat_rewrite(wire: bytes, at: int, old: str, new: str) -> bytes:
     """What a NAT does to an ESP/AH packet: one outer address and the outer header checksum."""
-    assert wire[9] in (50, 51), "only ESP/AH crosses the NAT here"
+    assert wire[9] in (IPPROTO_ESP, IPPROTO_AH), "only ESP/AH crosses the NAT here"
     assert wire[at:at + 4] == socket.inet_aton(old), "the NAT only translates what it has an entry for"
     buf = bytearray(wire)
     buf[at:at + 4] = socket.inet_aton(new)

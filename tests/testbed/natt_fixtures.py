@@ -1,0 +1,138 @@
+"""Set-up shared by the live NAT-T tests: natlab agents keyed by IKE in tunnel or transport mode, several
+clients behind one NAT at once, and tshark's per-packet view of UDP-encapsulated ESP, decrypted.
+
+The clients initiate (h1..hN, no ``[nat]`` table: they lease nothing, so the NAT treats their IKE and
+UDP/4500 as ordinary NAPT flows); srv1's one agent answers them all. In transport mode srv1 routes the
+NAT's global address into its TUN: behind a NAT its peers are that address (RFC 7296 section 2.23.1).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from client_agent.agent_cli import AgentProcess
+from client_agent.ipsec.udpencap import NATT_PORT
+from netwire.plan import INSIDE_NET, client_ip, global_ips, server_ip
+from tests.testbed.ike_fixtures import wait_for_child
+
+SRV1, GLOBAL = server_ip(1), global_ips(1)[0]
+KEEPALIVE_SECONDS = 2
+PSK = "natlab NAT-T example pre-shared key"
+# tshark's view of one UDP-encapsulated ESP packet; the first occurrence of each field (the outer header,
+# then what the decrypted ESP carries)
+ROW_FIELDS = ("ip.src", "ip.dst", "udp.srcport", "udp.dstport", "esp.spi", "esp.icv_good", "tcp.srcport",
+              "tcp.dstport", "tcp.checksum.status", "tcp.flags.reset")
+
+
+def agent_config(name: str, routes: list[str], address: str, ike: str, mode: str) -> str:
+    """An ``[ike]`` agent proposing ESP AES-GCM in ``mode``, keepalives every KEEPALIVE_SECONDS."""
+    return (f'[agent]\nname = "{name}"\nroutes = {json.dumps(routes)}\naddress = "{address}"\n\n[ike]\n{ike}'
+            f'psk = "{PSK}"\nproposals = ["aes128-sha256-modp2048"]\nesp = ["aes128gcm16"]\nmode = "{mode}"\n'
+            f"keepalive = {KEEPALIVE_SECONDS}\n")
+
+
+def client_config(i: int, mode: str) -> str:
+    me = client_ip(i)
+    return agent_config(f"h{i}", [f"{SRV1}/32"], me, f'role = "initiator"\npeer = "{SRV1}"\nlocal_id = "h{i}.natlab"\n'
+                        f'remote_id = "srv1.natlab"\nlocal_ts = ["{me}/32"]\nremote_ts = ["{SRV1}/32"]\n', mode)
+
+
+def server_config(mode: str) -> str:
+    """srv1 answers any client of the inside network; in transport mode its peers are the NAT's address."""
+    routes = [INSIDE_NET] if mode == "tunnel" else [f"{GLOBAL}/32"]
+    return agent_config("srv1", routes, SRV1, f'role = "responder"\nlocal_id = "srv1.natlab"\n'
+                        f'local_ts = ["{SRV1}/32"]\nremote_ts = ["{INSIDE_NET}"]\n', mode)
+
+
+def start_agent(stack: ExitStack, host, text: str, folder: Path) -> AgentProcess:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "agent.toml").write_text(text)
+    return stack.enter_context(AgentProcess(host, folder / "agent.toml", folder))
+
+
+def start_clients(stack: ExitStack, hosts: list, mode: str, folder: Path) -> list[AgentProcess]:
+    """Each of ``hosts`` (h1, h2, ...) initiates to srv1's responder in ``mode``; returns once all CHILD_SAs are up."""
+    agents = [start_agent(stack, h, client_config(int(h.name[1:]), mode), folder / f"agent-{h.name}") for h in hosts]
+    for agent in agents:
+        wait_for_child(agent)
+    return agents
+
+
+def children(agent: AgentProcess) -> int:
+    return (agent.status().get("ike") or {}).get("children", 0)
+
+
+def curls_at_once(hosts: list, url: str, first_port: int) -> dict[str, str]:
+    """Unmodified curl in every host at the same time, host i from local TCP port ``first_port + i``
+    (so that a capture tells whose connection a packet belongs to); what each printed."""
+    procs = {h.name: h.popen(["curl", "-s", "--max-time", "8", "--local-port", str(first_port + int(h.name[1:])), url],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) for h in hosts}
+    return {name: proc.communicate(timeout=15)[0].decode(errors="replace") for name, proc in procs.items()}
+
+
+def natt_rows(pcap: Path, keyfile_dir: Path) -> list[dict[str, str]]:
+    """tshark's UDP-encapsulated ESP frames of ``pcap``, decrypted with the ``esp_sa`` in ``keyfile_dir``."""
+    command = ["tshark", "-n", "-r", str(pcap), "-Y", f"udp.port == {NATT_PORT} && esp",
+               "-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE",
+               "-o", "tcp.check_checksum:TRUE", "-o", "tcp.analyze_sequence_numbers:FALSE",
+               "-T", "fields", "-E", "separator=/t", "-E", "occurrence=f"]
+    for name in ROW_FIELDS:
+        command += ["-e", name]
+    env = {"WIRESHARK_CONFIG_DIR": str(keyfile_dir), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    return [dict(zip(ROW_FIELDS, line.split("\t"), strict=True)) for line in out.splitlines()]
+
+
+def spi_owners(agents: list[AgentProcess]) -> dict[int, str]:
+    """SPI -> the client (agent name) whose SA it is, from each client's own key file (both directions)."""
+    owners = {}
+    for agent in agents:
+        for line in agent.keyfile.read_text().splitlines():
+            spi = int(line.split(",")[3].strip('"'), 16)
+            owners[spi] = agent.run_dir.name.removeprefix("agent-")
+    return owners
+
+
+@contextmanager
+def serving(host, argv: list[str], address: str, port: int, timeout: float = 10.0) -> Iterator[None]:
+    """A server process in ``host``, the block entered only once ``address:port`` is listening: a fixed
+    settle time loses the first connection whenever the machine is busy. Its output goes to a log whose
+    tail a failure shows."""
+    with tempfile.TemporaryFile() as log:
+        proc = host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while f"{address}:{port}" not in host.cmd(f"ss -Hltn src {address}"):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise AssertionError(f"{argv} in {host.name} never listened on {address}:{port} (exit "
+                                         f"{proc.poll()}): {log.read()[-1500:].decode(errors='replace')}")
+                time.sleep(0.05)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=5)
+
+
+# http.server's HTTPServer.server_bind asks for the bound address's FQDN (a reverse DNS lookup) before it
+# listens; in a client behind the NAT that query dies silently at r1 and the server stays deaf for the
+# resolver's timeouts (measured: not listening after 10 s in h1). The same server, named by its address.
+_HTTP = ("import functools, http.server as h, socketserver, sys\n"
+         "class Server(h.ThreadingHTTPServer):\n"
+         "    def server_bind(self):\n"
+         "        socketserver.TCPServer.server_bind(self)\n"
+         "        self.server_name, self.server_port = self.server_address[:2]\n"
+         "handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[3])\n"
+         "Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()\n")
+
+
+def web_server(host, address: str, www: Path, port: int = 8000):
+    """Python's http.server serving ``www`` on ``address:port`` in ``host``, without the reverse lookup."""
+    return serving(host, [sys.executable, "-c", _HTTP, address, str(port), str(www)], address, port)
