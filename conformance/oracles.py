@@ -41,7 +41,7 @@ from scapy.utils import PcapReader
 
 from client_agent.ipsec.sa import Mode, Protocol, SecurityAssociation
 from conformance import marker
-from conformance.evidence import TSHARK_PER_PACKET, tcp_checksum_bad
+from conformance.evidence import TSHARK_PER_PACKET, tcp_checksum_bad, tshark_payloads_as_data
 
 SCAPY_ENCRYPTION = {"ENCR_NULL": "NULL", "ENCR_AES_CBC": "AES-CBC", "ENCR_AES_GCM_16": "AES-GCM"}
 SCAPY_INTEGRITY = {
@@ -370,7 +370,8 @@ def tshark_verdicts(pcap: Path, keyfile_dir: Path) -> list[dict[str, str]]:
     checksums verified; with ``occurrence=l`` the fields of an ESP tunnel are
     the inner packet's.
     """
-    command = ["tshark", "-n", "-r", str(pcap), *TSHARK_PER_PACKET, "-o", "esp.enable_encryption_decode:TRUE",
+    command = ["tshark", "-n", "-r", str(pcap), *TSHARK_PER_PACKET, *tshark_payloads_as_data(),
+               "-o", "esp.enable_encryption_decode:TRUE",
                "-o", "esp.enable_authentication_check:TRUE", "-o", "tcp.check_checksum:TRUE",
                "-o", "udp.check_checksum:TRUE", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=l"]
     for name in TSHARK_FIELDS:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from client_agent.agent_cli import AgentProcess
 from client_agent.ipsec.udpencap import NATT_PORT
+from conformance.evidence import TSHARK_PER_PACKET, tshark_payloads_as_data
 from netwire.plan import INSIDE_NET, client_ip, global_ips, server_ip
 from tests.testbed.ike_fixtures import wait_for_child
 
@@ -78,10 +79,13 @@ def curls_at_once(hosts: list, url: str, first_port: int) -> dict[str, str]:
 
 
 def natt_rows(pcap: Path, keyfile_dir: Path) -> list[dict[str, str]]:
-    """tshark's UDP-encapsulated ESP frames of ``pcap``, decrypted with the ``esp_sa`` in ``keyfile_dir``."""
+    """tshark's UDP-encapsulated ESP frames of ``pcap``, decrypted with the ``esp_sa`` in ``keyfile_dir``.
+
+    Per packet, payloads as data: with TCP reassembly on, a retransmitted segment raised "New fragment
+    overlaps old data" inside the decrypted payload, and the ESP dissector never added that frame's ICV field."""
     command = ["tshark", "-n", "-r", str(pcap), "-Y", f"udp.port == {NATT_PORT} && esp",
                "-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE",
-               "-o", "tcp.check_checksum:TRUE", "-o", "tcp.analyze_sequence_numbers:FALSE",
+               "-o", "tcp.check_checksum:TRUE", *TSHARK_PER_PACKET, *tshark_payloads_as_data(),
                "-T", "fields", "-E", "separator=/t", "-E", "occurrence=f"]
     for name in ROW_FIELDS:
         command += ["-e", name]

@@ -54,7 +54,8 @@ def http_server(host, port: int):
 
 
 def client_leases(tb) -> list[dict]:
-    return [e for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
+    """The NAT's CLIENT-ALG rows, without ``expires_in`` (it counts down while we compare; ``expires`` does not)."""
+    return [{k: v for k, v in e.items() if k != "expires_in"} for e in tb.table()["entries"] if e["kind"] == "CLIENT-ALG"]
 
 
 def natpmp_answers(pcap: Path) -> list[dict]:
