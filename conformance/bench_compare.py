@@ -9,8 +9,8 @@ On one testbed, h1 -> s1 -> r1 -> s2 -> srv1, the same applications (iperf3 TCP 
 - ``swan-napt``: (d) strongSwan's charon (kernel-libipsec) on both ends, NAT-T tunnel through the NAPT;
 - ``clear-napt``: (e) cleartext through the NAPT;
 
-then, on a second testbed whose r1 is a Linux conntrack masquerade (one testbed at a time), ``natt-classic``
-(c) beside ``clear-classic``. Per variant and round: TCP and UDP goodput (iperf3), bytes on the wire per
+and in each round after those, on a testbed whose r1 is a Linux conntrack masquerade (one testbed at a time,
+each round starting both afresh), ``natt-classic`` (c) beside ``clear-classic``. Per variant and round: TCP and UDP goodput (iperf3), bytes on the wire per
 payload byte (from a capture of srv1's link during a fixed TCP transfer, both directions, never computed),
 time from starting the peers to the first protected packet on srv1's wire, CPU per packet of each peer
 (its process's CPU time over the packets through its TUN); in the first round, a quiet spell captured for
@@ -72,9 +72,16 @@ STATS_S = 2.5  # r1's flow counters are read every 2 s
 KEEPALIVE_IP_BYTES = 29  # IPv4 20 + UDP 8 + the 0xFF octet (RFC 3948 section 2.3); counted frames carry it
 
 
+def _rounds_count(text: str) -> int:
+    """--rounds: a whole number from 1 (every figure is a median over the rounds)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"rounds {text!r}: a whole number of at least 1")
+    return int(text)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=3, help="length of each iperf3 run (default 3)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the variants (default 2)")
+    p.add_argument("--rounds", type=_rounds_count, default=2, help="alternating rounds over the variants (default 2)")
     p.add_argument("--clients", default="1,3,8", help="client counts behind one global IP (default 1,3,8; '' none)")
     p.add_argument("--udp-rate", default="400M", help="iperf3 UDP offered rate (default 400M)")
     p.add_argument("--quiet", type=float, default=41,
@@ -125,34 +132,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def bench_compare(args: argparse.Namespace, counts: list[int], log=print) -> dict:
+    """Round after round, the extensible testbed's variants and then the classic testbed's, so that (c) alternates
+    with the others as they do with each other (one testbed at a time: each round starts both afresh). The
+    modes, scaling and profile steps run once, on the last round's extensible testbed."""
+    variants = EXTENSIBLE + (() if args.no_classic else CLASSIC)
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="natlab-bench-compare-") as tmp:
         work = Path(tmp)
-        size = max([1, *counts])
-        with Testbed(clients=size, servers=1, globals=1) as tb:
-            runs = _rounds(tb, EXTENSIBLE, args, work / "extensible", log)
-            modes = supported_modes(tb, work / "modes", log)
-            scaling = {n: _scaling(tb, n, args.seconds, work / f"clients-{n}", log) for n in counts}
-            profile = _profile_slower(tb, runs, args, work / "profile", log)
-        if not args.no_classic:
-            with Testbed(clients=1, servers=1, globals=1, nat="classic") as tb:
-                runs |= _rounds(tb, CLASSIC, args, work / "classic", log)
+        for r in range(1, args.rounds + 1):
+            with Testbed(clients=max([1, *counts]), servers=1, globals=1) as tb:
+                _round(tb, r, EXTENSIBLE, runs, args, work / "extensible", log)
+                if r == args.rounds:
+                    modes = supported_modes(tb, work / "modes", log)
+                    scaling = {n: _scaling(tb, n, args.seconds, work / f"clients-{n}", log) for n in counts}
+                    profile = _profile_slower(tb, runs, args, work / "profile", log)
+            if not args.no_classic:
+                with Testbed(clients=1, servers=1, globals=1, nat="classic") as tb:
+                    _round(tb, r, CLASSIC, runs, args, work / "classic", log)
     return summarise(runs, modes, scaling, profile, args)
 
 
-def _rounds(tb: Testbed, variants: tuple[str, ...], args: argparse.Namespace, work: Path, log) -> dict[str, list]:
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    srv1 = tb.host("srv1")
+def _round(tb: Testbed, r: int, variants: tuple[str, ...], runs: dict[str, list[dict]], args: argparse.Namespace,
+           work: Path, log) -> None:
+    """Round ``r`` of ``variants`` on ``tb``, each with fresh peers; the quiet spell for keepalives in round 1."""
     from conformance.apps import iperf3_server
 
-    with iperf3_server(srv1, IPERF_PORT):
-        for r in range(1, args.rounds + 1):
-            for variant in variants:
-                quiet = args.quiet if r == 1 and variant in (NATT, SWAN, NATT_CLASSIC) else 0
-                runs[variant].append(one_run(tb, variant, args, work / f"r{r}-{variant}", quiet))
-            log(f"  round {r}/{args.rounds}: " + ", ".join(
-                f"{v} TCP {runs[v][-1]['tcp_bps'] / 1e6:.0f} UDP {runs[v][-1]['udp_bps'] / 1e6:.0f}"
-                for v in variants) + " Mbit/s")
-    return runs
+    with iperf3_server(tb.host("srv1"), IPERF_PORT):
+        for variant in variants:
+            quiet = args.quiet if r == 1 and variant in (NATT, SWAN, NATT_CLASSIC) else 0
+            runs[variant].append(one_run(tb, variant, args, work / f"r{r}-{variant}", quiet))
+    log(f"  round {r}/{args.rounds}: " + ", ".join(
+        f"{v} TCP {runs[v][-1]['tcp_bps'] / 1e6:.0f} UDP {runs[v][-1]['udp_bps'] / 1e6:.0f}" for v in variants)
+        + " Mbit/s")
 
 
 # ----------------------------------------------------------------------------- one variant's peers
@@ -545,8 +556,8 @@ def summarise(runs: dict[str, list], modes: dict, scaling: dict, profile: dict, 
         "settings": {"seconds": args.seconds, "rounds": args.rounds, "udp_rate": args.udp_rate, "tun_mtu": TUN_MTU,
                      "tcp_mss": MSS, "udp_len": UDP_LEN, "suite": "ESP AES-GCM-128 (RFC 4106)",
                      "quiet_s": args.quiet, "keepalive_s": KEEPALIVE_S},
-        "order": "alternating per round: " + ", ".join(EXTENSIBLE) + "; then on the classic testbed: "
-                 + ", ".join(CLASSIC),
+        "order": "per round: " + ", ".join(EXTENSIBLE) + " on a fresh extensible testbed, then "
+                 + ", ".join(CLASSIC) + " on a fresh classic one",
         "runs": runs, "medians": medians, "modes": modes,
         "natlab_natt_over_strongswan": {"per_round": per_round,
                                         "of_medians": _ratio(medians.get(NATT), medians.get(SWAN))},

@@ -11,6 +11,7 @@ every ESP ICV checked with the keys the agents logged.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import subprocess
 import time
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client_agent.ipsec.udpencap import KEEPALIVE, NATT_PORT, UDP_HEADER_LEN
+from conformance.apps import serving, web_server
 from conformance.evidence import read_pcap
 from conformance.oracles import tshark_summary, tshark_verdicts
 from netwire.ipv4 import IPPROTO_ESP
@@ -51,6 +53,53 @@ def agent_config(side: str, *, keepalive: float, inner: bool = False, mtu: int =
     return (f'[agent]\nname = "{side}"\nroutes = ["{remote}"]\naddress = "{own}"\nmtu = {mtu}\n\n'
             f'[ike]\n{ike}local_id = "{side}.natlab"\npsk = "{PSK}"\nproposals = ["{IKE_PROPOSAL}"]\n{child}'
             f'mode = "{mode}"\nlocal_ts = ["{mine}/32"]\nremote_ts = ["{remote}"]\nkeepalive = {keepalive:g}\n')
+
+
+# iperf3 -n stops once IPERF3_BYTES are written, and the receiver reports what it had read by then: all but what
+# was still in the sender's socket buffer or unread in the receiver's. With autotuned buffers that was
+# anything from 1.0 to 1.4 MB of 2 MiB (fresh-clone CI run 7: 1,004,672 bytes); -w 64K caps both buffers at
+# 128 KiB (the kernel doubles SO_SNDBUF/SO_RCVBUF), so at least 2 MiB - 256 KiB must have arrived.
+IPERF3_BYTES, IPERF3_WINDOW, IPERF3_FLOOR = "2M", "64K", 2 * 1024 * 1024 - 256 * 1024
+WAYS = ("h1->srv1", "srv1->h1")
+
+
+def iperf3_received(out: str) -> int:
+    """What ``iperf3 -J`` says the receiving side got (0 when it printed no report)."""
+    try:
+        return int(json.loads(out[out.index("{"):])["end"]["sum_received"]["bytes"])
+    except (ValueError, KeyError):
+        return 0
+
+
+def both_ways(h1, srv1, www: Path, h1_inner: str, srv1_inner: str) -> dict[str, str | int]:
+    """Unmodified ping, curl and iperf3 between the tunnel's inner addresses, each started from either side:
+    ping's summary, the body curl fetched from ``www``, the bytes iperf3's receiver counted."""
+    seen: dict[str, str | int] = {
+        "ping h1->srv1": h1.cmd(f"ping -n -c 3 -W 2 -I {h1_inner} {srv1_inner}"),
+        "ping srv1->h1": srv1.cmd(f"ping -n -c 3 -W 2 -I {srv1_inner} {h1_inner}"),
+    }
+    for server, client, there, here in ((srv1, h1, srv1_inner, h1_inner), (h1, srv1, h1_inner, srv1_inner)):
+        with web_server(server, there, www):
+            seen[f"curl {client.name}->{server.name}"] = client.cmd(
+                f"curl -s --max-time 10 --interface {here} http://{there}:8000/secret.txt")
+    with serving(srv1, ["iperf3", "-s", "-B", srv1_inner], srv1_inner, 5201):
+        for flag, way in (("", "h1->srv1"), ("-R", "srv1->h1")):
+            seen[f"iperf3 {way}"] = iperf3_received(h1.cmd(
+                f"iperf3 -c {srv1_inner} -B {h1_inner} -n {IPERF3_BYTES} -w {IPERF3_WINDOW} {flag} -J"))
+    return seen
+
+
+def both_ways_checks(seen: dict[str, str | int], body: str) -> list[tuple[bool, str]]:
+    """Each of :func:`both_ways`' applications, each way: ping lost nothing, curl got ``body``, iperf3's
+    receiver counted at least IPERF3_FLOOR bytes."""
+    checks = []
+    for way in WAYS:
+        ping, curl, iperf3 = seen.get(f"ping {way}", ""), seen.get(f"curl {way}", ""), seen.get(f"iperf3 {way}", 0)
+        checks += [(" 0% packet loss" in str(ping), f"ping {way}: {str(ping).strip()[-120:] or 'no output'}"),
+                   (str(curl).strip() == body, f"curl {way} did not fetch the marker file"),
+                   (int(iperf3) >= IPERF3_FLOOR, f"iperf3 {way}: the receiver counted {iperf3} bytes, "
+                                                 f"under {IPERF3_FLOOR}")]
+    return checks
 
 
 def wait_for_child(agent, timeout: float = 15) -> bool:

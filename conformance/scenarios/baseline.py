@@ -8,7 +8,8 @@ source, NAT-keepalives, every ESP ICV good with the keys the agents logged) and 
 
 - BASE-NATT: natlab's agent on h1 initiates to natlab's agent on srv1;
 - BASE-SWAN: natlab's agent on h1 initiates to strongSwan's charon (kernel-libipsec) on srv1, a peer
-  nobody here wrote, which must also log the NAT and install a TUNNEL-in-UDP CHILD_SA;
+  nobody here wrote, which must also log the NAT and install a TUNNEL-in-UDP CHILD_SA; unmodified ping,
+  curl and iperf3 cross the tunnel started from either side;
 - CTRL-NONAT: the same two natlab agents with r1 a plain switch (no NAT): NAT-D finds none, ESP
   stays raw, and the ESP-in-UDP judges must fail for exactly that reason while curl still works.
 
@@ -18,8 +19,8 @@ These replace the three tests of tests/testbed/test_natt_live.py that checked th
 
 from __future__ import annotations
 
+import json
 import secrets
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,16 @@ from conformance import apps
 from conformance.bench import PlainForwarding
 from conformance.context import Context, Record
 from conformance.evidence import captures
-from conformance.natt_peers import PSK, NattWire, natt_checks, natt_wire, wait_for_child, write_config
+from conformance.natt_peers import (
+    PSK,
+    NattWire,
+    both_ways,
+    both_ways_checks,
+    natt_checks,
+    natt_wire,
+    wait_for_child,
+    write_config,
+)
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
 from netwire.plan import server_ip
@@ -49,6 +59,7 @@ class NattRun:
     exits: dict[str, int | None] = field(default_factory=dict)
     peer_log: list[str] = field(default_factory=list)  # lines of the peer's own log that the judge needs
     evidence: list[Path] = field(default_factory=list)
+    apps: list[tuple[bool, str]] = field(default_factory=list)  # further application checks (ping, iperf3)
 
 
 def _marker_root(folder: Path) -> tuple[Path, bytes]:
@@ -59,12 +70,10 @@ def _marker_root(folder: Path) -> tuple[Path, bytes]:
     return www, marker
 
 
-def _fetch(h1, srv1, www: Path, marker: bytes, server: str, source: str | None = None) -> bool:
+def _fetch(h1, srv1, www: Path, marker: bytes, server: str) -> bool:
     """Unmodified curl on h1 fetching the marker file from http.server on srv1 (at ``server``)."""
-    serve = [sys.executable, "-m", "http.server", str(HTTP_PORT), "--bind", server, "--directory", str(www)]
-    interface = f"--interface {source} " if source else ""
-    with apps.Service(srv1, serve, settle=0.8):
-        body = h1.cmd(f"curl -s --max-time 10 {interface}http://{server}:{HTTP_PORT}/secret.txt")
+    with apps.web_server(srv1, server, www, HTTP_PORT):
+        body = h1.cmd(f"curl -s --max-time 10 http://{server}:{HTTP_PORT}/secret.txt")
     return body.encode().strip() == marker * 200
 
 
@@ -100,7 +109,7 @@ def run_strongswan(tb, folder: Path) -> NattRun:
                 initiator = stack.enter_context(AgentProcess(
                     h1, write_config(folder, "h1", keepalive=KEEPALIVE_S, inner=True), folder / "agent-h1"))
                 sas = installed_sas(srv1, charon) if wait_for_child(initiator) else ""
-                fetched = bool(sas) and _fetch(h1, srv1, www, marker, INNER["srv1"], INNER["h1"])
+                seen = both_ways(h1, srv1, www, INNER["h1"], INNER["srv1"]) if sas else {}
                 time.sleep(KEEPALIVE_S + 1.5)
                 exits = {"h1": initiator.stop()}
             stack.close()  # charon stopped: its log is complete
@@ -112,8 +121,10 @@ def run_strongswan(tb, folder: Path) -> NattRun:
         [line for line in sas.splitlines() if "TUNNEL-in-UDP" in line]
     wire = natt_wire(pcaps["srv1-eth0"], initiator.run_dir, marker)
     (folder / "swanctl-list-sas.txt").write_text(sas or tail(charon.log))
-    return NattRun(fetched, wire, exits, said, [pcaps["srv1-eth0"], initiator.log, charon.log,
-                                                 folder / "swanctl-list-sas.txt"])
+    (folder / "apps.json").write_text(json.dumps(seen, indent=1))
+    return NattRun(str(seen.get("curl h1->srv1", "")).strip().encode() == marker * 200, wire, exits, said,
+                   [pcaps["srv1-eth0"], initiator.log, charon.log, folder / "swanctl-list-sas.txt",
+                    folder / "apps.json"], apps=both_ways_checks(seen, (marker * 200).decode()))
 
 
 # ----------------------------------------------------------------------------- judges
@@ -121,11 +132,12 @@ def run_strongswan(tb, folder: Path) -> NattRun:
 
 def judge_natt(rec: Record, behaviour: str, name: str, run: NattRun, peer: str) -> ScenarioResult:
     """BASE-NATT / BASE-SWAN: curl fetched the marker, every capture judge of NAT-T holds, the agents exited 0."""
-    checks = [(run.fetched, "curl did not fetch the marker file across the tunnel")]
+    checks = [(run.fetched, "curl did not fetch the marker file across the tunnel"), *run.apps]
     checks += natt_checks(run.wire)
     checks += [(code == 0, f"{side}'s agent exited {code}") for side, code in run.exits.items()]
     w = run.wire
-    positive = (f"curl fetched the marker from {peer}; srv1's wire: {w.esp_in_udp_to_srv1} ESP-in-UDP to srv1, "
+    crossed = "curl fetched the marker" + (", ping and iperf3 crossed both ways" if run.apps else "")
+    positive = (f"{crossed} from {peer}; srv1's wire: {w.esp_in_udp_to_srv1} ESP-in-UDP to srv1, "
                 f"{w.esp_in_udp_from_srv1} from it, {w.keepalives} keepalives, tshark {w.icv_good} ICVs good")
     return rec.result(behaviour, name, checks, positive, f"{w.raw_esp} raw ESP, {w.private_sources} private sources, "
                       f"{w.icv_bad} bad ICVs, marker in clear: {w.marker_seen}", extra_evidence=run.evidence)

@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from client_agent.agent_cli import AgentProcess
@@ -102,41 +98,3 @@ def spi_owners(agents: list[AgentProcess]) -> dict[int, str]:
             spi = int(line.split(",")[3].strip('"'), 16)
             owners[spi] = agent.run_dir.name.removeprefix("agent-")
     return owners
-
-
-@contextmanager
-def serving(host, argv: list[str], address: str, port: int, timeout: float = 10.0) -> Iterator[None]:
-    """A server process in ``host``, the block entered only once ``address:port`` is listening: a fixed
-    settle time loses the first connection whenever the machine is busy. Its output goes to a log whose
-    tail a failure shows."""
-    with tempfile.TemporaryFile() as log:
-        proc = host.popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + timeout
-            while f"{address}:{port}" not in host.cmd(f"ss -Hltn src {address}"):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise AssertionError(f"{argv} in {host.name} never listened on {address}:{port} (exit "
-                                         f"{proc.poll()}): {log.read()[-1500:].decode(errors='replace')}")
-                time.sleep(0.05)
-            yield
-        finally:
-            proc.terminate()
-            proc.wait(timeout=5)
-
-
-# http.server's HTTPServer.server_bind asks for the bound address's FQDN (a reverse DNS lookup) before it
-# listens; in a client behind the NAT that query dies silently at r1 and the server stays deaf for the
-# resolver's timeouts (measured: not listening after 10 s in h1). The same server, named by its address.
-_HTTP = ("import functools, http.server as h, socketserver, sys\n"
-         "class Server(h.ThreadingHTTPServer):\n"
-         "    def server_bind(self):\n"
-         "        socketserver.TCPServer.server_bind(self)\n"
-         "        self.server_name, self.server_port = self.server_address[:2]\n"
-         "handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[3])\n"
-         "Server((sys.argv[1], int(sys.argv[2])), handler).serve_forever()\n")
-
-
-def web_server(host, address: str, www: Path, port: int = 8000):
-    """Python's http.server serving ``www`` on ``address:port`` in ``host``, without the reverse lookup."""
-    return serving(host, [sys.executable, "-c", _HTTP, address, str(port), str(www)], address, port)

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from conformance.apps import web_server
+from conformance.natt_peers import both_ways, both_ways_checks
 from conformance.oracles import tshark_summary, tshark_verdicts
 from netwire.plan import global_ips
 from tests.testbed.natt_fixtures import (
     curls_at_once,
     natt_rows,
     server_config,
-    serving,
     spi_owners,
     start_agent,
     start_clients,
-    web_server,
 )
 from tests.testbed.test_ike_agents_live import wait_for_child
 from tests.testbed.test_ipsec_live import web_root
@@ -160,38 +160,6 @@ def assert_newest_sa_takes_the_selector(outcome: dict) -> None:
 
 # --- strongSwan initiating NAT-T to natlab's agent (issue 15 item 3) --------------------------------------------
 
-# iperf3 -n stops once 2 MiB are written, and the receiver reports what it had read by then: all but what
-# was still in the sender's socket buffer or unread in the receiver's. With autotuned buffers that was
-# anything from 1.0 to 1.4 MB (fresh-clone CI run 7: 1,004,672 bytes); -w 64K caps both buffers at 128 KiB
-# (the kernel doubles SO_SNDBUF/SO_RCVBUF), so at least 2 MiB - 256 KiB must have arrived.
-IPERF3_WINDOW, IPERF3_FLOOR = "64K", 2 * 1024 * 1024 - 256 * 1024
-
-
-def iperf3_bytes(out: str) -> int:
-    """What iperf3 -J says the receiving side got (0 when it printed no report)."""
-    try:
-        return int(json.loads(out[out.index("{"):])["end"]["sum_received"]["bytes"])
-    except (ValueError, KeyError):
-        return 0
-
-
-def both_ways(h1, srv1, www: Path, h1_inner: str, srv1_inner: str) -> dict[str, object]:
-    """Unmodified ping, curl and iperf3 between the inner addresses, each started from either side."""
-    out: dict[str, object] = {
-        "ping h1->srv1": h1.cmd(f"ping -c 3 -W 2 -I {h1_inner} {srv1_inner}"),
-        "ping srv1->h1": srv1.cmd(f"ping -c 3 -W 2 -I {srv1_inner} {h1_inner}"),
-    }
-    for server, client, there, here in ((srv1, h1, srv1_inner, h1_inner), (h1, srv1, h1_inner, srv1_inner)):
-        with web_server(server, there, www):
-            out[f"curl {client.name}->{server.name}"] = client.cmd(
-                f"curl -s --max-time 10 --interface {here} http://{there}:8000/secret.txt")
-    with serving(srv1, ["iperf3", "-s", "-B", srv1_inner], srv1_inner, 5201):
-        for flag, way in (("", "h1->srv1"), ("-R", "srv1->h1")):
-            out[f"iperf3 {way}"] = iperf3_bytes(h1.cmd(f"iperf3 -c {srv1_inner} -B {h1_inner} -n 2M -w {IPERF3_WINDOW} "
-                                                        f"{flag} -J"))
-    return out
-
-
 def key_pairs(esp_sa: str) -> set[tuple[str, str, str]]:
     """(SPI, encryption key, integrity key) of every line of an ``esp_sa`` file, addresses left out."""
     fields = [[f.strip('"') for f in line.split(",")] for line in esp_sa.splitlines()]
@@ -239,11 +207,8 @@ def test_strongswan_behind_the_napt_initiates_to_natlab_and_ping_curl_iperf3_cro
     assert "initiate completed successfully" in initiated, (initiated[-2000:], _tail(charon.log))
     assert any("TUNNEL-in-UDP" in line for line in sas.splitlines()), sas
     assert "local host is behind NAT" in log, _tail(charon.log)  # the NAPT, not only libipsec's faked NAT
-    want = (marker * 200).decode()
-    assert [seen[k].count(" 0% packet loss") for k in ("ping h1->srv1", "ping srv1->h1")] == [1, 1], (seen, routes)
-    assert [str(seen[k]).strip() == want for k in ("curl h1->srv1", "curl srv1->h1")] == [True, True], seen
-    assert min(seen["iperf3 h1->srv1"], seen["iperf3 srv1->h1"]) >= IPERF3_FLOOR, \
-        {k: v for k, v in seen.items() if k.startswith("iperf3")}
+    failed = [text for ok, text in both_ways_checks(seen, (marker * 200).decode()) if not ok]
+    assert not failed, (failed, routes)
     assert not status["counters"]["drops"], status["counters"]
     swan_keys = tmp_path / "charon-keys"
     swan_keys.mkdir()

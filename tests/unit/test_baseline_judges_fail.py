@@ -67,6 +67,24 @@ def test_strongswan_judge_needs_charons_own_account_of_the_nat_and_the_encapsula
     assert judge_strongswan(_record(tmp_path), _run(RAW, peer_log=said)).verdict == "fail"
 
 
+def test_strongswan_judge_fails_when_ping_or_iperf3_fails_either_way(tmp_path):
+    """BASE-SWAN runs ping, curl and iperf3 started from either side: each of both_ways_checks' failures fails it."""
+    from conformance.natt_peers import IPERF3_FLOOR, WAYS, both_ways_checks
+
+    said = ["09[IKE] remote host is behind NAT", "  natlab: #1, reqid 1, INSTALLED, TUNNEL-in-UDP, ESP:AES_GCM_16-128"]
+    seen: dict[str, str | int] = {}
+    for way in WAYS:
+        seen |= {f"ping {way}": "3 packets transmitted, 3 received, 0% packet loss", f"curl {way}": "m" * 10,
+                 f"iperf3 {way}": IPERF3_FLOOR}
+    assert judge_strongswan(_record(tmp_path), _run(peer_log=said, apps=both_ways_checks(seen, "m" * 10))).verdict \
+        == "pass"
+    for key, broken in [(f"ping {WAYS[1]}", "3 packets transmitted, 2 received, 33% packet loss"),
+                        (f"curl {WAYS[1]}", ""), (f"iperf3 {WAYS[0]}", IPERF3_FLOOR - 1)]:
+        result = judge_strongswan(_record(tmp_path), _run(peer_log=said, apps=both_ways_checks(seen | {key: broken},
+                                                                                              "m" * 10)))
+        assert result.verdict == "fail" and key.split()[0] in result.reason, (key, result.reason)
+
+
 def test_no_nat_control_passes_only_for_raw_esp_with_the_application_working(tmp_path):
     ok = judge_no_nat(_record(tmp_path), _run(RAW))
     assert ok.control and ok.verdict == "pass", ok.reason

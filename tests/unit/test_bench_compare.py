@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from conformance import bench_compare as bc
 from conformance.plots import compare
 from netwire.plan import server_ip
@@ -58,3 +60,13 @@ def test_iperf3_output_without_json_is_an_error_not_a_figure():
 
     got = bc.iperf3(Host(), server_ip(1), None, seconds=1)
     assert got["bps"] == 0.0 and "unable to connect" in got["error"]
+
+
+def test_rounds_below_one_are_refused_with_the_value_named(capsys):
+    parser = argparse.ArgumentParser()
+    bc.add_arguments(parser)
+    assert parser.parse_args(["--rounds", "3"]).rounds == 3
+    for bad in ("0", "-1", "two"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--rounds", bad])
+        assert f"rounds {bad!r}" in capsys.readouterr().err
