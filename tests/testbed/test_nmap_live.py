@@ -21,6 +21,8 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from client_agent.agent_cli import AgentProcess
+from client_agent.ike.registry import IKE_PORT
+from client_agent.ipsec.udpencap import NATT_PORT
 from conformance import apps
 from conformance.evidence import captures
 from conformance.matrix import CELLS, behind_nat, clients
@@ -31,7 +33,6 @@ from tests.testbed.services import probe_service
 
 CLIENTS, GLOBALS = 3, 2
 SRV1, SCANNER_IP = server_ip(1), server_ip(2)
-ISAKMP_PORT, NAT_T_PORT = 500, 4500  # RFC 7296 2.23
 TOP_UDP = 100  # nmap's --top-ports for UDP, read from its own nmap-services
 NMAP_SERVICES = Path("/usr/share/nmap/nmap-services")
 MARK_PORT = 9  # discard: where each client sends its end-of-capture marker (to the next client, on s1)
@@ -40,7 +41,7 @@ OPENED_PORT = 8080  # the control's listener on h1
 
 
 def base_udp_ports() -> list[int]:
-    return sorted({ISAKMP_PORT, NAT_T_PORT, SERVER_PORT, *top_udp_ports(NMAP_SERVICES.read_text(), TOP_UDP)})
+    return sorted({IKE_PORT, NATT_PORT, SERVER_PORT, *top_udp_ports(NMAP_SERVICES.read_text(), TOP_UDP)})
 
 
 def scan(tb, folder: Path, name: str, udp_ports: list[int]) -> list[HostReport]:

@@ -12,8 +12,6 @@ import random
 import sqlite3
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
@@ -21,8 +19,8 @@ from nat_app import state
 from nat_app.config import NatConfig
 from nat_app.store import Store
 from netwire.ipv4 import IPPROTO_TCP
-from tests.unit.test_lease_server import OUT, SRV1, esp_payload, mac, server_sends
-from tests.unit.test_persistence import CONFIG, IN, T0, busy_switch, restarted, tcp_from
+from tests.unit.test_lease_server import SRV1, esp_payload, mac, server_sends
+from tests.unit.test_persistence import CONFIG, IN, T0, busy_switch, server_tcp, tcp_from
 
 
 def held_after(journal: state.Journal, core, held: dict) -> int:
@@ -36,14 +34,6 @@ def held_after(journal: state.Journal, core, held: dict) -> int:
 
 def full_view(core) -> dict:
     return json.loads(json.dumps(state.export(core)))
-
-
-def server_tcp(sw, dst_port: int, flags: str, now: float) -> None:
-    """The server's segment to the global address of the connection from ``dst_port`` (through r1)."""
-    entry = next(e for e in sw.core.table if e.protocol == IPPROTO_TCP and e.private_gpn == dst_port)
-    frame = Ether(src="00:00:00:00:01:00", dst="02:4e:41:54:00:02") / IP(src=SRV1, dst=entry.global_ip) / TCP(
-        sport=80, dport=entry.global_gpn, flags=flags)
-    sw.receive(OUT, bytes(frame), now)
 
 
 def test_a_new_connection_is_journalled_without_walking_the_table(monkeypatch):
@@ -109,46 +99,6 @@ def test_changes_made_to_entries_by_any_path_are_journalled():
 def tcp_from_flags(ip: str, sport: int, flags: str) -> bytes:
     return bytes(Ether(src=mac(ip), dst="02:4e:41:54:00:01") / IP(src=ip, dst=SRV1) / TCP(sport=sport, dport=80,
                                                                                         flags=flags))
-
-
-EVENTS = st.lists(st.tuples(st.sampled_from(["connect", "synack", "fin", "idle", "lease", "release", "esp",
-                                             "tick", "restart"]),
-                            st.integers(1, 3), st.integers(0, 40)), min_size=1, max_size=25)
-
-
-@settings(max_examples=40, deadline=None)
-@given(EVENTS)
-def test_after_every_event_the_journal_holds_what_a_full_export_holds(events):
-    sw, clients, spis = busy_switch()
-    journal, held, now = state.Journal(), {}, T0
-    for kind, who, n in events:
-        now += 1 + n
-        _event(sw, clients, spis, kind, who, n, now)
-        held_after(journal, sw.core, held)
-        assert held == full_view(sw.core), kind
-
-
-def _event(sw, clients, spis, kind: str, who: int, n: int, now: float) -> None:
-    tcp = sorted(e.private_gpn for e in sw.core.table if e.protocol == IPPROTO_TCP and e.private_gpn >= 30000)
-    if kind == "connect":
-        sw.receive(IN, tcp_from(f"10.0.0.{who}", 30000 + n), now)
-    elif kind in ("synack", "fin") and tcp:
-        server_tcp(sw, tcp[n % len(tcp)], "SA" if kind == "synack" else "FA", now)
-    elif kind == "idle" and tcp:
-        entry = next(e for e in sw.core.table if e.private_gpn == tcp[n % len(tcp)])
-        sw.remove_flow(entry.id, now)
-    elif kind == "lease":
-        clients[who - 1].lease(50, nonce=bytes([who, n]) * 6, now=now)
-    elif kind == "release":
-        clients[who - 1].lease(50, nonce=bytes([who]) * 12, lifetime=0, now=now)
-    elif kind == "esp":
-        server_sends(sw, 50, esp_payload(spis[who - 1]), sw.core.config.globals[0])
-    elif kind == "tick":
-        sw.apply(sw.core.tick(now + 600 * n), now)
-    elif kind == "restart":
-        restarted(sw, now)
-        for c in clients:
-            c.sw = sw
 
 
 def test_a_core_without_a_journal_keeps_no_growing_record_of_changes():

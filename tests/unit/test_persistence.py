@@ -23,6 +23,7 @@ from nat_app.decide import NatCore
 from nat_app.messages import COOKIE_INFRA, DeleteFlows, PacketOut
 from nat_app.reconcile import ALL_HOSTS, ALL_HOSTS_MAC, ANNOUNCE_COUNT
 from netwire import pcp
+from netwire.ipv4 import IPPROTO_TCP
 from netwire.plan import GATEWAY_IP
 from tests.unit.test_lease_attacks import udp_out
 from tests.unit.test_lease_server import OUT, SRV1, SRV2, Client, esp_payload, mac, server_sends, switch_with
@@ -183,39 +184,60 @@ def test_the_journal_writes_what_a_full_export_would_hold_and_little_per_event()
     assert not upserts and not deletes  # the full comparison finds nothing the journal missed
 
 
-EVENTS = st.lists(st.tuples(st.sampled_from(["connect", "idle", "lease", "release", "tick", "restart"]),
+EVENTS = st.lists(st.tuples(st.sampled_from(["connect", "synack", "fin", "idle", "lease", "release", "esp",
+                                             "tick", "restart"]),
                             st.integers(1, 3), st.integers(0, 40)), min_size=1, max_size=25)
 
 
 @settings(max_examples=40, deadline=None)
 @given(EVENTS)
 def test_any_sequence_of_events_saved_by_the_journal_restores_to_the_same_state(events):
-    """Whatever happened, what the store holds rebuilds a core equal to the live one, restart after restart."""
-    sw, clients, _ = busy_switch()
-    journal, held = state.Journal(), {}
-    now = T0
+    """Whatever happened, after every event the journal's rows are what a full export holds, and they rebuild a
+    core equal to the live one, restart after restart."""
+    sw, clients, spis = busy_switch()
+    journal, held, now = state.Journal(), {}, T0
     for kind, who, n in events:
         now += 1 + n
-        if kind == "connect":
-            sw.receive(IN, tcp_from(f"10.0.0.{who}", 30000 + n), now)
-        elif kind == "idle" and any(e.idle_timeout for e in sw.core.table):
-            sw.remove_flow(sorted(e.id for e in sw.core.table if e.idle_timeout)[n % 2 - 1], now)
-        elif kind == "lease":
-            clients[who - 1].lease(50, nonce=bytes([who, n]) * 6, now=now)
-        elif kind == "release":
-            clients[who - 1].lease(50, nonce=bytes([who]) * 12, lifetime=0, now=now)
-        elif kind == "tick":
-            sw.apply(sw.core.tick(now + 600 * n), now)
-        elif kind == "restart":
-            restarted(sw, now)
-            for c in clients:
-                c.sw = sw
+        apply_event(sw, clients, spis, kind, who, n, now)
         upserts, deletes = journal.changes(sw.core)
-        held.update(upserts)
+        held.update(json.loads(json.dumps(upserts)))
         for key in deletes:
             del held[key]
-        assert state.export(state.restore(NatConfig(**CONFIG), json.loads(json.dumps(held)))) == \
-            json.loads(json.dumps(state.export(sw.core)))
+        live = json.loads(json.dumps(state.export(sw.core)))
+        assert held == live, kind
+        assert state.export(state.restore(NatConfig(**CONFIG), held)) == live, kind
+
+
+def server_tcp(sw, dst_port: int, flags: str, now: float) -> None:
+    """The server's segment to the global address of the connection from ``dst_port`` (through r1)."""
+    entry = next(e for e in sw.core.table if e.protocol == IPPROTO_TCP and e.private_gpn == dst_port)
+    frame = Ether(src="00:00:00:00:01:00", dst="02:4e:41:54:00:02") / IP(src=SRV1, dst=entry.global_ip) / TCP(
+        sport=80, dport=entry.global_gpn, flags=flags)
+    sw.receive(OUT, bytes(frame), now)
+
+
+def apply_event(sw, clients, spis, kind: str, who: int, n: int, now: float) -> None:
+    """One of EVENTS' kinds, by client ``who`` with number ``n``: what the journal and the store must follow."""
+    tcp = sorted(e.private_gpn for e in sw.core.table if e.protocol == IPPROTO_TCP and e.private_gpn >= 30000)
+    if kind == "connect":
+        sw.receive(IN, tcp_from(f"10.0.0.{who}", 30000 + n), now)
+    elif kind in ("synack", "fin") and tcp:
+        server_tcp(sw, tcp[n % len(tcp)], "SA" if kind == "synack" else "FA", now)
+    elif kind == "idle" and tcp:
+        entry = next(e for e in sw.core.table if e.private_gpn == tcp[n % len(tcp)])
+        sw.remove_flow(entry.id, now)
+    elif kind == "lease":
+        clients[who - 1].lease(50, nonce=bytes([who, n]) * 6, now=now)
+    elif kind == "release":
+        clients[who - 1].lease(50, nonce=bytes([who]) * 12, lifetime=0, now=now)
+    elif kind == "esp":
+        server_sends(sw, 50, esp_payload(spis[who - 1]), sw.core.config.globals[0])
+    elif kind == "tick":
+        sw.apply(sw.core.tick(now + 600 * n), now)
+    elif kind == "restart":
+        restarted(sw, now)
+        for c in clients:
+            c.sw = sw
 
 
 # ------------------------------------------------ what the lease server's hardening holds (issue 9 part 1)
