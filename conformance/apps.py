@@ -73,6 +73,24 @@ def ping(host, dst: str, count: int = 3) -> tuple[int, int]:
     return (int(match.group(1)), int(match.group(2))) if match else (count, 0)
 
 
+# TCP states in which a host still waits for its peer to acknowledge a FIN (RFC 9293 section 3.3.2)
+UNACKNOWLEDGED_FIN = ("fin-wait-1", "closing", "last-ack")
+
+
+def closes_acknowledged(host, timeout: float = 3.0) -> bool:
+    """Until no TCP connection of ``host`` waits for its FIN to be acknowledged (False at ``timeout``).
+
+    curl exits once it has sent its FIN; stopping the IPsec agents at that moment can drop the peer's
+    ACK, and the kernel then retransmits the FIN in clear over a path with no SA (fresh-clone CI run 8)."""
+    states = " ".join(f"state {name}" for name in UNACKNOWLEDGED_FIN)
+    deadline = time.monotonic() + timeout
+    while host.cmd(f"ss -Htn {states}").strip():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def probe(host, *args: str | int | float) -> dict:
     """Run ``python -m conformance.probes ARGS`` in ``host``; its JSON answer."""
     argv = " ".join(str(a) for a in args)

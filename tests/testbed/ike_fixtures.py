@@ -40,6 +40,7 @@ def ike_agents(h1, srv1, h1_config: Path, srv1_config: Path, folder: Path) -> It
         wait_for_child(initiator)
         wait_for_child(responder)
         yield initiator, responder
+        assert all(apps.closes_acknowledged(host) for host in (h1, srv1)), "a TCP close was never acknowledged"
         for agent in (initiator, responder):
             assert agent.stop() == 0, agent.log_tail()
 
