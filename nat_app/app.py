@@ -19,7 +19,6 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from os_ken.base import app_manager
@@ -48,7 +47,7 @@ FULL_SAVE_EVERY = 30  # ticks: compare the whole state with the file (a safety n
 MAX_CLOCK_FAILURES = 3  # consecutive failed ticks before the controller ends itself
 EXIT_SOFTWARE = 70  # sysexits.h EX_SOFTWARE: an internal error ended the controller
 _FAILED = object()
-COUNTERS_WAIT_S = 2.0  # how long a ``table`` answer waits for r1's flow counters (then it has the last ones)
+FLOW_STATS_EVERY = 2  # ticks: how often r1's flow counters are read for the fast-path figures
 LOG = logging.getLogger("natlab.nat")
 
 
@@ -66,15 +65,6 @@ def guarded(handler):
             return _FAILED
 
     return run
-
-
-@dataclass
-class _Counting:
-    """One read of r1's flow counters: its request's xid, the totals of the parts so far, set when complete."""
-
-    xid: int
-    totals: dict[str, int]
-    done: Any  # os-ken's hub.Event
 
 
 class NatApp(app_manager.OSKenApp):
@@ -100,7 +90,6 @@ class NatApp(app_manager.OSKenApp):
         self.datapath: Any = None  # r1's os-ken Datapath (os-ken is untyped)
         self.access: Any = None  # s1's datapath
         self.fast_path: dict[str, int] = {}  # packets counted by r1's flows, by priority band
-        self._counting: _Counting | None = None  # the flow-stats read under way, if any
         self._server = _bind_control_socket(self.config.control_socket)
         self.threads.append(hub.spawn(self._clock))
         self.threads.append(hub.spawn(self._serve_control))
@@ -247,16 +236,12 @@ class NatApp(app_manager.OSKenApp):
         if self._reconcile is not None and ev.msg.xid == self._reconcile[0]:
             self._reconcile_reply(ev.msg)
             return
-        reading = self._counting
-        if reading is None or ev.msg.xid != reading.xid:  # a stale reply: a later request superseded it
-            return
+        totals: dict[str, int] = {}
         for stat in ev.msg.body:
             band = priority_band(stat.priority)
-            reading.totals[band] = reading.totals.get(band, 0) + stat.packet_count
-        if not ev.msg.flags & self.datapath.ofproto.OFPMPF_REPLY_MORE:
-            with self.lock:
-                self.fast_path, self._counting = reading.totals, None
-            reading.done.set()
+            totals[band] = totals.get(band, 0) + stat.packet_count
+        with self.lock:
+            self.fast_path = totals
 
     def _reconcile_reply(self, msg) -> None:
         """r1's flows, possibly in several parts; the last part lets the core reconcile (nat_app/reconcile.py)."""
@@ -338,6 +323,9 @@ class NatApp(app_manager.OSKenApp):
                 self._release_announces()  # no s1 came: no SAVI in front of r1
             if self.store is not None and self.ready and n % FULL_SAVE_EVERY == 0:
                 self._save(full=True)
+            if self.ready and n % FLOW_STATS_EVERY == 0:
+                parser = self.datapath.ofproto_parser
+                self.datapath.send_msg(parser.OFPFlowStatsRequest(self.datapath))
 
     def _serve_control(self) -> None:
         """Accept control connections; a failure here other than the socket closing ends the controller."""
@@ -360,35 +348,12 @@ class NatApp(app_manager.OSKenApp):
         with conn:
             try:
                 conn.settimeout(5)
-                request = json.loads(conn.makefile("rb").readline())
-                if isinstance(request, dict) and request.get("op") == "table":
-                    self._read_counters()
-                answer = self._handle(request)
+                line = conn.makefile("rb").readline()
+                answer = self._handle(json.loads(line))
             except (OSError, ValueError) as exc:
                 answer = {"error": f"bad control request: {exc}"}
             with contextlib.suppress(OSError):
                 conn.sendall(json.dumps(answer).encode() + b"\n")
-
-    def _read_counters(self) -> None:
-        """Read r1's flow counters for a ``table`` answer, waiting up to COUNTERS_WAIT_S for every part.
-
-        Only when asked: os-ken parses every flow of the reply into objects in the loop that also takes
-        the packet-ins (170-190 us per flow, ``natlab bench nat-core``), and a read every 2 s spent that
-        on figures nobody looked at. A read that never completes (r1 reconnected) is dropped, so the
-        next answer asks again instead of waiting on it."""
-        with self.lock:
-            if self.datapath is None or not self.ready:
-                return
-            if self._counting is None:
-                request = self.datapath.ofproto_parser.OFPFlowStatsRequest(self.datapath)
-                self.datapath.set_xid(request)
-                self._counting = _Counting(request.xid, {}, hub.Event())
-                self.datapath.send_msg(request)
-            reading = self._counting
-        if not reading.done.wait(timeout=COUNTERS_WAIT_S):
-            with self.lock:
-                if self._counting is reading:
-                    self._counting = None
 
     def _handle(self, req: dict) -> dict:
         op = req.get("op") if isinstance(req, dict) else None
