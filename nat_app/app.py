@@ -104,17 +104,20 @@ class NatApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     @guarded
     def _switch_features(self, ev) -> None:
-        dp = ev.msg.datapath
-        if dp.id == self.savi.savi.dpid:
-            LOG.info("s1 (access switch, SAVI) connected: dpid=%016x; reading its flows to reconcile", dp.id)
+        """Which switch this is, by the datapath id its features reply names: ``Datapath.id`` is set by
+        os-ken's own handler, in another app's thread, and was still None here once (fresh-clone CI run 11:
+        with no ``dpid`` configured, s1 would then have been taken for r1)."""
+        dp, dpid = ev.msg.datapath, ev.msg.datapath_id
+        if dpid == self.savi.savi.dpid:
+            LOG.info("s1 (access switch, SAVI) connected: dpid=%016x; reading its flows to reconcile", dpid)
             with self.lock:
                 self.access, self.s1_ready = dp, False
                 self._s1_reconcile = (self._request_flows(dp), [])
             return
-        if self.config.dpid is not None and dp.id != self.config.dpid:
-            LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dp.id, self.config.dpid)
+        if self.config.dpid is not None and dpid != self.config.dpid:
+            LOG.warning("ignoring switch dpid=%016x (r1 is %016x)", dpid, self.config.dpid)
             return
-        LOG.info("r1 connected: dpid=%016x; reading its flows to reconcile", dp.id)
+        LOG.info("r1 connected: dpid=%016x; reading its flows to reconcile", dpid)
         with self.lock:
             self.datapath, self.ready = dp, False
             self._reconcile = (self._request_flows(dp), [])

@@ -38,7 +38,7 @@ class CeilingApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     def _features(self, ev) -> None:
         dp = ev.msg.datapath
-        if dp.id != R1_DPID:
+        if ev.msg.datapath_id != R1_DPID:  # dp.id is os-ken's handler's to set, in another thread (nat_app/app.py)
             return
         parser, ofp = dp.ofproto_parser, dp.ofproto
         dp.send_msg(parser.OFPFlowMod(dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
