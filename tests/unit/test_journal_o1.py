@@ -20,20 +20,7 @@ from nat_app.config import NatConfig
 from nat_app.store import Store
 from netwire.ipv4 import IPPROTO_TCP
 from tests.unit.test_lease_server import SRV1, esp_payload, mac, server_sends
-from tests.unit.test_persistence import CONFIG, IN, T0, busy_switch, server_tcp, tcp_from
-
-
-def held_after(journal: state.Journal, core, held: dict) -> int:
-    """Apply the journal's changes to ``held`` (as the store would); the rows written."""
-    upserts, deletes = journal.changes(core)
-    held.update(json.loads(json.dumps(upserts)))
-    for key in deletes:
-        del held[key]
-    return len(upserts) + len(deletes)
-
-
-def full_view(core) -> dict:
-    return json.loads(json.dumps(state.export(core)))
+from tests.unit.test_persistence import CONFIG, IN, T0, busy_switch, full_view, held_after, server_tcp, tcp_from
 
 
 def test_a_new_connection_is_journalled_without_walking_the_table(monkeypatch):

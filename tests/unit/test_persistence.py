@@ -199,13 +199,23 @@ def test_any_sequence_of_events_saved_by_the_journal_restores_to_the_same_state(
     for kind, who, n in events:
         now += 1 + n
         apply_event(sw, clients, spis, kind, who, n, now)
-        upserts, deletes = journal.changes(sw.core)
-        held.update(json.loads(json.dumps(upserts)))
-        for key in deletes:
-            del held[key]
-        live = json.loads(json.dumps(state.export(sw.core)))
+        held_after(journal, sw.core, held)
+        live = full_view(sw.core)
         assert held == live, kind
         assert state.export(state.restore(NatConfig(**CONFIG), held)) == live, kind
+
+
+def held_after(journal: state.Journal, core, held: dict) -> int:
+    """Apply the journal's changes to ``held`` (as the store would); the rows written."""
+    upserts, deletes = journal.changes(core)
+    held.update(json.loads(json.dumps(upserts)))
+    for key in deletes:
+        del held[key]
+    return len(upserts) + len(deletes)
+
+
+def full_view(core) -> dict:
+    return json.loads(json.dumps(state.export(core)))
 
 
 def server_tcp(sw, dst_port: int, flags: str, now: float) -> None:
