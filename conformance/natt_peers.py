@@ -23,13 +23,14 @@ from conformance.apps import serving, web_server
 from conformance.evidence import read_pcap
 from conformance.oracles import tshark_summary, tshark_verdicts
 from netwire.ipv4 import IPPROTO_ESP
-from netwire.plan import INSIDE_NET, client_ip, server_ip
+from netwire.plan import INSIDE_NET, client_ip, global_ips, server_ip
 from topo.charon import INNER
 
 PSK = "natlab NAT-T baseline pre-shared key"
 IKE_PROPOSAL = "aes128-sha256-modp2048"
 ESP_PROPOSAL = "aes128gcm16"  # AES-GCM-128 (RFC 4106), what every variant of the comparison uses
 TUN_MTU = 1400  # libipsec's ipsec0 MTU: every variant's inner MTU, so that all carry the same packets
+NAT_ADDRESS = global_ips(1)[0]  # the clients' address as srv1 sees it, through the NAPT or the classic NAT
 
 
 def agent_config(side: str, *, keepalive: float, inner: bool = False, mtu: int = TUN_MTU, mode: str = "tunnel",
@@ -45,12 +46,13 @@ def agent_config(side: str, *, keepalive: float, inner: bool = False, mtu: int =
     other = "h1" if side == "srv1" else "srv1"
     mine, theirs = (INNER[side], INNER[other]) if inner else (own, server_ip(1) if other == "srv1" else client_ip(1))
     remote = f"{theirs}/32" if side != "srv1" or clients == 1 else INSIDE_NET
+    route = f"{NAT_ADDRESS}/32" if side == "srv1" and mode == "transport" and not inner else remote
     if side == "srv1":
         ike = 'role = "responder"\n' + ('remote_id = "h1.natlab"\n' if clients == 1 else "")
     else:
         ike = f'role = "initiator"\npeer = "{server_ip(1)}"\nremote_id = "srv1.natlab"\n'
     child = f'ah = ["{ah}"]\n' if ah else f'esp = ["{esp}"]\n'
-    return (f'[agent]\nname = "{side}"\nroutes = ["{remote}"]\naddress = "{own}"\nmtu = {mtu}\n\n'
+    return (f'[agent]\nname = "{side}"\nroutes = ["{route}"]\naddress = "{own}"\nmtu = {mtu}\n\n'
             f'[ike]\n{ike}local_id = "{side}.natlab"\npsk = "{PSK}"\nproposals = ["{IKE_PROPOSAL}"]\n{child}'
             f'mode = "{mode}"\nlocal_ts = ["{mine}/32"]\nremote_ts = ["{remote}"]\nkeepalive = {keepalive:g}\n')
 

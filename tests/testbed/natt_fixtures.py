@@ -8,7 +8,6 @@ NAT's global address into its TUN: behind a NAT its peers are that address (RFC 
 
 from __future__ import annotations
 
-import json
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
@@ -16,36 +15,25 @@ from pathlib import Path
 from client_agent.agent_cli import AgentProcess
 from client_agent.ipsec.udpencap import NATT_PORT
 from conformance.evidence import TSHARK_PER_PACKET, tshark_payloads_as_data
-from netwire.plan import INSIDE_NET, client_ip, global_ips, server_ip
+from conformance.natt_peers import agent_config
+from netwire.plan import server_ip
 from tests.testbed.ike_fixtures import wait_for_child
 
-SRV1, GLOBAL = server_ip(1), global_ips(1)[0]
+SRV1 = server_ip(1)
 KEEPALIVE_SECONDS = 2
-PSK = "natlab NAT-T example pre-shared key"
 # tshark's view of one UDP-encapsulated ESP packet; the first occurrence of each field (the outer header,
 # then what the decrypted ESP carries)
 ROW_FIELDS = ("ip.src", "ip.dst", "udp.srcport", "udp.dstport", "esp.spi", "esp.icv_good", "tcp.srcport",
               "tcp.dstport", "tcp.checksum.status", "tcp.flags.reset")
 
 
-def agent_config(name: str, routes: list[str], address: str, ike: str, mode: str) -> str:
-    """An ``[ike]`` agent proposing ESP AES-GCM in ``mode``, keepalives every KEEPALIVE_SECONDS."""
-    return (f'[agent]\nname = "{name}"\nroutes = {json.dumps(routes)}\naddress = "{address}"\n\n[ike]\n{ike}'
-            f'psk = "{PSK}"\nproposals = ["aes128-sha256-modp2048"]\nesp = ["aes128gcm16"]\nmode = "{mode}"\n'
-            f"keepalive = {KEEPALIVE_SECONDS}\n")
-
-
 def client_config(i: int, mode: str) -> str:
-    me = client_ip(i)
-    return agent_config(f"h{i}", [f"{SRV1}/32"], me, f'role = "initiator"\npeer = "{SRV1}"\nlocal_id = "h{i}.natlab"\n'
-                        f'remote_id = "srv1.natlab"\nlocal_ts = ["{me}/32"]\nremote_ts = ["{SRV1}/32"]\n', mode)
+    return agent_config(f"h{i}", keepalive=KEEPALIVE_SECONDS, mode=mode)
 
 
 def server_config(mode: str) -> str:
     """srv1 answers any client of the inside network; in transport mode its peers are the NAT's address."""
-    routes = [INSIDE_NET] if mode == "tunnel" else [f"{GLOBAL}/32"]
-    return agent_config("srv1", routes, SRV1, f'role = "responder"\nlocal_id = "srv1.natlab"\n'
-                        f'local_ts = ["{SRV1}/32"]\nremote_ts = ["{INSIDE_NET}"]\n', mode)
+    return agent_config("srv1", keepalive=KEEPALIVE_SECONDS, mode=mode, clients=3)
 
 
 def start_agent(stack: ExitStack, host, text: str, folder: Path) -> AgentProcess:
