@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from client_agent.agent_cli import AgentProcess
@@ -40,7 +41,14 @@ from conformance.context import Context, Record
 from conformance.evidence import captures, save_json, save_text
 from conformance.keying import AgentKeying, KeyingEvidence, agent_events, await_keys, ike_rows, judge_keying, key_files
 from conformance.matrix import CELLS, Cell, Client, behind_nat, clients, ike_behind_nat
-from conformance.oracles import TsharkSummary, check_cleartext_capture, tshark_summary, tshark_verdicts, verify_capture
+from conformance.oracles import (
+    TsharkSummary,
+    check_cleartext_capture,
+    read_in_parallel,
+    tshark_summary,
+    tshark_verdicts,
+    verify_capture,
+)
 from conformance.results import ScenarioResult
 from conformance.scenario import scenario
 from nat_app.gpn import GpnSpace
@@ -295,31 +303,44 @@ class Views:
 
 
 def read_views(run: CellRun, ike: bool = True) -> Views:
-    """Each capture read once per address view (SPIs tell the clients and directions apart); ``ike``: with
-    tshark's reading of the IKE on the peer's wire too (the keying judge's; the controls judge no keying)."""
+    """Each capture read once per address view (SPIs tell the clients and directions apart), the readings
+    side by side (``read_in_parallel``); ``ike``: with tshark's reading of the IKE on the peer's wire too
+    (the keying judge's; the controls judge no keying)."""
     peer_wire = run.pcaps[f"{run.cell.peer}-eth0"]
     h1_wire = run.pcaps[f"{run.members[0].name}-eth0"]
     h1 = run.members[0]
     sends = {c.name: run.sas_of(c.name, OUTBOUND) for c in run.members}
     gets = {c.name: run.sas_of(c.name, INBOUND) for c in run.members}
-    peer_seen = verify_capture(peer_wire, [sa for sas in (*sends.values(), *gets.values()) for sa in sas])
-    h1_seen = verify_capture(h1_wire, sends[h1.name] + gets[h1.name])
-    at_peer_wire, h1_wire_seen = _by_spi(peer_seen), _by_spi(h1_seen)
-    sources = {c.global_ip for c in run.members}
     ah = run.cell.protocol == "ah"  # only AH covers the addresses: the "as if" views matter for it alone
+    readings: dict[str, Callable] = {  # the largest first
+        "peer": partial(verify_capture, peer_wire, [sa for sas in (*sends.values(), *gets.values()) for sa in sas]),
+        "h1": partial(verify_capture, h1_wire, sends[h1.name] + gets[h1.name]),
+        "tun": partial(check_cleartext_capture, run.pcaps["ipsec0"])}
+    if ah:
+        readings["h1_in_as_global"] = partial(verify_capture, h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})
+        readings["h1_out_as_global"] = partial(verify_capture, h1_wire, sends[h1.name], as_if={"src": h1.global_ip})
+    else:
+        readings["tshark"] = partial(tshark_verdicts, peer_wire, _keys(run))
+    if run.cell.mode == "tunnel":
+        readings["intranet"] = partial(check_cleartext_capture, run.pcaps[f"{run.cell.peer}-eth1"])
+    if ike:
+        readings["ike"] = partial(ike_rows, run.ike_pcap or peer_wire, _keys(run))
+    got = read_in_parallel(readings)
+    at_peer_wire, h1_wire_seen = _by_spi(got["peer"]), _by_spi(got["h1"])
+    sources = {c.global_ip for c in run.members}
     return Views(
         at_peer={c.name: _pick(at_peer_wire, sends[c.name]) for c in run.members},
         peer_to_client={c.name: _pick(at_peer_wire, gets[c.name]) for c in run.members},
         h1_in=_real(_pick(h1_wire_seen, gets[h1.name])),
-        h1_in_as_global=_real(verify_capture(h1_wire, gets[h1.name], as_if={"dst": h1.global_ip})) if ah else [],
+        h1_in_as_global=_real(got["h1_in_as_global"]) if ah else [],
         h1_forged=[v for v in _pick(h1_wire_seen, gets[h1.name]) if v.seq >= FORGED_SEQ],
         h1_out=_pick(h1_wire_seen, sends[h1.name]),
-        h1_out_as_global=list(verify_capture(h1_wire, sends[h1.name], as_if={"src": h1.global_ip})) if ah else [],
-        tun=check_cleartext_capture(run.pcaps["ipsec0"]),
-        tshark=None if ah else tshark_summary(sent_by(tshark_verdicts(peer_wire, _keys(run)), sources)),
-        intranet=check_cleartext_capture(run.pcaps[f"{run.cell.peer}-eth1"]) if run.cell.mode == "tunnel" else [],
-        peer_unjudged=_unjudged(peer_seen.skipped), h1_unjudged=_unjudged(h1_seen.skipped),
-        ike_rows=ike_rows(run.ike_pcap or peer_wire, _keys(run)) if ike else [],
+        h1_out_as_global=list(got["h1_out_as_global"]) if ah else [],
+        tun=got["tun"],
+        tshark=None if ah else tshark_summary(sent_by(got["tshark"], sources)),
+        intranet=got.get("intranet", []),
+        peer_unjudged=_unjudged(got["peer"].skipped), h1_unjudged=_unjudged(got["h1"].skipped),
+        ike_rows=got.get("ike", []),
     )
 
 

@@ -10,6 +10,7 @@ oracle.
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ from client_agent.ipsec.suites import Suite, all_suites, suite
 from conformance.oracles import (
     TsharkSummary,
     check_cleartext_capture,
+    read_in_parallel,
     scapy_sa,
     transport_checksum_ok,
     tshark_summary,
@@ -357,3 +359,18 @@ def test_a_payload_that_trips_a_dissector_still_gets_its_icv_verdict(tmp_path: P
     (keys / FILENAME).write_text(esp_sa_file([sa]))
     assert tshark_summary(tshark_verdicts(pcap, keys)) == TsharkSummary(esp_icv_good=2, tcp_checksum_good=1,
                                                                       udp_checksum_good=1)
+
+
+def test_readings_side_by_side_give_what_each_gives_alone(tmp_path: Path) -> None:
+    """read_in_parallel (worker processes) returns each reading's own result, verdicts and skip counts intact."""
+    sa = client_sa(AH_SHA1)
+    pcap = write_pcap(tmp_path / "h1.pcap", [protect(p, sa, compensated=True) for p in inner_packets()])
+    readings = {"as captured": partial(verify_capture, pcap, [sa]),
+                "as if": partial(verify_capture, pcap, [sa], as_if={"src": GLOBAL}),
+                "clear": partial(check_cleartext_capture, pcap)}
+    got = read_in_parallel(readings)
+    assert list(got) == list(readings)
+    for name, reading in readings.items():
+        assert got[name] == reading(), name
+    assert got["as captured"].skipped == verify_capture(pcap, [sa]).skipped
+    assert [v.ok for v in got["as if"]] == [True, True] and not any(v.ok for v in got["as captured"])
