@@ -49,6 +49,7 @@ from client_agent.agent_config import OUTBOUND, AgentConfig, databases
 from client_agent.agent_ike_shell import IkeShell, LeasedIke
 from client_agent.agent_leases import (
     IKE_CHILD_SPIS,
+    RELEASE_GIVE_UP_S,
     LeasePlan,
     LeaseSocket,
     child_spi_label,
@@ -252,10 +253,11 @@ class Agent:
         now = time.monotonic()
         releases = leases.plan.release_all(now)
         leases.flush(now)
-        deadline = now + 1.0
+        deadline = now + RELEASE_GIVE_UP_S
         while any(not tx.done for tx in releases) and time.monotonic() < deadline:
             select.select([leases], [], [], 0.05)
             leases.pump(time.monotonic())
+            leases.tick(time.monotonic())
         log.info("agent %s: released %d leases (%d answered)", self.config.name, len(releases),
                  sum(tx.done for tx in releases))
 

@@ -35,7 +35,7 @@ Config format: client_agent/agent_config.py, [ike]: client_agent/agent_ike.py;
 examples: client_agent/examples/ (ike-*.toml keyed by IKE)."""
 EXIT_CONFIG = 2
 START_TIMEOUT_S = 20.0  # more than [nat] lease_timeout: a lease failure is reported by the agent itself
-STOP_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 10.0  # more than a release's wait for its answer (agent_leases.RELEASE_GIVE_UP_S), plus the tidying up
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

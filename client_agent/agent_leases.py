@@ -30,7 +30,17 @@ from dataclasses import dataclass
 
 from client_agent.agent_config import INBOUND, OUTBOUND, AgentConfig
 from client_agent.ipsec.sa import Protocol
-from client_agent.lease_client import Expired, Granted, LeaseClient, Refused, ServerRestarted, TimedOut, Transaction
+from client_agent.lease_client import (
+    IRT,
+    RAND,
+    Expired,
+    Granted,
+    LeaseClient,
+    Refused,
+    ServerRestarted,
+    TimedOut,
+    Transaction,
+)
 from netwire.ipv4 import IPPROTO_UDP
 from netwire.pcp import (
     AH_DEFINITION,
@@ -46,6 +56,9 @@ from netwire.pcp import (
 )
 
 log = logging.getLogger("natlab.agent")
+# a release is sent once more (RFC 6887 8.1.1: after IRT, +-RAND) and its answer awaited a second before the
+# agent stops waiting; the NAT expires what is left at the end of its lifetime
+RELEASE_GIVE_UP_S = IRT * (1 + RAND) + 1.0
 DEFINITION_OF = {int(Protocol.ESP): ESP_DEFINITION, int(Protocol.AH): AH_DEFINITION, IPPROTO_UDP: ISAKMP_DEFINITION}
 IKE_CHILD_SPIS = 4  # CHILD SPIs leased ahead per IKE peering: the first CHILD_SA and its rekeys (step 802)
 
@@ -203,7 +216,8 @@ class LeasePlan:
     def release_all(self, now: float) -> list[Transaction]:
         """Step 807: give every lease back (lifetime 0)."""
         self.releasing = True
-        releases = [self.client.release(lease, now, give_up_after=1.0) for lease in list(self.client.leases.values())]
+        releases = [self.client.release(lease, now, give_up_after=RELEASE_GIVE_UP_S)
+                    for lease in list(self.client.leases.values())]
         self._held.clear()
         return releases
 

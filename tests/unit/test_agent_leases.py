@@ -323,3 +323,19 @@ def test_release_all_leaves_the_nat_table_empty_when_answers_go_through_the_plan
     link.plan.release_all(20.0)
     link.exchange(20.0)  # as Agent._release does: LeaseSocket.pump -> plan.handle
     assert link.entries() == set()
+
+
+def test_an_unanswered_release_is_sent_again_before_the_plan_gives_up():
+    """RFC 6887 8.1.1: a request is retransmitted after IRT (3 s, +-10 %). A release that gives up sooner
+    (it gave up after 1 s) is never sent twice, so one lost datagram leaves the entry to its lifetime."""
+    link = Link(nat_switch(), agent())
+    link.start(10.0)
+    releases = link.plan.release_all(20.0)
+    first = link.plan.client.datagrams_to_send(20.0)  # lost: the NAT never sees them
+    assert len(first) == len(releases)
+    sent_again = 0
+    for now in (21.0, 22.0, 23.0, 24.0):
+        link.plan.handle(link.plan.client.handle_timer(now), now)
+        sent_again += link.exchange(now)  # as Agent._release does: LeaseSocket.tick, then pump
+    assert sent_again == len(releases)
+    assert all(tx.done for tx in releases) and link.entries() == set()
