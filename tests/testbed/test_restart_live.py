@@ -98,6 +98,7 @@ def test_a_controller_killed_under_traffic_loses_no_connection_no_lease_no_entry
         tb.controller.restart(kill=True)
         restart_s = time.monotonic() - started
         after = entries(tb)
+        (tmp_path / "h3-tcp-at-restart.txt").write_text(tb.host("h3").cmd("ss -tin"))  # rto, backoff, unacked
         assert after == before, f"lost {before - after}, new {after - before}"
         assert tb.table()["state"].startswith("restored")
         napt_bytes, fast_bytes, slow_bytes = interval_bytes(napt), interval_bytes(fast), interval_bytes(slow)
