@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from client_agent.agent_config import AgentConfig, parse
-from client_agent.agent_leases import LeasePlan, Wanted, wanted_leases
+from client_agent.agent_leases import LEASE_WINDOW, LeasePlan, Wanted, wanted_leases
 from client_agent.lease_client import LeaseClient
 from nat_app.config import NatConfig, global_pool
 from nat_app.decide import NatCore
@@ -339,3 +339,12 @@ def test_an_unanswered_release_is_sent_again_before_the_plan_gives_up():
         sent_again += link.exchange(now)  # as Agent._release does: LeaseSocket.tick, then pump
     assert sent_again == len(releases)
     assert all(tx.done for tx in releases) and link.entries() == set()
+
+
+def test_an_agent_keeps_at_most_a_window_of_requests_in_flight_and_still_gets_them_all():
+    config = agent()
+    link = Link(nat_switch(), config)
+    link.plan.tick(0.0)
+    assert len(link.plan.client.transactions) == LEASE_WINDOW < len(link.plan.wanted)
+    link.exchange(0.0)  # each answer asks for the next
+    assert link.plan.ready and link.entries() == as_asked(config)
