@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from conformance.apps import web_server
-from conformance.natt_peers import both_ways, both_ways_checks
+from conformance.natt_peers import NAT_ADDRESS, both_ways, both_ways_checks
 from conformance.oracles import tshark_summary, tshark_verdicts
-from netwire.plan import global_ips
 from tests.testbed.natt_fixtures import (
+    KEEPALIVE_SECONDS,
     curls_at_once,
     natt_rows,
     server_config,
@@ -32,8 +32,7 @@ from tests.testbed.test_ike_agents_live import wait_for_child
 from tests.testbed.test_ipsec_live import web_root
 from topo.natlab import client_ip, server_ip
 
-H1, SRV1, GLOBAL = client_ip(1), server_ip(1), global_ips(1)[0]
-KEEPALIVE_SECONDS = 2
+H1, SRV1, GLOBAL = client_ip(1), server_ip(1), NAT_ADDRESS
 
 
 # --- three clients behind one global IP, tunnel then transport, through either NAT (issue 15 item 2) -----------
